@@ -1,0 +1,181 @@
+//! The diff area's in-memory state: the shadow copies and the index of preserved chunks, and
+//! the rules that tie them together — which copy a write must preserve for, which records
+//! are garbage once copies go, which records must be journaled.
+//!
+//! Pure bookkeeping: no I/O, no locking (the engine holds it under one lock).
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::format::{Record, SnapshotRecord};
+use super::index::{ChunkIndex, Entry};
+
+/// A shadow copy as the diff area knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyMeta {
+    pub record: SnapshotRecord,
+    /// Survives reopen (journaled); volatile copies are dropped on reopen.
+    pub persistent: bool,
+    /// The `SnapshotCreated` record has been handed to the journal.
+    pub journaled: bool,
+    /// Why the copy can no longer be read, if it cannot.
+    pub failed: Option<String>,
+}
+
+impl CopyMeta {
+    /// Whether writes must still preserve chunks for this copy.
+    fn protected(&self) -> bool {
+        self.failed.is_none()
+    }
+}
+
+/// Copies and preserved chunks.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    copies: BTreeMap<u32, CopyMeta>,
+    by_id: HashMap<[u8; 16], u32>,
+    index: ChunkIndex,
+    next_epoch: u32,
+}
+
+impl Catalog {
+    pub fn new(next_epoch: u32) -> Self {
+        Self::from_parts(BTreeMap::new(), ChunkIndex::new(), next_epoch)
+    }
+
+    pub(crate) fn from_parts(copies: BTreeMap<u32, CopyMeta>, index: ChunkIndex, next_epoch: u32) -> Self {
+        let by_id = copies.iter().map(|(e, m)| (m.record.id, *e)).collect();
+        Catalog { copies, by_id, index, next_epoch: next_epoch.max(1) }
+    }
+
+    /// The epoch of the copy with this id.
+    pub fn epoch_of(&self, id: &[u8; 16]) -> Option<u32> {
+        self.by_id.get(id).copied()
+    }
+
+    pub fn copies(&self) -> &BTreeMap<u32, CopyMeta> {
+        &self.copies
+    }
+
+    pub fn copy(&self, epoch: u32) -> Option<&CopyMeta> {
+        self.copies.get(&epoch)
+    }
+
+    pub fn copy_mut(&mut self, epoch: u32) -> Option<&mut CopyMeta> {
+        self.copies.get_mut(&epoch)
+    }
+
+    pub fn index(&self) -> &ChunkIndex {
+        &self.index
+    }
+
+    /// The epoch the next copy gets.
+    pub fn next_epoch(&self) -> u32 {
+        self.next_epoch
+    }
+
+    /// Registers a new copy at the next epoch and returns the epoch.
+    pub fn add_copy(&mut self, mut meta: CopyMeta) -> u32 {
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
+        meta.record.epoch = epoch;
+        self.by_id.insert(meta.record.id, epoch);
+        self.copies.insert(epoch, meta);
+        epoch
+    }
+
+    /// The newest copy writes must preserve chunks for.
+    pub fn newest_protected(&self) -> Option<u32> {
+        self.copies.iter().rev().find(|(_, m)| m.protected()).map(|(e, _)| *e)
+    }
+
+    /// The oldest copy (failed ones first: they hold space for nothing).
+    pub fn oldest(&self) -> Option<u32> {
+        self.copies.iter().find(|(_, m)| !m.protected()).or_else(|| self.copies.iter().next()).map(|(e, _)| *e)
+    }
+
+    /// The epoch a write to `chunk` must preserve the current content for, if any.
+    pub fn needs_preserve(&self, chunk: u64) -> Option<u32> {
+        let newest = self.newest_protected()?;
+        match self.index.last_of(chunk) {
+            Some(e) if e.upper >= newest => None,
+            _ => Some(newest),
+        }
+    }
+
+    /// The slot holding `chunk` as copy `epoch` saw it, or `None` when the volume still has it.
+    pub fn lookup(&self, chunk: u64, epoch: u32) -> Option<u32> {
+        self.index.covering(chunk, epoch).map(|e| e.slot)
+    }
+
+    fn any_in(&self, lower: u32, upper: u32, pred: impl Fn(&CopyMeta) -> bool) -> bool {
+        lower < upper && self.copies.range(lower + 1..=upper).any(|(_, m)| pred(m))
+    }
+
+    /// Records the preservation of `chunk` for copies up to `upper` in `slot`. Returns whether
+    /// the record must be journaled (it serves a persistent copy), or `Err(slot)` when no copy
+    /// needs it any more (the copy went while the chunk was being copied).
+    pub fn insert_preserved(&mut self, chunk: u64, upper: u32, slot: u32) -> Result<bool, u32> {
+        let lower = self.index.last_of(chunk).map_or(0, |e| e.upper);
+        if !self.any_in(lower, upper, CopyMeta::protected) {
+            return Err(slot);
+        }
+        let persistent = self.any_in(lower, upper, |m| m.persistent && m.protected());
+        self.index.insert(Entry { chunk, upper, slot });
+        Ok(persistent)
+    }
+
+    /// Removes a copy; returns the records no remaining copy needs (their slots are free).
+    pub fn remove_copy(&mut self, epoch: u32) -> Option<(CopyMeta, Vec<Entry>)> {
+        let meta = self.copies.remove(&epoch)?;
+        self.by_id.remove(&meta.record.id);
+        Some((meta, self.collect_garbage()))
+    }
+
+    /// Marks a copy failed: it stays listed with the reason, and no longer holds chunks.
+    pub fn fail_copy(&mut self, epoch: u32, reason: String) -> Vec<Entry> {
+        if let Some(m) = self.copies.get_mut(&epoch) {
+            if m.failed.is_none() {
+                m.failed = Some(reason);
+            }
+        }
+        self.collect_garbage()
+    }
+
+    /// Drops every record whose epoch range holds no protected copy.
+    pub fn collect_garbage(&mut self) -> Vec<Entry> {
+        let copies = &self.copies;
+        self.index.retain(|lower, e| lower < e.upper && copies.range(lower + 1..=e.upper).any(|(_, m)| m.protected()))
+    }
+
+    /// The records a compaction writes: config, persistent copies, and the chunks they need.
+    pub fn durable_state(&self, max_size: u64, batch_bytes: usize) -> Vec<Vec<u8>> {
+        let mut payloads = vec![Vec::new()];
+        let mut push = |r: Record| {
+            let cur = payloads.last_mut().expect("never empty");
+            r.encode_into(cur);
+            if cur.len() >= batch_bytes {
+                payloads.push(Vec::new());
+            }
+        };
+        push(Record::Config { max_size });
+        for (_, m) in self.copies.iter().filter(|(_, m)| m.persistent && m.journaled) {
+            push(Record::SnapshotCreated(m.record));
+            if let Some(reason) = &m.failed {
+                push(Record::SnapshotFailed { epoch: m.record.epoch, reason: reason.clone() });
+            }
+        }
+        let mut prev: Option<Entry> = None;
+        for e in self.index.iter() {
+            let lower = match prev {
+                Some(p) if p.chunk == e.chunk => p.upper,
+                _ => 0,
+            };
+            prev = Some(e);
+            if self.any_in(lower, e.upper, |m| m.persistent && m.protected()) {
+                push(Record::Preserved { chunk: e.chunk, upper: e.upper, slot: e.slot });
+            }
+        }
+        payloads.retain(|p| !p.is_empty());
+        payloads
+    }
+}

@@ -1,0 +1,17 @@
+//! The persistent diff area: where chunks overwritten after a shadow copy are kept.
+//!
+//! - [`format`]: the on-disk layout (the specification lives in its module docs).
+//! - [`journal`]: the two-file, checksummed, compacting journal.
+//! - [`index`]: `(chunk, epoch) → slot` in RAM.
+//! - [`catalog`]: copies + index + the rules that tie them (what to preserve, what is garbage).
+//! - [`slots`]: free and in-use slots of the `store` file.
+//! - [`recovery`]: the catalog rebuilt from the journal.
+//!
+//! The diff area never reads the base volume and never decides when to commit; the engine does.
+
+pub mod catalog;
+pub mod format;
+pub mod index;
+pub mod journal;
+pub mod recovery;
+pub mod slots;

@@ -1,0 +1,99 @@
+//! Rebuilds the [`Catalog`] from the journal's replay.
+//!
+//! Rules (see `docs/design.md`, "Recovery"):
+//! - A `Preserved` record naming a slot that an earlier record named replaces that earlier
+//!   record: the slot was freed (by a durable deletion) before it was reused.
+//! - Damage in the middle of the journal loses records of unknown content: every copy that
+//!   existed at that point is marked failed; copies created later stay good.
+//! - A record that names a slot beyond the store or a chunk beyond the volume is damage of the
+//!   same kind, confined to the copies it serves.
+//! - Volatile copies are never journaled, so they are simply absent.
+
+use std::collections::BTreeMap;
+
+use super::catalog::{Catalog, CopyMeta};
+use super::format::Record;
+use super::index::{ChunkIndex, Entry};
+use super::journal::ReplayItem;
+
+/// What recovery produced.
+#[derive(Debug)]
+pub struct Recovered {
+    pub catalog: Catalog,
+    /// Latest configured maximum size (`u64::MAX`: unbounded), if the journal holds one.
+    pub max_size: Option<u64>,
+    /// What was found damaged, in words a person can act on.
+    pub damage: Vec<String>,
+}
+
+/// Replays `items` for a volume of `volume_chunks` chunks and a store of `store_slots` slots.
+pub fn recover(items: Vec<ReplayItem>, volume_chunks: u64, store_slots: u64) -> Recovered {
+    let mut copies: BTreeMap<u32, CopyMeta> = BTreeMap::new();
+    let mut index = ChunkIndex::new();
+    let mut slot_owner: BTreeMap<u32, (u64, u32)> = BTreeMap::new();
+    let mut max_size = None;
+    let mut damage = Vec::new();
+    let mut max_epoch = 0u32;
+
+    let fail_all_up_to = |copies: &mut BTreeMap<u32, CopyMeta>, upto: u32, why: &str| {
+        for (_, m) in copies.range_mut(..=upto) {
+            if m.failed.is_none() {
+                m.failed = Some(why.to_string());
+            }
+        }
+    };
+
+    for item in items {
+        let records = match item {
+            ReplayItem::Batch(records) => records,
+            ReplayItem::Damage { offset, reason } => {
+                let why = format!("diff-area journal damaged at byte {offset} ({reason}); records of this copy were lost");
+                damage.push(why.clone());
+                fail_all_up_to(&mut copies, u32::MAX, &why);
+                continue;
+            }
+        };
+        for r in records {
+            match r {
+                Record::Config { max_size: m } => max_size = Some(m),
+                Record::SnapshotCreated(rec) => {
+                    max_epoch = max_epoch.max(rec.epoch);
+                    copies.insert(rec.epoch, CopyMeta { record: rec, persistent: true, journaled: true, failed: None });
+                }
+                Record::SnapshotDeleted { epoch } => {
+                    copies.remove(&epoch);
+                }
+                Record::SnapshotFailed { epoch, reason } => {
+                    if let Some(m) = copies.get_mut(&epoch) {
+                        m.failed = Some(reason);
+                    }
+                }
+                Record::Preserved { chunk, upper, slot } => {
+                    max_epoch = max_epoch.max(upper);
+                    if chunk >= volume_chunks || u64::from(slot) >= store_slots {
+                        let why = format!(
+                            "diff-area record for chunk {chunk} names {} beyond the {}; this copy's data is incomplete",
+                            if chunk >= volume_chunks { "a chunk" } else { "a slot" },
+                            if chunk >= volume_chunks { "volume" } else { "store file" },
+                        );
+                        damage.push(why.clone());
+                        fail_all_up_to(&mut copies, upper, &why);
+                        continue;
+                    }
+                    if let Some((old_chunk, old_upper)) = slot_owner.insert(slot, (chunk, upper)) {
+                        index.remove(old_chunk, old_upper);
+                    }
+                    if let Some(old_slot) = index.insert(Entry { chunk, upper, slot }) {
+                        if old_slot != slot {
+                            slot_owner.remove(&old_slot);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let next_epoch = max_epoch.saturating_add(1);
+    let mut catalog = Catalog::from_parts(copies, index, next_epoch);
+    catalog.collect_garbage();
+    Recovered { catalog, max_size, damage }
+}

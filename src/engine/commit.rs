@@ -1,0 +1,117 @@
+//! Group commit: makes journaled records durable, then lets held-back live data reach the volume.
+//!
+//! One commit at a time (the journal lock). A commit takes the records buffered so far, syncs the
+//! store (so the slots those records name are durable), appends the records as one journal batch
+//! and syncs it, then writes the chunks held for this commit to the volume and frees the slots
+//! released before it. When the journal has grown past its budget the commit writes the whole
+//! live state into the other journal file instead (compaction).
+
+use std::mem;
+use std::sync::atomic::Ordering;
+
+use super::Inner;
+use crate::error::{DiffAreaError, Error};
+
+enum Work {
+    Append(Vec<u8>),
+    Compact(Vec<Vec<u8>>),
+}
+
+impl Inner {
+    /// Runs one commit; returns its number.
+    pub(super) fn commit(&self) -> Result<u64, Error> {
+        self.commit_inner(false)
+    }
+
+    /// A commit that compacts the journal whatever its size.
+    pub(super) fn commit_compacting(&self) -> Result<u64, Error> {
+        self.commit_inner(true)
+    }
+
+    fn commit_inner(&self, force_compact: bool) -> Result<u64, Error> {
+        if self.failure.lock().is_some() {
+            self.release_held(None)?;
+            return Ok(0);
+        }
+        let mut journal = self.journal.lock();
+        let compact = force_compact || journal.active_len() > self.compaction_threshold();
+        let (work, n) = if compact {
+            let cat = self.catalog.read();
+            let mut log = self.log.lock();
+            let n = log.commit_no;
+            log.commit_no += 1;
+            log.payload.clear();
+            let max = self.max_size.lock().unwrap_or(u64::MAX);
+            (Work::Compact(cat.durable_state(max, 1 << 20)), n)
+        } else {
+            let mut log = self.log.lock();
+            let n = log.commit_no;
+            log.commit_no += 1;
+            (Work::Append(mem::take(&mut log.payload)), n)
+        };
+        let result = match &work {
+            Work::Append(p) if p.is_empty() => Ok(()),
+            _ => self
+                .store
+                .sync_data()
+                .map_err(|source| DiffAreaError::Io { what: "syncing the store", source })
+                .and_then(|()| match &work {
+                    Work::Append(p) => journal.append(p),
+                    Work::Compact(ps) => journal.compact(ps),
+                }),
+        };
+        drop(journal);
+        if let Err(e) = result {
+            self.fail_diff_area(e.to_string());
+            return Ok(n);
+        }
+        if compact {
+            tracing::debug!(commit = n, "journal compacted");
+        }
+        self.release_held(Some(n))?;
+        self.slots.lock().commit_done(n);
+        Ok(n)
+    }
+
+    /// Writes held-back chunks of commits `<= upto` to the volume.
+    fn release_held(&self, upto: Option<u64>) -> Result<(), Error> {
+        self.pending
+            .release(upto, |chunk, data| self.volume.write_at(data, chunk << self.chunk_shift))
+            .map_err(Error::volume("writing held-back data to the volume"))
+    }
+
+    /// Bytes the active journal file may reach before a commit compacts it.
+    fn compaction_threshold(&self) -> u64 {
+        match *self.max_size.lock() {
+            Some(max) => (128 << 10) + (max / u64::from(self.chunk_size)) * 32,
+            None => {
+                let cat = self.catalog.read();
+                let live = cat.index().len() as u64 * 17 + cat.copies().len() as u64 * 80;
+                (1 << 20).max(3 * live)
+            }
+        }
+    }
+
+    /// The background committer: every `commit_interval`, commits if anything waits.
+    pub(super) fn run_committer(&self) {
+        let (lock, cv) = &self.wake;
+        loop {
+            {
+                let mut g = lock.lock();
+                if self.shutdown.load(Ordering::Acquire) {
+                    return;
+                }
+                cv.wait_for(&mut g, self.options.commit_interval);
+            }
+            if self.shutdown.load(Ordering::Acquire) {
+                return;
+            }
+            let waiting = !self.pending.is_empty() || !self.log.lock().payload.is_empty();
+            if waiting {
+                if let Err(e) = self.commit() {
+                    tracing::error!(error = %e, "background commit failed");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,675 @@
+//! The system provider: shadow copies of a live volume kept in a copy-on-write diff area.
+//!
+//! A [`ShadowVolume`] owns one volume and its diff area. Every live write passes through it:
+//! before a chunk that the newest shadow copy still shares with the volume is overwritten, its
+//! content is copied into a diff-area slot and indexed (copy-before-write). A copy reads a chunk
+//! from its slot if one serves it, else from the volume through the [`BlockCache`].
+//!
+//! Concurrency (see `docs/design.md`, "Concurrency"):
+//! - `barrier` (RwLock): every live write holds it shared for its whole duration; a set commit
+//!   holds it exclusively for the O(1) instant of the copy (epoch bump). So a write lands wholly
+//!   before or wholly after the instant.
+//! - `stripes`: per-chunk locks; writes to different chunks proceed in parallel.
+//! - `catalog` (RwLock): copies + index; `log` (Mutex): records waiting for the next commit.
+//!   Lock order: barrier → stripes → catalog → log → slots; `journal` (one commit at a time)
+//!   is taken with none of catalog/log/slots held, and takes them only briefly.
+//!
+//! Durability (see "Crash safety"): records serving persistent copies are journaled by group
+//! commits; the new content of a chunk whose record is not yet durable waits in [`Pending`].
+//!
+//! Never interprets the bytes it moves.
+
+mod commit;
+mod ops;
+mod pending;
+pub mod provider;
+mod read;
+mod set;
+mod stripes;
+mod write;
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+use uuid::Uuid;
+
+use crate::cache::BlockCache;
+use crate::diffarea::catalog::{Catalog, CopyMeta};
+use crate::diffarea::format::{self, Header, Record};
+use crate::diffarea::journal::Journal;
+use crate::diffarea::recovery;
+use crate::diffarea::slots::SlotAllocator;
+use crate::error::{DiffAreaError, Error};
+use crate::volume::{FileStorage, Storage};
+
+pub use ops::{ChangedRange, Progress};
+use pending::Pending;
+pub use set::{create_set, CreateOptions, SetInfo};
+use stripes::Stripes;
+
+/// The maximum size of a diff area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxSize {
+    /// At most this many bytes on disk (store and journal together).
+    Bytes(u64),
+    /// A percentage of the volume's size (the default is 10).
+    PercentOfVolume(u8),
+    /// No limit.
+    Unbounded,
+}
+
+impl MaxSize {
+    fn resolve(self, volume_size: u64) -> Option<u64> {
+        match self {
+            MaxSize::Bytes(b) => Some(b),
+            MaxSize::PercentOfVolume(p) => Some(volume_size / 100 * u64::from(p)),
+            MaxSize::Unbounded => None,
+        }
+    }
+}
+
+/// Settings fixed when a diff area is created.
+#[derive(Debug, Clone, Copy)]
+pub struct DiffAreaOptions {
+    /// Bytes per chunk: a power of two from 4 KiB to 1 MiB (default 16 KiB, as VSS).
+    pub chunk_size: u32,
+    pub max_size: MaxSize,
+}
+
+impl Default for DiffAreaOptions {
+    fn default() -> Self {
+        DiffAreaOptions { chunk_size: 16 << 10, max_size: MaxSize::PercentOfVolume(10) }
+    }
+}
+
+/// Run-time settings of the engine.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    /// Chunks the base-volume cache keeps.
+    pub cache_chunks: usize,
+    /// Bytes of held-back live data before writers commit themselves (back-pressure).
+    pub pending_limit: u64,
+    /// How often the background committer makes held-back data durable.
+    pub commit_interval: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { cache_chunks: 4096, pending_limit: 64 << 20, commit_interval: Duration::from_millis(5) }
+    }
+}
+
+/// The files of a diff area. [`DiffAreaFiles::in_dir`] opens them in a directory; tests hand in
+/// test doubles.
+#[derive(Debug)]
+pub struct DiffAreaFiles {
+    pub store: Arc<dyn Storage>,
+    pub journal: [Arc<dyn Storage>; 2],
+    /// Held while open so that a second process cannot open the same diff area.
+    lock: Option<File>,
+}
+
+impl DiffAreaFiles {
+    /// Files from any storage (no inter-process lock).
+    pub fn new(store: Arc<dyn Storage>, journal: [Arc<dyn Storage>; 2]) -> Self {
+        DiffAreaFiles { store, journal, lock: None }
+    }
+
+    /// Opens (creating if `create`) the files in `dir` and takes its lock.
+    pub fn in_dir(dir: &Path, create: bool) -> Result<Self, Error> {
+        let io = |what| move |source| Error::DiffArea(DiffAreaError::Io { what, source });
+        if create {
+            std::fs::create_dir_all(dir).map_err(io("creating the diff-area directory"))?;
+        }
+        let open = |name: &str| -> Result<File, Error> {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(create)
+                .truncate(false)
+                .open(dir.join(name))
+                .map_err(io("opening a diff-area file"))
+        };
+        let lock = open("lock")?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(|_| Error::Locked(dir.display().to_string()))?;
+        let wrap = |f: File| -> Result<Arc<dyn Storage>, Error> {
+            Ok(Arc::new(FileStorage::new(f).map_err(io("opening a diff-area file"))?))
+        };
+        let files = DiffAreaFiles {
+            store: wrap(open("store")?)?,
+            journal: [wrap(open("journal.0")?)?, wrap(open("journal.1")?)?],
+            lock: Some(lock),
+        };
+        if create {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io("syncing the diff-area directory"))?;
+        }
+        Ok(files)
+    }
+}
+
+/// Why a copy went away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteReason {
+    /// Asked for.
+    Requested,
+    /// The diff area was full and this was the oldest copy.
+    DiffAreaFull,
+}
+
+/// Something the engine did on its own that the daemon should report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    CopyDeleted { id: Uuid, reason: DeleteReason },
+    CopyFailed { id: Uuid, reason: String },
+}
+
+/// A shadow copy as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyInfo {
+    pub id: Uuid,
+    pub set_id: Uuid,
+    /// Position in the volume's sequence of copies (1, 2, …); never reused while the diff area
+    /// lives, except by volatile copies after a reopen.
+    pub epoch: u32,
+    pub created: SystemTime,
+    pub persistent: bool,
+    /// Context and attribute bits, kept for the coordinator; the engine does not read them.
+    pub attributes: u32,
+    /// Copies in the set (one per volume).
+    pub set_size: u32,
+    /// Why the copy cannot be read, if it cannot.
+    pub failed: Option<String>,
+}
+
+impl CopyInfo {
+    fn from_meta(m: &CopyMeta) -> Self {
+        CopyInfo {
+            id: Uuid::from_bytes(m.record.id),
+            set_id: Uuid::from_bytes(m.record.set_id),
+            epoch: m.record.epoch,
+            created: UNIX_EPOCH + Duration::from_nanos(m.record.created_ns),
+            persistent: m.persistent,
+            attributes: m.record.attributes,
+            set_size: m.record.set_size,
+            failed: m.failed.clone(),
+        }
+    }
+}
+
+/// Space used by a diff area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes of slots in use plus the journal.
+    pub used_bytes: u64,
+    /// Bytes the diff-area files take (store file length plus journal).
+    pub allocated_bytes: u64,
+    pub max_bytes: Option<u64>,
+    pub chunk_size: u32,
+    pub copies: usize,
+    pub preserved_chunks: usize,
+    /// Heap bytes of the in-memory index.
+    pub index_bytes: usize,
+}
+
+/// Records waiting for the next commit.
+#[derive(Debug, Default)]
+struct LogBuffer {
+    payload: Vec<u8>,
+    /// The number of the commit that will carry `payload`.
+    commit_no: u64,
+}
+
+struct Inner {
+    volume: Arc<dyn Storage>,
+    store: Arc<dyn Storage>,
+    volume_size: u64,
+    chunk_size: u32,
+    chunk_shift: u32,
+    diff_area_id: Uuid,
+    options: EngineOptions,
+    barrier: RwLock<()>,
+    stripes: Stripes,
+    catalog: RwLock<Catalog>,
+    log: Mutex<LogBuffer>,
+    slots: Mutex<SlotAllocator>,
+    journal: Mutex<Journal>,
+    pending: Pending,
+    cache: BlockCache,
+    max_size: Mutex<Option<u64>>,
+    events: Mutex<Vec<Event>>,
+    /// Set once the diff area failed: copies are gone, live writes go straight to the volume.
+    failure: Mutex<Option<String>>,
+    shutdown: AtomicBool,
+    wake: (Mutex<()>, Condvar),
+    _lock: Option<File>,
+}
+
+/// A volume with its diff area: live I/O and shadow copies.
+pub struct ShadowVolume {
+    inner: Arc<Inner>,
+    committer: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ShadowVolume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShadowVolume").field("diff_area", &self.inner.diff_area_id).field("size", &self.inner.volume_size).finish()
+    }
+}
+
+/// Bytes kept aside for the journal in a bounded diff area of `max` bytes.
+fn journal_reserve(max: u64, chunk: u32) -> u64 {
+    (384 << 10) + (max / u64::from(chunk)) * 64
+}
+
+/// Slots a diff area of `max` bytes may use.
+fn slot_capacity(max: Option<u64>, chunk: u32) -> Result<Option<u32>, Error> {
+    let Some(max) = max else { return Ok(None) };
+    let reserve = journal_reserve(max, chunk);
+    let least = reserve + 8 * u64::from(chunk);
+    if max < least {
+        return Err(Error::Config(format!(
+            "a diff area of {} is too small for {} chunks; allow at least {}",
+            crate::size::format_size(max),
+            crate::size::format_size(chunk.into()),
+            crate::size::format_size(least)
+        )));
+    }
+    Ok(Some(u32::try_from((max - reserve) / u64::from(chunk)).unwrap_or(u32::MAX)))
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl ShadowVolume {
+    /// Creates a new, empty diff area for `volume` and opens it.
+    pub fn create(volume: Arc<dyn Storage>, files: DiffAreaFiles, options: DiffAreaOptions, engine: EngineOptions) -> Result<Self, Error> {
+        if !format::valid_chunk_size(options.chunk_size) {
+            return Err(Error::Config(format!(
+                "chunk size {} is not a power of two from 4 KiB to 1 MiB",
+                options.chunk_size
+            )));
+        }
+        let volume_size = volume.len().map_err(Error::volume("reading the volume size"))?;
+        if volume_size == 0 {
+            return Err(Error::Config("the volume is empty".into()));
+        }
+        let max_size = options.max_size.resolve(volume_size);
+        let capacity = slot_capacity(max_size, options.chunk_size)?;
+        let header = Header {
+            version: format::FORMAT_VERSION,
+            generation: 1,
+            diff_area_id: *Uuid::new_v4().as_bytes(),
+            chunk_size: options.chunk_size,
+            volume_size,
+            created_ns: now_ns(),
+        };
+        files.store.set_len(0).map_err(|source| DiffAreaError::Io { what: "creating the store", source })?;
+        let journal = Journal::create(files.journal.clone(), header)?;
+        let vol = Self::assemble(volume, files, journal, Catalog::new(1), SlotAllocator::from_used(std::iter::empty(), capacity), max_size, engine);
+        vol.inner.push_record(&Record::Config { max_size: max_size.unwrap_or(u64::MAX) });
+        vol.inner.commit()?;
+        tracing::info!(diff_area = %vol.inner.diff_area_id, chunk_size = options.chunk_size, max_size = ?max_size, "diff area created");
+        Ok(vol)
+    }
+
+    /// Creates a diff area in directory `dir` for the image or block device at `volume`.
+    pub fn create_at(volume: &Path, dir: &Path, options: DiffAreaOptions, engine: EngineOptions) -> Result<Self, Error> {
+        let vol = crate::volume::open_image(volume, true).map_err(Error::volume("opening the volume"))?;
+        Self::create(Arc::new(vol), DiffAreaFiles::in_dir(dir, true)?, options, engine)
+    }
+
+    /// Opens the diff area in `dir` for the image or block device at `volume`.
+    pub fn open_at(volume: &Path, dir: &Path, engine: EngineOptions) -> Result<Self, Error> {
+        let vol = crate::volume::open_image(volume, true).map_err(Error::volume("opening the volume"))?;
+        Self::open(Arc::new(vol), DiffAreaFiles::in_dir(dir, false)?, engine)
+    }
+
+    /// Opens an existing diff area: replays its journal, drops volatile copies, marks damaged
+    /// copies failed (reported as [`Event::CopyFailed`]) and keeps the rest.
+    pub fn open(volume: Arc<dyn Storage>, files: DiffAreaFiles, engine: EngineOptions) -> Result<Self, Error> {
+        let (journal, items) = Journal::open(files.journal.clone())?;
+        let header = *journal.header();
+        let volume_size = volume.len().map_err(Error::volume("reading the volume size"))?;
+        if volume_size != header.volume_size {
+            return Err(Error::VolumeSizeMismatch { expected: header.volume_size, found: volume_size });
+        }
+        let chunk = u64::from(header.chunk_size);
+        let store_len = files.store.len().map_err(|source| DiffAreaError::Io { what: "reading the store size", source })?;
+        let recovered = recovery::recover(items, volume_size.div_ceil(chunk), store_len.div_ceil(chunk));
+        let max_size = match recovered.max_size {
+            Some(u64::MAX) => None,
+            Some(m) => Some(m),
+            None => MaxSize::PercentOfVolume(10).resolve(volume_size),
+        };
+        let capacity = slot_capacity(max_size, header.chunk_size)?;
+        let slots = SlotAllocator::from_used(recovered.catalog.index().iter().map(|e| e.slot), capacity);
+        let failed: Vec<Event> = recovered
+            .catalog
+            .copies()
+            .values()
+            .filter_map(|m| m.failed.as_ref().map(|r| Event::CopyFailed { id: Uuid::from_bytes(m.record.id), reason: r.clone() }))
+            .collect();
+        let damaged = !recovered.damage.is_empty();
+        let vol = Self::assemble(volume, files, journal, recovered.catalog, slots, max_size, engine);
+        for e in &failed {
+            if let Event::CopyFailed { id, reason } = e {
+                tracing::error!(copy = %id, %reason, "shadow copy failed");
+            }
+        }
+        vol.inner.events.lock().extend(failed);
+        // Fold damage into a fresh journal so that the failed marks are durable, and give back
+        // store space that no record names.
+        if damaged {
+            vol.inner.commit_compacting()?;
+        }
+        vol.inner.trim_store();
+        tracing::info!(diff_area = %vol.inner.diff_area_id, copies = vol.inner.catalog.read().copies().len(), "diff area opened");
+        Ok(vol)
+    }
+
+    fn assemble(
+        volume: Arc<dyn Storage>,
+        files: DiffAreaFiles,
+        journal: Journal,
+        catalog: Catalog,
+        slots: SlotAllocator,
+        max_size: Option<u64>,
+        options: EngineOptions,
+    ) -> Self {
+        let header = *journal.header();
+        let inner = Arc::new(Inner {
+            volume_size: header.volume_size,
+            chunk_size: header.chunk_size,
+            chunk_shift: header.chunk_size.trailing_zeros(),
+            diff_area_id: Uuid::from_bytes(header.diff_area_id),
+            volume,
+            store: files.store,
+            options,
+            barrier: RwLock::new(()),
+            stripes: Stripes::default(),
+            catalog: RwLock::new(catalog),
+            log: Mutex::new(LogBuffer { payload: Vec::new(), commit_no: 1 }),
+            slots: Mutex::new(slots),
+            journal: Mutex::new(journal),
+            pending: Pending::default(),
+            cache: BlockCache::new(options.cache_chunks),
+            max_size: Mutex::new(max_size),
+            events: Mutex::new(Vec::new()),
+            failure: Mutex::new(None),
+            shutdown: AtomicBool::new(false),
+            wake: (Mutex::new(()), Condvar::new()),
+            _lock: files.lock,
+        });
+        let bg = Arc::clone(&inner);
+        let committer = std::thread::Builder::new()
+            .name("shadowcopy-commit".into())
+            .spawn(move || bg.run_committer())
+            .expect("spawning the committer thread");
+        ShadowVolume { inner, committer: Some(committer) }
+    }
+
+    /// Size of the volume in bytes.
+    pub fn size(&self) -> u64 {
+        self.inner.volume_size
+    }
+
+    /// The diff area's chunk size.
+    pub fn chunk_size(&self) -> u32 {
+        self.inner.chunk_size
+    }
+
+    /// The diff area's id.
+    pub fn diff_area_id(&self) -> Uuid {
+        self.inner.diff_area_id
+    }
+
+    /// Writes live data (copy-before-write for every chunk a copy still shares).
+    pub fn write_at(&self, data: &[u8], offset: u64) -> Result<(), Error> {
+        self.inner.write_at(data, offset)
+    }
+
+    /// Deallocates a live range (zeroes it), preserving what copies need first.
+    pub fn punch_zero(&self, offset: u64, len: u64) -> Result<(), Error> {
+        self.inner.punch_zero(offset, len)
+    }
+
+    /// Reads the live volume.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), Error> {
+        self.inner.read_live(buf, offset)
+    }
+
+    /// Makes every write acknowledged so far durable.
+    pub fn flush(&self) -> Result<(), Error> {
+        self.inner.commit()?;
+        self.inner.volume.sync_data().map_err(Error::volume("flushing the volume"))
+    }
+
+    /// The copies, oldest first.
+    pub fn copies(&self) -> Vec<CopyInfo> {
+        self.inner.catalog.read().copies().values().map(CopyInfo::from_meta).collect()
+    }
+
+    /// One copy.
+    pub fn copy(&self, id: Uuid) -> Result<CopyInfo, Error> {
+        let cat = self.inner.catalog.read();
+        let epoch = find_epoch(&cat, id)?;
+        Ok(CopyInfo::from_meta(cat.copy(epoch).expect("found above")))
+    }
+
+    /// Reads a copy: bytes of the volume as they were at the copy's instant.
+    pub fn read_copy(&self, id: Uuid, buf: &mut [u8], offset: u64) -> Result<(), Error> {
+        self.inner.read_copy(id, buf, offset)
+    }
+
+    /// Deletes a copy (any one: oldest, middle or newest); its space is reclaimed.
+    pub fn delete(&self, id: Uuid) -> Result<CopyInfo, Error> {
+        let epoch = find_epoch(&self.inner.catalog.read(), id)?;
+        self.inner.delete_epoch(epoch, DeleteReason::Requested)?.ok_or(Error::NoSuchCopy(id))
+    }
+
+    /// Changes the maximum size; deletes oldest copies until the diff area fits.
+    pub fn resize(&self, max: MaxSize) -> Result<Usage, Error> {
+        self.inner.resize(max)
+    }
+
+    /// Space used.
+    pub fn usage(&self) -> Usage {
+        self.inner.usage()
+    }
+
+    /// Events since the last call (copies deleted for space, copies found failed).
+    pub fn take_events(&self) -> Vec<Event> {
+        std::mem::take(&mut *self.inner.events.lock())
+    }
+
+    /// Whether the diff area stopped after a failure (copies unavailable), and why.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.failure.lock().clone()
+    }
+
+    /// Stops background work and makes everything durable.
+    pub fn close(mut self) -> Result<(), Error> {
+        self.stop_committer();
+        self.flush()
+    }
+
+    fn stop_committer(&mut self) {
+        self.inner.shutdown.store(true, Ordering::Release);
+        self.inner.wake.1.notify_all();
+        if let Some(h) = self.committer.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for ShadowVolume {
+    fn drop(&mut self) {
+        if self.committer.is_some() {
+            self.stop_committer();
+            if let Err(e) = self.flush() {
+                tracing::error!(error = %e, "flushing on close failed");
+            }
+        }
+    }
+}
+
+fn find_epoch(cat: &Catalog, id: Uuid) -> Result<u32, Error> {
+    cat.epoch_of(id.as_bytes()).ok_or(Error::NoSuchCopy(id))
+}
+
+impl Inner {
+    fn chunk_len(&self, chunk: u64) -> usize {
+        let start = chunk << self.chunk_shift;
+        (self.volume_size - start).min(u64::from(self.chunk_size)) as usize
+    }
+
+    fn check_range(&self, offset: u64, len: usize) -> Result<(), Error> {
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= self.volume_size => Ok(()),
+            _ => Err(Error::OutOfRange { offset, len: len as u64, size: self.volume_size }),
+        }
+    }
+
+    /// Appends a record to the next commit; returns that commit's number.
+    fn push_record(&self, r: &Record) -> u64 {
+        let mut log = self.log.lock();
+        r.encode_into(&mut log.payload);
+        log.commit_no
+    }
+
+    fn usage(&self) -> Usage {
+        let journal = self.journal.lock().disk_bytes();
+        let store = self.store.len().unwrap_or(0);
+        let slots = self.slots.lock().in_use();
+        let cat = self.catalog.read();
+        Usage {
+            used_bytes: u64::from(slots) * u64::from(self.chunk_size) + journal,
+            allocated_bytes: store + journal,
+            max_bytes: *self.max_size.lock(),
+            chunk_size: self.chunk_size,
+            copies: cat.copies().len(),
+            preserved_chunks: cat.index().len(),
+            index_bytes: cat.index().heap_bytes(),
+        }
+    }
+
+    /// Removes a copy; its slots become free after the commit that records the deletion.
+    fn delete_epoch(&self, epoch: u32, reason: DeleteReason) -> Result<Option<CopyInfo>, Error> {
+        let info = {
+            let mut cat = self.catalog.write();
+            let Some((meta, freed)) = cat.remove_copy(epoch) else { return Ok(None) };
+            let mut log = self.log.lock();
+            if meta.persistent && meta.journaled {
+                Record::SnapshotDeleted { epoch }.encode_into(&mut log.payload);
+            }
+            let n = log.commit_no;
+            drop(log);
+            let mut slots = self.slots.lock();
+            freed.iter().for_each(|e| slots.release(e.slot, n));
+            CopyInfo::from_meta(&meta)
+        };
+        match reason {
+            DeleteReason::Requested => tracing::info!(copy = %info.id, "shadow copy deleted"),
+            DeleteReason::DiffAreaFull => tracing::warn!(copy = %info.id, "diff area full: deleted the oldest shadow copy"),
+        }
+        self.events.lock().push(Event::CopyDeleted { id: info.id, reason });
+        self.commit()?;
+        Ok(Some(info))
+    }
+
+    fn resize(&self, max: MaxSize) -> Result<Usage, Error> {
+        let max_size = max.resolve(self.volume_size);
+        let capacity = slot_capacity(max_size, self.chunk_size)?;
+        *self.max_size.lock() = max_size;
+        self.slots.lock().set_capacity(capacity);
+        self.push_record(&Record::Config { max_size: max_size.unwrap_or(u64::MAX) });
+        self.commit()?;
+        // Shrinking: the oldest copies go until no slot lies beyond the new capacity.
+        loop {
+            let hw = {
+                let mut s = self.slots.lock();
+                s.trim()
+            };
+            if capacity.is_none_or(|c| hw <= c) {
+                break;
+            }
+            let oldest = self.catalog.read().oldest();
+            match oldest {
+                Some(e) => {
+                    self.delete_epoch(e, DeleteReason::DiffAreaFull)?;
+                }
+                None => break,
+            }
+        }
+        self.trim_store();
+        Ok(self.usage())
+    }
+
+    /// Shrinks the store file to the slots in use (under the slots lock, so that no slot being
+    /// allocated can be cut).
+    fn trim_store(&self) {
+        let mut slots = self.slots.lock();
+        let want = u64::from(slots.trim()) * u64::from(self.chunk_size);
+        if self.store.len().is_ok_and(|len| len > want) {
+            if let Err(e) = self.store.set_len(want) {
+                tracing::warn!(error = %e, "could not shrink the diff-area store");
+            }
+        }
+    }
+
+    /// Gives up on the diff area after an I/O failure: every copy is marked failed (durably if the
+    /// journal still works, else the journal is made unreadable so no copy can come back wrong),
+    /// held-back data goes to the volume, and live writes carry on without copy-before-write.
+    fn fail_diff_area(&self, reason: String) {
+        tracing::error!(%reason, "diff area failed: shadow copies of this volume are lost; live writes continue");
+        *self.failure.lock() = Some(reason.clone());
+        let events: Vec<Event> = {
+            let mut cat = self.catalog.write();
+            let epochs: Vec<u32> = cat.copies().keys().copied().collect();
+            let mut log = self.log.lock();
+            let mut events = Vec::new();
+            for e in &epochs {
+                let m = cat.copy(*e).expect("listed above");
+                if m.persistent && m.journaled {
+                    Record::SnapshotFailed { epoch: *e, reason: reason.clone() }.encode_into(&mut log.payload);
+                }
+                events.push(Event::CopyFailed { id: Uuid::from_bytes(m.record.id), reason: reason.clone() });
+            }
+            let n = log.commit_no;
+            drop(log);
+            let mut freed = Vec::new();
+            for e in epochs {
+                freed.extend(cat.fail_copy(e, reason.clone()));
+            }
+            let mut slots = self.slots.lock();
+            freed.iter().for_each(|e| slots.release(e.slot, n));
+            events
+        };
+        self.events.lock().extend(events);
+        let journaled = {
+            let mut j = self.journal.lock();
+            let payload = std::mem::take(&mut self.log.lock().payload);
+            j.append(&payload).is_ok()
+        };
+        if !journaled {
+            self.poison_journal();
+        }
+        if let Err(e) = self.pending.release(None, |c, d| self.volume.write_at(d, c << self.chunk_shift)) {
+            tracing::error!(error = %e, "writing held-back data to the volume failed");
+        }
+    }
+
+    /// Overwrites both journal headers in place (no new space needed) so that the diff area
+    /// refuses to open instead of serving copies whose chunks were never preserved.
+    fn poison_journal(&self) {
+        tracing::error!("the journal cannot record the failure: invalidating it so that no copy comes back wrong");
+        self.journal.lock().poison();
+    }
+}

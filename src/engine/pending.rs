@@ -1,0 +1,107 @@
+//! Live data held back until the record that preserves the chunk's old content is durable.
+//!
+//! After a persistent shadow copy, the first write to a chunk copies the old content into a
+//! diff-area slot and journals a record. If the new bytes reached the volume file before that
+//! record was durable, the kernel's writeback could make them durable first and a power loss
+//! would leave the copy without its chunk. So the new content of such a chunk waits here, whole,
+//! tagged with the number of the commit that carries its record; the commit writes it to the
+//! volume once the record is durable. Live reads and later writes to the chunk see it here.
+//!
+//! Owns only the held chunks; never decides when to commit.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+const SHARDS: usize = 64;
+
+#[derive(Debug)]
+struct Held {
+    commit: u64,
+    data: Box<[u8]>,
+}
+
+/// Chunks waiting for their commit, sharded by chunk number.
+#[derive(Debug)]
+pub struct Pending {
+    shards: Vec<Mutex<HashMap<u64, Held>>>,
+    bytes: AtomicU64,
+}
+
+impl Default for Pending {
+    fn default() -> Self {
+        Pending { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), bytes: AtomicU64::new(0) }
+    }
+}
+
+impl Pending {
+    fn shard(&self, chunk: u64) -> &Mutex<HashMap<u64, Held>> {
+        &self.shards[(chunk % SHARDS as u64) as usize]
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Acquire)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes() == 0
+    }
+
+    /// Holds the whole new content of `chunk` until commit `commit` is done.
+    pub fn hold(&self, chunk: u64, commit: u64, data: Box<[u8]>) {
+        let len = data.len() as u64;
+        let prev = self.shard(chunk).lock().insert(chunk, Held { commit, data });
+        self.bytes.fetch_add(len, Ordering::AcqRel);
+        if let Some(p) = prev {
+            self.bytes.fetch_sub(p.data.len() as u64, Ordering::AcqRel);
+        }
+    }
+
+    /// Applies a write to a held chunk; false when the chunk is not held.
+    pub fn update(&self, chunk: u64, offset_in_chunk: usize, data: &[u8]) -> bool {
+        match self.shard(chunk).lock().get_mut(&chunk) {
+            Some(h) => {
+                h.data[offset_in_chunk..offset_in_chunk + data.len()].copy_from_slice(data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Copies from a held chunk; false when the chunk is not held.
+    pub fn read(&self, chunk: u64, offset_in_chunk: usize, buf: &mut [u8]) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        match self.shard(chunk).lock().get(&chunk) {
+            Some(h) => {
+                buf.copy_from_slice(&h.data[offset_in_chunk..offset_in_chunk + buf.len()]);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Writes every chunk held for commits `<= upto` (all of them when `None`) through `write`
+    /// and forgets it. A chunk stays held if its write fails.
+    pub fn release(&self, upto: Option<u64>, mut write: impl FnMut(u64, &[u8]) -> io::Result<()>) -> io::Result<()> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        for shard in &self.shards {
+            let mut map = shard.lock();
+            let due: Vec<u64> = map.iter().filter(|(_, h)| upto.is_none_or(|u| h.commit <= u)).map(|(c, _)| *c).collect();
+            for chunk in due {
+                let held = &map[&chunk];
+                write(chunk, &held.data)?;
+                let len = held.data.len() as u64;
+                map.remove(&chunk);
+                self.bytes.fetch_sub(len, Ordering::AcqRel);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,100 @@
+//! Reads: the live volume, and shadow copies.
+//!
+//! A copy reads each chunk under that chunk's stripe lock (shared): the index says whether a
+//! slot serves the copy; if not, the chunk is unchanged since the copy and comes from the live
+//! view (held-back data, else the volume) through the block cache. After the read, the copy must
+//! still exist: a slot can be reused only after its copy was deleted, so a copy that is still
+//! there afterwards was read whole.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::{find_epoch, Inner};
+use crate::error::{DiffAreaError, Error};
+
+impl Inner {
+    /// Reads the live volume (held-back chunks included).
+    pub(super) fn read_live(&self, buf: &mut [u8], offset: u64) -> Result<(), Error> {
+        self.check_range(offset, buf.len())?;
+        self.read_live_locked(buf, offset)
+    }
+
+    /// The live view; callers that must not race a write hold the stripes.
+    pub(super) fn read_live_locked(&self, buf: &mut [u8], offset: u64) -> Result<(), Error> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.volume.read_at(buf, offset).map_err(Error::volume("reading the volume"))?;
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let end = offset + buf.len() as u64;
+        let first = offset >> self.chunk_shift;
+        let last = (end - 1) >> self.chunk_shift;
+        for c in first..=last {
+            let cstart = c << self.chunk_shift;
+            let s = offset.max(cstart);
+            let e = end.min(cstart + u64::from(self.chunk_size));
+            let out = &mut buf[(s - offset) as usize..(e - offset) as usize];
+            self.pending.read(c, (s - cstart) as usize, out);
+        }
+        Ok(())
+    }
+
+    /// Reads copy `id`.
+    pub(super) fn read_copy(&self, id: Uuid, buf: &mut [u8], offset: u64) -> Result<(), Error> {
+        self.check_range(offset, buf.len())?;
+        let epoch = self.readable_epoch(id)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let end = offset + buf.len() as u64;
+        let first = offset >> self.chunk_shift;
+        let last = (end - 1) >> self.chunk_shift;
+        for c in first..=last {
+            let cstart = c << self.chunk_shift;
+            let s = offset.max(cstart);
+            let e = end.min(cstart + u64::from(self.chunk_size));
+            let out = &mut buf[(s - offset) as usize..(e - offset) as usize];
+            let in_chunk = (s - cstart) as usize;
+            let _stripe = self.stripes.read(c);
+            let slot = self.catalog.read().lookup(c, epoch);
+            match slot {
+                Some(slot) => {
+                    let at = (u64::from(slot) << self.chunk_shift) + in_chunk as u64;
+                    self.store
+                        .read_at(out, at)
+                        .map_err(|source| DiffAreaError::Io { what: "reading a preserved chunk", source })?;
+                }
+                None => {
+                    let data = match self.cache.get(c) {
+                        Some(d) => d,
+                        None => {
+                            let mut whole = vec![0u8; self.chunk_len(c)];
+                            self.read_live_locked(&mut whole, cstart)?;
+                            let d: Arc<[u8]> = whole.into();
+                            self.cache.insert(c, Arc::clone(&d));
+                            d
+                        }
+                    };
+                    out.copy_from_slice(&data[in_chunk..in_chunk + out.len()]);
+                }
+            }
+        }
+        // Still there and still good: nothing it read can have been reused meanwhile.
+        self.readable_epoch(id).map(|_| ()).map_err(|e| match e {
+            Error::NoSuchCopy(id) => Error::CopyDeleted(id),
+            other => other,
+        })
+    }
+
+    fn readable_epoch(&self, id: Uuid) -> Result<u32, Error> {
+        let cat = self.catalog.read();
+        let epoch = find_epoch(&cat, id)?;
+        match &cat.copy(epoch).expect("found").failed {
+            Some(reason) => Err(Error::CopyFailed { id, reason: reason.clone() }),
+            None => Ok(epoch),
+        }
+    }
+}

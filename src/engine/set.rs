@@ -1,0 +1,128 @@
+//! Shadow copy sets: copies of several volumes taken at one instant.
+//!
+//! The instant: every volume's write barrier is taken exclusively (in a fixed order, so two sets
+//! cannot deadlock), which waits for the writes in flight and holds new ones; each volume gets
+//! its copy (an epoch bump in memory, O(1)); the barriers are released. Nothing is read, copied
+//! or synced while writes are held.
+//!
+//! Durability of a persistent copy comes after the instant: a commit makes the records of writes
+//! before it durable and writes their held-back data, the volume is synced (so every chunk the
+//! copy shares with the volume is durable as of the instant), and only then is the copy's own
+//! record journaled and committed. A crash before that leaves no copy — never a copy that reads
+//! wrong. The call returns once every copy of the set is durable.
+
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use super::{now_ns, CopyInfo, DeleteReason, ShadowVolume};
+use crate::diffarea::catalog::CopyMeta;
+use crate::diffarea::format::{Record, SnapshotRecord};
+use crate::error::Error;
+
+/// How to take a set.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CreateOptions {
+    /// Volatile copies skip every durability cost and are dropped on reopen (VSS auto-release).
+    pub volatile: bool,
+    /// Context and attribute bits stored with each copy.
+    pub attributes: u32,
+}
+
+/// The set that was taken.
+#[derive(Debug, Clone)]
+pub struct SetInfo {
+    pub set_id: Uuid,
+    /// One copy per volume, in the order the volumes were given.
+    pub copies: Vec<CopyInfo>,
+    /// How long live writes were held (from asking for the barriers to releasing them).
+    pub hold: Duration,
+}
+
+/// Takes one shadow copy of each volume at the same instant.
+pub fn create_set(volumes: &[&ShadowVolume], options: CreateOptions) -> Result<SetInfo, Error> {
+    if volumes.is_empty() {
+        return Err(Error::Config("a shadow copy set needs at least one volume".into()));
+    }
+    let mut order: Vec<usize> = (0..volumes.len()).collect();
+    order.sort_by_key(|&i| volumes[i].inner.diff_area_id);
+    if order.windows(2).any(|w| volumes[w[0]].inner.diff_area_id == volumes[w[1]].inner.diff_area_id) {
+        return Err(Error::Config("a volume appears twice in the set".into()));
+    }
+    for v in volumes {
+        if let Some(reason) = v.failure() {
+            return Err(Error::Unavailable(reason));
+        }
+    }
+    let set_id = Uuid::new_v4();
+    let created_ns = now_ns();
+    let ids: Vec<Uuid> = volumes.iter().map(|_| Uuid::new_v4()).collect();
+
+    let asked = Instant::now();
+    let barriers: Vec<_> = order.iter().map(|&i| volumes[i].inner.barrier.write()).collect();
+    let epochs: Vec<u32> = volumes
+        .iter()
+        .zip(&ids)
+        .map(|(v, id)| {
+            v.inner.catalog.write().add_copy(CopyMeta {
+                record: SnapshotRecord {
+                    epoch: 0,
+                    id: *id.as_bytes(),
+                    set_id: *set_id.as_bytes(),
+                    created_ns,
+                    set_size: volumes.len() as u32,
+                    attributes: options.attributes,
+                },
+                persistent: !options.volatile,
+                journaled: false,
+                failed: None,
+            })
+        })
+        .collect();
+    drop(barriers);
+    let hold = asked.elapsed();
+
+    if !options.volatile {
+        for (v, epoch) in volumes.iter().zip(&epochs) {
+            if let Err(e) = v.make_durable(*epoch) {
+                for (v, epoch) in volumes.iter().zip(&epochs) {
+                    let _ = v.inner.delete_epoch(*epoch, DeleteReason::Requested);
+                }
+                return Err(e);
+            }
+        }
+    }
+    let copies = volumes.iter().zip(&ids).map(|(v, id)| v.copy(*id)).collect::<Result<Vec<_>, _>>()?;
+    tracing::info!(set = %set_id, volumes = volumes.len(), hold_us = hold.as_micros() as u64, volatile = options.volatile, "shadow copy set created");
+    Ok(SetInfo { set_id, copies, hold })
+}
+
+impl ShadowVolume {
+    /// Makes copy `epoch` durable: earlier data first, then its own record.
+    fn make_durable(&self, epoch: u32) -> Result<(), Error> {
+        let inner = &self.inner;
+        inner.commit()?;
+        inner.volume.sync_data().map_err(Error::volume("flushing the volume for a shadow copy"))?;
+        {
+            let mut cat = inner.catalog.write();
+            let Some(meta) = cat.copy_mut(epoch) else {
+                return Err(Error::Unavailable("the copy was deleted to make room before it became durable; enlarge the diff area".into()));
+            };
+            if let Some(reason) = &meta.failed {
+                return Err(Error::Unavailable(reason.clone()));
+            }
+            meta.journaled = true;
+            let record = meta.record;
+            inner.log.lock().payload.extend({
+                let mut b = Vec::new();
+                Record::SnapshotCreated(record).encode_into(&mut b);
+                b
+            });
+        }
+        inner.commit()?;
+        if let Some(reason) = inner.failure.lock().clone() {
+            return Err(Error::Unavailable(reason));
+        }
+        Ok(())
+    }
+}

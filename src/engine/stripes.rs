@@ -1,0 +1,36 @@
+//! Striped per-chunk locks: a live write holds its chunks exclusively while it preserves and
+//! overwrites them; a shadow-copy read holds one chunk shared while it decides between the diff
+//! area and the volume and reads. Writers take their stripes in ascending order (no deadlock).
+
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+const STRIPES: u64 = 4096;
+
+#[derive(Debug)]
+pub struct Stripes {
+    locks: Vec<RwLock<()>>,
+}
+
+impl Default for Stripes {
+    fn default() -> Self {
+        Stripes { locks: (0..STRIPES).map(|_| RwLock::new(())).collect() }
+    }
+}
+
+impl Stripes {
+    pub fn read(&self, chunk: u64) -> RwLockReadGuard<'_, ()> {
+        self.locks[(chunk % STRIPES) as usize].read()
+    }
+
+    /// Exclusive locks on every stripe of chunks `first..=last`.
+    pub fn write_range(&self, first: u64, last: u64) -> Vec<RwLockWriteGuard<'_, ()>> {
+        let mut ids: Vec<u64> = if last - first + 1 >= STRIPES {
+            (0..STRIPES).collect()
+        } else {
+            (first..=last).map(|c| c % STRIPES).collect()
+        };
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter().map(|i| self.locks[i as usize].write()).collect()
+    }
+}

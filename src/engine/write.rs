@@ -1,0 +1,253 @@
+//! The live write path: copy-before-write, then the write itself.
+//!
+//! For a write to chunks `first..=last` (under the barrier, shared, and the chunks' stripes,
+//! exclusive):
+//! 1. ask the catalog which chunks the newest copy still shares with the volume;
+//! 2. read their current content (held-back data first, else the volume), in contiguous runs;
+//! 3. take slots (deleting the oldest copies when the diff area is full), write the old content
+//!    into them, then index them — the slot is written before any reader can find it;
+//! 4. write the new data: chunks whose record serves a persistent copy are held back until the
+//!    record is durable ([`super::pending`]); chunks already held are updated in place; the rest
+//!    go to the volume in contiguous runs.
+
+use std::io;
+
+use super::{DeleteReason, Inner};
+use crate::diffarea::format::Record;
+use crate::error::Error;
+
+/// A chunk whose old content was preserved by this write.
+struct Preserved {
+    chunk: u64,
+    old: Vec<u8>,
+    /// The commit that makes its record durable, if the new data must wait for it.
+    hold_until: Option<u64>,
+}
+
+impl Inner {
+    pub(super) fn write_at(&self, data: &[u8], offset: u64) -> Result<(), Error> {
+        self.check_range(offset, data.len())?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        if self.pending.bytes() > self.options.pending_limit {
+            // Back-pressure: make held-back data durable before holding more.
+            self.commit()?;
+        }
+        let _barrier = self.barrier.read();
+        let first = offset >> self.chunk_shift;
+        let last = (offset + data.len() as u64 - 1) >> self.chunk_shift;
+        let _stripes = self.stripes.write_range(first, last);
+        let preserved = self.preserve(first, last)?;
+        self.apply(data, offset, first, last, preserved)
+    }
+
+    /// Zeroes a live range: preserved like a write, deallocated on the volume where possible.
+    pub(super) fn punch_zero(&self, offset: u64, len: u64) -> Result<(), Error> {
+        self.check_range(offset, usize::try_from(len).unwrap_or(usize::MAX))?;
+        if len == 0 {
+            return Ok(());
+        }
+        let chunk = u64::from(self.chunk_size);
+        let mut pos = offset;
+        let end = offset + len;
+        while pos < end {
+            // Whole chunks that need no preservation and are not held go to the volume's hole
+            // punching; everything else is written as zeros through the normal path.
+            let step_end = end.min((pos / chunk + 256) * chunk);
+            let zeros = vec![0u8; (step_end - pos) as usize];
+            let _barrier = self.barrier.read();
+            let first = pos >> self.chunk_shift;
+            let last = (step_end - 1) >> self.chunk_shift;
+            let _stripes = self.stripes.write_range(first, last);
+            let plain = self.catalog.read().newest_protected().is_none() && self.pending.is_empty();
+            if plain {
+                self.volume.punch_zero(pos, step_end - pos).map_err(Error::volume("punching a hole in the volume"))?;
+                self.cache.invalidate(first, last);
+            } else {
+                let preserved = self.preserve(first, last)?;
+                self.apply(&zeros, pos, first, last, preserved)?;
+            }
+            pos = step_end;
+        }
+        Ok(())
+    }
+
+    /// Steps 1–3: preserves every chunk of `first..=last` that the newest copy shares.
+    fn preserve(&self, first: u64, last: u64) -> Result<Vec<Preserved>, Error> {
+        let (epoch, chunks) = {
+            let cat = self.catalog.read();
+            let Some(newest) = cat.newest_protected() else { return Ok(Vec::new()) };
+            let chunks: Vec<u64> = (first..=last).filter(|c| cat.needs_preserve(*c).is_some()).collect();
+            (newest, chunks)
+        };
+        if chunks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out: Vec<Preserved> = Vec::with_capacity(chunks.len());
+        for run in runs(&chunks) {
+            let start = run[0] << self.chunk_shift;
+            let end = ((run[run.len() - 1] + 1) << self.chunk_shift).min(self.volume_size);
+            let mut buf = vec![0u8; (end - start) as usize];
+            self.read_live_locked(&mut buf, start)?;
+            let cs = self.chunk_size as usize;
+            for (i, c) in run.iter().enumerate() {
+                let lo = i * cs;
+                let hi = (lo + cs).min(buf.len());
+                out.push(Preserved { chunk: *c, old: buf[lo..hi].to_vec(), hold_until: None });
+            }
+        }
+        let Some(slots) = self.take_slots(out.len())? else {
+            return Ok(Vec::new()); // every copy is gone: nothing to preserve
+        };
+        if let Err(e) = self.write_slots(&out, &slots) {
+            let mut s = self.slots.lock();
+            slots.iter().for_each(|slot| s.release(*slot, 0));
+            s.commit_done(0);
+            drop(s);
+            if e.raw_os_error() == Some(libc::ENOSPC) {
+                // The diff area's filesystem is full: stop growing the store and make room by
+                // deleting copies, as when the diff area reaches its maximum size.
+                let hw = self.slots.lock().high_water();
+                tracing::warn!(slots = hw, "the diff area's filesystem is full; capping the diff area at its current size");
+                self.slots.lock().set_capacity(Some(hw.saturating_sub(out.len() as u32)));
+                return self.preserve(first, last);
+            }
+            self.fail_diff_area(format!("writing to the diff-area store failed: {e}"));
+            return Ok(Vec::new());
+        }
+        let mut freed_now = Vec::new();
+        {
+            let mut cat = self.catalog.write();
+            let mut log = self.log.lock();
+            for (p, slot) in out.iter_mut().zip(&slots) {
+                match cat.insert_preserved(p.chunk, epoch, *slot) {
+                    Ok(true) => {
+                        Record::Preserved { chunk: p.chunk, upper: epoch, slot: *slot }.encode_into(&mut log.payload);
+                        p.hold_until = Some(log.commit_no);
+                    }
+                    Ok(false) => {}
+                    Err(slot) => freed_now.push(slot),
+                }
+            }
+        }
+        if !freed_now.is_empty() {
+            // Never journaled, never readable: free at once.
+            let mut s = self.slots.lock();
+            freed_now.iter().for_each(|slot| s.release(*slot, 0));
+            s.commit_done(0);
+        }
+        Ok(out)
+    }
+
+    /// `n` free slots, deleting the oldest copies while the diff area is full. `None` when no
+    /// copy is left to preserve for.
+    fn take_slots(&self, n: usize) -> Result<Option<Vec<u32>>, Error> {
+        let mut got = Vec::with_capacity(n);
+        loop {
+            {
+                let mut s = self.slots.lock();
+                while got.len() < n {
+                    match s.allocate() {
+                        Some(slot) => got.push(slot),
+                        None => break,
+                    }
+                }
+                if got.len() == n {
+                    return Ok(Some(got));
+                }
+                if s.pending() > 0 {
+                    drop(s);
+                    self.commit()?;
+                    continue;
+                }
+            }
+            let oldest = self.catalog.read().oldest();
+            match oldest {
+                Some(epoch) => {
+                    self.delete_epoch(epoch, DeleteReason::DiffAreaFull)?;
+                }
+                None => {
+                    let mut s = self.slots.lock();
+                    got.iter().for_each(|slot| s.release(*slot, 0));
+                    s.commit_done(0);
+                    return Ok(None);
+                }
+            }
+            if self.failure.lock().is_some() {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Writes preserved content into its slots, one call per run of consecutive slots.
+    fn write_slots(&self, preserved: &[Preserved], slots: &[u32]) -> io::Result<()> {
+        let cs = self.chunk_size as usize;
+        let mut i = 0;
+        while i < preserved.len() {
+            let mut j = i + 1;
+            while j < preserved.len() && slots[j] == slots[j - 1] + 1 && preserved[j - 1].old.len() == cs {
+                j += 1;
+            }
+            let at = u64::from(slots[i]) << self.chunk_shift;
+            if j == i + 1 {
+                self.store.write_at(&preserved[i].old, at)?;
+            } else {
+                let mut buf = Vec::with_capacity((j - i) * cs);
+                preserved[i..j].iter().for_each(|p| buf.extend_from_slice(&p.old));
+                self.store.write_at(&buf, at)?;
+            }
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Step 4: the write itself.
+    fn apply(&self, data: &[u8], offset: u64, first: u64, last: u64, mut preserved: Vec<Preserved>) -> Result<(), Error> {
+        let end = offset + data.len() as u64;
+        let mut held = preserved.iter_mut().filter(|p| p.hold_until.is_some()).peekable();
+        // Contiguous byte range still to be written straight to the volume.
+        let mut direct: Option<(u64, u64)> = None;
+        let flush_direct = |range: &mut Option<(u64, u64)>| -> Result<(), Error> {
+            if let Some((s, e)) = range.take() {
+                let lo = (s - offset) as usize;
+                let hi = (e - offset) as usize;
+                self.volume.write_at(&data[lo..hi], s).map_err(Error::volume("writing to the volume"))?;
+            }
+            Ok(())
+        };
+        for c in first..=last {
+            let cstart = c << self.chunk_shift;
+            let s = offset.max(cstart);
+            let e = end.min(cstart + u64::from(self.chunk_size));
+            let part = &data[(s - offset) as usize..(e - offset) as usize];
+            let in_chunk = (s - cstart) as usize;
+            if held.peek().is_some_and(|p| p.chunk == c) {
+                let p = held.next().expect("peeked");
+                flush_direct(&mut direct)?;
+                let mut content = std::mem::take(&mut p.old);
+                content[in_chunk..in_chunk + part.len()].copy_from_slice(part);
+                self.pending.hold(c, p.hold_until.expect("filtered"), content.into_boxed_slice());
+            } else if self.pending.update(c, in_chunk, part) {
+                flush_direct(&mut direct)?;
+            } else {
+                direct = match direct {
+                    Some((ds, de)) if de == s => Some((ds, e)),
+                    other => {
+                        let mut other = other;
+                        flush_direct(&mut other)?;
+                        Some((s, e))
+                    }
+                };
+            }
+        }
+        flush_direct(&mut direct)?;
+        self.cache.invalidate(first, last);
+        Ok(())
+    }
+}
+
+/// Splits sorted chunk numbers into runs of consecutive ones.
+fn runs(chunks: &[u64]) -> impl Iterator<Item = &[u64]> {
+    chunks.chunk_by(|a, b| b == &(a + 1))
+}

@@ -1,0 +1,72 @@
+//! Typed errors of the library. Each variant's message says what failed and, where it can, what
+//! to do about it.
+
+use std::io;
+
+use thiserror::Error;
+use uuid::Uuid;
+
+/// Failures of the diff area itself (its files, its format).
+#[derive(Debug, Error)]
+pub enum DiffAreaError {
+    /// An I/O call on a diff-area file failed.
+    #[error("diff-area I/O failed while {what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// A structure on disk does not decode.
+    #[error("the diff area's {what} is damaged: {detail}")]
+    Corrupt { what: String, detail: String },
+    /// Written by a newer shadowcopy.
+    #[error("the diff area was written by format version {found}; this shadowcopy reads up to version {supported} — upgrade shadowcopy to open it")]
+    NewerFormat { found: u32, supported: u32 },
+    /// An earlier write or sync failed; the diff area refuses further use until reopened.
+    #[error("the diff area stopped after an earlier failure ({0}); reopen it once the cause is fixed")]
+    Stopped(String),
+}
+
+/// Errors of the engine's API.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// An I/O call on the volume failed.
+    #[error("volume I/O failed while {what}: {source}")]
+    VolumeIo {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    DiffArea(#[from] DiffAreaError),
+    /// A range beyond the end of the volume.
+    #[error("range {offset}+{len} is beyond the end of the {size}-byte volume")]
+    OutOfRange { offset: u64, len: u64, size: u64 },
+    /// No shadow copy with this id on this volume.
+    #[error("no shadow copy {0} on this volume (list the copies to see which exist)")]
+    NoSuchCopy(Uuid),
+    /// The copy is marked failed and cannot be read.
+    #[error("shadow copy {id} has failed and cannot be read: {reason}")]
+    CopyFailed { id: Uuid, reason: String },
+    /// The copy was deleted while the call was using it.
+    #[error("shadow copy {0} was deleted while it was being used")]
+    CopyDeleted(Uuid),
+    /// A setting is out of range.
+    #[error("invalid setting: {0}")]
+    Config(String),
+    /// The diff area belongs to a volume of another size.
+    #[error("the volume is {found} bytes but this diff area was made for a {expected}-byte volume; use the diff area of this volume, or create a new one")]
+    VolumeSizeMismatch { expected: u64, found: u64 },
+    /// The diff area stopped after an I/O failure; live writes go on, copies cannot be made.
+    #[error("shadow copies are unavailable on this volume: {0}")]
+    Unavailable(String),
+    /// Another process has the diff area open.
+    #[error("the diff area {0} is in use by another process")]
+    Locked(String),
+}
+
+impl Error {
+    pub(crate) fn volume(what: &'static str) -> impl FnOnce(io::Error) -> Error {
+        move |source| Error::VolumeIo { what, source }
+    }
+}

@@ -1,0 +1,31 @@
+//! shadowcopy: Volume Shadow Copy for Linux.
+//!
+//! Point-in-time, read-only shadow copies of live volumes, kept in a copy-on-write diff area.
+//! The library is layered; dependencies point one way (down this list):
+//!
+//! | module | owns | never |
+//! |---|---|---|
+//! | [`engine`] | the system provider: copy-before-write of live writes, the write barrier of shadow copy sets, group commit, reads of copies, delete/revert/export/diff | knows file formats of filesystems inside volumes |
+//! | [`cache`] | the LRU chunk cache in front of the base volume | caches diff-area slots |
+//! | [`diffarea`] | the diff area: on-disk format, journal, index, slots, recovery | reads the base volume |
+//! | [`volume`] | raw bytes: the [`volume::Storage`] seam and its file backend | knows copies exist |
+//! | `sys` | the only `unsafe`: kernel ioctls | grows beyond single calls |
+//!
+//! `docs/design.md` is the specification: format, algorithms, crash-safety argument and
+//! concurrency rules.
+
+pub mod cache;
+pub mod diffarea;
+pub mod engine;
+mod error;
+pub mod size;
+mod sys;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod volume;
+
+pub use engine::{
+    create_set, ChangedRange, CopyInfo, CreateOptions, DeleteReason, DiffAreaFiles, DiffAreaOptions, EngineOptions,
+    Event, MaxSize, SetInfo, ShadowVolume, Usage,
+};
+pub use error::{DiffAreaError, Error};

@@ -1,0 +1,43 @@
+//! Raw bytes of volumes and of the diff area's files.
+//!
+//! Owns the one narrow storage seam every byte passes through ([`Storage`]: positional read,
+//! positional write, length, set length, durable flush) and its file backend. Test backends
+//! (in memory, power-loss simulation, fault injection) live in [`crate::testing`].
+//!
+//! Never knows that shadow copies exist: no copy-on-write, no caching, no interpretation.
+
+mod file;
+
+pub use file::{open_image, FileStorage};
+
+use std::fmt::Debug;
+use std::io;
+
+/// Positional byte storage: an image file, a block device, or a test double.
+///
+/// All methods take `&self` so that writes to different ranges proceed in parallel.
+/// Implementations must make every write that completed before `sync_data` returned durable;
+/// writes not followed by `sync_data` may be lost, partly or wholly, by a power loss.
+pub trait Storage: Send + Sync + Debug {
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Fills `buf` from `offset`; reading past the end is an error (`UnexpectedEof`).
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `offset`, growing the storage if needed.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Truncates or extends (with zeros).
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Makes every completed write durable.
+    fn sync_data(&self) -> io::Result<()>;
+    /// Deallocates a range so that it reads as zeros (punch hole); the default writes zeros.
+    fn punch_zero(&self, offset: u64, len: u64) -> io::Result<()> {
+        let zeros = vec![0u8; len.min(1 << 20) as usize];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(zeros.len() as u64) as usize;
+            self.write_at(&zeros[..n], offset + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+}
