@@ -18,7 +18,9 @@ enum Work {
 }
 
 impl Inner {
-    /// Runs one commit; returns its number.
+    /// Runs one commit; returns its number. A diff-area failure stops the diff area (copies
+    /// are lost, held data goes to the volume) and is returned, so that whoever needed the
+    /// commit — a deletion, a new copy — learns it did not happen.
     pub(super) fn commit(&self) -> Result<u64, Error> {
         self.commit_inner(false)
     }
@@ -63,7 +65,7 @@ impl Inner {
         drop(journal);
         if let Err(e) = result {
             self.fail_diff_area(e.to_string());
-            return Ok(n);
+            return Err(e.into());
         }
         if compact {
             tracing::debug!(commit = n, "journal compacted");

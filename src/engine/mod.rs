@@ -447,7 +447,13 @@ impl ShadowVolume {
 
     /// Makes every write acknowledged so far durable.
     pub fn flush(&self) -> Result<(), Error> {
-        self.inner.commit()?;
+        if let Err(e) = self.inner.commit() {
+            // A failed diff area has handed all held data to the volume: the live data can
+            // still be made durable, and that is what a flush promises.
+            if self.inner.failure.lock().is_none() {
+                return Err(e);
+            }
+        }
         self.inner.volume.sync_data().map_err(Error::volume("flushing the volume"))
     }
 
@@ -501,8 +507,13 @@ impl ShadowVolume {
     }
 
     fn stop_committer(&mut self) {
-        self.inner.shutdown.store(true, Ordering::Release);
-        self.inner.wake.1.notify_all();
+        {
+            // Under the lock: the committer checks the flag and waits under it, so the wake-up
+            // cannot fall between its check and its wait.
+            let _g = self.inner.wake.0.lock();
+            self.inner.shutdown.store(true, Ordering::Release);
+            self.inner.wake.1.notify_all();
+        }
         if let Some(h) = self.committer.take() {
             let _ = h.join();
         }

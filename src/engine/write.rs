@@ -31,8 +31,11 @@ impl Inner {
             return Ok(());
         }
         if self.pending.bytes() > self.options.pending_limit {
-            // Back-pressure: make held-back data durable before holding more.
-            self.commit()?;
+            // Back-pressure: make held-back data durable before holding more. A failure stops
+            // the diff area and releases the held data; the write itself goes on.
+            if let Err(e) = self.commit() {
+                tracing::debug!(error = %e, "commit for back-pressure failed");
+            }
         }
         let _barrier = self.barrier.read();
         let first = offset >> self.chunk_shift;
@@ -158,14 +161,18 @@ impl Inner {
                 }
                 if s.pending() > 0 {
                     drop(s);
-                    self.commit()?;
+                    if self.commit().is_err() {
+                        return Ok(None); // the diff area failed: write through
+                    }
                     continue;
                 }
             }
             let oldest = self.catalog.read().oldest();
             match oldest {
                 Some(epoch) => {
-                    self.delete_epoch(epoch, DeleteReason::DiffAreaFull)?;
+                    if self.delete_epoch(epoch, DeleteReason::DiffAreaFull).is_err() {
+                        return Ok(None); // the diff area failed: write through
+                    }
                 }
                 None => {
                     let mut s = self.slots.lock();
