@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use shadowcopy::testing::PowerLoss;
-use shadowcopy::{create_set, CreateOptions, DiffAreaOptions, MaxSize, ShadowVolume};
+use shadowcopy::{create_set, CreateOptions, DeleteReason, DiffAreaOptions, Event, MaxSize, ShadowVolume};
 use uuid::Uuid;
 
 use common::*;
@@ -48,6 +48,8 @@ fn op() -> impl Strategy<Value = Op> {
 struct ModelCopy {
     image: Vec<u8>,
     persistent: bool,
+    /// Creation order.
+    seq: usize,
 }
 
 struct Model {
@@ -90,6 +92,10 @@ fn check_copies(vol: &ShadowVolume, model: &Model) -> Result<(), TestCaseError> 
 
 /// Runs ops until a crash; returns the index where the crash was armed, if one was.
 fn run(ops: &[Op], max_size: MaxSize) -> Result<(), TestCaseError> {
+    let bound = match max_size {
+        MaxSize::Bytes(b) => Some(b),
+        _ => None,
+    };
     let initial = pattern(7, SIZE);
     let opts = DiffAreaOptions { chunk_size: CHUNK, max_size };
     let (mut disk, vol) = create(initial.clone(), opts, quiet_engine());
@@ -99,7 +105,24 @@ fn run(ops: &[Op], max_size: MaxSize) -> Result<(), TestCaseError> {
     let mut maybe: BTreeMap<Uuid, ModelCopy> = BTreeMap::new();
     let mut armed: Option<(bool, u64)> = None;
 
-    for op in ops {
+    for (seq, op) in ops.iter().enumerate() {
+        if let Some(max) = bound {
+            // A bounded diff area: copies deleted for space must be the oldest, and the diff
+            // area never exceeds its maximum.
+            let v = vol.as_ref().unwrap();
+            for ev in v.take_events() {
+                if let Event::CopyDeleted { id, reason: DeleteReason::DiffAreaFull } = ev {
+                    let oldest = model.copies.iter().min_by_key(|(_, c)| c.seq).map(|(id, _)| *id);
+                    prop_assert_eq!(Some(id), oldest, "the copy deleted for space is not the oldest");
+                    model.copies.remove(&id);
+                }
+            }
+            let used = v.usage().allocated_bytes;
+            prop_assert!(used <= max, "diff area uses {} bytes, maximum {}", used, max);
+            if matches!(op, Op::Crash { .. }) {
+                continue;
+            }
+        }
         let v = vol.as_ref().unwrap();
         let crashed_during = |disk: &std::sync::Arc<shadowcopy::testing::SimDisk>| armed.is_some() && disk.crashed();
         match op {
@@ -126,12 +149,12 @@ fn run(ops: &[Op], max_size: MaxSize) -> Result<(), TestCaseError> {
                 let before: Vec<Uuid> = v.copies().iter().map(|c| c.id).collect();
                 match create_set(&[v], CreateOptions { volatile: *volatile, attributes: 0 }) {
                     Ok(set) => {
-                        model.copies.insert(set.copies[0].id, ModelCopy { image: model.live.clone(), persistent: !volatile });
+                        model.copies.insert(set.copies[0].id, ModelCopy { image: model.live.clone(), persistent: !volatile, seq });
                     }
                     Err(_) if crashed_during(&disk) => {
                         // The id is unknown; after reboot any copy not in the model is checked
                         // against the live image of this instant.
-                        maybe.insert(Uuid::nil(), ModelCopy { image: model.live.clone(), persistent: true });
+                        maybe.insert(Uuid::nil(), ModelCopy { image: model.live.clone(), persistent: true, seq });
                         let _ = before;
                         break;
                     }
@@ -193,7 +216,15 @@ fn run(ops: &[Op], max_size: MaxSize) -> Result<(), TestCaseError> {
     }
     let Some((writeback, seed)) = armed else {
         // No crash: everything must still read right.
-        return check_copies(vol.as_ref().unwrap(), &model);
+        let v = vol.as_ref().unwrap();
+        if bound.is_some() {
+            for ev in v.take_events() {
+                if let Event::CopyDeleted { id, .. } = ev {
+                    model.copies.remove(&id);
+                }
+            }
+        }
+        return check_copies(v, &model);
     };
     disk.crash_now();
     drop(vol.take()); // the process dies; its last calls fail against the dead disk
@@ -239,5 +270,11 @@ proptest! {
     #[test]
     fn engine_matches_the_reference(ops in proptest::collection::vec(op(), 1..60)) {
         run(&ops, MaxSize::Unbounded)?;
+    }
+
+    /// A diff area of 30 chunks for a volume of 49: writes keep succeeding, the oldest copies go.
+    #[test]
+    fn full_diff_area_deletes_oldest_copies_only(ops in proptest::collection::vec(op(), 1..80)) {
+        run(&ops, MaxSize::Bytes(512 << 10))?;
     }
 }

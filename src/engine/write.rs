@@ -109,12 +109,23 @@ impl Inner {
             s.commit_done(0);
             drop(s);
             if e.raw_os_error() == Some(libc::ENOSPC) {
-                // The diff area's filesystem is full: stop growing the store and make room by
-                // deleting copies, as when the diff area reaches its maximum size.
+                // The diff area's filesystem is full: stop growing the store and make room as when
+                // the diff area reaches its maximum size — the oldest copy goes. Each retry
+                // removes a copy, so this ends.
                 let hw = self.slots.lock().high_water();
                 tracing::warn!(slots = hw, "the diff area's filesystem is full; capping the diff area at its current size");
-                self.slots.lock().set_capacity(Some(hw.saturating_sub(out.len() as u32)));
-                return self.preserve(first, last);
+                {
+                    let mut s = self.slots.lock();
+                    let cap = s.capacity().unwrap_or(u32::MAX).min(hw);
+                    s.set_capacity(Some(cap));
+                }
+                let oldest = self.catalog.read().oldest();
+                match oldest {
+                    Some(epoch) if self.delete_epoch(epoch, DeleteReason::DiffAreaFull).is_ok() => {
+                        return self.preserve(first, last);
+                    }
+                    _ => return Ok(Vec::new()),
+                }
             }
             self.fail_diff_area(format!("writing to the diff-area store failed: {e}"));
             return Ok(Vec::new());

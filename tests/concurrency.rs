@@ -1,0 +1,149 @@
+//! Concurrency: writer threads and reader threads over several copies at once, with copies
+//! created and deleted meanwhile. Every 4 KiB block carries (block, version) and a pattern
+//! derived from them, so a reader can tell a whole block from a torn one. Checked:
+//! - no block of any copy is torn;
+//! - a copy holds, for each block, a version acknowledged no earlier than the last one
+//!   acknowledged before the set was asked for, and no later than the last one started before
+//!   the set returned;
+//! - a copy reads the same at the end as right after it was taken;
+//! - everything finishes within a bound (no deadlock).
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::Duration;
+
+use shadowcopy::testing::MemStorage;
+use shadowcopy::{create_set, CreateOptions, DiffAreaFiles, DiffAreaOptions, EngineOptions, MaxSize, ShadowVolume};
+
+use common::pattern;
+
+const BLOCK: usize = 4096;
+const BLOCKS: usize = 512; // 2 MiB volume
+const WRITERS: usize = 4;
+
+fn block(b: usize, version: u64) -> Vec<u8> {
+    let mut v = pattern((b as u64) << 32 | version, BLOCK);
+    v[..8].copy_from_slice(&(b as u64).to_le_bytes());
+    v[8..16].copy_from_slice(&version.to_le_bytes());
+    v
+}
+
+/// The version a block holds, or a panic if it is torn.
+fn version_of(b: usize, data: &[u8]) -> u64 {
+    let v = u64::from_le_bytes(data[8..16].try_into().unwrap());
+    assert_eq!(u64::from_le_bytes(data[..8].try_into().unwrap()), b as u64, "block {b} holds another block's header");
+    assert!(data == block(b, v), "block {b} version {v} is torn");
+    v
+}
+
+fn volume() -> ShadowVolume {
+    let initial: Vec<u8> = (0..BLOCKS).flat_map(|b| block(b, 0)).collect();
+    let files = DiffAreaFiles::new(Arc::new(MemStorage::default()), [Arc::new(MemStorage::default()), Arc::new(MemStorage::default())]);
+    let engine = EngineOptions { cache_chunks: 256, pending_limit: 4 << 20, commit_interval: Duration::from_millis(2) };
+    ShadowVolume::create(Arc::new(MemStorage::from_vec(initial)), files, DiffAreaOptions { chunk_size: 16384, max_size: MaxSize::Unbounded }, engine).unwrap()
+}
+
+fn workload() {
+    let vol = Arc::new(volume());
+    // Per block: the last version acknowledged, and the last version started.
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..BLOCKS).map(|_| AtomicU64::new(0)).collect());
+    let started: Arc<Vec<AtomicU64>> = Arc::new((0..BLOCKS).map(|_| AtomicU64::new(0)).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (vol, acked, started, stop) = (vol.clone(), acked.clone(), started.clone(), stop.clone());
+            thread::spawn(move || {
+                let mut x = w as u64 + 1;
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    // Each writer owns blocks b ≡ w (mod WRITERS); runs of 1..8 of its blocks.
+                    let first = ((x >> 33) as usize % (BLOCKS / WRITERS)) * WRITERS + w;
+                    let count = 1 + (x >> 20) as usize % 8;
+                    for b in (first..BLOCKS).step_by(WRITERS).take(count) {
+                        let v = started[b].load(Ordering::SeqCst) + 1;
+                        started[b].store(v, Ordering::SeqCst);
+                        vol.write_at(&block(b, v), (b * BLOCK) as u64).unwrap();
+                        acked[b].store(v, Ordering::SeqCst);
+                    }
+                    n += 1;
+                    if n % 64 == 0 {
+                        vol.flush().unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Copies: taken under load, checked against the acknowledgement bounds, then kept for readers.
+    let mut copies = Vec::new();
+    for round in 0..24 {
+        let lo: Vec<u64> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
+        let set = create_set(&[&vol], CreateOptions { volatile: round % 3 == 0, attributes: 0 }).unwrap();
+        let hi: Vec<u64> = started.iter().map(|a| a.load(Ordering::SeqCst)).collect();
+        let id = set.copies[0].id;
+        let mut image = vec![0u8; BLOCKS * BLOCK];
+        vol.read_copy(id, &mut image, 0).unwrap();
+        for b in 0..BLOCKS {
+            let v = version_of(b, &image[b * BLOCK..(b + 1) * BLOCK]);
+            assert!(lo[b] <= v && v <= hi[b], "copy {round}: block {b} has version {v}, expected {}..={}", lo[b], hi[b]);
+        }
+        copies.push((id, image));
+        if round % 5 == 4 {
+            // Delete a middle copy under load.
+            let (gone, _) = copies.remove(copies.len() / 2);
+            vol.delete(gone).unwrap();
+        }
+        thread::sleep(Duration::from_millis(15));
+    }
+    // Concurrent readers of all surviving copies, random ranges, while writers still run.
+    let survivors = Arc::new(copies);
+    let readers: Vec<_> = (0..2)
+        .map(|r| {
+            let (vol, survivors) = (vol.clone(), survivors.clone());
+            thread::spawn(move || {
+                let mut x = 77 + r as u64;
+                for _ in 0..3000 {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let (id, image) = &survivors[(x >> 40) as usize % survivors.len()];
+                    let off = (x >> 8) as usize % (BLOCKS * BLOCK - 1);
+                    let len = 1 + (x >> 30) as usize % (64 << 10).min(BLOCKS * BLOCK - off);
+                    let mut buf = vec![0u8; len];
+                    vol.read_copy(*id, &mut buf, off as u64).unwrap();
+                    assert!(buf[..] == image[off..off + len], "copy {id} changed at {off}+{len}");
+                }
+            })
+        })
+        .collect();
+    for r in readers {
+        r.join().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    // The live volume holds exactly the last acknowledged version of every block.
+    let mut live = vec![0u8; BLOCKS * BLOCK];
+    vol.read_at(&mut live, 0).unwrap();
+    for b in 0..BLOCKS {
+        assert_eq!(version_of(b, &live[b * BLOCK..(b + 1) * BLOCK]), acked[b].load(Ordering::SeqCst), "live block {b}");
+    }
+}
+
+#[test]
+fn writers_readers_and_sets_under_load() {
+    let (done_tx, done_rx) = mpsc::channel();
+    let worker = thread::spawn(move || {
+        workload();
+        let _ = done_tx.send(());
+    });
+    match done_rx.recv_timeout(Duration::from_secs(240)) {
+        Ok(()) => worker.join().unwrap(),
+        Err(mpsc::RecvTimeoutError::Disconnected) => std::panic::resume_unwind(worker.join().unwrap_err()),
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("deadlock: the workload did not finish in 240 s"),
+    }
+}

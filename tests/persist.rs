@@ -1,0 +1,197 @@
+//! The diff area on real files: reopen, exclusive lock, format versions, damage, and failing
+//! disks (full, broken). Each test names the failure it pins.
+
+mod common;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use shadowcopy::{create_set, CreateOptions, DiffAreaError, DiffAreaOptions, EngineOptions, Error, Event, MaxSize, ShadowVolume};
+
+use common::*;
+
+const SIZE: usize = 4 << 20;
+
+fn image(dir: &Path) -> std::path::PathBuf {
+    let p = dir.join("volume.img");
+    std::fs::write(&p, pattern(1, SIZE)).unwrap();
+    p
+}
+
+fn unbounded() -> DiffAreaOptions {
+    DiffAreaOptions { chunk_size: 16384, max_size: MaxSize::Unbounded }
+}
+
+fn read_all(vol: &ShadowVolume, id: uuid::Uuid) -> Result<Vec<u8>, Error> {
+    let mut buf = vec![0u8; SIZE];
+    vol.read_copy(id, &mut buf, 0).map(|()| buf)
+}
+
+#[test]
+fn persistent_copies_survive_reopen_and_volatile_ones_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path());
+    let da = dir.path().join("diff");
+    let vol = ShadowVolume::create_at(&img, &da, unbounded(), EngineOptions::default()).unwrap();
+    let before = std::fs::read(&img).unwrap();
+    let p = create_set(&[&vol], CreateOptions::default()).unwrap().copies[0].id;
+    vol.write_at(&pattern(2, 1 << 20), 12345).unwrap();
+    let mid = { let mut b = vec![0u8; SIZE]; vol.read_at(&mut b, 0).unwrap(); b };
+    let v = create_set(&[&vol], CreateOptions { volatile: true, attributes: 0 }).unwrap().copies[0].id;
+    vol.write_at(&pattern(3, 2 << 20), 1 << 20).unwrap();
+    assert_eq!(read_all(&vol, v).unwrap(), mid);
+    vol.close().unwrap();
+
+    let vol = ShadowVolume::open_at(&img, &da, EngineOptions::default()).unwrap();
+    let ids: Vec<_> = vol.copies().iter().map(|c| c.id).collect();
+    assert_eq!(ids, vec![p], "only the persistent copy comes back");
+    assert_eq!(read_all(&vol, p).unwrap(), before);
+}
+
+#[test]
+fn a_second_opener_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path());
+    let da = dir.path().join("diff");
+    let _vol = ShadowVolume::create_at(&img, &da, unbounded(), EngineOptions::default()).unwrap();
+    match ShadowVolume::open_at(&img, &da, EngineOptions::default()) {
+        Err(Error::Locked(_)) => {}
+        other => panic!("expected Locked, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_newer_format_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path());
+    let da = dir.path().join("diff");
+    ShadowVolume::create_at(&img, &da, unbounded(), EngineOptions::default()).unwrap().close().unwrap();
+    // Rewrite the header as a future version would (version 2, valid checksum).
+    let j = OpenOptions::new().read(true).write(true).open(da.join("journal.0")).unwrap();
+    let mut h = vec![0u8; 4096];
+    j.read_exact_at(&mut h, 0).unwrap();
+    h[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..64]);
+    h[64..68].copy_from_slice(&crc.to_le_bytes());
+    j.write_all_at(&h, 0).unwrap();
+    let err = ShadowVolume::open_at(&img, &da, EngineOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::DiffArea(DiffAreaError::NewerFormat { found: 2, supported: 1 })), "{err:?}");
+    assert!(err.to_string().contains("upgrade shadowcopy"), "{err}");
+}
+
+#[test]
+fn the_wrong_volume_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path());
+    let da = dir.path().join("diff");
+    ShadowVolume::create_at(&img, &da, unbounded(), EngineOptions::default()).unwrap().close().unwrap();
+    std::fs::write(&img, vec![0u8; SIZE / 2]).unwrap();
+    let err = ShadowVolume::open_at(&img, &da, EngineOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::VolumeSizeMismatch { .. }), "{err:?}");
+}
+
+#[test]
+fn journal_damage_fails_the_copies_it_touches_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path());
+    let da = dir.path().join("diff");
+    let vol = ShadowVolume::create_at(&img, &da, unbounded(), EngineOptions::default()).unwrap();
+    let a = create_set(&[&vol], CreateOptions::default()).unwrap().copies[0].id;
+    let damaged_from = std::fs::metadata(da.join("journal.0")).unwrap().len();
+    vol.write_at(&pattern(5, 1 << 20), 0).unwrap();
+    vol.flush().unwrap();
+    let b = create_set(&[&vol], CreateOptions::default()).unwrap().copies[0].id;
+    let b_image = read_all(&vol, b).unwrap();
+    vol.write_at(&pattern(6, 2 << 20), 0).unwrap();
+    vol.close().unwrap();
+
+    // Flip a byte inside the batch that holds the records written after copy A.
+    let j = OpenOptions::new().read(true).write(true).open(da.join("journal.0")).unwrap();
+    let mut byte = [0u8; 1];
+    j.read_exact_at(&mut byte, damaged_from + 40).unwrap();
+    j.write_all_at(&[byte[0] ^ 0x5a], damaged_from + 40).unwrap();
+
+    let vol = ShadowVolume::open_at(&img, &da, EngineOptions::default()).unwrap();
+    let copies = vol.copies();
+    let ca = copies.iter().find(|c| c.id == a).expect("A is still listed");
+    assert!(ca.failed.as_deref().is_some_and(|r| r.contains("damaged")), "A must be marked failed: {:?}", ca.failed);
+    assert!(matches!(read_all(&vol, a), Err(Error::CopyFailed { .. })));
+    assert!(vol.take_events().iter().any(|e| matches!(e, Event::CopyFailed { id, .. } if *id == a)));
+    assert_eq!(read_all(&vol, b).unwrap(), b_image, "B, made after the damage, stays exact");
+    vol.close().unwrap();
+    // The failure mark is durable; B still good after another reopen.
+    let vol = ShadowVolume::open_at(&img, &da, EngineOptions::default()).unwrap();
+    assert!(vol.copies().iter().find(|c| c.id == a).unwrap().failed.is_some());
+    assert_eq!(read_all(&vol, b).unwrap(), b_image);
+}
+
+#[test]
+fn a_torn_journal_tail_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path());
+    let da = dir.path().join("diff");
+    let vol = ShadowVolume::create_at(&img, &da, unbounded(), EngineOptions::default()).unwrap();
+    let a = create_set(&[&vol], CreateOptions::default()).unwrap().copies[0].id;
+    let a_image = read_all(&vol, a).unwrap();
+    vol.close().unwrap();
+    let j = OpenOptions::new().append(true).open(da.join("journal.0")).unwrap();
+    let len = j.metadata().unwrap().len();
+    j.write_all_at(b"\x42\x54\x43\x48garbage of a batch cut short", len).unwrap();
+    let vol = ShadowVolume::open_at(&img, &da, EngineOptions::default()).unwrap();
+    assert_eq!(read_all(&vol, a).unwrap(), a_image);
+    vol.close().unwrap();
+    assert_eq!(std::fs::metadata(da.join("journal.0")).unwrap().len(), len);
+}
+
+#[test]
+fn a_full_disk_under_the_diff_area_deletes_copies_never_fails_a_write() {
+    let initial = pattern(8, 1 << 20);
+    let (disk, vol) = create(initial, DiffAreaOptions { chunk_size: 4096, max_size: MaxSize::Unbounded }, quiet_engine());
+    let a = create_set(&[&vol], CreateOptions::default()).unwrap().copies[0].id;
+    vol.write_at(&pattern(9, 64 << 10), 0).unwrap();
+    let b = create_set(&[&vol], CreateOptions::default()).unwrap().copies[0].id;
+    let b_image = { let mut x = vec![0u8; 1 << 20]; vol.read_copy(b, &mut x, 0).unwrap(); x };
+    disk.set_write_error(STORE, Some(libc::ENOSPC));
+    // Every live write succeeds; copies give way, oldest first.
+    for i in 0..16u64 {
+        vol.write_at(&pattern(10 + i, 64 << 10), (i * 64) << 10).unwrap();
+    }
+    vol.flush().unwrap();
+    let events = vol.take_events();
+    assert!(events.iter().any(|e| matches!(e, Event::CopyDeleted { id, .. } if *id == a)), "{events:?}");
+    let mut live = vec![0u8; 1 << 20];
+    vol.read_at(&mut live, 0).unwrap();
+    for i in 0..16u64 {
+        assert!(live[(i as usize * 64) << 10..((i as usize + 1) * 64) << 10] == pattern(10 + i, 64 << 10)[..]);
+    }
+    // Whatever copy is left still reads exactly.
+    for c in vol.copies() {
+        assert_eq!(c.id, b);
+        let mut x = vec![0u8; 1 << 20];
+        vol.read_copy(b, &mut x, 0).unwrap();
+        assert_eq!(x, b_image);
+    }
+}
+
+#[test]
+fn a_broken_diff_area_sacrifices_copies_never_live_writes() {
+    let initial = pattern(11, 1 << 20);
+    let (disk, vol) = create(initial, DiffAreaOptions { chunk_size: 4096, max_size: MaxSize::Unbounded }, quiet_engine());
+    let a = create_set(&[&vol], CreateOptions::default()).unwrap().copies[0].id;
+    disk.set_write_error(STORE, Some(libc::EIO));
+    vol.write_at(&pattern(12, 100_000), 5000).unwrap();
+    vol.flush().unwrap();
+    let failed = vol.copies();
+    assert!(failed[0].failed.is_some(), "the copy must be marked failed");
+    assert!(matches!(vol.read_copy(a, &mut [0u8; 10], 0), Err(Error::CopyFailed { .. })));
+    assert!(matches!(create_set(&[&vol], CreateOptions::default()), Err(Error::Unavailable(_))));
+    let mut live = vec![0u8; 100_000];
+    vol.read_at(&mut live, 5000).unwrap();
+    assert_eq!(live, pattern(12, 100_000));
+    vol.close().unwrap();
+    // The failure was recorded durably: after reopen the copy is still failed, never wrong.
+    disk.set_write_error(STORE, None);
+    let vol = open(&disk, quiet_engine()).unwrap();
+    assert!(vol.copies().iter().all(|c| c.failed.is_some()));
+}
