@@ -42,7 +42,7 @@ fn version_of(b: usize, data: &[u8]) -> u64 {
 fn volume() -> ShadowVolume {
     let initial: Vec<u8> = (0..BLOCKS).flat_map(|b| block(b, 0)).collect();
     let files = DiffAreaFiles::new(Arc::new(MemStorage::default()), [Arc::new(MemStorage::default()), Arc::new(MemStorage::default())]);
-    let engine = EngineOptions { cache_chunks: 256, pending_limit: 4 << 20, commit_interval: Duration::from_millis(2) };
+    let engine = EngineOptions { cache_chunks: 256, pending_limit: 4 << 20, commit_interval: Duration::from_millis(2), journal_compact_bytes: Some(64 << 10) };
     ShadowVolume::create(Arc::new(MemStorage::from_vec(initial)), files, DiffAreaOptions { chunk_size: 16384, max_size: MaxSize::Unbounded }, engine).unwrap()
 }
 

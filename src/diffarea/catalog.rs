@@ -124,58 +124,86 @@ impl Catalog {
         Ok(persistent)
     }
 
-    /// Removes a copy; returns the records no remaining copy needs (their slots are free).
-    pub fn remove_copy(&mut self, epoch: u32) -> Option<(CopyMeta, Vec<Entry>)> {
+    /// Removes a copy. Its records become garbage; [`Catalog::collect_garbage_step`] drops them.
+    pub fn remove_copy(&mut self, epoch: u32) -> Option<CopyMeta> {
         let meta = self.copies.remove(&epoch)?;
         self.by_id.remove(&meta.record.id);
-        Some((meta, self.collect_garbage()))
+        Some(meta)
     }
 
-    /// Marks a copy failed: it stays listed with the reason, and no longer holds chunks.
-    pub fn fail_copy(&mut self, epoch: u32, reason: String) -> Vec<Entry> {
+    /// Marks a copy failed: it stays listed with the reason, and no longer holds chunks (its
+    /// records become garbage).
+    pub fn fail_copy(&mut self, epoch: u32, reason: String) {
         if let Some(m) = self.copies.get_mut(&epoch) {
             if m.failed.is_none() {
                 m.failed = Some(reason);
             }
         }
-        self.collect_garbage()
     }
 
-    /// Drops every record whose epoch range holds no protected copy.
+    /// Drops every record whose epoch range holds no protected copy; returns them.
     pub fn collect_garbage(&mut self) -> Vec<Entry> {
         let copies = &self.copies;
         self.index.retain(|lower, e| lower < e.upper && copies.range(lower + 1..=e.upper).any(|(_, m)| m.protected()))
     }
 
-    /// The records a compaction writes: config, persistent copies, and the chunks they need.
-    pub fn durable_state(&self, max_size: u64, batch_bytes: usize) -> Vec<Vec<u8>> {
-        let mut payloads = vec![Vec::new()];
-        let mut push = |r: Record| {
-            let cur = payloads.last_mut().expect("never empty");
-            r.encode_into(cur);
-            if cur.len() >= batch_bytes {
-                payloads.push(Vec::new());
+    /// One bounded step of garbage collection: looks at up to `budget` records from key
+    /// `start`, drops the garbage among them and returns it with the key to resume from.
+    /// A record that is garbage stays garbage (new copies only get newer epochs), so the
+    /// steps may be interleaved with any other use of the catalog.
+    pub fn collect_garbage_step(&mut self, start: (u64, u32), budget: usize) -> (Vec<Entry>, Option<(u64, u32)>) {
+        let mut lower = self.index.lower_bound(start.0, start.1);
+        let mut prev_chunk = start.0;
+        let mut garbage = Vec::new();
+        let mut next = None;
+        for (n, e) in self.index.iter_from(start.0, start.1).enumerate() {
+            if n == budget {
+                next = Some((e.chunk, e.upper));
+                break;
             }
-        };
-        push(Record::Config { max_size });
+            let lo = if e.chunk == prev_chunk { lower } else { 0 };
+            if !self.any_in(lo, e.upper, CopyMeta::protected) {
+                garbage.push(e);
+            }
+            prev_chunk = e.chunk;
+            lower = e.upper;
+        }
+        for g in &garbage {
+            self.index.remove(g.chunk, g.upper);
+        }
+        (garbage, next)
+    }
+
+    /// The first payload of a compaction: the configuration and the persistent copies.
+    pub fn durable_copies(&self, max_size: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        Record::Config { max_size }.encode_into(&mut out);
         for (_, m) in self.copies.iter().filter(|(_, m)| m.persistent && m.journaled) {
-            push(Record::SnapshotCreated(m.record));
+            Record::SnapshotCreated(m.record).encode_into(&mut out);
             if let Some(reason) = &m.failed {
-                push(Record::SnapshotFailed { epoch: m.record.epoch, reason: reason.clone() });
+                Record::SnapshotFailed { epoch: m.record.epoch, reason: reason.clone() }.encode_into(&mut out);
             }
         }
-        let mut prev: Option<Entry> = None;
-        for e in self.index.iter() {
-            let lower = match prev {
-                Some(p) if p.chunk == e.chunk => p.upper,
-                _ => 0,
-            };
-            prev = Some(e);
-            if self.any_in(lower, e.upper, |m| m.persistent && m.protected()) {
-                push(Record::Preserved { chunk: e.chunk, upper: e.upper, slot: e.slot });
+        out
+    }
+
+    /// One bounded step of a compaction: the records from key `start` (up to `budget` of them)
+    /// that serve a persistent copy, encoded, and the key to resume from.
+    pub fn durable_records_step(&self, start: (u64, u32), budget: usize) -> (Vec<u8>, Option<(u64, u32)>) {
+        let mut out = Vec::new();
+        let mut lower = self.index.lower_bound(start.0, start.1);
+        let mut prev_chunk = start.0;
+        for (n, e) in self.index.iter_from(start.0, start.1).enumerate() {
+            if n == budget {
+                return (out, Some((e.chunk, e.upper)));
             }
+            let lo = if e.chunk == prev_chunk { lower } else { 0 };
+            if self.any_in(lo, e.upper, |m| m.persistent && m.protected()) {
+                Record::Preserved { chunk: e.chunk, upper: e.upper, slot: e.slot }.encode_into(&mut out);
+            }
+            prev_chunk = e.chunk;
+            lower = e.upper;
         }
-        payloads.retain(|p| !p.is_empty());
-        payloads
+        (out, None)
     }
 }

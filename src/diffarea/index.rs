@@ -156,6 +156,18 @@ impl ChunkIndex {
         }
     }
 
+    /// Records with key `>= (chunk, upper)`, in key order.
+    pub fn iter_from(&self, chunk: u64, upper: u32) -> impl Iterator<Item = Entry> + '_ {
+        let key = (chunk, upper);
+        let (p, i) = if self.pages.is_empty() {
+            (0, 0)
+        } else {
+            let p = self.page_for(key);
+            (p, self.pages[p].partition_point(|e| e.key() < key))
+        };
+        self.pages.iter().skip(p).enumerate().flat_map(move |(n, page)| page[if n == 0 { i } else { 0 }..].iter().copied())
+    }
+
     /// All records in key order.
     pub fn iter(&self) -> impl Iterator<Item = Entry> + '_ {
         self.pages.iter().flat_map(|p| p.iter().copied())

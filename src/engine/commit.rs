@@ -38,13 +38,26 @@ impl Inner {
         let mut journal = self.journal.lock();
         let compact = force_compact || journal.active_len() > self.compaction_threshold();
         let (work, n) = if compact {
-            let cat = self.catalog.read();
-            let mut log = self.log.lock();
-            let n = log.commit_no;
-            log.commit_no += 1;
-            log.payload.clear();
+            let n = {
+                let mut log = self.log.lock();
+                log.payload.clear();
+                log.commit_no += 1;
+                log.commit_no - 1
+            };
+            // The state is read in bounded steps so that writers are never held for a whole
+            // scan. What changes meanwhile is also in the log, appended after the compacted
+            // state by the next commit; replaying a record twice is harmless (see design.md).
             let max = self.max_size.lock().unwrap_or(u64::MAX);
-            (Work::Compact(cat.durable_state(max, 1 << 20)), n)
+            let mut payloads = vec![self.catalog.read().durable_copies(max)];
+            let mut from = Some((0u64, 0u32));
+            while let Some(start) = from {
+                let (payload, next) = self.catalog.read().durable_records_step(start, 1 << 14);
+                if !payload.is_empty() {
+                    payloads.push(payload);
+                }
+                from = next;
+            }
+            (Work::Compact(payloads), n)
         } else {
             let mut log = self.log.lock();
             let n = log.commit_no;
@@ -84,6 +97,9 @@ impl Inner {
 
     /// Bytes the active journal file may reach before a commit compacts it.
     fn compaction_threshold(&self) -> u64 {
+        if let Some(t) = self.options.journal_compact_bytes {
+            return t;
+        }
         match *self.max_size.lock() {
             Some(max) => (128 << 10) + (max / u64::from(self.chunk_size)) * 32,
             None => {

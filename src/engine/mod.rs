@@ -96,11 +96,14 @@ pub struct EngineOptions {
     pub pending_limit: u64,
     /// How often the background committer makes held-back data durable.
     pub commit_interval: Duration,
+    /// Compact the journal when its active file passes this many bytes (default: derived from
+    /// the maximum size; tests set it low to exercise compaction).
+    pub journal_compact_bytes: Option<u64>,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { cache_chunks: 4096, pending_limit: 64 << 20, commit_interval: Duration::from_millis(5) }
+        EngineOptions { cache_chunks: 4096, pending_limit: 64 << 20, commit_interval: Duration::from_millis(5), journal_compact_bytes: None }
     }
 }
 
@@ -573,19 +576,16 @@ impl Inner {
 
     /// Removes a copy; its slots become free after the commit that records the deletion.
     fn delete_epoch(&self, epoch: u32, reason: DeleteReason) -> Result<Option<CopyInfo>, Error> {
-        let info = {
+        let (info, n) = {
             let mut cat = self.catalog.write();
-            let Some((meta, freed)) = cat.remove_copy(epoch) else { return Ok(None) };
+            let Some(meta) = cat.remove_copy(epoch) else { return Ok(None) };
             let mut log = self.log.lock();
             if meta.persistent && meta.journaled {
                 Record::SnapshotDeleted { epoch }.encode_into(&mut log.payload);
             }
-            let n = log.commit_no;
-            drop(log);
-            let mut slots = self.slots.lock();
-            freed.iter().for_each(|e| slots.release(e.slot, n));
-            CopyInfo::from_meta(&meta)
+            (CopyInfo::from_meta(&meta), log.commit_no)
         };
+        self.collect_garbage(n);
         match reason {
             DeleteReason::Requested => tracing::info!(copy = %info.id, "shadow copy deleted"),
             DeleteReason::DiffAreaFull => tracing::warn!(copy = %info.id, "diff area full: deleted the oldest shadow copy"),
@@ -593,6 +593,21 @@ impl Inner {
         self.events.lock().push(Event::CopyDeleted { id: info.id, reason });
         self.commit()?;
         Ok(Some(info))
+    }
+
+    /// Drops records no copy needs, a bounded step at a time so that writers and readers are
+    /// never held for a whole scan; their slots become free after commit `n`.
+    fn collect_garbage(&self, n: u64) {
+        const STEP: usize = 8192;
+        let mut from = Some((0u64, 0u32));
+        while let Some(start) = from {
+            let (garbage, next) = self.catalog.write().collect_garbage_step(start, STEP);
+            if !garbage.is_empty() {
+                let mut slots = self.slots.lock();
+                garbage.iter().for_each(|e| slots.release(e.slot, n));
+            }
+            from = next;
+        }
     }
 
     fn resize(&self, max: MaxSize) -> Result<Usage, Error> {
@@ -655,10 +670,10 @@ impl Inner {
             }
             let n = log.commit_no;
             drop(log);
-            let mut freed = Vec::new();
             for e in epochs {
-                freed.extend(cat.fail_copy(e, reason.clone()));
+                cat.fail_copy(e, reason.clone());
             }
+            let freed = cat.collect_garbage();
             let mut slots = self.slots.lock();
             freed.iter().for_each(|e| slots.release(e.slot, n));
             events

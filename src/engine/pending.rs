@@ -92,10 +92,15 @@ impl Pending {
             return Ok(());
         }
         for shard in &self.shards {
-            let mut map = shard.lock();
-            let due: Vec<u64> = map.iter().filter(|(_, h)| upto.is_none_or(|u| h.commit <= u)).map(|(c, _)| *c).collect();
+            let due: Vec<u64> = shard.lock().iter().filter(|(_, h)| upto.is_none_or(|u| h.commit <= u)).map(|(c, _)| *c).collect();
+            // One chunk at a time under the shard lock: writers and readers of other chunks of
+            // the shard wait for one chunk's write at most.
             for chunk in due {
-                let held = &map[&chunk];
+                let mut map = shard.lock();
+                let Some(held) = map.get(&chunk) else { continue };
+                if upto.is_some_and(|u| held.commit > u) {
+                    continue;
+                }
                 write(chunk, &held.data)?;
                 let len = held.data.len() as u64;
                 map.remove(&chunk);

@@ -1,1 +1,424 @@
-fn main() {}
+//! `shadowcopy-bench engine`: the engine's figures, each next to a peer measured in the same run
+//! (the raw file through `pwrite`, a qcow2 internal snapshot under `qemu-io`), and the ratio.
+//!
+//! Run through `scripts/bench engine`. Files go to `--dir` (default `target/bench`), which must not
+//! be a tmpfs if the figures are to mean anything about disks.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use shadowcopy::diffarea::index::{ChunkIndex, Entry};
+use shadowcopy::size::{format_size, parse_size};
+use shadowcopy::{create_set, CreateOptions, DiffAreaOptions, EngineOptions, MaxSize, ShadowVolume};
+
+/// Counts live heap bytes, for the index's memory figure.
+struct Counting;
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size(), Ordering::Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        LIVE.fetch_add(new, Ordering::Relaxed);
+        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+#[derive(Parser)]
+#[command(about = "Benchmarks of shadowcopy against peers measured in the same run")]
+struct Cli {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Subcommand)]
+enum What {
+    /// The copy-on-write engine.
+    Engine {
+        /// Directory for the images and diff areas.
+        #[arg(long, default_value = "target/bench")]
+        dir: PathBuf,
+        /// Volume size.
+        #[arg(long, default_value = "512M", value_parser = parse_size)]
+        size: u64,
+        /// Random 4 KiB writes per random-write run.
+        #[arg(long, default_value_t = 20000)]
+        random_writes: usize,
+        /// Copies for the lookup-cost figure.
+        #[arg(long, default_value_t = 512)]
+        copies: usize,
+        /// Repetitions of each timed run (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+struct Figure {
+    name: &'static str,
+    ours: String,
+    peer: String,
+    ratio: f64,
+    target: &'static str,
+    met: bool,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.what {
+        What::Engine { dir, size, random_writes, copies, repeat, json } => engine(&dir, size, random_writes, copies, repeat, json),
+    }
+}
+
+const MIB: usize = 1 << 20;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn mbps(bytes: u64, secs: f64) -> String {
+    format!("{:.0} MB/s", bytes as f64 / secs / 1e6)
+}
+
+/// A fully written (not sparse) image.
+fn make_image(path: &Path, size: u64) -> Result<()> {
+    let f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let buf = pattern_block(MIB, 0xA5);
+    let mut off = 0;
+    while off < size {
+        let n = (size - off).min(MIB as u64) as usize;
+        f.write_all_at(&buf[..n], off)?;
+        off += n as u64;
+    }
+    f.sync_all()?;
+    Ok(())
+}
+
+fn pattern_block(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+fn fresh_dir(p: &Path) -> Result<()> {
+    let _ = std::fs::remove_dir_all(p);
+    std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))
+}
+
+fn engine_opts() -> EngineOptions {
+    EngineOptions::default()
+}
+
+fn open_engine(img: &Path, da: &Path) -> Result<ShadowVolume> {
+    let _ = std::fs::remove_dir_all(da);
+    Ok(ShadowVolume::create_at(img, da, DiffAreaOptions { chunk_size: 16384, max_size: MaxSize::Unbounded }, engine_opts())?)
+}
+
+/// Sequential 1 MiB writes over the whole image, then a durable flush.
+fn seq_raw(img: &Path, size: u64, seed: u8) -> Result<f64> {
+    let f = OpenOptions::new().write(true).open(img)?;
+    let buf = pattern_block(MIB, seed);
+    let t = Instant::now();
+    let mut off = 0;
+    while off < size {
+        f.write_all_at(&buf, off)?;
+        off += MIB as u64;
+    }
+    f.sync_data()?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn seq_engine(vol: &ShadowVolume, size: u64, seed: u8) -> Result<f64> {
+    let buf = pattern_block(MIB, seed);
+    let t = Instant::now();
+    let mut off = 0;
+    while off < size {
+        vol.write_at(&buf, off)?;
+        off += MIB as u64;
+    }
+    vol.flush()?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn random_offsets(n: usize, size: u64, seed: u64) -> Vec<u64> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 16) % (size / 4096)) * 4096
+        })
+        .collect()
+}
+
+fn random_engine(vol: &ShadowVolume, offsets: &[u64]) -> Result<f64> {
+    let buf = pattern_block(4096, 7);
+    let t = Instant::now();
+    for &o in offsets {
+        vol.write_at(&buf, o)?;
+    }
+    vol.flush()?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// Random 4 KiB writes under `qemu-io` on a qcow2 image: (before an internal snapshot, after).
+fn qcow2_random(dir: &Path, size: u64, offsets: &[u64]) -> Result<(f64, f64)> {
+    let img = dir.join("peer.qcow2");
+    let _ = std::fs::remove_file(&img);
+    run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-o", "preallocation=full"]).arg(&img).arg(size.to_string()))?;
+    let script = |path: &Path| -> Result<()> {
+        let mut f = File::create(path)?;
+        for o in offsets {
+            writeln!(f, "write -q -P 7 {o} 4096")?;
+        }
+        writeln!(f, "flush")?;
+        Ok(())
+    };
+    let cmds = dir.join("qemu-io.cmds");
+    script(&cmds)?;
+    let timed = |img: &Path| -> Result<f64> {
+        let input = File::open(&cmds)?;
+        let t = Instant::now();
+        let out = Command::new("qemu-io").args(["-f", "qcow2"]).arg(img).stdin(input).stdout(Stdio::null()).stderr(Stdio::piped()).output()?;
+        if !out.status.success() {
+            bail!("qemu-io failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(t.elapsed().as_secs_f64())
+    };
+    // Warm: the same writes once, so that both timed runs overwrite allocated clusters.
+    timed(&img)?;
+    let before = timed(&img)?;
+    run(Command::new("qemu-img").args(["snapshot", "-c", "s1"]).arg(&img))?;
+    let after = timed(&img)?;
+    let _ = std::fs::remove_file(&img);
+    Ok((before, after))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn engine(dir: &Path, size: u64, random_writes: usize, ncopies: usize, repeat: usize, json: bool) -> Result<()> {
+    fresh_dir(dir)?;
+    let img = dir.join("volume.img");
+    let da = dir.join("diff");
+    eprintln!("preparing a {} image in {}", format_size(size), dir.display());
+    make_image(&img, size)?;
+    let mut figures = Vec::new();
+
+    // 1–3: sequential 1 MiB writes.
+    let (mut raw, mut none, mut cold, mut cow, mut again) = (vec![], vec![], vec![], vec![], vec![]);
+    for r in 0..repeat {
+        eprintln!("sequential writes, round {}/{repeat}", r + 1);
+        raw.push(seq_raw(&img, size, r as u8)?);
+        let vol = open_engine(&img, &da)?;
+        none.push(seq_engine(&vol, size, r as u8 + 1)?);
+        // Cold: the first pass into a brand-new store file (its blocks are new to the disk).
+        let first = create_set(&[&vol], CreateOptions::default())?.copies[0].id;
+        cold.push(seq_engine(&vol, size, r as u8 + 2)?);
+        vol.delete(first)?;
+        // Steady state: the store's space, freed by that deletion, is reused.
+        create_set(&[&vol], CreateOptions::default())?;
+        cow.push(seq_engine(&vol, size, r as u8 + 3)?);
+        again.push(seq_engine(&vol, size, r as u8 + 4)?);
+        vol.close()?;
+    }
+    let raw = median(raw);
+    let cold = median(cold);
+    figures.push(Figure {
+        name: "(for reference) the same, first pass into a new store file",
+        ours: mbps(size, cold),
+        peer: mbps(size, raw),
+        ratio: raw / cold,
+        target: "none",
+        met: true,
+    });
+    for (name, times, target, want) in [
+        ("1 MiB sequential writes, no shadow copy, vs pwrite", none, "≥ 0.90", 0.90),
+        ("1 MiB sequential writes, first after a persistent copy (full COW, store space reused), vs pwrite", cow, "≥ 0.45", 0.45),
+        ("1 MiB sequential writes, chunks already preserved, vs pwrite", again, "≥ 0.85", 0.85),
+    ] {
+        let ours = median(times);
+        let ratio = raw / ours;
+        figures.push(Figure { name, ours: mbps(size, ours), peer: mbps(size, raw), ratio, target, met: ratio >= want });
+    }
+
+    // 4: random 4 KiB writes, before vs first after a persistent copy; qcow2 the same way.
+    eprintln!("random 4 KiB writes");
+    let offsets = random_offsets(random_writes, size, 42);
+    let vol = open_engine(&img, &da)?;
+    // Warm, like the qcow2 run: the same writes once, and the store's space once (a copy whose
+    // preservation fills the store, then deleted).
+    let warm = create_set(&[&vol], CreateOptions::default())?.copies[0].id;
+    random_engine(&vol, &offsets)?;
+    vol.delete(warm)?;
+    let before = random_engine(&vol, &offsets)?;
+    create_set(&[&vol], CreateOptions::default())?;
+    let after = random_engine(&vol, &offsets)?;
+    vol.close()?;
+    let ours_ratio = before / after;
+    if have("qemu-io") && have("qemu-img") {
+        let (qb, qa) = qcow2_random(dir, size, &offsets)?;
+        let q_ratio = qb / qa;
+        figures.push(Figure {
+            name: "4 KiB random writes, first after a persistent copy vs before it",
+            ours: format!("{ours_ratio:.2} ({:.0} → {:.0} IOPS)", random_writes as f64 / before, random_writes as f64 / after),
+            peer: format!("qcow2 {q_ratio:.2} ({:.0} → {:.0} IOPS)", random_writes as f64 / qb, random_writes as f64 / qa),
+            ratio: ours_ratio / q_ratio,
+            target: "≥ 2× qcow2's",
+            met: ours_ratio >= 2.0 * q_ratio,
+        });
+    } else {
+        bail!("qemu-img/qemu-io not found: install qemu-utils (the qcow2 peer is part of the benchmark)");
+    }
+
+    // 5: hold window of set commits while 4 threads write.
+    eprintln!("hold window under 4 writers");
+    let vol = Arc::new(open_engine(&img, &da)?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let (vol, stop) = (vol.clone(), stop.clone());
+            std::thread::spawn(move || -> Result<u64> {
+                let buf = pattern_block(64 << 10, w as u8);
+                let mut n = 0;
+                let mut x = w + 1;
+                while !stop.load(Ordering::Relaxed) {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let off = ((x >> 16) % (size / (64 << 10))) * (64 << 10);
+                    vol.write_at(&buf, off)?;
+                    n += 1;
+                }
+                Ok(n)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut holds = Vec::new();
+    for _ in 0..200 {
+        let set = create_set(&[&vol], CreateOptions::default())?;
+        holds.push(set.hold.as_secs_f64() * 1e3);
+        vol.delete(set.copies[0].id)?;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut written = 0;
+    for w in writers {
+        written += w.join().expect("writer thread")?;
+    }
+    holds.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let p99 = holds[holds.len() * 99 / 100];
+    figures.push(Figure {
+        name: "hold window of a set commit while 4 threads write (200 sets)",
+        ours: format!("p50 {:.3} ms, p99 {p99:.3} ms, max {:.3} ms", holds[holds.len() / 2], holds[holds.len() - 1]),
+        peer: format!("{} writes of 64 KiB during the run", written),
+        ratio: p99,
+        target: "p99 ≤ 1 ms",
+        met: p99 <= 1.0,
+    });
+    drop(Arc::try_unwrap(vol).map_err(|_| anyhow::anyhow!("volume still shared"))?.close());
+
+    // 6: read of the oldest copy with many copies vs with one.
+    eprintln!("read of the oldest copy, 1 copy vs {ncopies}");
+    let vol = open_engine(&img, &da)?;
+    let oldest = create_set(&[&vol], CreateOptions::default())?.copies[0].id;
+    seq_engine(&vol, size, 9)?; // every chunk of the oldest copy now lives in the diff area
+    let read_all = |vol: &ShadowVolume| -> Result<f64> {
+        let mut buf = vec![0u8; MIB];
+        let t = Instant::now();
+        let mut off = 0;
+        while off < size {
+            vol.read_copy(oldest, &mut buf, off)?;
+            off += MIB as u64;
+        }
+        Ok(t.elapsed().as_secs_f64())
+    };
+    read_all(&vol)?;
+    let one = median((0..repeat).map(|_| read_all(&vol)).collect::<Result<Vec<_>>>()?);
+    let chunk_writes = random_offsets(ncopies * 64, size, 7);
+    let buf = pattern_block(16384, 3);
+    for i in 1..ncopies {
+        create_set(&[&vol], CreateOptions::default())?;
+        for o in &chunk_writes[i * 64..(i + 1) * 64] {
+            vol.write_at(&buf, o / 16384 * 16384)?;
+        }
+    }
+    read_all(&vol)?;
+    let many = median((0..repeat).map(|_| read_all(&vol)).collect::<Result<Vec<_>>>()?);
+    let usage = vol.usage();
+    figures.push(Figure {
+        name: "read of the oldest copy with many copies vs with 1",
+        ours: format!("{} with {ncopies} copies", mbps(size, many)),
+        peer: format!("{} with 1 copy", mbps(size, one)),
+        ratio: one / many,
+        target: "≥ 0.90",
+        met: one / many >= 0.90,
+    });
+    let engine_per_chunk = usage.index_bytes as f64 / usage.preserved_chunks as f64;
+    vol.close()?;
+
+    // 7: RAM of the index per preserved chunk: the engine's own count, and a million records
+    // inserted in random order measured by the allocator.
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut idx = ChunkIndex::new();
+    let mut x = 1u64;
+    for i in 0..1_000_000u32 {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        idx.insert(Entry { chunk: (x >> 20) % 4_000_000, upper: 1 + (x % 64) as u32, slot: i });
+    }
+    let counted = (LIVE.load(Ordering::Relaxed) - before) as f64 / idx.len() as f64;
+    figures.push(Figure {
+        name: "RAM of the index per preserved chunk",
+        ours: format!("{counted:.1} B (1M random inserts, allocator count)"),
+        peer: format!("{engine_per_chunk:.1} B in the run above ({} chunks)", usage.preserved_chunks),
+        ratio: counted.max(engine_per_chunk),
+        target: "≤ 32 bytes",
+        met: counted.max(engine_per_chunk) <= 32.0,
+    });
+    drop(idx);
+    let _ = std::fs::remove_dir_all(dir);
+
+    if json {
+        for f in &figures {
+            println!(
+                "{}",
+                serde_json::json!({"figure": f.name, "ours": f.ours, "peer": f.peer, "ratio": f.ratio, "target": f.target, "met": f.met})
+            );
+        }
+    } else {
+        println!("\n| figure | ours | peer (same run) | ratio | target | met |\n|---|---|---|---|---|---|");
+        for f in &figures {
+            println!("| {} | {} | {} | {:.2} | {} | {} |", f.name, f.ours, f.peer, f.ratio, f.target, if f.met { "yes" } else { "NO" });
+        }
+    }
+    Ok(())
+}
