@@ -147,3 +147,28 @@ fn writers_readers_and_sets_under_load() {
         Err(mpsc::RecvTimeoutError::Timeout) => panic!("deadlock: the workload did not finish in 240 s"),
     }
 }
+
+/// Pins a race found by `persist.rs`: a copy-before-write read the volume, the background commit
+/// then released a held-back chunk to the volume and forgot it, and the read — checking the held
+/// chunks only afterwards — kept the stale volume bytes, so a newer copy preserved old data.
+#[test]
+fn a_release_racing_a_preservation_read_is_never_stale() {
+    let files = DiffAreaFiles::new(Arc::new(MemStorage::default()), [Arc::new(MemStorage::default()), Arc::new(MemStorage::default())]);
+    let engine = EngineOptions { cache_chunks: 16, pending_limit: 64 << 20, commit_interval: Duration::from_micros(50), journal_compact_bytes: None };
+    let size = 1 << 20;
+    let vol = ShadowVolume::create(Arc::new(MemStorage::new(size)), files, DiffAreaOptions { chunk_size: 4096, max_size: MaxSize::Unbounded }, engine).unwrap();
+    for round in 0..400u64 {
+        create_set(&[&vol], CreateOptions::default()).unwrap();
+        vol.write_at(&pattern(round * 2, 256 << 10), 4096 * (round % 64)).unwrap();
+        let mut before = vec![0u8; size];
+        vol.read_at(&mut before, 0).unwrap();
+        let v = create_set(&[&vol], CreateOptions { volatile: true, attributes: 0 }).unwrap().copies[0].id;
+        vol.write_at(&pattern(round * 2 + 1, 512 << 10), 4096 * (round % 128)).unwrap();
+        let mut got = vec![0u8; size];
+        vol.read_copy(v, &mut got, 0).unwrap();
+        assert!(got == before, "round {round}: the volatile copy does not hold the volume as it was");
+        for c in vol.copies() {
+            vol.delete(c.id).unwrap();
+        }
+    }
+}

@@ -21,23 +21,36 @@ impl Inner {
     }
 
     /// The live view; callers that must not race a write hold the stripes.
+    ///
+    /// Held-back chunks are looked up *before* the volume is read: the commit writes a chunk to
+    /// the volume before it stops holding it, so a chunk found not held is already on the
+    /// volume. (Reading the volume first could miss a chunk released in between.)
     pub(super) fn read_live_locked(&self, buf: &mut [u8], offset: u64) -> Result<(), Error> {
         if buf.is_empty() {
             return Ok(());
         }
-        self.volume.read_at(buf, offset).map_err(Error::volume("reading the volume"))?;
         if self.pending.is_empty() {
-            return Ok(());
+            return self.volume.read_at(buf, offset).map_err(Error::volume("reading the volume"));
         }
         let end = offset + buf.len() as u64;
         let first = offset >> self.chunk_shift;
         let last = (end - 1) >> self.chunk_shift;
+        // Byte ranges (relative to `offset`) still to read from the volume, merged.
+        let mut from_volume: Vec<(usize, usize)> = Vec::new();
         for c in first..=last {
             let cstart = c << self.chunk_shift;
             let s = offset.max(cstart);
             let e = end.min(cstart + u64::from(self.chunk_size));
-            let out = &mut buf[(s - offset) as usize..(e - offset) as usize];
-            self.pending.read(c, (s - cstart) as usize, out);
+            let (lo, hi) = ((s - offset) as usize, (e - offset) as usize);
+            if !self.pending.read(c, (s - cstart) as usize, &mut buf[lo..hi]) {
+                match from_volume.last_mut() {
+                    Some(r) if r.1 == lo => r.1 = hi,
+                    _ => from_volume.push((lo, hi)),
+                }
+            }
+        }
+        for (lo, hi) in from_volume {
+            self.volume.read_at(&mut buf[lo..hi], offset + lo as u64).map_err(Error::volume("reading the volume"))?;
         }
         Ok(())
     }
