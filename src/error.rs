@@ -60,6 +60,9 @@ pub enum Error {
     /// The diff area stopped after an I/O failure; live writes go on, copies cannot be made.
     #[error("shadow copies are unavailable on this volume: {0}")]
     Unavailable(String),
+    /// The directory holds no diff area.
+    #[error("there is no diff area in {0}; create one first")]
+    NoDiffArea(String),
     /// Another process has the diff area open.
     #[error("the diff area {0} is in use by another process")]
     Locked(String),

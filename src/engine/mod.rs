@@ -126,6 +126,9 @@ impl DiffAreaFiles {
     /// Opens (creating if `create`) the files in `dir` and takes its lock.
     pub fn in_dir(dir: &Path, create: bool) -> Result<Self, Error> {
         let io = |what| move |source| Error::DiffArea(DiffAreaError::Io { what, source });
+        if !create && !dir.join("journal.0").exists() {
+            return Err(Error::NoDiffArea(dir.display().to_string()));
+        }
         if create {
             std::fs::create_dir_all(dir).map_err(io("creating the diff-area directory"))?;
         }

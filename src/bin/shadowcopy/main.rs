@@ -4,6 +4,7 @@
 //! area for an image, inspect one (copies, space, damage), take a copy, and export or diff
 //! copies. Offline means: nothing else may write the image meanwhile.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::UNIX_EPOCH;
 
@@ -154,16 +155,20 @@ fn offline(cmd: Offline, json: bool) -> Result<()> {
         Offline::Export { image, diff_area, id, output } => {
             let vol = open(&image, &diff_area)?;
             let mut last = 0u64;
+            let show = !json && std::io::stderr().is_terminal();
             vol.export(id, &output, &mut |done, total| {
                 let pct = done * 100 / total.max(1);
-                if !json && pct != last {
+                if show && pct != last {
                     last = pct;
                     eprint!("\rexporting {id}: {pct:>3}%");
                 }
             })
             .with_context(|| format!("exporting {id} to {}", output.display()))?;
-            if !json {
+            if show {
                 eprintln!();
+            }
+            if !json {
+                println!("exported {id} to {}", output.display());
             }
             vol.close()?;
         }
