@@ -5,8 +5,9 @@
 //!   record: the slot was freed (by a durable deletion) before it was reused.
 //! - Damage in the middle of the journal loses records of unknown content: every copy that
 //!   existed at that point is marked failed; copies created later stay good.
-//! - A record that names a slot beyond the store or a chunk beyond the volume is damage of the
-//!   same kind, confined to the copies it serves.
+//! - A record that names a slot beyond the store or a chunk beyond the volume, and still serves
+//!   a copy after garbage collection, fails the copies it serves. (A garbage record may name a
+//!   slot past the end: the store is trimmed on open.)
 //! - Volatile copies are never journaled, so they are simply absent.
 
 use std::collections::BTreeMap;
@@ -35,8 +36,8 @@ pub fn recover(items: Vec<ReplayItem>, volume_chunks: u64, store_slots: u64) -> 
     let mut damage = Vec::new();
     let mut max_epoch = 0u32;
 
-    let fail_all_up_to = |copies: &mut BTreeMap<u32, CopyMeta>, upto: u32, why: &str| {
-        for (_, m) in copies.range_mut(..=upto) {
+    let fail_all = |copies: &mut BTreeMap<u32, CopyMeta>, why: &str| {
+        for m in copies.values_mut() {
             if m.failed.is_none() {
                 m.failed = Some(why.to_string());
             }
@@ -49,7 +50,7 @@ pub fn recover(items: Vec<ReplayItem>, volume_chunks: u64, store_slots: u64) -> 
             ReplayItem::Damage { offset, reason } => {
                 let why = format!("diff-area journal damaged at byte {offset} ({reason}); records of this copy were lost");
                 damage.push(why.clone());
-                fail_all_up_to(&mut copies, u32::MAX, &why);
+                fail_all(&mut copies, &why);
                 continue;
             }
         };
@@ -70,16 +71,6 @@ pub fn recover(items: Vec<ReplayItem>, volume_chunks: u64, store_slots: u64) -> 
                 }
                 Record::Preserved { chunk, upper, slot } => {
                     max_epoch = max_epoch.max(upper);
-                    if chunk >= volume_chunks || u64::from(slot) >= store_slots {
-                        let why = format!(
-                            "diff-area record for chunk {chunk} names {} beyond the {}; this copy's data is incomplete",
-                            if chunk >= volume_chunks { "a chunk" } else { "a slot" },
-                            if chunk >= volume_chunks { "volume" } else { "store file" },
-                        );
-                        damage.push(why.clone());
-                        fail_all_up_to(&mut copies, upper, &why);
-                        continue;
-                    }
                     if let Some((old_chunk, old_upper)) = slot_owner.insert(slot, (chunk, upper)) {
                         index.remove(old_chunk, old_upper);
                     }
@@ -94,6 +85,27 @@ pub fn recover(items: Vec<ReplayItem>, volume_chunks: u64, store_slots: u64) -> 
     }
     let next_epoch = max_epoch.saturating_add(1);
     let mut catalog = Catalog::from_parts(copies, index, next_epoch);
+    catalog.collect_garbage();
+    // Records that still serve a copy but point outside the volume or the store: those copies
+    // cannot be read whole. (Garbage records may point past a store that was trimmed since.)
+    let out_of_bounds: Vec<(Entry, u32)> = catalog
+        .index()
+        .iter()
+        .filter(|e| e.chunk >= volume_chunks || u64::from(e.slot) >= store_slots)
+        .map(|e| (e, catalog.index().lower_bound(e.chunk, e.upper)))
+        .collect();
+    for (e, lower) in out_of_bounds {
+        let why = format!(
+            "diff-area record for chunk {} names {}; this copy's data is incomplete",
+            e.chunk,
+            if e.chunk >= volume_chunks { "a chunk beyond the volume" } else { "a slot beyond the store file" }
+        );
+        damage.push(why.clone());
+        let epochs: Vec<u32> = catalog.copies().range(lower + 1..=e.upper).map(|(k, _)| *k).collect();
+        for k in epochs {
+            catalog.fail_copy(k, why.clone());
+        }
+    }
     catalog.collect_garbage();
     Recovered { catalog, max_size, damage }
 }

@@ -71,6 +71,11 @@ impl Pending {
         }
     }
 
+    /// Whether `chunk` is held.
+    pub fn holds(&self, chunk: u64) -> bool {
+        self.shard(chunk).lock().contains_key(&chunk)
+    }
+
     /// Copies from a held chunk; false when the chunk is not held.
     pub fn read(&self, chunk: u64, offset_in_chunk: usize, buf: &mut [u8]) -> bool {
         if self.is_empty() {

@@ -19,7 +19,6 @@ use crate::error::Error;
 /// A chunk whose old content was preserved by this write.
 struct Preserved {
     chunk: u64,
-    old: Vec<u8>,
     /// The commit that makes its record durable, if the new data must wait for it.
     hold_until: Option<u64>,
 }
@@ -87,23 +86,11 @@ impl Inner {
         if chunks.is_empty() {
             return Ok(Vec::new());
         }
-        let mut out: Vec<Preserved> = Vec::with_capacity(chunks.len());
-        for run in runs(&chunks) {
-            let start = run[0] << self.chunk_shift;
-            let end = ((run[run.len() - 1] + 1) << self.chunk_shift).min(self.volume_size);
-            let mut buf = vec![0u8; (end - start) as usize];
-            self.read_live_locked(&mut buf, start)?;
-            let cs = self.chunk_size as usize;
-            for (i, c) in run.iter().enumerate() {
-                let lo = i * cs;
-                let hi = (lo + cs).min(buf.len());
-                out.push(Preserved { chunk: *c, old: buf[lo..hi].to_vec(), hold_until: None });
-            }
-        }
-        let Some(slots) = self.take_slots(out.len())? else {
+        let Some(slots) = self.take_slots(chunks.len())? else {
             return Ok(Vec::new()); // every copy is gone: nothing to preserve
         };
-        if let Err(e) = self.write_slots(&out, &slots) {
+        let mut out: Vec<Preserved> = chunks.iter().map(|c| Preserved { chunk: *c, hold_until: None }).collect();
+        if let Err(e) = self.copy_to_slots(&chunks, &slots) {
             let mut s = self.slots.lock();
             slots.iter().for_each(|slot| s.release(*slot, 0));
             s.commit_done(0);
@@ -198,21 +185,27 @@ impl Inner {
         }
     }
 
-    /// Writes preserved content into its slots, one call per run of consecutive slots.
-    fn write_slots(&self, preserved: &[Preserved], slots: &[u32]) -> io::Result<()> {
-        let cs = self.chunk_size as usize;
+    /// Copies the live content of `chunks` into `slots`, one call per run of chunks that are
+    /// consecutive on the volume and in the store. A run with no held-back chunk is copied by the
+    /// kernel (`copy_file_range`) when both sides are files; otherwise through a buffer.
+    fn copy_to_slots(&self, chunks: &[u64], slots: &[u32]) -> io::Result<()> {
         let mut i = 0;
-        while i < preserved.len() {
+        while i < chunks.len() {
             let mut j = i + 1;
-            while j < preserved.len() && slots[j] == slots[j - 1] + 1 && preserved[j - 1].old.len() == cs {
+            while j < chunks.len() && chunks[j] == chunks[j - 1] + 1 && slots[j] == slots[j - 1] + 1 {
                 j += 1;
             }
+            let start = chunks[i] << self.chunk_shift;
+            let end = ((chunks[j - 1] + 1) << self.chunk_shift).min(self.volume_size);
             let at = u64::from(slots[i]) << self.chunk_shift;
-            if j == i + 1 {
-                self.store.write_at(&preserved[i].old, at)?;
-            } else {
-                let mut buf = Vec::with_capacity((j - i) * cs);
-                preserved[i..j].iter().for_each(|p| buf.extend_from_slice(&p.old));
+            let held = !self.pending.is_empty() && chunks[i..j].iter().any(|c| self.pending.holds(*c));
+            let copied = !held && self.copy_in_kernel(start, at, end - start)?;
+            if !copied {
+                let mut buf = vec![0u8; (end - start) as usize];
+                self.read_live_locked(&mut buf, start).map_err(|e| match e {
+                    Error::VolumeIo { source, .. } => source,
+                    other => io::Error::other(other.to_string()),
+                })?;
                 self.store.write_at(&buf, at)?;
             }
             i = j;
@@ -220,10 +213,28 @@ impl Inner {
         Ok(())
     }
 
+    /// `copy_file_range` from the volume to the store; false when either is not a plain file
+    /// or the kernel cannot do it (the caller copies through a buffer).
+    fn copy_in_kernel(&self, from: u64, to: u64, len: u64) -> io::Result<bool> {
+        let (Some(src), Some(dst)) = (self.volume.as_file(), self.store.as_file()) else { return Ok(false) };
+        let (mut off_in, mut off_out, mut left) = (from, to, len);
+        while left > 0 {
+            match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), left as usize) {
+                Ok(0) => return Ok(false),
+                Ok(n) => left -= n as u64,
+                Err(e) if left == len && matches!(e, rustix::io::Errno::XDEV | rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => {
+                    return Ok(false)
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(true)
+    }
+
     /// Step 4: the write itself.
-    fn apply(&self, data: &[u8], offset: u64, first: u64, last: u64, mut preserved: Vec<Preserved>) -> Result<(), Error> {
+    fn apply(&self, data: &[u8], offset: u64, first: u64, last: u64, preserved: Vec<Preserved>) -> Result<(), Error> {
         let end = offset + data.len() as u64;
-        let mut held = preserved.iter_mut().filter(|p| p.hold_until.is_some()).peekable();
+        let mut held = preserved.iter().filter(|p| p.hold_until.is_some()).peekable();
         // Contiguous byte range still to be written straight to the volume.
         let mut direct: Option<(u64, u64)> = None;
         let flush_direct = |range: &mut Option<(u64, u64)>| -> Result<(), Error> {
@@ -243,9 +254,18 @@ impl Inner {
             if held.peek().is_some_and(|p| p.chunk == c) {
                 let p = held.next().expect("peeked");
                 flush_direct(&mut direct)?;
-                let mut content = std::mem::take(&mut p.old);
-                content[in_chunk..in_chunk + part.len()].copy_from_slice(part);
-                self.pending.hold(c, p.hold_until.expect("filtered"), content.into_boxed_slice());
+                // The chunk's whole new content: the write's bytes, completed from the live view
+                // (unchanged since its preservation: the stripe is held) when the write is partial.
+                let len = self.chunk_len(c);
+                let content: Box<[u8]> = if part.len() == len {
+                    part.into()
+                } else {
+                    let mut whole = vec![0u8; len];
+                    self.read_live_locked(&mut whole, cstart)?;
+                    whole[in_chunk..in_chunk + part.len()].copy_from_slice(part);
+                    whole.into_boxed_slice()
+                };
+                self.pending.hold(c, p.hold_until.expect("filtered"), content);
             } else if self.pending.update(c, in_chunk, part) {
                 flush_direct(&mut direct)?;
             } else {
@@ -263,9 +283,4 @@ impl Inner {
         self.cache.invalidate(first, last);
         Ok(())
     }
-}
-
-/// Splits sorted chunk numbers into runs of consecutive ones.
-fn runs(chunks: &[u64]) -> impl Iterator<Item = &[u64]> {
-    chunks.chunk_by(|a, b| b == &(a + 1))
 }

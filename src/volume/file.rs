@@ -30,11 +30,6 @@ impl FileStorage {
     pub fn is_block_device(&self) -> bool {
         self.block_device_len.is_some()
     }
-
-    /// The underlying file.
-    pub fn file(&self) -> &File {
-        &self.file
-    }
 }
 
 /// Opens an image file or block device read-write (or read-only).
@@ -68,6 +63,10 @@ impl Storage for FileStorage {
 
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    fn as_file(&self) -> Option<&File> {
+        Some(&self.file)
     }
 
     fn punch_zero(&self, offset: u64, len: u64) -> io::Result<()> {

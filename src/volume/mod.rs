@@ -29,6 +29,11 @@ pub trait Storage: Send + Sync + Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes every completed write durable.
     fn sync_data(&self) -> io::Result<()>;
+    /// The underlying file, when there is one (lets the engine ask the kernel to copy between
+    /// two files without passing the bytes through user space).
+    fn as_file(&self) -> Option<&std::fs::File> {
+        None
+    }
     /// Deallocates a range so that it reads as zeros (punch hole); the default writes zeros.
     fn punch_zero(&self, offset: u64, len: u64) -> io::Result<()> {
         let zeros = vec![0u8; len.min(1 << 20) as usize];
