@@ -690,7 +690,7 @@ impl Inner {
         if !journaled {
             self.poison_journal();
         }
-        if let Err(e) = self.pending.release(None, |c, d| self.volume.write_at(d, c << self.chunk_shift)) {
+        if let Err(e) = self.pending.release(None, |c, bufs| self.volume.write_vectored_at(bufs, c << self.chunk_shift)) {
             tracing::error!(error = %e, "writing held-back data to the volume failed");
         }
     }

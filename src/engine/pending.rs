@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 const SHARDS: usize = 64;
+const RUN_SHIFT: u32 = 6;
 
 #[derive(Debug)]
 struct Held {
@@ -37,8 +38,10 @@ impl Default for Pending {
 }
 
 impl Pending {
+    /// Runs of 64 consecutive chunks share a shard, so that a release can write a run with one
+    /// call.
     fn shard(&self, chunk: u64) -> &Mutex<HashMap<u64, Held>> {
-        &self.shards[(chunk % SHARDS as u64) as usize]
+        &self.shards[((chunk >> RUN_SHIFT) % SHARDS as u64) as usize]
     }
 
     /// Bytes held.
@@ -91,24 +94,27 @@ impl Pending {
     }
 
     /// Writes every chunk held for commits `<= upto` (all of them when `None`) through `write`
-    /// and forgets it. A chunk stays held if its write fails.
-    pub fn release(&self, upto: Option<u64>, mut write: impl FnMut(u64, &[u8]) -> io::Result<()>) -> io::Result<()> {
+    /// — runs of consecutive chunks in one call, as `(first chunk, their contents)` — and forgets
+    /// them. Chunks stay held if their write fails.
+    pub fn release(&self, upto: Option<u64>, mut write: impl FnMut(u64, &[&[u8]]) -> io::Result<()>) -> io::Result<()> {
         if self.is_empty() {
             return Ok(());
         }
         for shard in &self.shards {
-            let due: Vec<u64> = shard.lock().iter().filter(|(_, h)| upto.is_none_or(|u| h.commit <= u)).map(|(c, _)| *c).collect();
-            // One chunk at a time under the shard lock: writers and readers of other chunks of
-            // the shard wait for one chunk's write at most.
-            for chunk in due {
-                let mut map = shard.lock();
-                let Some(held) = map.get(&chunk) else { continue };
-                if upto.is_some_and(|u| held.commit > u) {
-                    continue;
+            // One shard at a time: writers and readers of other shards are never held.
+            let mut map = shard.lock();
+            let mut due: Vec<u64> = map.iter().filter(|(_, h)| upto.is_none_or(|u| h.commit <= u)).map(|(c, _)| *c).collect();
+            if due.is_empty() {
+                continue;
+            }
+            due.sort_unstable();
+            for run in due.chunk_by(|a, b| *b == a + 1) {
+                let bufs: Vec<&[u8]> = run.iter().map(|c| &map[c].data[..]).collect();
+                write(run[0], &bufs)?;
+                let len: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+                for c in run {
+                    map.remove(c);
                 }
-                write(chunk, &held.data)?;
-                let len = held.data.len() as u64;
-                map.remove(&chunk);
                 self.bytes.fetch_sub(len, Ordering::AcqRel);
             }
         }

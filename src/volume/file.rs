@@ -54,6 +54,21 @@ impl Storage for FileStorage {
         self.file.write_all_at(buf, offset)
     }
 
+    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        let mut slices: Vec<io::IoSlice<'_>> = bufs.iter().map(|b| io::IoSlice::new(b)).collect();
+        let mut rest: &mut [io::IoSlice<'_>] = &mut slices;
+        let mut at = offset;
+        while !rest.is_empty() {
+            let n = rustix::io::pwritev(&self.file, rest, at)?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            at += n as u64;
+            io::IoSlice::advance_slices(&mut rest, n);
+        }
+        Ok(())
+    }
+
     fn set_len(&self, len: u64) -> io::Result<()> {
         if self.block_device_len.is_some() {
             return Err(io::Error::new(io::ErrorKind::Unsupported, "a block device has a fixed size"));
