@@ -5,7 +5,7 @@
 //!
 //! | module | owns | never |
 //! |---|---|---|
-//! | [`engine`] | the system provider: copy-before-write of live writes, the write barrier of shadow copy sets, group commit, reads of copies, delete/revert/export/diff | knows file formats of filesystems inside volumes |
+//! | [`engine`] | the system provider: copy-before-write of live writes, the instant of shadow copy sets, group commit, reads of copies, delete/revert/export/diff | knows file formats of filesystems inside volumes |
 //! | [`cache`] | the LRU chunk cache in front of the base volume | caches diff-area slots |
 //! | [`diffarea`] | the diff area: on-disk format, journal, index, slots, recovery | reads the base volume |
 //! | [`volume`] | raw bytes: the [`volume::Storage`] seam and its file backend | knows copies exist |

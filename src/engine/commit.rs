@@ -51,7 +51,7 @@ impl Inner {
             let mut payloads = vec![self.catalog.read().durable_copies(max)];
             let mut from = Some((0u64, 0u32));
             while let Some(start) = from {
-                let (payload, next) = self.catalog.read().durable_records_step(start, 1 << 14);
+                let (payload, next) = self.catalog.read().durable_records_step(start, 4096);
                 if !payload.is_empty() {
                     payloads.push(payload);
                 }

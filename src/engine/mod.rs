@@ -6,13 +6,16 @@
 //! from its slot if one serves it, else from the volume through the [`BlockCache`].
 //!
 //! Concurrency (see `docs/design.md`, "Concurrency"):
-//! - `barrier` (RwLock): every live write holds it shared for its whole duration; a set commit
-//!   holds it exclusively for the O(1) instant of the copy (epoch bump). So a write lands wholly
-//!   before or wholly after the instant.
-//! - `stripes`: per-chunk locks; writes to different chunks proceed in parallel.
-//! - `catalog` (RwLock): copies + index; `log` (Mutex): records waiting for the next commit.
-//!   Lock order: barrier → stripes → catalog → log → slots; `journal` (one commit at a time)
-//!   is taken with none of catalog/log/slots held, and takes them only briefly.
+//! - `stripes`: per-chunk locks; a write holds its chunks' stripes exclusively from before it is
+//!   ordered until its bytes are written; writes to different chunks proceed in parallel.
+//! - `catalog` (RwLock): copies + index. A write is ordered against copies by one read of it
+//!   (under its stripes); a set takes the catalogs of all its volumes exclusively for the O(1)
+//!   instant (epoch bump). So a write is wholly before or wholly after the instant, and the hold
+//!   never waits for a write's I/O. `inflight` lets a persistent copy wait for the writes ordered
+//!   before it before it syncs the volume.
+//! - `log` (Mutex): records waiting for the next commit. Lock order: stripes → catalog → log →
+//!   slots; `journal` (one commit at a time) is taken with none of catalog/log/slots held, and
+//!   takes them only briefly.
 //!
 //! Durability (see "Crash safety"): records serving persistent copies are journaled by group
 //! commits; the new content of a chunk whose record is not yet durable waits in [`Pending`].
@@ -20,6 +23,7 @@
 //! Never interprets the bytes it moves.
 
 mod commit;
+mod inflight;
 mod ops;
 mod pending;
 pub mod provider;
@@ -239,7 +243,7 @@ struct Inner {
     chunk_shift: u32,
     diff_area_id: Uuid,
     options: EngineOptions,
-    barrier: RwLock<()>,
+    inflight: inflight::InFlight,
     stripes: Stripes,
     catalog: RwLock<Catalog>,
     log: Mutex<LogBuffer>,
@@ -398,7 +402,7 @@ impl ShadowVolume {
             volume,
             store: files.store,
             options,
-            barrier: RwLock::new(()),
+            inflight: inflight::InFlight::default(),
             stripes: Stripes::default(),
             catalog: RwLock::new(catalog),
             log: Mutex::new(LogBuffer { payload: Vec::new(), commit_no: 1 }),
@@ -601,7 +605,7 @@ impl Inner {
     /// Drops records no copy needs, a bounded step at a time so that writers and readers are
     /// never held for a whole scan; their slots become free after commit `n`.
     fn collect_garbage(&self, n: u64) {
-        const STEP: usize = 8192;
+        const STEP: usize = 4096;
         let mut from = Some((0u64, 0u32));
         while let Some(start) = from {
             let (garbage, next) = self.catalog.write().collect_garbage_step(start, STEP);

@@ -1,15 +1,17 @@
 //! Shadow copy sets: copies of several volumes taken at one instant.
 //!
-//! The instant: every volume's write barrier is taken exclusively (in a fixed order, so two sets
-//! cannot deadlock), which waits for the writes in flight and holds new ones; each volume gets
-//! its copy (an epoch bump in memory, O(1)); the barriers are released. Nothing is read, copied
-//! or synced while writes are held.
+//! The instant: every volume's catalog is taken exclusively (in a fixed order, so two sets cannot
+//! deadlock). That holds every write at its ordering point (a short, in-memory read of the
+//! catalog) without waiting for any write's I/O; each volume gets its copy (an epoch bump in
+//! memory, O(1)); the catalogs are released. Nothing is read, copied or synced while writes are
+//! held. Writes ordered before the instant may still be writing; whoever reads or writes their
+//! chunks waits on the chunks' stripes, so the copy never shows them half-way.
 //!
-//! Durability of a persistent copy comes after the instant: a commit makes the records of writes
-//! before it durable and writes their held-back data, the volume is synced (so every chunk the
-//! copy shares with the volume is durable as of the instant), and only then is the copy's own
-//! record journaled and committed. A crash before that leaves no copy — never a copy that reads
-//! wrong. The call returns once every copy of the set is durable.
+//! Durability of a persistent copy comes after the instant: the writes ordered before it finish,
+//! a commit makes their records durable and writes their held-back data, the volume is synced
+//! (so every chunk the copy shares with the volume is durable as of the instant), and only then
+//! is the copy's own record journaled and committed. A crash before that leaves no copy — never
+//! a copy that reads wrong. The call returns once every copy of the set is durable.
 
 use std::time::{Duration, Instant};
 
@@ -35,7 +37,7 @@ pub struct SetInfo {
     pub set_id: Uuid,
     /// One copy per volume, in the order the volumes were given.
     pub copies: Vec<CopyInfo>,
-    /// How long live writes were held (from asking for the barriers to releasing them).
+    /// How long live writes were held (from asking for the catalogs to releasing them).
     pub hold: Duration,
 }
 
@@ -59,12 +61,13 @@ pub fn create_set(volumes: &[&ShadowVolume], options: CreateOptions) -> Result<S
     let ids: Vec<Uuid> = volumes.iter().map(|_| Uuid::new_v4()).collect();
 
     let asked = Instant::now();
-    let barriers: Vec<_> = order.iter().map(|&i| volumes[i].inner.barrier.write()).collect();
-    let epochs: Vec<u32> = volumes
-        .iter()
+    let mut catalogs: Vec<_> = order.iter().map(|&i| (i, volumes[i].inner.catalog.write())).collect();
+    catalogs.sort_by_key(|(i, _)| *i);
+    let epochs: Vec<u32> = catalogs
+        .iter_mut()
         .zip(&ids)
-        .map(|(v, id)| {
-            v.inner.catalog.write().add_copy(CopyMeta {
+        .map(|((_, cat), id)| {
+            cat.add_copy(CopyMeta {
                 record: SnapshotRecord {
                     epoch: 0,
                     id: *id.as_bytes(),
@@ -79,7 +82,7 @@ pub fn create_set(volumes: &[&ShadowVolume], options: CreateOptions) -> Result<S
             })
         })
         .collect();
-    drop(barriers);
+    drop(catalogs);
     let hold = asked.elapsed();
 
     if !options.volatile {
@@ -101,6 +104,7 @@ impl ShadowVolume {
     /// Makes copy `epoch` durable: earlier data first, then its own record.
     fn make_durable(&self, epoch: u32) -> Result<(), Error> {
         let inner = &self.inner;
+        inner.inflight.wait_before(epoch);
         inner.commit()?;
         inner.volume.sync_data().map_err(Error::volume("flushing the volume for a shadow copy"))?;
         {

@@ -1,8 +1,9 @@
 //! The live write path: copy-before-write, then the write itself.
 //!
-//! For a write to chunks `first..=last` (under the barrier, shared, and the chunks' stripes,
-//! exclusive):
-//! 1. ask the catalog which chunks the newest copy still shares with the volume;
+//! For a write to chunks `first..=last`, holding the chunks' stripes exclusively:
+//! 1. ask the catalog which chunks the newest copy still shares with the volume. This read is
+//!    the write's place in the sequence of copies: a copy taken after it is after the write
+//!    (see [`super::inflight`]);
 //! 2. read their current content (held-back data first, else the volume), in contiguous runs;
 //! 3. take slots (deleting the oldest copies when the diff area is full), write the old content
 //!    into them, then index them — the slot is written before any reader can find it;
@@ -15,6 +16,12 @@ use std::io;
 use super::{DeleteReason, Inner};
 use crate::diffarea::format::Record;
 use crate::error::Error;
+
+/// What a write must preserve: `chunks` for copies up to `epoch`.
+struct Plan {
+    epoch: u32,
+    chunks: Vec<u64>,
+}
 
 /// A chunk whose old content was preserved by this write.
 struct Preserved {
@@ -36,12 +43,23 @@ impl Inner {
                 tracing::debug!(error = %e, "commit for back-pressure failed");
             }
         }
-        let _barrier = self.barrier.read();
         let first = offset >> self.chunk_shift;
         let last = (offset + data.len() as u64 - 1) >> self.chunk_shift;
         let _stripes = self.stripes.write_range(first, last);
-        let preserved = self.preserve(first, last)?;
+        let (plan, _ticket) = self.plan(first, last);
+        let preserved = self.preserve(first, last, plan)?;
         self.apply(data, offset, first, last, preserved)
+    }
+
+    /// Step 1, the write's ordering point: which chunks to preserve for which copy.
+    fn plan(&self, first: u64, last: u64) -> (Option<Plan>, super::inflight::Ticket<'_>) {
+        let cat = self.catalog.read();
+        let ticket = self.inflight.enter(cat.next_epoch());
+        let plan = cat.newest_protected().map(|epoch| Plan {
+            epoch,
+            chunks: (first..=last).filter(|c| cat.needs_preserve(*c).is_some()).collect(),
+        });
+        (plan, ticket)
     }
 
     /// Zeroes a live range: preserved like a write, deallocated on the volume where possible.
@@ -58,16 +76,15 @@ impl Inner {
             // punching; everything else is written as zeros through the normal path.
             let step_end = end.min((pos / chunk + 256) * chunk);
             let zeros = vec![0u8; (step_end - pos) as usize];
-            let _barrier = self.barrier.read();
             let first = pos >> self.chunk_shift;
             let last = (step_end - 1) >> self.chunk_shift;
             let _stripes = self.stripes.write_range(first, last);
-            let plain = self.catalog.read().newest_protected().is_none() && self.pending.is_empty();
-            if plain {
+            let (plan, _ticket) = self.plan(first, last);
+            if plan.is_none() && self.pending.is_empty() {
                 self.volume.punch_zero(pos, step_end - pos).map_err(Error::volume("punching a hole in the volume"))?;
                 self.cache.invalidate(first, last);
             } else {
-                let preserved = self.preserve(first, last)?;
+                let preserved = self.preserve(first, last, plan)?;
                 self.apply(&zeros, pos, first, last, preserved)?;
             }
             pos = step_end;
@@ -75,14 +92,9 @@ impl Inner {
         Ok(())
     }
 
-    /// Steps 1–3: preserves every chunk of `first..=last` that the newest copy shares.
-    fn preserve(&self, first: u64, last: u64) -> Result<Vec<Preserved>, Error> {
-        let (epoch, chunks) = {
-            let cat = self.catalog.read();
-            let Some(newest) = cat.newest_protected() else { return Ok(Vec::new()) };
-            let chunks: Vec<u64> = (first..=last).filter(|c| cat.needs_preserve(*c).is_some()).collect();
-            (newest, chunks)
-        };
+    /// Steps 2–3: preserves the chunks of the plan.
+    fn preserve(&self, first: u64, last: u64, plan: Option<Plan>) -> Result<Vec<Preserved>, Error> {
+        let Some(Plan { epoch, chunks }) = plan else { return Ok(Vec::new()) };
         if chunks.is_empty() {
             return Ok(Vec::new());
         }
@@ -109,7 +121,9 @@ impl Inner {
                 let oldest = self.catalog.read().oldest();
                 match oldest {
                     Some(epoch) if self.delete_epoch(epoch, DeleteReason::DiffAreaFull).is_ok() => {
-                        return self.preserve(first, last);
+                        // Copies only went away: planning again cannot add work.
+                        let (plan, _ticket) = self.plan(first, last);
+                        return self.preserve(first, last, plan);
                     }
                     _ => return Ok(Vec::new()),
                 }
