@@ -408,7 +408,7 @@ impl ShadowVolume {
             log: Mutex::new(LogBuffer { payload: Vec::new(), commit_no: 1 }),
             slots: Mutex::new(slots),
             journal: Mutex::new(journal),
-            pending: Pending::default(),
+            pending: Pending::new((options.pending_limit / u64::from(header.chunk_size)).min(1 << 16) as usize),
             cache: BlockCache::new(options.cache_chunks),
             max_size: Mutex::new(max_size),
             events: Mutex::new(Vec::new()),

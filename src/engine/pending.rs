@@ -29,15 +29,34 @@ struct Held {
 pub struct Pending {
     shards: Vec<Mutex<HashMap<u64, Held>>>,
     bytes: AtomicU64,
-}
-
-impl Default for Pending {
-    fn default() -> Self {
-        Pending { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), bytes: AtomicU64::new(0) }
-    }
+    /// Released chunk buffers kept for reuse: fresh allocations cost a page fault per page.
+    spare: Mutex<Vec<Box<[u8]>>>,
+    spare_max: usize,
 }
 
 impl Pending {
+    /// Keeps up to `spare_max` released buffers for reuse.
+    pub fn new(spare_max: usize) -> Self {
+        Pending {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            bytes: AtomicU64::new(0),
+            spare: Mutex::new(Vec::new()),
+            spare_max,
+        }
+    }
+
+    /// A buffer of `len` bytes (contents unspecified), reused when one is spare.
+    pub fn buffer(&self, len: usize) -> Box<[u8]> {
+        let reused = {
+            let mut spare = self.spare.lock();
+            match spare.last() {
+                Some(b) if b.len() == len => spare.pop(),
+                _ => None,
+            }
+        };
+        reused.unwrap_or_else(|| vec![0u8; len].into_boxed_slice())
+    }
+
     /// Runs of 64 consecutive chunks share a shard, so that a release can write a run with one
     /// call.
     fn shard(&self, chunk: u64) -> &Mutex<HashMap<u64, Held>> {
@@ -112,9 +131,15 @@ impl Pending {
                 let bufs: Vec<&[u8]> = run.iter().map(|c| &map[c].data[..]).collect();
                 write(run[0], &bufs)?;
                 let len: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+                let mut spare = self.spare.lock();
                 for c in run {
-                    map.remove(c);
+                    if let Some(h) = map.remove(c) {
+                        if spare.len() < self.spare_max {
+                            spare.push(h.data);
+                        }
+                    }
                 }
+                drop(spare);
                 self.bytes.fetch_sub(len, Ordering::AcqRel);
             }
         }

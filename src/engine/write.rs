@@ -271,14 +271,11 @@ impl Inner {
                 // The chunk's whole new content: the write's bytes, completed from the live view
                 // (unchanged since its preservation: the stripe is held) when the write is partial.
                 let len = self.chunk_len(c);
-                let content: Box<[u8]> = if part.len() == len {
-                    part.into()
-                } else {
-                    let mut whole = vec![0u8; len];
-                    self.read_live_locked(&mut whole, cstart)?;
-                    whole[in_chunk..in_chunk + part.len()].copy_from_slice(part);
-                    whole.into_boxed_slice()
-                };
+                let mut content = self.pending.buffer(len);
+                if part.len() != len {
+                    self.read_live_locked(&mut content, cstart)?;
+                }
+                content[in_chunk..in_chunk + part.len()].copy_from_slice(part);
                 self.pending.hold(c, p.hold_until.expect("filtered"), content);
             } else if self.pending.update(c, in_chunk, part) {
                 flush_direct(&mut direct)?;
