@@ -146,7 +146,6 @@ fn run(ops: &[Op], max_size: MaxSize) -> Result<(), TestCaseError> {
                 Err(e) => return Err(TestCaseError::fail(format!("punch: {e}"))),
             },
             Op::Create { volatile } => {
-                let before: Vec<Uuid> = v.copies().iter().map(|c| c.id).collect();
                 match create_set(&[v], CreateOptions { volatile: *volatile, attributes: 0 }) {
                     Ok(set) => {
                         model.copies.insert(set.copies[0].id, ModelCopy { image: model.live.clone(), persistent: !volatile, seq });
@@ -155,7 +154,6 @@ fn run(ops: &[Op], max_size: MaxSize) -> Result<(), TestCaseError> {
                         // The id is unknown; after reboot any copy not in the model is checked
                         // against the live image of this instant.
                         maybe.insert(Uuid::nil(), ModelCopy { image: model.live.clone(), persistent: true, seq });
-                        let _ = before;
                         break;
                     }
                     Err(e) => return Err(TestCaseError::fail(format!("create: {e}"))),
@@ -235,10 +233,8 @@ fn run(ops: &[Op], max_size: MaxSize) -> Result<(), TestCaseError> {
     // Live: every byte not written since the last completed flush is as flushed.
     let mut live = vec![0u8; SIZE];
     v.read_at(&mut live, 0).map_err(|e| TestCaseError::fail(e.to_string()))?;
-    for i in 0..SIZE {
-        if !model.dirty[i] && live[i] != model.flushed[i] {
-            return Err(TestCaseError::fail(format!("flushed byte {i} lost: {} != {}", live[i], model.flushed[i])));
-        }
+    if let Some(i) = (0..SIZE).find(|&i| !model.dirty[i] && live[i] != model.flushed[i]) {
+        return Err(TestCaseError::fail(format!("flushed byte {i} lost: {} != {}", live[i], model.flushed[i])));
     }
     // Copies: every persistent copy confirmed is back and exact; volatile ones are gone; a copy
     // being created or deleted at the crash may exist, and if so is exact.

@@ -194,11 +194,6 @@ impl Journal {
         }
     }
 
-    /// The failure that stopped the journal, if any.
-    pub fn failure(&self) -> Option<&str> {
-        self.failed.as_deref()
-    }
-
     fn check_failed(&self) -> Result<(), DiffAreaError> {
         match &self.failed {
             Some(msg) => Err(DiffAreaError::Stopped(msg.clone())),

@@ -93,13 +93,6 @@ impl Storage for FileStorage {
             }
         }
         // Filesystems without hole punching, and block devices: write zeros.
-        let zeros = vec![0u8; len.min(1 << 20) as usize];
-        let mut done = 0u64;
-        while done < len {
-            let n = (len - done).min(zeros.len() as u64) as usize;
-            self.write_at(&zeros[..n], offset + done)?;
-            done += n as u64;
-        }
-        Ok(())
+        super::write_zeros(self, offset, len)
     }
 }

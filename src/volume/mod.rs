@@ -18,6 +18,7 @@ use std::io;
 /// All methods take `&self` so that writes to different ranges proceed in parallel.
 /// Implementations must make every write that completed before `sync_data` returned durable;
 /// writes not followed by `sync_data` may be lost, partly or wholly, by a power loss.
+#[allow(clippy::len_without_is_empty)] // a volume is never asked whether it is empty
 pub trait Storage: Send + Sync + Debug {
     /// Current length in bytes.
     fn len(&self) -> io::Result<u64>;
@@ -45,13 +46,18 @@ pub trait Storage: Send + Sync + Debug {
     }
     /// Deallocates a range so that it reads as zeros (punch hole); the default writes zeros.
     fn punch_zero(&self, offset: u64, len: u64) -> io::Result<()> {
-        let zeros = vec![0u8; len.min(1 << 20) as usize];
-        let mut done = 0u64;
-        while done < len {
-            let n = (len - done).min(zeros.len() as u64) as usize;
-            self.write_at(&zeros[..n], offset + done)?;
-            done += n as u64;
-        }
-        Ok(())
+        write_zeros(self, offset, len)
     }
+}
+
+/// Writes `len` zero bytes at `offset`, 1 MiB at a time.
+pub fn write_zeros<S: Storage + ?Sized>(storage: &S, offset: u64, len: u64) -> io::Result<()> {
+    let zeros = vec![0u8; len.min(1 << 20) as usize];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(zeros.len() as u64) as usize;
+        storage.write_at(&zeros[..n], offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
 }

@@ -5,7 +5,7 @@
 //! copies. Offline means: nothing else may write the image meanwhile.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use anyhow::{Context, Result};
@@ -74,7 +74,7 @@ fn parse_max(s: &str) -> Result<MaxSize> {
     Ok(MaxSize::Bytes(parse_size(s).map_err(anyhow::Error::msg)?))
 }
 
-fn open(image: &PathBuf, dir: &PathBuf) -> Result<ShadowVolume> {
+fn open(image: &Path, dir: &Path) -> Result<ShadowVolume> {
     ShadowVolume::open_at(image, dir, EngineOptions::default())
         .with_context(|| format!("opening the diff area {} of {}", dir.display(), image.display()))
 }
