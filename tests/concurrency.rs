@@ -21,6 +21,7 @@ use shadowcopy::{create_set, CreateOptions, DiffAreaFiles, DiffAreaOptions, Engi
 use common::pattern;
 
 const BLOCK: usize = 4096;
+/// Volume size in blocks for [`workload`]'s default shape.
 const BLOCKS: usize = 512; // 2 MiB volume
 const WRITERS: usize = 4;
 
@@ -39,18 +40,28 @@ fn version_of(b: usize, data: &[u8]) -> u64 {
     v
 }
 
-fn volume() -> ShadowVolume {
-    let initial: Vec<u8> = (0..BLOCKS).flat_map(|b| block(b, 0)).collect();
+fn volume(blocks: usize) -> ShadowVolume {
+    let initial: Vec<u8> = (0..blocks).flat_map(|b| block(b, 0)).collect();
     let files = DiffAreaFiles::new(Arc::new(MemStorage::default()), [Arc::new(MemStorage::default()), Arc::new(MemStorage::default())]);
     let engine = EngineOptions { cache_chunks: 256, pending_limit: 4 << 20, commit_interval: Duration::from_millis(2), journal_compact_bytes: Some(64 << 10) };
     ShadowVolume::create(Arc::new(MemStorage::from_vec(initial)), files, DiffAreaOptions { chunk_size: 16384, max_size: MaxSize::Unbounded }, engine).unwrap()
 }
 
-fn workload() {
-    let vol = Arc::new(volume());
+/// How a run of [`workload`] is shaped.
+struct Shape {
+    blocks: usize,
+    sets: usize,
+    pause: Duration,
+    /// Every n-th set is volatile (0: none).
+    volatile_every: usize,
+}
+
+fn workload(shape: Shape) {
+    let Shape { blocks: nblocks, sets, pause, volatile_every } = shape;
+    let vol = Arc::new(volume(nblocks));
     // Per block: the last version acknowledged, and the last version started.
-    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..BLOCKS).map(|_| AtomicU64::new(0)).collect());
-    let started: Arc<Vec<AtomicU64>> = Arc::new((0..BLOCKS).map(|_| AtomicU64::new(0)).collect());
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..nblocks).map(|_| AtomicU64::new(0)).collect());
+    let started: Arc<Vec<AtomicU64>> = Arc::new((0..nblocks).map(|_| AtomicU64::new(0)).collect());
     let stop = Arc::new(AtomicBool::new(false));
 
     let writers: Vec<_> = (0..WRITERS)
@@ -62,9 +73,9 @@ fn workload() {
                 while !stop.load(Ordering::Relaxed) {
                     x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                     // Each writer owns blocks b ≡ w (mod WRITERS); runs of 1..8 of its blocks.
-                    let first = ((x >> 33) as usize % (BLOCKS / WRITERS)) * WRITERS + w;
+                    let first = ((x >> 33) as usize % (nblocks / WRITERS)) * WRITERS + w;
                     let count = 1 + (x >> 20) as usize % 8;
-                    for b in (first..BLOCKS).step_by(WRITERS).take(count) {
+                    for b in (first..nblocks).step_by(WRITERS).take(count) {
                         let v = started[b].load(Ordering::SeqCst) + 1;
                         started[b].store(v, Ordering::SeqCst);
                         vol.write_at(&block(b, v), (b * BLOCK) as u64).unwrap();
@@ -81,14 +92,14 @@ fn workload() {
 
     // Copies: taken under load, checked against the acknowledgement bounds, then kept for readers.
     let mut copies = Vec::new();
-    for round in 0..24 {
+    for round in 0..sets {
         let lo: Vec<u64> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
-        let set = create_set(&[&vol], CreateOptions { volatile: round % 3 == 0, attributes: 0 }).unwrap();
+        let set = create_set(&[&vol], CreateOptions { volatile: volatile_every > 0 && round % volatile_every == 0, attributes: 0 }).unwrap();
         let hi: Vec<u64> = started.iter().map(|a| a.load(Ordering::SeqCst)).collect();
         let id = set.copies[0].id;
-        let mut image = vec![0u8; BLOCKS * BLOCK];
+        let mut image = vec![0u8; nblocks * BLOCK];
         vol.read_copy(id, &mut image, 0).unwrap();
-        for b in 0..BLOCKS {
+        for b in 0..nblocks {
             let v = version_of(b, &image[b * BLOCK..(b + 1) * BLOCK]);
             assert!(lo[b] <= v && v <= hi[b], "copy {round}: block {b} has version {v}, expected {}..={}", lo[b], hi[b]);
         }
@@ -98,7 +109,7 @@ fn workload() {
             let (gone, _) = copies.remove(copies.len() / 2);
             vol.delete(gone).unwrap();
         }
-        thread::sleep(Duration::from_millis(15));
+        thread::sleep(pause);
     }
     // Concurrent readers of all surviving copies, random ranges, while writers still run.
     let survivors = Arc::new(copies);
@@ -110,8 +121,8 @@ fn workload() {
                 for _ in 0..3000 {
                     x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                     let (id, image) = &survivors[(x >> 40) as usize % survivors.len()];
-                    let off = (x >> 8) as usize % (BLOCKS * BLOCK - 1);
-                    let len = 1 + (x >> 30) as usize % (64 << 10).min(BLOCKS * BLOCK - off);
+                    let off = (x >> 8) as usize % (nblocks * BLOCK - 1);
+                    let len = 1 + (x >> 30) as usize % (64 << 10).min(nblocks * BLOCK - off);
                     let mut buf = vec![0u8; len];
                     vol.read_copy(*id, &mut buf, off as u64).unwrap();
                     assert!(buf[..] == image[off..off + len], "copy {id} changed at {off}+{len}");
@@ -127,18 +138,18 @@ fn workload() {
         w.join().unwrap();
     }
     // The live volume holds exactly the last acknowledged version of every block.
-    let mut live = vec![0u8; BLOCKS * BLOCK];
+    let mut live = vec![0u8; nblocks * BLOCK];
     vol.read_at(&mut live, 0).unwrap();
-    for b in 0..BLOCKS {
+    for b in 0..nblocks {
         assert_eq!(version_of(b, &live[b * BLOCK..(b + 1) * BLOCK]), acked[b].load(Ordering::SeqCst), "live block {b}");
     }
 }
 
-#[test]
-fn writers_readers_and_sets_under_load() {
+/// Runs `workload(shape)` and fails if it does not finish in 240 s (a deadlock).
+fn bounded(shape: Shape) {
     let (done_tx, done_rx) = mpsc::channel();
     let worker = thread::spawn(move || {
-        workload();
+        workload(shape);
         let _ = done_tx.send(());
     });
     match done_rx.recv_timeout(Duration::from_secs(240)) {
@@ -146,6 +157,19 @@ fn writers_readers_and_sets_under_load() {
         Err(mpsc::RecvTimeoutError::Disconnected) => std::panic::resume_unwind(worker.join().unwrap_err()),
         Err(mpsc::RecvTimeoutError::Timeout) => panic!("deadlock: the workload did not finish in 240 s"),
     }
+}
+
+#[test]
+fn writers_readers_and_sets_under_load() {
+    bounded(Shape { blocks: BLOCKS, sets: 24, pause: Duration::from_millis(15), volatile_every: 3 });
+}
+
+/// Many persistent sets in quick succession over few chunks, so that writes land between a
+/// set's instant and its first commit on chunks still held from before: their bytes must join
+/// the held ones, never replace them.
+#[test]
+fn rapid_persistent_sets_over_few_chunks() {
+    bounded(Shape { blocks: 64, sets: 400, pause: Duration::ZERO, volatile_every: 0 });
 }
 
 /// Pins a race found by `persist.rs`: a copy-before-write read the volume, the background commit

@@ -91,7 +91,7 @@ impl Inner {
     /// Writes held-back chunks of commits `<= upto` to the volume.
     fn release_held(&self, upto: Option<u64>) -> Result<(), Error> {
         self.pending
-            .release(upto, |chunk, bufs| self.volume.write_vectored_at(bufs, chunk << self.chunk_shift))
+            .release(upto, |at, bufs| self.volume.write_vectored_at(bufs, at))
             .map_err(Error::volume("writing held-back data to the volume"))
     }
 

@@ -408,7 +408,7 @@ impl ShadowVolume {
             log: Mutex::new(LogBuffer { payload: Vec::new(), commit_no: 1 }),
             slots: Mutex::new(slots),
             journal: Mutex::new(journal),
-            pending: Pending::new((options.pending_limit / u64::from(header.chunk_size)).min(1 << 16) as usize),
+            pending: Pending::new(header.chunk_size.trailing_zeros(), (options.pending_limit / u64::from(header.chunk_size)).min(1 << 16) as usize),
             cache: BlockCache::new(options.cache_chunks),
             max_size: Mutex::new(max_size),
             events: Mutex::new(Vec::new()),
@@ -694,7 +694,7 @@ impl Inner {
         if !journaled {
             self.poison_journal();
         }
-        if let Err(e) = self.pending.release(None, |c, bufs| self.volume.write_vectored_at(bufs, c << self.chunk_shift)) {
+        if let Err(e) = self.pending.release(None, |at, bufs| self.volume.write_vectored_at(bufs, at)) {
             tracing::error!(error = %e, "writing held-back data to the volume failed");
         }
     }

@@ -42,7 +42,11 @@ impl Inner {
             let s = offset.max(cstart);
             let e = end.min(cstart + u64::from(self.chunk_size));
             let (lo, hi) = ((s - offset) as usize, (e - offset) as usize);
-            if !self.pending.read(c, (s - cstart) as usize, &mut buf[lo..hi]) {
+            let held = self
+                .pending
+                .read(c, (s - cstart) as usize, &mut buf[lo..hi], &|at, b| self.volume.read_at(b, at))
+                .map_err(Error::volume("reading the volume"))?;
+            if !held {
                 match from_volume.last_mut() {
                     Some(r) if r.1 == lo => r.1 = hi,
                     _ => from_volume.push((lo, hi)),

@@ -268,16 +268,15 @@ impl Inner {
             if held.peek().is_some_and(|p| p.chunk == c) {
                 let p = held.next().expect("peeked");
                 flush_direct(&mut direct)?;
-                // The chunk's whole new content: the write's bytes, completed from the live view
-                // (unchanged since its preservation: the stripe is held) when the write is partial.
-                let len = self.chunk_len(c);
-                let mut content = self.pending.buffer(len);
-                if part.len() != len {
-                    self.read_live_locked(&mut content, cstart)?;
-                }
-                content[in_chunk..in_chunk + part.len()].copy_from_slice(part);
-                self.pending.hold(c, p.hold_until.expect("filtered"), content);
-            } else if self.pending.update(c, in_chunk, part) {
+                // Only the bytes written are held; the rest of the chunk stays on the volume.
+                self.pending
+                    .hold(c, self.chunk_len(c), p.hold_until.expect("filtered"), in_chunk, part, &|at, b| self.volume.read_at(b, at))
+                    .map_err(Error::volume("reading the volume"))?;
+            } else if self
+                .pending
+                .update(c, in_chunk, part, &|at, b| self.volume.read_at(b, at))
+                .map_err(Error::volume("reading the volume"))?
+            {
                 flush_direct(&mut direct)?;
             } else {
                 direct = match direct {

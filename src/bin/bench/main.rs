@@ -193,37 +193,40 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Random 4 KiB writes under `qemu-io` on a qcow2 image: (before an internal snapshot, after).
-fn qcow2_random(dir: &Path, size: u64, offsets: &[u64]) -> Result<(f64, f64)> {
+/// Random 4 KiB writes under `qemu-io` on a qcow2 image: medians of `repeat` rounds of
+/// (before an internal snapshot, first after it).
+fn qcow2_random(dir: &Path, size: u64, offsets: &[u64], repeat: usize) -> Result<(f64, f64)> {
     let img = dir.join("peer.qcow2");
     let _ = std::fs::remove_file(&img);
     run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-o", "preallocation=full"]).arg(&img).arg(size.to_string()))?;
-    let script = |path: &Path| -> Result<()> {
-        let mut f = File::create(path)?;
+    let cmds = dir.join("qemu-io.cmds");
+    {
+        let mut f = File::create(&cmds)?;
         for o in offsets {
             writeln!(f, "write -q -P 7 {o} 4096")?;
         }
         writeln!(f, "flush")?;
-        Ok(())
-    };
-    let cmds = dir.join("qemu-io.cmds");
-    script(&cmds)?;
-    let timed = |img: &Path| -> Result<f64> {
+    }
+    let timed = || -> Result<f64> {
         let input = File::open(&cmds)?;
         let t = Instant::now();
-        let out = Command::new("qemu-io").args(["-f", "qcow2"]).arg(img).stdin(input).stdout(Stdio::null()).stderr(Stdio::piped()).output()?;
+        let out = Command::new("qemu-io").args(["-f", "qcow2"]).arg(&img).stdin(input).stdout(Stdio::null()).stderr(Stdio::piped()).output()?;
         if !out.status.success() {
             bail!("qemu-io failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(t.elapsed().as_secs_f64())
     };
-    // Warm: the same writes once, so that both timed runs overwrite allocated clusters.
-    timed(&img)?;
-    let before = timed(&img)?;
-    run(Command::new("qemu-img").args(["snapshot", "-c", "s1"]).arg(&img))?;
-    let after = timed(&img)?;
+    // Warm: the same writes once, so that timed runs overwrite allocated clusters.
+    timed()?;
+    let (mut before, mut after) = (vec![], vec![]);
+    for r in 0..repeat {
+        before.push(timed()?);
+        run(Command::new("qemu-img").args(["snapshot", "-c", &format!("s{r}")]).arg(&img))?;
+        after.push(timed()?);
+        run(Command::new("qemu-img").args(["snapshot", "-d", &format!("s{r}")]).arg(&img))?;
+    }
     let _ = std::fs::remove_file(&img);
-    Ok((before, after))
+    Ok((median(before), median(after)))
 }
 
 /// Takes 200 persistent sets (each deleted again) while 4 threads write 64 KiB at random;
@@ -313,6 +316,7 @@ fn engine(dir: &Path, size: u64, random_writes: usize, ncopies: usize, repeat: u
     }
 
     // 4: random 4 KiB writes, before vs first after a persistent copy; qcow2 the same way.
+    // Medians of `repeat` rounds on both sides: single runs of either are noisy here.
     eprintln!("random 4 KiB writes");
     let offsets = random_offsets(random_writes, size, 42);
     let vol = open_engine(&img, &da)?;
@@ -321,13 +325,18 @@ fn engine(dir: &Path, size: u64, random_writes: usize, ncopies: usize, repeat: u
     let warm = create_set(&[&vol], CreateOptions::default())?.copies[0].id;
     random_engine(&vol, &offsets)?;
     vol.delete(warm)?;
-    let before = random_engine(&vol, &offsets)?;
-    create_set(&[&vol], CreateOptions::default())?;
-    let after = random_engine(&vol, &offsets)?;
+    let (mut before, mut after) = (vec![], vec![]);
+    for _ in 0..repeat {
+        before.push(random_engine(&vol, &offsets)?);
+        let copy = create_set(&[&vol], CreateOptions::default())?.copies[0].id;
+        after.push(random_engine(&vol, &offsets)?);
+        vol.delete(copy)?;
+    }
     vol.close()?;
+    let (before, after) = (median(before), median(after));
     let ours_ratio = before / after;
     if have("qemu-io") && have("qemu-img") {
-        let (qb, qa) = qcow2_random(dir, size, &offsets)?;
+        let (qb, qa) = qcow2_random(dir, size, &offsets, repeat)?;
         let q_ratio = qb / qa;
         figures.push(Figure {
             name: "4 KiB random writes, first after a persistent copy vs before it",
