@@ -19,6 +19,15 @@ fn image(dir: &Path) -> std::path::PathBuf {
     p
 }
 
+/// A temporary directory with a volume image and a new, unbounded diff area for it.
+fn fresh() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf, ShadowVolume) {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path());
+    let da = dir.path().join("diff");
+    let vol = ShadowVolume::create_at(&img, &da, unbounded(), EngineOptions::default()).unwrap();
+    (dir, img, da, vol)
+}
+
 fn unbounded() -> DiffAreaOptions {
     DiffAreaOptions { chunk_size: 16384, max_size: MaxSize::Unbounded }
 }
@@ -30,10 +39,7 @@ fn read_all(vol: &ShadowVolume, id: uuid::Uuid) -> Result<Vec<u8>, Error> {
 
 #[test]
 fn persistent_copies_survive_reopen_and_volatile_ones_do_not() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = image(dir.path());
-    let da = dir.path().join("diff");
-    let vol = ShadowVolume::create_at(&img, &da, unbounded(), EngineOptions::default()).unwrap();
+    let (_dir, img, da, vol) = fresh();
     let before = std::fs::read(&img).unwrap();
     let p = create_set(&[&vol], CreateOptions::default()).unwrap().copies[0].id;
     vol.write_at(&pattern(2, 1 << 20), 12345).unwrap();
@@ -51,10 +57,7 @@ fn persistent_copies_survive_reopen_and_volatile_ones_do_not() {
 
 #[test]
 fn a_second_opener_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = image(dir.path());
-    let da = dir.path().join("diff");
-    let _vol = ShadowVolume::create_at(&img, &da, unbounded(), EngineOptions::default()).unwrap();
+    let (_dir, img, da, _vol) = fresh();
     match ShadowVolume::open_at(&img, &da, EngineOptions::default()) {
         Err(Error::Locked(_)) => {}
         other => panic!("expected Locked, got {other:?}"),
@@ -63,10 +66,8 @@ fn a_second_opener_is_refused() {
 
 #[test]
 fn a_newer_format_is_refused_with_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = image(dir.path());
-    let da = dir.path().join("diff");
-    ShadowVolume::create_at(&img, &da, unbounded(), EngineOptions::default()).unwrap().close().unwrap();
+    let (_dir, img, da, vol) = fresh();
+    vol.close().unwrap();
     // Rewrite the header as a future version would (version 2, valid checksum).
     let j = OpenOptions::new().read(true).write(true).open(da.join("journal.0")).unwrap();
     let mut h = vec![0u8; 4096];
@@ -82,10 +83,8 @@ fn a_newer_format_is_refused_with_a_clear_error() {
 
 #[test]
 fn the_wrong_volume_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = image(dir.path());
-    let da = dir.path().join("diff");
-    ShadowVolume::create_at(&img, &da, unbounded(), EngineOptions::default()).unwrap().close().unwrap();
+    let (_dir, img, da, vol) = fresh();
+    vol.close().unwrap();
     std::fs::write(&img, vec![0u8; SIZE / 2]).unwrap();
     let err = ShadowVolume::open_at(&img, &da, EngineOptions::default()).unwrap_err();
     assert!(matches!(err, Error::VolumeSizeMismatch { .. }), "{err:?}");
@@ -93,10 +92,7 @@ fn the_wrong_volume_is_refused() {
 
 #[test]
 fn journal_damage_fails_the_copies_it_touches_and_keeps_the_rest() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = image(dir.path());
-    let da = dir.path().join("diff");
-    let vol = ShadowVolume::create_at(&img, &da, unbounded(), EngineOptions::default()).unwrap();
+    let (_dir, img, da, vol) = fresh();
     let a = create_set(&[&vol], CreateOptions::default()).unwrap().copies[0].id;
     let damaged_from = std::fs::metadata(da.join("journal.0")).unwrap().len();
     vol.write_at(&pattern(5, 1 << 20), 0).unwrap();
@@ -128,10 +124,7 @@ fn journal_damage_fails_the_copies_it_touches_and_keeps_the_rest() {
 
 #[test]
 fn a_torn_journal_tail_is_cut_off() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = image(dir.path());
-    let da = dir.path().join("diff");
-    let vol = ShadowVolume::create_at(&img, &da, unbounded(), EngineOptions::default()).unwrap();
+    let (_dir, img, da, vol) = fresh();
     let a = create_set(&[&vol], CreateOptions::default()).unwrap().copies[0].id;
     let a_image = read_all(&vol, a).unwrap();
     vol.close().unwrap();

@@ -116,12 +116,8 @@ impl ShadowVolume {
                 return Err(Error::Unavailable(reason.clone()));
             }
             meta.journaled = true;
-            let record = meta.record;
-            inner.log.lock().payload.extend({
-                let mut b = Vec::new();
-                Record::SnapshotCreated(record).encode_into(&mut b);
-                b
-            });
+            // Under the catalog lock, like every record, so the log follows the catalog's order.
+            inner.push_record(&Record::SnapshotCreated(meta.record));
         }
         inner.commit()?;
         if let Some(reason) = inner.failure.lock().clone() {

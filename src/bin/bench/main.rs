@@ -126,39 +126,33 @@ fn fresh_dir(p: &Path) -> Result<()> {
     std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))
 }
 
-fn engine_opts() -> EngineOptions {
-    EngineOptions::default()
-}
-
 fn open_engine(img: &Path, da: &Path) -> Result<ShadowVolume> {
     let _ = std::fs::remove_dir_all(da);
-    Ok(ShadowVolume::create_at(img, da, DiffAreaOptions { chunk_size: 16384, max_size: MaxSize::Unbounded }, engine_opts())?)
+    Ok(ShadowVolume::create_at(img, da, DiffAreaOptions { chunk_size: 16384, max_size: MaxSize::Unbounded }, EngineOptions::default())?)
 }
 
-/// Sequential 1 MiB writes over the whole image, then a durable flush.
-fn seq_raw(img: &Path, size: u64, seed: u8) -> Result<f64> {
-    let f = OpenOptions::new().write(true).open(img)?;
+/// Sequential 1 MiB writes over `size` bytes through `write`, then `finish` (the durable flush);
+/// returns the seconds taken.
+fn sequential_pass(size: u64, seed: u8, mut write: impl FnMut(&[u8], u64) -> Result<()>, finish: impl FnOnce() -> Result<()>) -> Result<f64> {
     let buf = pattern_block(MIB, seed);
     let t = Instant::now();
     let mut off = 0;
     while off < size {
-        f.write_all_at(&buf, off)?;
+        write(&buf, off)?;
         off += MIB as u64;
     }
-    f.sync_data()?;
+    finish()?;
     Ok(t.elapsed().as_secs_f64())
+}
+
+/// The peer: `pwrite` to the image file itself.
+fn seq_raw(img: &Path, size: u64, seed: u8) -> Result<f64> {
+    let f = OpenOptions::new().write(true).open(img)?;
+    sequential_pass(size, seed, |b, off| Ok(f.write_all_at(b, off)?), || Ok(f.sync_data()?))
 }
 
 fn seq_engine(vol: &ShadowVolume, size: u64, seed: u8) -> Result<f64> {
-    let buf = pattern_block(MIB, seed);
-    let t = Instant::now();
-    let mut off = 0;
-    while off < size {
-        vol.write_at(&buf, off)?;
-        off += MIB as u64;
-    }
-    vol.flush()?;
-    Ok(t.elapsed().as_secs_f64())
+    sequential_pass(size, seed, |b, off| Ok(vol.write_at(b, off)?), || Ok(vol.flush()?))
 }
 
 fn random_offsets(n: usize, size: u64, seed: u64) -> Vec<u64> {
@@ -367,7 +361,7 @@ fn engine(dir: &Path, size: u64, random_writes: usize, ncopies: usize, repeat: u
         Arc::new(shadowcopy::testing::MemStorage::new(size as usize)),
         shadowcopy::DiffAreaFiles::new(mem(), [mem(), mem()]),
         DiffAreaOptions { chunk_size: 16384, max_size: MaxSize::Unbounded },
-        engine_opts(),
+        EngineOptions::default(),
     )?;
     let (p50, p99, max, written) = hold_window(on_memory, size)?;
     figures.push(Figure {
