@@ -17,9 +17,12 @@
 pub mod cache;
 pub mod diffarea;
 pub mod engine;
+pub mod fsread;
+pub mod hold;
+pub mod protocol;
 mod error;
 pub mod size;
-mod sys;
+pub(crate) mod sys;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod volume;

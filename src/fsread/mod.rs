@@ -1,0 +1,203 @@
+//! Read-only views of the filesystem inside a shadow copy: ext2/3/4, FAT12/16/32 and NTFS.
+//!
+//! Owns the [`ReadOnlyFs`] trait that every frontend (FUSE today, WinFsp later) serves, the
+//! [`ByteSource`] seam it reads from (a copy's image, or any file), and detection of which
+//! filesystem a copy holds. Inode numbers are the filesystem's own where it has them (ext4's
+//! inode numbers, NTFS file record numbers); FAT gets stable numbers from its directory layout.
+//!
+//! Never trusts the bytes it reads: every offset, length and count from disk is checked, and a
+//! damaged structure is a [`FsError::Corrupt`] for the request that met it, never a panic.
+//! Never writes.
+
+pub mod ext4;
+
+use std::io;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+/// Random-access bytes of a volume image (a shadow copy, or a file in tests).
+pub trait ByteSource: Send + Sync {
+    /// Size in bytes.
+    fn size(&self) -> u64;
+    /// Fills `buf` from `offset`; reading past the end is an error.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+impl ByteSource for std::fs::File {
+    fn size(&self) -> u64 {
+        self.metadata().map(|m| m.len()).unwrap_or(0)
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+/// Failures of a filesystem request.
+#[derive(Debug, Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("invalid request: {0}")]
+    Invalid(&'static str),
+    /// The filesystem uses something this reader does not support.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// An on-disk structure is damaged.
+    #[error("corrupt filesystem: {0}")]
+    Corrupt(String),
+    #[error("reading the image failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// What kind of file an inode is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    CharDevice,
+    BlockDevice,
+    Fifo,
+    Socket,
+}
+
+impl FileKind {
+    /// From the `S_IFMT` bits of a mode.
+    pub fn from_mode(mode: u32) -> Option<FileKind> {
+        Some(match mode & 0o170000 {
+            0o100000 => FileKind::File,
+            0o040000 => FileKind::Dir,
+            0o120000 => FileKind::Symlink,
+            0o020000 => FileKind::CharDevice,
+            0o060000 => FileKind::BlockDevice,
+            0o010000 => FileKind::Fifo,
+            0o140000 => FileKind::Socket,
+            _ => return None,
+        })
+    }
+}
+
+/// A timestamp: seconds since the Unix epoch (may be negative) and nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Timestamp {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+impl Timestamp {
+    pub fn to_system_time(self) -> std::time::SystemTime {
+        use std::time::{Duration, UNIX_EPOCH};
+        if self.secs >= 0 {
+            UNIX_EPOCH + Duration::new(self.secs as u64, self.nanos.min(999_999_999))
+        } else {
+            UNIX_EPOCH - Duration::from_secs(self.secs.unsigned_abs()) + Duration::from_nanos(u64::from(self.nanos.min(999_999_999)))
+        }
+    }
+}
+
+/// The attributes of an inode, as `stat` shows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub ino: u64,
+    pub kind: FileKind,
+    /// Permission bits including set-id and sticky (`mode & 0o7777`).
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// 512-byte blocks allocated.
+    pub blocks: u64,
+    pub atime: Timestamp,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+    pub crtime: Timestamp,
+    /// Device number of a device node, in the kernel's `new_encode_dev` form.
+    pub rdev: u32,
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: u64,
+    pub kind: FileKind,
+}
+
+/// Space figures for `statfs`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FsStats {
+    pub block_size: u32,
+    pub blocks: u64,
+    pub free_blocks: u64,
+    pub files: u64,
+    pub free_files: u64,
+    pub name_max: u32,
+}
+
+/// A read-only filesystem inside a shadow copy. Safe to call from many threads at once.
+pub trait ReadOnlyFs: Send + Sync {
+    /// `ext4`, `ext3`, `ext2`, `vfat`, `ntfs`.
+    fn kind(&self) -> &'static str;
+    /// The root directory's inode number.
+    fn root(&self) -> u64;
+    fn stat(&self, ino: u64) -> Result<Stat, FsError>;
+    /// The inode of `name` in directory `dir`.
+    fn lookup(&self, dir: u64, name: &[u8]) -> Result<u64, FsError>;
+    /// Every entry of `dir` except `.` and `..`, in on-disk order.
+    fn read_dir(&self, dir: u64) -> Result<Arc<Vec<DirEntry>>, FsError>;
+    /// Reads file data at `offset`; returns the bytes read (short only at end of file).
+    fn read(&self, ino: u64, offset: u64, buf: &mut [u8]) -> Result<usize, FsError>;
+    fn read_link(&self, ino: u64) -> Result<Vec<u8>, FsError>;
+    /// Extended attributes as `(full name, value)`, e.g. `user.comment`.
+    fn xattrs(&self, ino: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>, FsError>;
+    fn stats(&self) -> FsStats;
+}
+
+/// Ownership for filesystems without POSIX owners (FAT, NTFS): who owns every file and the
+/// permission bits files and directories get (always read-only).
+#[derive(Debug, Clone, Copy)]
+pub struct ForeignOwner {
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits of files (e.g. 0o444) and directories (e.g. 0o555).
+    pub file_perm: u16,
+    pub dir_perm: u16,
+}
+
+impl Default for ForeignOwner {
+    fn default() -> Self {
+        ForeignOwner { uid: 0, gid: 0, file_perm: 0o444, dir_perm: 0o555 }
+    }
+}
+
+/// Recognises the filesystem in `source` and opens it. `Ok(None)`: no filesystem this build
+/// reads (the raw image is still served).
+pub fn open(source: Arc<dyn ByteSource>, owner: ForeignOwner) -> Result<Option<Arc<dyn ReadOnlyFs>>, FsError> {
+    let mut head = vec![0u8; 2048];
+    if source.size() < head.len() as u64 {
+        return Ok(None);
+    }
+    source.read_exact_at(&mut head, 0)?;
+    if head[1024 + 56..1024 + 58] == [0x53, 0xEF] {
+        return Ok(Some(Arc::new(ext4::Ext4::open(source)?)));
+    }
+    let _ = owner;
+    Ok(None)
+}
+
+/// Little-endian field readers over untrusted buffers: out-of-range reads give 0, callers
+/// validate what they get.
+pub(crate) mod le {
+    pub fn u16(b: &[u8], at: usize) -> u16 {
+        b.get(at..at + 2).map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
+    }
+    pub fn u32(b: &[u8], at: usize) -> u32 {
+        b.get(at..at + 4).map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    }
+}

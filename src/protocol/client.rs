@@ -1,0 +1,80 @@
+//! A blocking client of the control socket: connect, send one request, read progress and the
+//! final reply.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use super::{Answer, ErrorReply, Op, Reply, Request, MAX_MESSAGE, VERSION};
+
+/// Failures of a client call.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// No daemon listens at the path.
+    #[error("cannot reach shadowcopyd at {path}: {source} (is the daemon running? start it with `shadowcopyd`, or pass --socket / set SHADOWCOPY_SOCKET)")]
+    Connect {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The connection broke or a line was malformed.
+    #[error("talking to shadowcopyd failed: {0}")]
+    Io(#[from] io::Error),
+    /// The daemon answered something this client cannot read.
+    #[error("shadowcopyd sent a reply this client does not understand ({0}); are the CLI and the daemon the same version?")]
+    BadReply(String),
+    /// The daemon refused or failed the request.
+    #[error("{}", .0.message)]
+    Daemon(ErrorReply),
+}
+
+/// The default socket: `$SHADOWCOPY_SOCKET`, else `/run/shadowcopy/control.sock` for root, else
+/// `$XDG_RUNTIME_DIR/shadowcopy/control.sock` (or `/tmp/shadowcopy-$UID/control.sock`).
+pub fn default_socket_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("SHADOWCOPY_SOCKET") {
+        return PathBuf::from(p);
+    }
+    let uid = rustix::process::getuid();
+    if uid.is_root() {
+        return PathBuf::from("/run/shadowcopy/control.sock");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => Path::new(&d).join("shadowcopy/control.sock"),
+        None => PathBuf::from(format!("/tmp/shadowcopy-{}/control.sock", uid.as_raw())),
+    }
+}
+
+/// One connection to the daemon.
+#[derive(Debug)]
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Client {
+    pub fn connect(path: &Path) -> Result<Client, ClientError> {
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect { path: path.display().to_string(), source })?;
+        Ok(Client { writer: stream.try_clone()?, reader: BufReader::new(stream) })
+    }
+
+    /// Sends `op` and waits for its answer; `progress` sees every progress line.
+    pub fn call(&mut self, op: Op, progress: &mut dyn FnMut(u64, u64)) -> Result<Answer, ClientError> {
+        let mut line = serde_json::to_vec(&Request { v: VERSION, op }).map_err(|e| ClientError::BadReply(e.to_string()))?;
+        line.push(b'\n');
+        self.writer.write_all(&line)?;
+        loop {
+            let mut buf = Vec::new();
+            let n = Read::take(&mut self.reader, MAX_MESSAGE as u64).read_until(b'\n', &mut buf)?;
+            if n == 0 {
+                return Err(ClientError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "the daemon closed the connection")));
+            }
+            match serde_json::from_slice::<Reply>(&buf).map_err(|e| ClientError::BadReply(e.to_string()))? {
+                Reply::Progress { done, total } => progress(done, total),
+                Reply::Ok(answer) => return Ok(answer),
+                Reply::Error(e) => return Err(ClientError::Daemon(e)),
+            }
+        }
+    }
+}

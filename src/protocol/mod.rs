@@ -1,0 +1,326 @@
+//! The control-socket protocol between `shadowcopyd` and its clients (the CLI, writers, scripts).
+//!
+//! Owns the wire types and their framing; `docs/protocol.md` is the specification. Each message
+//! is one line of JSON (UTF-8, at most [`MAX_MESSAGE`] bytes). A client sends a [`Request`]; the
+//! daemon answers with zero or more [`Reply::Progress`] lines, then exactly one
+//! [`Reply::Ok`] or [`Reply::Error`]. Unknown fields and unknown operations are refused, so a
+//! typo never silently means something else.
+//!
+//! Never performs an operation: the daemon decides, this module only describes.
+
+mod client;
+
+pub use client::{default_socket_path, Client, ClientError};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The protocol version this build speaks. A request with another version gets an error reply
+/// naming both.
+pub const VERSION: u32 = 1;
+
+/// The largest message either side accepts, in bytes (newline included).
+pub const MAX_MESSAGE: usize = 1 << 20;
+
+/// One request line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// Protocol version ([`VERSION`]).
+    pub v: u32,
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+/// What a client asks for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", content = "args", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Op {
+    /// The daemon's version and paths.
+    Status,
+    /// Registers a volume (an image file or block device) and creates its diff area.
+    VolumeAdd {
+        name: String,
+        image: String,
+        diff_area: Option<String>,
+        /// `10%`, `2G`, `unbounded`.
+        max_size: Option<String>,
+        chunk_size: Option<u64>,
+    },
+    VolumeList,
+    /// Unregisters a volume and deletes its diff area (its copies are lost).
+    VolumeRemove { name: String },
+    /// Takes one shadow copy set of the named volumes.
+    Create { volumes: Vec<String>, volatile: bool },
+    /// Lists shadow copies (of one volume, or all).
+    List { volume: Option<String> },
+    /// Deletes shadow copies.
+    Delete { target: DeleteTarget },
+    /// Diff-area space per volume.
+    StorageList,
+    /// Changes a volume's maximum diff-area size.
+    StorageResize { volume: String, max_size: String },
+    /// Writes a copy to a sparse image file (a path on the daemon's host).
+    Export { id: Uuid, path: String },
+    /// Rolls a volume back to a copy (the volume must not be in use).
+    Revert { id: Uuid },
+    /// Byte ranges that differ between a copy and a later one (or the live volume).
+    Diff { id: Uuid, to: Option<Uuid> },
+}
+
+impl Op {
+    /// Whether the operation changes state (and so needs an administrator).
+    pub fn changes_state(&self) -> bool {
+        match self {
+            Op::Status | Op::VolumeList | Op::List { .. } | Op::StorageList | Op::Diff { .. } => false,
+            Op::VolumeAdd { .. }
+            | Op::VolumeRemove { .. }
+            | Op::Create { .. }
+            | Op::Delete { .. }
+            | Op::StorageResize { .. }
+            | Op::Export { .. }
+            | Op::Revert { .. } => true,
+        }
+    }
+}
+
+/// Which copies [`Op::Delete`] removes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum DeleteTarget {
+    Id(Uuid),
+    Set(Uuid),
+    Oldest(String),
+    All(String),
+}
+
+/// One reply line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Reply {
+    /// Work in progress (long operations only).
+    Progress { done: u64, total: u64 },
+    /// The request succeeded.
+    Ok(Answer),
+    /// The request failed; nothing was changed unless the message says so.
+    Error(ErrorReply),
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorReply {
+    pub kind: ErrorKind,
+    /// What went wrong and what to do about it.
+    pub message: String,
+}
+
+/// Classes of failure a client may act on.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The line is not a valid request (bad JSON, unknown operation or field, too long).
+    BadRequest,
+    /// The request's protocol version is not this daemon's.
+    Version,
+    /// The caller may not do this.
+    PermissionDenied,
+    /// A named volume or copy does not exist.
+    NotFound,
+    /// The name or thing already exists.
+    AlreadyExists,
+    /// The volume is busy (in use, or being changed by another request).
+    Busy,
+    /// Writes could not be held in time; the set was aborted and everything thawed.
+    Timeout,
+    /// Anything else (I/O, a damaged diff area, …).
+    Failed,
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Answer {
+    Status(StatusInfo),
+    Volumes(Vec<VolumeInfo>),
+    Volume(VolumeInfo),
+    Copies(Vec<CopyView>),
+    Set(SetView),
+    Storage(Vec<StorageInfo>),
+    Ranges(Vec<RangeView>),
+    /// Done; the message says what happened.
+    Done(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusInfo {
+    pub version: String,
+    pub protocol: u32,
+    pub mount: String,
+    pub state_dir: String,
+    pub volumes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeInfo {
+    pub name: String,
+    pub image: String,
+    pub diff_area: String,
+    pub size: u64,
+    pub provider: String,
+    pub copies: usize,
+    /// The live file in the mount.
+    pub live: String,
+    /// Why the diff area stopped, if it did.
+    pub failure: Option<String>,
+}
+
+/// A shadow copy as clients see it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyView {
+    pub id: Uuid,
+    pub set_id: Uuid,
+    pub volume: String,
+    /// Creation time, seconds since the Unix epoch (UTC).
+    pub created_unix: f64,
+    /// The folder name in the mount, `@GMT-YYYY.MM.DD-HH.MM.SS`.
+    pub exposed_name: String,
+    pub persistent: bool,
+    /// Attribute names (`persistent`/`volatile`, `client_accessible`, …).
+    pub attributes: Vec<String>,
+    /// The filesystem found in the copy (`ext4`, `vfat`, `ntfs`, `raw`), once it was looked at.
+    pub filesystem: Option<String>,
+    /// Bytes of the diff area the volume's copies use together.
+    pub diff_area_used: u64,
+    pub failed: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetView {
+    pub set_id: Uuid,
+    pub copies: Vec<CopyView>,
+    /// Microseconds live writes were held by the engine.
+    pub hold_us: u64,
+    /// Microseconds from the first filesystem freeze to the last thaw.
+    pub frozen_us: u64,
+    /// Mount points whose filesystems were frozen for the set.
+    pub frozen: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageInfo {
+    pub volume: String,
+    pub diff_area: String,
+    pub used_bytes: u64,
+    pub allocated_bytes: u64,
+    /// `None`: unbounded.
+    pub max_bytes: Option<u64>,
+    pub chunk_size: u32,
+    pub copies: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RangeView {
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl Reply {
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Reply {
+        Reply::Error(ErrorReply { kind, message: message.into() })
+    }
+}
+
+/// Context and attribute bits kept with each copy (stored by the engine, read by nobody below).
+pub mod attributes {
+    /// Exposed in the mount (`VSS_VOLSNAP_ATTR_CLIENT_ACCESSIBLE`).
+    pub const CLIENT_ACCESSIBLE: u32 = 1 << 0;
+    /// Taken without writers (`VSS_VOLSNAP_ATTR_NO_WRITERS`).
+    pub const NO_WRITERS: u32 = 1 << 1;
+    /// Filesystems on the volume were frozen for the instant.
+    pub const FS_FROZEN: u32 = 1 << 2;
+
+    /// Names of the bits set in `bits`, plus `persistent` or `volatile`.
+    pub fn names(bits: u32, persistent: bool) -> Vec<String> {
+        let mut v = vec![if persistent { "persistent" } else { "volatile" }.to_string()];
+        for (bit, name) in [(CLIENT_ACCESSIBLE, "client_accessible"), (NO_WRITERS, "no_writers"), (FS_FROZEN, "fs_frozen")] {
+            if bits & bit != 0 {
+                v.push(name.to_string());
+            }
+        }
+        v
+    }
+}
+
+/// `@GMT-YYYY.MM.DD-HH.MM.SS` for Unix seconds (UTC), the name Samba's `vfs_shadow_copy2` and
+/// Windows "Previous Versions" use.
+pub fn gmt_name(secs: u64) -> String {
+    let days = secs / 86400;
+    let rem = secs % 86400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("@GMT-{y:04}.{m:02}.{d:02}-{:02}.{:02}.{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// The Unix seconds of a `@GMT-…` name.
+pub fn parse_gmt_name(name: &str) -> Option<u64> {
+    let s = name.strip_prefix("@GMT-")?;
+    let b = s.as_bytes();
+    if b.len() != 19 || b[4] != b'.' || b[7] != b'.' || b[10] != b'-' || b[13] != b'.' || b[16] != b'.' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d, hh, mm, ss) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 59 {
+        return None;
+    }
+    // Days-from-civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86400 + hh * 3600 + mm * 60 + ss).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gmt_names_round_trip() {
+        assert_eq!(gmt_name(0), "@GMT-1970.01.01-00.00.00");
+        assert_eq!(gmt_name(1_795_500_600), "@GMT-2026.11.24-06.10.00");
+        for s in [0u64, 951_782_400, 1_795_500_600, 4_102_444_799] {
+            assert_eq!(parse_gmt_name(&gmt_name(s)), Some(s));
+        }
+        assert_eq!(parse_gmt_name("@GMT-2026.13.01-00.00.00"), None);
+        assert_eq!(parse_gmt_name("GMT-2026.11.24-06.10.00"), None);
+    }
+
+    #[test]
+    fn requests_refuse_unknown_fields_and_ops() {
+        let ok: Request = serde_json::from_str(r#"{"v":1,"op":"list","args":{"volume":null}}"#).unwrap();
+        assert!(matches!(ok.op, Op::List { volume: None }));
+        assert!(serde_json::from_str::<Request>(r#"{"v":1,"op":"list","args":{"volume":null,"x":1}}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"v":1,"op":"format_disk"}"#).is_err());
+        let unit: Request = serde_json::from_str(r#"{"v":1,"op":"volume_list"}"#).unwrap();
+        assert!(matches!(unit.op, Op::VolumeList));
+    }
+}
