@@ -1,5 +1,16 @@
-//! `shadowcopyd`, the mount daemon: hosts the engine and the coordinator, serves the control
-//! socket and presents volumes and their shadow copies through FUSE (`fuser`).
+//! `shadowcopyd`, the mount daemon: hosts the engine for every registered volume, serves the
+//! control socket, and presents volumes and their shadow copies through FUSE.
 //!
-//! Not built yet: the daemon issue fills this crate. It must never reach into the diff-area
-//! format; it talks to the library's `engine` API only.
+//! | module | owns | never |
+//! |---|---|---|
+//! | [`service`] | the model (volumes, copies, exposed names) and every protocol operation | parses wire bytes or answers FUSE |
+//! | [`state`] | `volumes.json` and the state-directory lock | holds copy data |
+//! | [`control`] | the socket: framing, peer credentials, dispatch | decides what an operation does |
+//! | [`fuse`] | node ids, attributes, cache policy, errno table | decides anything about copies |
+//!
+//! It never reaches into the diff-area format: it talks to the library's engine API only.
+
+pub mod control;
+pub mod fuse;
+pub mod service;
+pub mod state;

@@ -82,6 +82,9 @@ impl FileKind {
     }
 }
 
+/// Extended attributes as `(full name, value)` pairs.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A timestamp: seconds since the Unix epoch (may be negative) and nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Timestamp {
@@ -155,7 +158,7 @@ pub trait ReadOnlyFs: Send + Sync {
     fn read(&self, ino: u64, offset: u64, buf: &mut [u8]) -> Result<usize, FsError>;
     fn read_link(&self, ino: u64) -> Result<Vec<u8>, FsError>;
     /// Extended attributes as `(full name, value)`, e.g. `user.comment`.
-    fn xattrs(&self, ino: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>, FsError>;
+    fn xattrs(&self, ino: u64) -> Result<Xattrs, FsError>;
     fn stats(&self) -> FsStats;
 }
 

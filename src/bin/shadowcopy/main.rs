@@ -1,217 +1,135 @@
 //! `shadowcopy`: the requester and admin CLI.
 //!
-//! Until the daemon lands, it offers the offline operator commands of the engine: create a diff
-//! area for an image, inspect one (copies, space, damage), take a copy, and export or diff
-//! copies. Offline means: nothing else may write the image meanwhile.
+//! Talks to `shadowcopyd` over its control socket (found by `--socket`, else
+//! `SHADOWCOPY_SOCKET`, else the default path) and prints tables like `vssadmin`, or JSON with
+//! `--json`. `shadowcopy offline …` works on an image and its diff area without a daemon.
 
-use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
+mod offline;
+mod online;
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
-use shadowcopy::size::{format_size, parse_size};
-use shadowcopy::{create_set, CopyInfo, CreateOptions, DiffAreaOptions, EngineOptions, MaxSize, ShadowVolume};
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use shadowcopy::size::parse_size;
 use uuid::Uuid;
 
 #[derive(Parser)]
-#[command(name = "shadowcopy", version, about = "Volume Shadow Copy for Linux: point-in-time, read-only shadow copies of live volumes")]
+#[command(
+    name = "shadowcopy",
+    version,
+    about = "Volume Shadow Copy for Linux: point-in-time, read-only shadow copies of live volumes",
+    after_help = "Start the daemon first (shadowcopyd), then e.g.:\n  shadowcopy volume add data /srv/data.img\n  \
+                  losetup --find --show /run/shadowcopy/mnt/data/live   # put a filesystem on it, mount it\n  \
+                  shadowcopy create data\n  shadowcopy list\n  ls /run/shadowcopy/mnt/data/"
+)]
 struct Cli {
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// The daemon's control socket [default: $SHADOWCOPY_SOCKET, else /run/shadowcopy/control.sock
+    /// for root, $XDG_RUNTIME_DIR/shadowcopy/control.sock otherwise].
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Offline operations on a volume image and its diff area (no daemon; nothing else may
-    /// write the image meanwhile).
+    /// Register, list and remove volumes.
     #[command(subcommand)]
-    Offline(Offline),
-}
-
-#[derive(Subcommand)]
-enum Offline {
-    /// Create a diff area for an image.
-    Init {
-        image: PathBuf,
-        diff_area: PathBuf,
-        /// Chunk size (power of two, 4K..1M).
-        #[arg(long, default_value = "16K", value_parser = parse_size)]
-        chunk_size: u64,
-        /// Maximum diff-area size (e.g. 1G), `unbounded`, or a percentage like `10%`.
-        #[arg(long, default_value = "10%")]
-        max_size: String,
-    },
-    /// List the copies and the space of a diff area, and any damage found.
-    Inspect { image: PathBuf, diff_area: PathBuf },
-    /// Take a shadow copy.
-    Snapshot {
-        image: PathBuf,
-        diff_area: PathBuf,
+    Volume(VolumeCmd),
+    /// Take one shadow copy set of the named volumes (filesystems on them are frozen for the instant).
+    Create {
+        #[arg(required = true)]
+        volumes: Vec<String>,
+        /// Not kept across daemon restarts (cheaper: no durability work).
         #[arg(long)]
         volatile: bool,
     },
-    /// Write a copy to a sparse image file.
-    Export { image: PathBuf, diff_area: PathBuf, id: Uuid, output: PathBuf },
-    /// List the byte ranges written between two copies (or a copy and the live volume).
-    Diff { image: PathBuf, diff_area: PathBuf, from: Uuid, to: Option<Uuid> },
-    /// Delete a copy.
-    Delete { image: PathBuf, diff_area: PathBuf, id: Uuid },
+    /// List shadow copies (of one volume, or all).
+    List { volume: Option<String> },
+    /// Delete shadow copies.
+    Delete(DeleteArgs),
+    /// Diff-area space: list, or change a volume's maximum.
+    #[command(subcommand, name = "shadowstorage")]
+    ShadowStorage(StorageCmd),
+    /// Write a shadow copy to a sparse image file (on the daemon's host).
+    Export { id: Uuid, file: PathBuf },
+    /// Roll a volume back to a shadow copy (nothing may have its live file open).
+    Revert { id: Uuid },
+    /// Byte ranges that changed between a copy and a later copy (or the live volume).
+    Diff { id: Uuid, to: Option<Uuid> },
+    /// The daemon's version, mount and state directory.
+    Status,
+    /// Operations on an image and its diff area without a daemon (nothing else may write the
+    /// image meanwhile).
+    #[command(subcommand)]
+    Offline(offline::Offline),
 }
 
-fn parse_max(s: &str) -> Result<MaxSize> {
-    if s.eq_ignore_ascii_case("unbounded") {
-        return Ok(MaxSize::Unbounded);
-    }
-    if let Some(p) = s.strip_suffix('%') {
-        let p: u8 = p.trim().parse().with_context(|| format!("`{s}` is not a percentage"))?;
-        anyhow::ensure!((1..=100).contains(&p), "a percentage must be 1..100");
-        return Ok(MaxSize::PercentOfVolume(p));
-    }
-    Ok(MaxSize::Bytes(parse_size(s).map_err(anyhow::Error::msg)?))
+#[derive(Subcommand)]
+enum VolumeCmd {
+    /// Register an image file or block device and create its diff area.
+    Add {
+        name: String,
+        image: PathBuf,
+        /// Where the diff area goes [default: <state-dir>/diffareas/NAME]; keep it off any
+        /// filesystem that lives on a live file.
+        #[arg(long)]
+        diff_area: Option<PathBuf>,
+        /// Maximum diff-area size: `10%` of the volume (default), `2G`, or `unbounded`. When
+        /// full, the oldest copies are deleted; live writes never fail.
+        #[arg(long)]
+        max_size: Option<String>,
+        /// Copy-on-write chunk size, a power of two from 4K to 1M [default: 16K].
+        #[arg(long, value_parser = parse_size)]
+        chunk_size: Option<u64>,
+    },
+    /// List registered volumes.
+    List,
+    /// Unregister a volume and delete its diff area (its copies are lost).
+    Remove { name: String },
 }
 
-fn open(image: &Path, dir: &Path) -> Result<ShadowVolume> {
-    ShadowVolume::open_at(image, dir, EngineOptions::default())
-        .with_context(|| format!("opening the diff area {} of {}", dir.display(), image.display()))
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct DeleteArgs {
+    /// One shadow copy.
+    id: Option<Uuid>,
+    /// Every copy of a set.
+    #[arg(long, value_name = "SET_ID")]
+    set: Option<Uuid>,
+    /// The oldest copy of a volume.
+    #[arg(long, value_name = "VOLUME")]
+    oldest: Option<String>,
+    /// Every copy of a volume.
+    #[arg(long, value_name = "VOLUME")]
+    all: Option<String>,
 }
 
-fn copy_json(c: &CopyInfo) -> serde_json::Value {
-    serde_json::json!({
-        "id": c.id, "set_id": c.set_id, "epoch": c.epoch,
-        "created_unix": c.created.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
-        "persistent": c.persistent, "attributes": c.attributes, "failed": c.failed,
-    })
+#[derive(Subcommand)]
+enum StorageCmd {
+    /// Space used by each volume's diff area.
+    List,
+    /// Change a volume's maximum diff-area size (`10%`, `2G`, `unbounded`); shrinking deletes
+    /// the oldest copies until it fits.
+    Resize { volume: String, max_size: String },
 }
 
-fn main() -> Result<()> {
+fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {
-        Command::Offline(cmd) => offline(cmd, cli.json),
+    let r: Result<()> = match cli.command {
+        Command::Offline(cmd) => offline::run(cmd, cli.json),
+        cmd => online::run(cmd, cli.socket, cli.json),
+    };
+    if let Err(e) = r {
+        eprintln!("shadowcopy: {e:#}");
+        std::process::exit(1);
     }
-}
-
-fn offline(cmd: Offline, json: bool) -> Result<()> {
-    match cmd {
-        Offline::Init { image, diff_area, chunk_size, max_size } => {
-            let options = DiffAreaOptions { chunk_size: u32::try_from(chunk_size).context("chunk size too large")?, max_size: parse_max(&max_size)? };
-            let vol = ShadowVolume::create_at(&image, &diff_area, options, EngineOptions::default())
-                .with_context(|| format!("creating a diff area in {} for {}", diff_area.display(), image.display()))?;
-            let u = vol.usage();
-            if json {
-                println!("{}", serde_json::json!({"diff_area_id": vol.diff_area_id(), "chunk_size": u.chunk_size, "max_bytes": u.max_bytes}));
-            } else {
-                println!("diff area {} created: chunk {}, maximum {}", vol.diff_area_id(), format_size(u.chunk_size.into()), u.max_bytes.map_or("unbounded".into(), format_size));
-            }
-            vol.close()?;
-        }
-        Offline::Inspect { image, diff_area } => {
-            let vol = open(&image, &diff_area)?;
-            let u = vol.usage();
-            let copies = vol.copies();
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "diff_area_id": vol.diff_area_id(), "volume_size": vol.size(), "chunk_size": u.chunk_size,
-                        "used_bytes": u.used_bytes, "allocated_bytes": u.allocated_bytes, "max_bytes": u.max_bytes,
-                        "preserved_chunks": u.preserved_chunks, "copies": copies.iter().map(copy_json).collect::<Vec<_>>(),
-                    })
-                );
-            } else {
-                println!("diff area {}  volume {}  chunk {}", vol.diff_area_id(), format_size(vol.size()), format_size(u.chunk_size.into()));
-                println!(
-                    "space: {} used, {} allocated, maximum {}",
-                    format_size(u.used_bytes),
-                    format_size(u.allocated_bytes),
-                    u.max_bytes.map_or("unbounded".into(), format_size)
-                );
-                println!("{:<36}  {:>5}  {:<20}  state", "copy id", "epoch", "created (UTC)");
-                for c in &copies {
-                    let secs = c.created.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-                    let state = c.failed.as_deref().map_or("ok".to_string(), |r| format!("FAILED: {r}"));
-                    println!("{:<36}  {:>5}  {:<20}  {state}", c.id, c.epoch, gmt(secs));
-                }
-            }
-            vol.close()?;
-        }
-        Offline::Snapshot { image, diff_area, volatile } => {
-            let vol = open(&image, &diff_area)?;
-            let set = create_set(&[&vol], CreateOptions { volatile, attributes: 0 })?;
-            if json {
-                println!("{}", serde_json::json!({"set_id": set.set_id, "copies": set.copies.iter().map(copy_json).collect::<Vec<_>>(), "hold_us": set.hold.as_micros() as u64}));
-            } else {
-                println!("shadow copy {} (set {}), writes held {} µs", set.copies[0].id, set.set_id, set.hold.as_micros());
-            }
-            vol.close()?;
-        }
-        Offline::Export { image, diff_area, id, output } => {
-            let vol = open(&image, &diff_area)?;
-            let mut last = 0u64;
-            let show = !json && std::io::stderr().is_terminal();
-            vol.export(id, &output, &mut |done, total| {
-                let pct = done * 100 / total.max(1);
-                if show && pct != last {
-                    last = pct;
-                    eprint!("\rexporting {id}: {pct:>3}%");
-                }
-            })
-            .with_context(|| format!("exporting {id} to {}", output.display()))?;
-            if show {
-                eprintln!();
-            }
-            if !json {
-                println!("exported {id} to {}", output.display());
-            }
-            vol.close()?;
-        }
-        Offline::Diff { image, diff_area, from, to } => {
-            let vol = open(&image, &diff_area)?;
-            let ranges = vol.changed_ranges(from, to)?;
-            if json {
-                println!("{}", serde_json::json!(ranges.iter().map(|r| serde_json::json!({"offset": r.offset, "len": r.len})).collect::<Vec<_>>()));
-            } else {
-                for r in &ranges {
-                    println!("{:>14} {:>12}", r.offset, r.len);
-                }
-                eprintln!("{} ranges, {}", ranges.len(), format_size(ranges.iter().map(|r| r.len).sum()));
-            }
-            vol.close()?;
-        }
-        Offline::Delete { image, diff_area, id } => {
-            let vol = open(&image, &diff_area)?;
-            let c = vol.delete(id)?;
-            if json {
-                println!("{}", copy_json(&c));
-            } else {
-                println!("deleted shadow copy {}", c.id);
-            }
-            vol.close()?;
-        }
-    }
-    Ok(())
-}
-
-/// `@GMT-YYYY.MM.DD-HH.MM.SS` without the prefix, from Unix seconds (UTC).
-fn gmt(secs: u64) -> String {
-    let days = secs / 86400;
-    let rem = secs % 86400;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}.{m:02}.{d:02}-{:02}.{:02}.{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }

@@ -30,7 +30,7 @@ use parking_lot::Mutex;
 use self::blockmap::{BlockReader, Run};
 use self::inode::{Inode, FLAG_EXTENTS, FLAG_INLINE_DATA};
 use self::superblock::{Superblock, INCOMPAT_FILETYPE, INCOMPAT_RECOVER, RO_COMPAT_HUGE_FILE};
-use super::{ByteSource, DirEntry, FileKind, FsError, FsStats, ReadOnlyFs, Stat};
+use super::{ByteSource, DirEntry, FileKind, FsError, FsStats, ReadOnlyFs, Stat, Xattrs};
 
 /// A directory's entries in order, and a name → position index.
 struct DirListing {
@@ -421,7 +421,7 @@ impl ReadOnlyFs for Ext4 {
         Ok(v)
     }
 
-    fn xattrs(&self, ino: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>, FsError> {
+    fn xattrs(&self, ino: u64) -> Result<Xattrs, FsError> {
         let i = self.inode(ino32(ino)?)?;
         let raw = self.raw_xattrs(&i)?;
         // `system.data` holds inline file data; the kernel does not list it.

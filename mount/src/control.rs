@@ -1,0 +1,147 @@
+//! The control socket: accepts connections, frames lines, checks who is asking, and hands each
+//! request to the [`Service`].
+//!
+//! Access: anyone who can connect may read (the socket's mode and group decide who can connect);
+//! requests that change state need root or membership in the admin group (checked with the
+//! peer's credentials, `SO_PEERCRED`, and its supplementary groups). A malformed, oversized or
+//! unauthorised request gets an error reply; the connection and the daemon carry on. A line
+//! longer than the limit closes the connection after the reply (its end cannot be found safely).
+//!
+//! Never interprets an operation itself.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use shadowcopy::protocol::{ErrorKind, Reply, Request, MAX_MESSAGE, VERSION};
+
+use crate::service::Service;
+
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Who may change state besides root.
+#[derive(Debug, Clone, Copy)]
+pub struct Access {
+    pub admin_gid: Option<u32>,
+}
+
+/// Binds the socket (replacing a stale one), with mode 0660 and the given group.
+pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            bail!("a daemon already answers on {}; stop it or choose another --socket", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("binding the control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(gid) = group {
+        rustix::fs::chown(path, None, Some(rustix::fs::Gid::from_raw(gid))).with_context(|| format!("giving {} to group {gid}", path.display()))?;
+    }
+    Ok(listener)
+}
+
+/// Serves connections until the listener is shut down.
+pub fn serve(listener: UnixListener, service: Arc<Service>, access: Access) {
+    let active = Arc::new(AtomicUsize::new(0));
+    for conn in listener.incoming() {
+        let stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a control connection failed");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
+            let mut s = stream;
+            let _ = write_reply(&mut s, &Reply::error(ErrorKind::Busy, "too many connections; try again"));
+            continue;
+        }
+        active.fetch_add(1, Ordering::AcqRel);
+        let svc = Arc::clone(&service);
+        let active2 = Arc::clone(&active);
+        let spawned = std::thread::Builder::new().name("shadowcopyd-conn".into()).spawn(move || {
+            if let Err(e) = connection(stream, &svc, access) {
+                tracing::debug!(error = %e, "control connection ended");
+            }
+            active2.fetch_sub(1, Ordering::AcqRel);
+        });
+        if let Err(e) = spawned {
+            active.fetch_sub(1, Ordering::AcqRel);
+            tracing::error!(error = %e, "cannot start a thread for a control connection");
+        }
+    }
+}
+
+fn write_reply(s: &mut UnixStream, r: &Reply) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(r).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    s.write_all(&line)
+}
+
+/// Whether the peer is root or in the admin group.
+fn is_admin(stream: &UnixStream, access: Access) -> bool {
+    let Ok(cred) = rustix::net::sockopt::socket_peercred(stream) else { return false };
+    if cred.uid.is_root() {
+        return true;
+    }
+    let Some(admin) = access.admin_gid else { return false };
+    if cred.gid.as_raw() == admin {
+        return true;
+    }
+    // Supplementary groups of the peer process.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", cred.pid.as_raw_nonzero())).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|g| g.split_whitespace().any(|x| x.parse::<u32>().ok() == Some(admin)))
+}
+
+fn connection(stream: UnixStream, service: &Service, access: Access) -> std::io::Result<()> {
+    let admin = is_admin(&stream, access);
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = Vec::new();
+        let n = Read::take(&mut reader, MAX_MESSAGE as u64 + 1).read_until(b'\n', &mut line)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if line.len() > MAX_MESSAGE || (line.last() != Some(&b'\n') && n as u64 > MAX_MESSAGE as u64) {
+            write_reply(&mut writer, &Reply::error(ErrorKind::BadRequest, format!("request longer than {MAX_MESSAGE} bytes")))?;
+            return Ok(());
+        }
+        let reply = match serde_json::from_slice::<Request>(&line) {
+            Err(e) => Reply::error(ErrorKind::BadRequest, format!("not a valid request: {e} (see docs/protocol.md)")),
+            Ok(req) if req.v != VERSION => {
+                Reply::error(ErrorKind::Version, format!("protocol version {} is not this daemon's ({VERSION}); use a matching shadowcopy CLI", req.v))
+            }
+            Ok(req) if req.op.changes_state() && !admin => {
+                Reply::error(ErrorKind::PermissionDenied, "this request changes state: run it as root or as a member of the daemon's admin group")
+            }
+            Ok(req) => {
+                tracing::debug!(op = ?req.op, "control request");
+                let mut w = writer.try_clone()?;
+                service.handle(req.op, &mut |done, total| {
+                    let _ = write_reply(&mut w, &Reply::Progress { done, total });
+                })
+            }
+        };
+        write_reply(&mut writer, &reply)?;
+    }
+}
+
+/// The default socket path for this user (see [`shadowcopy::protocol::default_socket_path`]).
+pub fn default_socket() -> PathBuf {
+    shadowcopy::protocol::default_socket_path()
+}

@@ -1,0 +1,205 @@
+//! `shadowcopyd`: runs in the foreground with logs on stderr (`RUST_LOG`), until SIGTERM or
+//! SIGINT, then flushes every volume, unmounts and exits 0.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use fuser::{Config, MountOption, SessionACL};
+use nix::sys::signal::{SigSet, Signal};
+use shadowcopy::fsread::ForeignOwner;
+use shadowcopy::size::parse_size;
+use shadowcopy_mount::control::{self, Access};
+use shadowcopy_mount::fuse::nodes::Node;
+use shadowcopy_mount::fuse::Frontend;
+use shadowcopy_mount::service::{Departure, Service, Settings};
+use shadowcopy_mount::state::StateDir;
+
+#[derive(Parser)]
+#[command(
+    name = "shadowcopyd",
+    version,
+    about = "The shadowcopy mount daemon: live volumes and their shadow copies as folders",
+    long_about = "Hosts the copy-on-write engine for every registered volume, serves the control socket \
+                  (used by the `shadowcopy` CLI) and mounts\n\n  <mnt>/<volume>/live                        the live volume (read-write)\n  \
+                  <mnt>/<volume>/@GMT-YYYY.MM.DD-HH.MM.SS/    a shadow copy's files (read-only)\n  \
+                  <mnt>/<volume>/.images/@GMT-….img           a shadow copy's raw image (read-only)\n\n\
+                  Runs in the foreground; stop it with SIGTERM or Ctrl-C. Logs: RUST_LOG=shadowcopy=debug."
+)]
+struct Args {
+    /// Where registered volumes and (by default) diff areas are kept.
+    /// [default: /var/lib/shadowcopy for root, $XDG_STATE_HOME/shadowcopy otherwise]
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Where to mount. [default: /run/shadowcopy/mnt for root, $XDG_RUNTIME_DIR/shadowcopy/mnt otherwise]
+    #[arg(long)]
+    mount: Option<PathBuf>,
+    /// The control socket. [default: $SHADOWCOPY_SOCKET, /run/shadowcopy/control.sock for root,
+    /// $XDG_RUNTIME_DIR/shadowcopy/control.sock otherwise]
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Let other users than the daemon's see the mount (file modes still apply: the kernel
+    /// enforces every copy's own permissions).
+    #[arg(long)]
+    allow_other: bool,
+    /// Base-volume cache per volume (e.g. 64M).
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    cache_size: u64,
+    /// Members of this group may change state through the socket (besides root).
+    #[arg(long)]
+    admin_group: Option<String>,
+    /// Group owning the control socket (members may connect and read).
+    #[arg(long)]
+    socket_group: Option<String>,
+    /// Owner shown for files of filesystems without POSIX owners (FAT, NTFS), as UID:GID.
+    /// [default: the owner of the volume's image]
+    #[arg(long, value_parser = parse_owner)]
+    fs_owner: Option<(u32, u32)>,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 8)]
+    threads: usize,
+}
+
+fn parse_owner(s: &str) -> Result<(u32, u32), String> {
+    let (u, g) = s.split_once(':').ok_or("expected UID:GID")?;
+    Ok((u.parse().map_err(|_| "bad UID")?, g.parse().map_err(|_| "bad GID")?))
+}
+
+fn group_id(name: &str) -> Result<u32> {
+    if let Ok(n) = name.parse::<u32>() {
+        return Ok(n);
+    }
+    match nix::unistd::Group::from_name(name)? {
+        Some(g) => Ok(g.gid.as_raw()),
+        None => bail!("no group named `{name}`"),
+    }
+}
+
+fn user_dir(var: &str, fallback: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+            home.join(fallback)
+        }
+    }
+}
+
+/// A mount point left behind by a daemon that was killed answers ENOTCONN: detach it.
+fn clear_stale_mount(mnt: &Path) {
+    if let Err(e) = std::fs::metadata(mnt) {
+        if e.raw_os_error() == Some(libc::ENOTCONN) {
+            tracing::warn!(mount = %mnt.display(), "detaching the stale mount of a daemon that did not exit cleanly");
+            let _ = nix::mount::umount2(mnt, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("shadowcopyd: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let root = rustix::process::geteuid().is_root();
+    let state_dir = args.state_dir.unwrap_or_else(|| if root { "/var/lib/shadowcopy".into() } else { user_dir("XDG_STATE_HOME", ".local/state").join("shadowcopy") });
+    let runtime = if root { PathBuf::from("/run/shadowcopy") } else { user_dir("XDG_RUNTIME_DIR", ".cache").join("shadowcopy") };
+    let mount = args.mount.unwrap_or_else(|| runtime.join("mnt"));
+    let socket = args.socket.unwrap_or_else(control::default_socket);
+    let admin_gid = args.admin_group.as_deref().map(group_id).transpose().context("--admin-group")?;
+    let socket_gid = args.socket_group.as_deref().map(group_id).transpose().context("--socket-group")?;
+
+    let state = StateDir::lock(&state_dir)?;
+    clear_stale_mount(&mount);
+    std::fs::create_dir_all(&mount).with_context(|| format!("creating the mount point {}", mount.display()))?;
+    let mount = mount.canonicalize()?;
+    if state_dir.canonicalize()?.starts_with(&mount) {
+        bail!("the state directory must not be inside the mount");
+    }
+
+    // Block the stop signals in every thread; the main thread waits for them.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals.thread_block().context("blocking signals")?;
+
+    let (uid, gid) = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
+    let (fs_uid, fs_gid) = args.fs_owner.unwrap_or((uid, gid));
+    let settings = Settings {
+        mount: mount.clone(),
+        cache_chunks: (args.cache_size / (16 << 10)).max(16) as usize,
+        fs_owner: ForeignOwner { uid: fs_uid, gid: fs_gid, ..ForeignOwner::default() },
+    };
+    let service = Arc::new(Service::start(state, settings));
+
+    let listener = control::bind(&socket, socket_gid)?;
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("shadowcopy".into()),
+        MountOption::Subtype("shadowcopy".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    config.acl = if args.allow_other { SessionACL::All } else { SessionACL::Owner };
+    config.n_threads = Some(args.threads.max(2));
+    config.clone_fd = true;
+    let session = fuser::Session::new(Frontend::new(Arc::clone(&service)), &mount, &config)
+        .with_context(|| format!("mounting FUSE at {} (is /dev/fuse there, and fuse3 installed?)", mount.display()))?;
+    let notifier = session.notifier();
+    let _ = service.notify.set(Box::new(move |gone: &[Departure]| {
+        for d in gone {
+            let r = match d {
+                Departure::Copy { volume_slot, name } => {
+                    let dir = fuser::INodeNo(Node::VolumeDir(*volume_slot).id().unwrap_or(0));
+                    let images = fuser::INodeNo(Node::ImagesDir(*volume_slot).id().unwrap_or(0));
+                    let _ = notifier.inval_entry(images, std::ffi::OsStr::new(&format!("{name}.img")));
+                    notifier.inval_entry(dir, std::ffi::OsStr::new(name))
+                }
+                Departure::Volume { name } => notifier.inval_entry(fuser::INodeNo(1), std::ffi::OsStr::new(name)),
+            };
+            if let Err(e) = r {
+                // ENOENT: the kernel had nothing cached under that name.
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    tracing::debug!(error = %e, "cache invalidation failed");
+                }
+            }
+        }
+    }));
+    let fuse = session.spawn().context("starting the FUSE session")?;
+
+    let svc = Arc::clone(&service);
+    let access = Access { admin_gid };
+    std::thread::Builder::new().name("shadowcopyd-control".into()).spawn(move || control::serve(listener, svc, access))?;
+    let svc = Arc::clone(&service);
+    std::thread::Builder::new().name("shadowcopyd-events".into()).spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(500));
+        svc.poll_events();
+    })?;
+
+    tracing::info!(mount = %mount.display(), socket = %socket.display(), state_dir = %state_dir.display(), volumes = service.volumes().len(), "shadowcopyd ready");
+    let sig = signals.wait().context("waiting for a signal")?;
+    tracing::info!(signal = ?sig, "stopping: flushing every volume and unmounting");
+    service.flush_all();
+    let busy: Vec<String> = service.volumes().iter().filter(|v| v.live_opens.load(std::sync::atomic::Ordering::Acquire) > 0).map(|v| v.name.clone()).collect();
+    if !busy.is_empty() {
+        tracing::warn!(volumes = ?busy, "live files are still open (loop devices?); they will get I/O errors once the daemon is gone");
+    }
+    if let Err(e) = fuse.umount_and_join() {
+        tracing::warn!(error = %e, "unmounting failed; detaching the mount lazily");
+        let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
+    }
+    service.flush_all();
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,733 @@
+//! The daemon's model: registered volumes with their engines, their shadow copies with exposed
+//! names and (lazily opened) filesystem views, and every operation of the control protocol.
+//!
+//! Owns the mapping from protocol requests to engine calls and the lifetime of volumes and
+//! copies. The FUSE frontend reads this model; the control server calls [`Service::handle`].
+//! Never parses wire bytes and never answers FUSE requests itself.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{anyhow, Context};
+use parking_lot::{Mutex, RwLock};
+use shadowcopy::fsread::{self, ByteSource, ForeignOwner, ReadOnlyFs};
+use shadowcopy::protocol::{self, attributes, Answer, CopyView, DeleteTarget, ErrorKind, Op, RangeView, Reply, SetView, StorageInfo, VolumeInfo};
+use shadowcopy::size::parse_size;
+use shadowcopy::volume::FileStorage;
+use shadowcopy::{create_set, CopyInfo, CreateOptions, DiffAreaFiles, DiffAreaOptions, EngineOptions, Event, MaxSize, ShadowVolume};
+use uuid::Uuid;
+
+use crate::state::{StateDir, VolumeRecord};
+
+/// The hard limit on holding writes (filesystems frozen) for one set, as VSS's 10 s.
+pub const HOLD_LIMIT: Duration = Duration::from_secs(10);
+
+/// Ownership of the image file, copied onto `live` and the raw copy images.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+/// A registered volume.
+pub struct Volume {
+    pub name: String,
+    /// Never reused while the daemon runs: part of FUSE node ids.
+    pub slot: u32,
+    pub image: PathBuf,
+    pub diff_area: PathBuf,
+    pub engine: ShadowVolume,
+    pub owner: Owner,
+    /// Copies by exposed name.
+    pub copies: RwLock<BTreeMap<String, Arc<Copy>>>,
+    /// Open handles on `live` (revert refuses while any is open).
+    pub live_opens: AtomicUsize,
+}
+
+/// A shadow copy as the daemon serves it.
+pub struct Copy {
+    pub slot: u32,
+    pub name: String,
+    pub info: CopyInfo,
+    pub volume: Weak<Volume>,
+    /// The filesystem inside, once looked at (`None` inside: raw only).
+    tree: OnceLock<Option<Arc<dyn ReadOnlyFs>>>,
+}
+
+impl Copy {
+    /// The filesystem in the copy, detected on first use. A damaged or unknown filesystem gives
+    /// `None` (the raw image stays readable) and a log line.
+    pub fn tree(&self, fs_owner: ForeignOwner) -> Option<Arc<dyn ReadOnlyFs>> {
+        self.tree
+            .get_or_init(|| {
+                let volume = self.volume.upgrade()?;
+                let source: Arc<dyn ByteSource> = Arc::new(CopySource { volume: Arc::downgrade(&volume), id: self.info.id, size: volume.engine.size() });
+                match fsread::open(source, fs_owner) {
+                    Ok(Some(fs)) => {
+                        tracing::info!(copy = %self.info.id, name = %self.name, filesystem = fs.kind(), "filesystem found in the shadow copy");
+                        Some(fs)
+                    }
+                    Ok(None) => {
+                        tracing::info!(copy = %self.info.id, name = %self.name, "no known filesystem in the shadow copy: only its raw image is served");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(copy = %self.info.id, name = %self.name, error = %e, "the filesystem in the shadow copy cannot be read: only its raw image is served");
+                        None
+                    }
+                }
+            })
+            .clone()
+    }
+
+    /// The filesystem's kind if it was already looked at.
+    pub fn tree_kind(&self) -> Option<String> {
+        match self.tree.get() {
+            Some(Some(fs)) => Some(fs.kind().to_string()),
+            Some(None) => Some("raw".into()),
+            None => None,
+        }
+    }
+}
+
+/// The bytes of one copy, for the filesystem readers.
+struct CopySource {
+    volume: Weak<Volume>,
+    id: Uuid,
+    size: u64,
+}
+
+impl ByteSource for CopySource {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let v = self.volume.upgrade().ok_or_else(|| std::io::Error::other("the volume was removed"))?;
+        v.engine.read_copy(self.id, buf, offset).map_err(std::io::Error::other)
+    }
+}
+
+/// Settings the daemon was started with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub mount: PathBuf,
+    pub cache_chunks: usize,
+    pub fs_owner: ForeignOwner,
+}
+
+/// Something leaving the mount: the frontend drops its entries from the kernel's caches.
+#[derive(Debug, Clone)]
+pub enum Departure {
+    Copy { volume_slot: u32, name: String },
+    Volume { name: String },
+}
+
+/// Called with what left the mount, to drop it from the kernel's caches.
+pub type DepartureHook = Box<dyn Fn(&[Departure]) + Send + Sync>;
+
+pub struct Service {
+    pub settings: Settings,
+    state: StateDir,
+    volumes: RwLock<BTreeMap<String, Arc<Volume>>>,
+    by_slot: RwLock<HashMap<u32, Arc<Volume>>>,
+    copies_by_slot: RwLock<HashMap<u32, Arc<Copy>>>,
+    next_slot: AtomicU32,
+    /// Registered volumes that could not be opened at start: kept registered, shown in logs.
+    unopened: Mutex<Vec<VolumeRecord>>,
+    /// Serialises changes to the registry and the state file.
+    admin: Mutex<()>,
+    /// Told about copies that leave (deleted, or gone for space).
+    departures: Mutex<Vec<Departure>>,
+    pub notify: OnceLock<DepartureHook>,
+}
+
+type OpResult = Result<Answer, (ErrorKind, String)>;
+
+fn failed(e: impl std::fmt::Display) -> (ErrorKind, String) {
+    (ErrorKind::Failed, e.to_string())
+}
+
+fn engine_error(e: shadowcopy::Error) -> (ErrorKind, String) {
+    let kind = match e {
+        shadowcopy::Error::NoSuchCopy(_) => ErrorKind::NotFound,
+        shadowcopy::Error::Config(_) => ErrorKind::BadRequest,
+        _ => ErrorKind::Failed,
+    };
+    (kind, e.to_string())
+}
+
+/// Volume names become folder names: keep them plain.
+fn check_name(name: &str) -> Result<(), (ErrorKind, String)> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '@', '-'])
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err((ErrorKind::BadRequest, format!("invalid volume name `{name}`: use 1-64 letters, digits, `.`, `_`, `-`, not starting with `.`, `@` or `-`")))
+    }
+}
+
+fn parse_max(s: &str) -> Result<MaxSize, String> {
+    if s.eq_ignore_ascii_case("unbounded") {
+        return Ok(MaxSize::Unbounded);
+    }
+    if let Some(p) = s.strip_suffix('%') {
+        let p: u8 = p.trim().parse().map_err(|_| format!("`{s}` is not a percentage"))?;
+        if !(1..=100).contains(&p) {
+            return Err("a percentage must be 1..100".into());
+        }
+        return Ok(MaxSize::PercentOfVolume(p));
+    }
+    Ok(MaxSize::Bytes(parse_size(s)?))
+}
+
+/// A loop device that already has `image` as its backing file (writes through it would bypass
+/// the engine).
+fn attached_loop(image: &Path) -> Option<String> {
+    let image = image.canonicalize().ok()?;
+    for e in std::fs::read_dir("/sys/block").ok()?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
+            if Path::new(b.trim_end()) == image {
+                return Some(format!("/dev/{name}"));
+            }
+        }
+    }
+    None
+}
+
+/// Opens a volume image exclusively: `O_EXCL` for a block device (the kernel refuses mounts and
+/// other exclusive openers), an `flock` for an image file.
+fn open_exclusive(image: &Path) -> anyhow::Result<FileStorage> {
+    let md = std::fs::metadata(image).with_context(|| format!("the image {} cannot be opened", image.display()))?;
+    let is_block = std::os::unix::fs::FileTypeExt::is_block_device(&md.file_type());
+    if !is_block && !md.is_file() {
+        return Err(anyhow!("{} is neither an image file nor a block device", image.display()));
+    }
+    if let Some(dev) = attached_loop(image) {
+        return Err(anyhow!("{} is attached to {dev}: writes through it would bypass shadow copies; detach it (losetup -d {dev}) and use the volume's live file instead", image.display()));
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true).write(true);
+    if is_block {
+        opts.custom_flags(libc::O_EXCL);
+    }
+    let file = opts.open(image).with_context(|| format!("opening {} exclusively (is it mounted or in use?)", image.display()))?;
+    if !is_block && rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        return Err(anyhow!("{} is locked by another process (another shadowcopyd?)", image.display()));
+    }
+    Ok(FileStorage::new(file)?)
+}
+
+impl Service {
+    /// Reopens every registered volume of the state directory. A volume that cannot be opened
+    /// is logged and left registered (it comes back once fixed), never a reason not to start.
+    pub fn start(state: StateDir, settings: Settings) -> Service {
+        let svc = Service {
+            settings,
+            state,
+            volumes: RwLock::new(BTreeMap::new()),
+            by_slot: RwLock::new(HashMap::new()),
+            copies_by_slot: RwLock::new(HashMap::new()),
+            next_slot: AtomicU32::new(1),
+            unopened: Mutex::new(Vec::new()),
+            admin: Mutex::new(()),
+            departures: Mutex::new(Vec::new()),
+            notify: OnceLock::new(),
+        };
+        let records = match svc.state.load() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot read the registered volumes; starting with none");
+                Vec::new()
+            }
+        };
+        for rec in records {
+            match svc.open_volume(&rec, None) {
+                Ok(v) => {
+                    tracing::info!(volume = %v.name, copies = v.copies.read().len(), "volume reopened");
+                    svc.insert_volume(v);
+                }
+                Err(e) => {
+                    tracing::error!(volume = %rec.name, error = %format!("{e:#}"), "cannot reopen the volume; fix the cause and restart the daemon");
+                    svc.unopened.lock().push(rec);
+                }
+            }
+        }
+        svc.save_state();
+        svc
+    }
+
+    fn slot(&self) -> u32 {
+        self.next_slot.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn engine_options(&self) -> EngineOptions {
+        EngineOptions { cache_chunks: self.settings.cache_chunks, ..EngineOptions::default() }
+    }
+
+    /// Opens (or, with `create`, creates) a volume's engine and builds its copies.
+    fn open_volume(&self, rec: &VolumeRecord, create: Option<DiffAreaOptions>) -> anyhow::Result<Arc<Volume>> {
+        let storage = Arc::new(open_exclusive(&rec.image)?);
+        let md = std::fs::metadata(&rec.image)?;
+        let engine = match create {
+            Some(options) => ShadowVolume::create(storage, DiffAreaFiles::in_dir(&rec.diff_area, true)?, options, self.engine_options()),
+            None => ShadowVolume::open(storage, DiffAreaFiles::in_dir(&rec.diff_area, false)?, self.engine_options()),
+        }
+        .with_context(|| format!("opening the diff area {} of {}", rec.diff_area.display(), rec.image.display()))?;
+        for e in engine.take_events() {
+            tracing::warn!(volume = %rec.name, event = ?e, "found while opening the diff area");
+        }
+        let vol = Arc::new(Volume {
+            name: rec.name.clone(),
+            slot: self.slot(),
+            image: rec.image.clone(),
+            diff_area: rec.diff_area.clone(),
+            engine,
+            owner: Owner { uid: md.uid(), gid: md.gid(), mode: md.mode() },
+            copies: RwLock::new(BTreeMap::new()),
+            live_opens: AtomicUsize::new(0),
+        });
+        let mut copies = vol.copies.write();
+        for info in vol.engine.copies() {
+            let name = match rec.exposed.get(&info.id) {
+                Some(n) if !copies.contains_key(n) => n.clone(),
+                _ => unique_name(&copies, &info),
+            };
+            copies.insert(name.clone(), Arc::new(Copy { slot: self.slot(), name, info, volume: Arc::downgrade(&vol), tree: OnceLock::new() }));
+        }
+        drop(copies);
+        Ok(vol)
+    }
+
+    fn insert_volume(&self, v: Arc<Volume>) {
+        let mut slots = self.copies_by_slot.write();
+        for c in v.copies.read().values() {
+            slots.insert(c.slot, Arc::clone(c));
+        }
+        self.by_slot.write().insert(v.slot, Arc::clone(&v));
+        self.volumes.write().insert(v.name.clone(), v);
+    }
+
+    fn save_state(&self) {
+        let records: Vec<VolumeRecord> = self
+            .volumes
+            .read()
+            .values()
+            .map(|v| VolumeRecord {
+                name: v.name.clone(),
+                image: v.image.clone(),
+                diff_area: v.diff_area.clone(),
+                exposed: v.copies.read().values().map(|c| (c.info.id, c.name.clone())).collect(),
+            })
+            .collect();
+        // Volumes that failed to open stay registered.
+        let mut all = self.unopened.lock().clone();
+        all.extend(records);
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Err(e) = self.state.save(&all) {
+            tracing::error!(error = %format!("{e:#}"), "saving the daemon state failed");
+        }
+    }
+
+    // ---- lookups for the frontend ----
+
+    pub fn volumes(&self) -> Vec<Arc<Volume>> {
+        self.volumes.read().values().cloned().collect()
+    }
+
+    pub fn volume(&self, name: &str) -> Option<Arc<Volume>> {
+        self.volumes.read().get(name).cloned()
+    }
+
+    pub fn volume_by_slot(&self, slot: u32) -> Option<Arc<Volume>> {
+        self.by_slot.read().get(&slot).cloned()
+    }
+
+    pub fn copy_by_slot(&self, slot: u32) -> Option<Arc<Copy>> {
+        self.copies_by_slot.read().get(&slot).cloned()
+    }
+
+    fn find_copy(&self, id: Uuid) -> Option<(Arc<Volume>, Arc<Copy>)> {
+        for v in self.volumes.read().values() {
+            if let Some(c) = v.copies.read().values().find(|c| c.info.id == id) {
+                return Some((Arc::clone(v), Arc::clone(c)));
+            }
+        }
+        None
+    }
+
+    // ---- engine events ----
+
+    /// Applies what the engines did on their own (copies deleted for space, copies failed).
+    pub fn poll_events(&self) {
+        let mut changed = false;
+        for v in self.volumes() {
+            for e in v.engine.take_events() {
+                match e {
+                    Event::CopyDeleted { id, reason } => {
+                        tracing::warn!(volume = %v.name, copy = %id, ?reason, "shadow copy deleted by the engine");
+                        changed |= self.forget_copy(&v, id);
+                    }
+                    Event::CopyFailed { id, reason } => {
+                        tracing::error!(volume = %v.name, copy = %id, %reason, "shadow copy failed");
+                    }
+                }
+            }
+        }
+        if changed {
+            self.save_state();
+        }
+        self.flush_departures();
+    }
+
+    /// Drops a copy from the model; true if it was there.
+    fn forget_copy(&self, v: &Volume, id: Uuid) -> bool {
+        let mut copies = v.copies.write();
+        let Some(name) = copies.iter().find(|(_, c)| c.info.id == id).map(|(n, _)| n.clone()) else { return false };
+        let c = copies.remove(&name).expect("found above");
+        self.copies_by_slot.write().remove(&c.slot);
+        self.departures.lock().push(Departure::Copy { volume_slot: v.slot, name });
+        true
+    }
+
+    fn flush_departures(&self) {
+        let d = std::mem::take(&mut *self.departures.lock());
+        if !d.is_empty() {
+            if let Some(n) = self.notify.get() {
+                n(&d);
+            }
+        }
+    }
+
+    // ---- the protocol ----
+
+    /// Runs one request. `progress` receives (done, total) during long operations.
+    pub fn handle(&self, op: Op, progress: &mut dyn FnMut(u64, u64)) -> Reply {
+        self.poll_events();
+        let r = match op {
+            Op::Status => Ok(Answer::Status(protocol::StatusInfo {
+                version: env!("CARGO_PKG_VERSION").into(),
+                protocol: protocol::VERSION,
+                mount: self.settings.mount.display().to_string(),
+                state_dir: self.state.path().display().to_string(),
+                volumes: self.volumes.read().len(),
+            })),
+            Op::VolumeAdd { name, image, diff_area, max_size, chunk_size } => self.volume_add(name, image, diff_area, max_size, chunk_size),
+            Op::VolumeList => Ok(Answer::Volumes(self.volumes().iter().map(|v| self.volume_info(v)).collect())),
+            Op::VolumeRemove { name } => self.volume_remove(&name),
+            Op::Create { volumes, volatile } => self.create(&volumes, volatile),
+            Op::List { volume } => self.list(volume.as_deref()),
+            Op::Delete { target } => self.delete(target),
+            Op::StorageList => Ok(Answer::Storage(self.volumes().iter().map(|v| storage_info(v)).collect())),
+            Op::StorageResize { volume, max_size } => self.resize(&volume, &max_size),
+            Op::Export { id, path } => self.export(id, &path, progress),
+            Op::Revert { id } => self.revert(id, progress),
+            Op::Diff { id, to } => self.diff(id, to),
+        };
+        self.flush_departures();
+        match r {
+            Ok(a) => Reply::Ok(a),
+            Err((kind, message)) => Reply::error(kind, message),
+        }
+    }
+
+    fn live_path(&self, v: &Volume) -> PathBuf {
+        self.settings.mount.join(&v.name).join("live")
+    }
+
+    fn volume_info(&self, v: &Volume) -> VolumeInfo {
+        VolumeInfo {
+            name: v.name.clone(),
+            image: v.image.display().to_string(),
+            diff_area: v.diff_area.display().to_string(),
+            size: v.engine.size(),
+            provider: "system".into(),
+            copies: v.copies.read().len(),
+            live: self.live_path(v).display().to_string(),
+            failure: v.engine.failure(),
+        }
+    }
+
+    fn copy_view(&self, v: &Volume, c: &Copy) -> CopyView {
+        CopyView {
+            id: c.info.id,
+            set_id: c.info.set_id,
+            volume: v.name.clone(),
+            created_unix: c.info.created.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+            exposed_name: c.name.clone(),
+            persistent: c.info.persistent,
+            attributes: attributes::names(c.info.attributes, c.info.persistent),
+            filesystem: c.tree_kind(),
+            diff_area_used: v.engine.usage().used_bytes,
+            failed: c.info.failed.clone(),
+        }
+    }
+
+    fn volume_add(&self, name: String, image: String, diff_area: Option<String>, max_size: Option<String>, chunk_size: Option<u64>) -> OpResult {
+        check_name(&name)?;
+        let _admin = self.admin.lock();
+        if self.volumes.read().contains_key(&name) || self.unopened.lock().iter().any(|r| r.name == name) {
+            return Err((ErrorKind::AlreadyExists, format!("a volume named `{name}` is already registered")));
+        }
+        let image = PathBuf::from(&image).canonicalize().map_err(|e| (ErrorKind::NotFound, format!("the image {image} cannot be opened: {e}")))?;
+        if image.starts_with(&self.settings.mount) {
+            return Err((ErrorKind::BadRequest, "the image lies inside the daemon's own mount".into()));
+        }
+        if let Some(other) = self.volumes.read().values().find(|v| v.image == image) {
+            return Err((ErrorKind::AlreadyExists, format!("{} is already registered as volume `{}`", image.display(), other.name)));
+        }
+        let diff_area = match diff_area {
+            Some(d) => PathBuf::from(d),
+            None => self.state.default_diff_area(&name),
+        };
+        if diff_area.starts_with(&self.settings.mount) {
+            return Err((ErrorKind::BadRequest, "the diff area must not lie inside the daemon's mount (its writes would wait on themselves)".into()));
+        }
+        if diff_area.join("journal.0").exists() {
+            return Err((ErrorKind::AlreadyExists, format!("{} already holds a diff area; choose another --diff-area or remove it", diff_area.display())));
+        }
+        let mut options = DiffAreaOptions::default();
+        if let Some(m) = max_size {
+            options.max_size = parse_max(&m).map_err(|e| (ErrorKind::BadRequest, e))?;
+        }
+        if let Some(c) = chunk_size {
+            options.chunk_size = u32::try_from(c).map_err(|_| (ErrorKind::BadRequest, "chunk size too large".to_string()))?;
+        }
+        let rec = VolumeRecord { name: name.clone(), image, diff_area, exposed: BTreeMap::new() };
+        let v = self.open_volume(&rec, Some(options)).map_err(|e| failed(format!("{e:#}")))?;
+        self.insert_volume(Arc::clone(&v));
+        self.save_state();
+        tracing::info!(volume = %name, image = %v.image.display(), "volume added");
+        Ok(Answer::Volume(self.volume_info(&v)))
+    }
+
+    fn volume_remove(&self, name: &str) -> OpResult {
+        let _admin = self.admin.lock();
+        {
+            let mut unopened = self.unopened.lock();
+            if let Some(i) = unopened.iter().position(|r| r.name == name) {
+                unopened.remove(i);
+                drop(unopened);
+                self.save_state();
+                return Ok(Answer::Done(format!("volume `{name}` (which could not be opened) unregistered; its diff area was left in place")));
+            }
+        }
+        let v = self.volume(name).ok_or_else(|| (ErrorKind::NotFound, format!("no volume named `{name}` (see `shadowcopy volume list`)")))?;
+        if v.live_opens.load(Ordering::Acquire) > 0 {
+            return Err((ErrorKind::Busy, format!("{} is open (a loop device or program uses it); detach and close it first", self.live_path(&v).display())));
+        }
+        self.volumes.write().remove(name);
+        self.by_slot.write().remove(&v.slot);
+        {
+            let mut slots = self.copies_by_slot.write();
+            for c in v.copies.read().values() {
+                slots.remove(&c.slot);
+                self.departures.lock().push(Departure::Copy { volume_slot: v.slot, name: c.name.clone() });
+            }
+        }
+        self.departures.lock().push(Departure::Volume { name: name.to_string() });
+        self.save_state();
+        let diff_area = v.diff_area.clone();
+        let n = v.copies.read().len();
+        // Last reference: the engine closes (flushes) when the volume drops.
+        drop(v);
+        if let Err(e) = std::fs::remove_dir_all(&diff_area) {
+            tracing::warn!(path = %diff_area.display(), error = %e, "could not remove the diff area");
+        }
+        Ok(Answer::Done(format!("volume `{name}` removed with its {n} shadow copies")))
+    }
+
+    fn create(&self, names: &[String], volatile: bool) -> OpResult {
+        if names.is_empty() {
+            return Err((ErrorKind::BadRequest, "name at least one volume".into()));
+        }
+        let _admin = self.admin.lock();
+        let mut vols = Vec::new();
+        for n in names {
+            let v = self.volume(n).ok_or_else(|| (ErrorKind::NotFound, format!("no volume named `{n}` (see `shadowcopy volume list`)")))?;
+            if vols.iter().any(|x: &Arc<Volume>| x.name == v.name) {
+                return Err((ErrorKind::BadRequest, format!("volume `{n}` is named twice")));
+            }
+            vols.push(v);
+        }
+        let lives: Vec<PathBuf> = vols.iter().map(|v| self.live_path(v)).collect();
+        let filesystems = shadowcopy::hold::filesystems_on(&lives).map_err(failed)?;
+        let frozen = shadowcopy::hold::freeze(&filesystems, HOLD_LIMIT).map_err(|e| match e {
+            shadowcopy::hold::HoldError::FreezeTimeout { .. } => (ErrorKind::Timeout, e.to_string()),
+            _ => failed(e),
+        })?;
+        let mut attrs = attributes::CLIENT_ACCESSIBLE | attributes::NO_WRITERS;
+        if !filesystems.is_empty() {
+            attrs |= attributes::FS_FROZEN;
+        }
+        let engines: Vec<&ShadowVolume> = vols.iter().map(|v| &v.engine).collect();
+        let set = create_set(&engines, CreateOptions { volatile, attributes: attrs });
+        let mount_points = frozen.mount_points.clone();
+        let (held, expired) = frozen.release();
+        let set = set.map_err(engine_error)?;
+        if expired {
+            for (v, c) in vols.iter().zip(&set.copies) {
+                let _ = v.engine.delete(c.id);
+            }
+            return Err((ErrorKind::Timeout, format!("writes were held longer than the {HOLD_LIMIT:?} limit; the set was aborted and everything thawed")));
+        }
+        let mut views = Vec::new();
+        for (v, info) in vols.iter().zip(set.copies) {
+            let mut copies = v.copies.write();
+            let name = unique_name(&copies, &info);
+            let c = Arc::new(Copy { slot: self.slot(), name: name.clone(), info, volume: Arc::downgrade(v), tree: OnceLock::new() });
+            copies.insert(name, Arc::clone(&c));
+            drop(copies);
+            self.copies_by_slot.write().insert(c.slot, Arc::clone(&c));
+            views.push(self.copy_view(v, &c));
+        }
+        self.save_state();
+        Ok(Answer::Set(SetView {
+            set_id: set.set_id,
+            copies: views,
+            hold_us: set.hold.as_micros() as u64,
+            frozen_us: if mount_points.is_empty() { 0 } else { held.as_micros() as u64 },
+            frozen: mount_points.iter().map(|p| p.display().to_string()).collect(),
+        }))
+    }
+
+    fn list(&self, volume: Option<&str>) -> OpResult {
+        let vols = match volume {
+            Some(n) => vec![self.volume(n).ok_or_else(|| (ErrorKind::NotFound, format!("no volume named `{n}`")))?],
+            None => self.volumes(),
+        };
+        let mut out = Vec::new();
+        for v in &vols {
+            let mut copies: Vec<Arc<Copy>> = v.copies.read().values().cloned().collect();
+            copies.sort_by_key(|c| c.info.epoch);
+            out.extend(copies.iter().map(|c| self.copy_view(v, c)));
+        }
+        Ok(Answer::Copies(out))
+    }
+
+    fn delete(&self, target: DeleteTarget) -> OpResult {
+        let _admin = self.admin.lock();
+        let victims: Vec<(Arc<Volume>, Arc<Copy>)> = match &target {
+            DeleteTarget::Id(id) => vec![self.find_copy(*id).ok_or_else(|| (ErrorKind::NotFound, format!("no shadow copy {id} (see `shadowcopy list`)")))?],
+            DeleteTarget::Set(set) => {
+                let v: Vec<_> = self
+                    .volumes()
+                    .into_iter()
+                    .flat_map(|v| v.copies.read().values().filter(|c| c.info.set_id == *set).map(|c| (Arc::clone(&v), Arc::clone(c))).collect::<Vec<_>>())
+                    .collect();
+                if v.is_empty() {
+                    return Err((ErrorKind::NotFound, format!("no shadow copy set {set}")));
+                }
+                v
+            }
+            DeleteTarget::Oldest(name) | DeleteTarget::All(name) => {
+                let v = self.volume(name).ok_or_else(|| (ErrorKind::NotFound, format!("no volume named `{name}`")))?;
+                let mut copies: Vec<Arc<Copy>> = v.copies.read().values().cloned().collect();
+                copies.sort_by_key(|c| c.info.epoch);
+                if matches!(target, DeleteTarget::Oldest(_)) {
+                    copies.truncate(1);
+                }
+                if copies.is_empty() {
+                    return Err((ErrorKind::NotFound, format!("volume `{name}` has no shadow copies")));
+                }
+                copies.into_iter().map(|c| (Arc::clone(&v), c)).collect()
+            }
+        };
+        let mut views = Vec::new();
+        for (v, c) in &victims {
+            views.push(self.copy_view(v, c));
+            match v.engine.delete(c.info.id) {
+                Ok(_) | Err(shadowcopy::Error::NoSuchCopy(_)) => {}
+                Err(e) => {
+                    self.save_state();
+                    return Err(engine_error(e));
+                }
+            }
+            // The engine reports the deletion as an event too; drop it from the model now.
+            let _ = v.engine.take_events();
+            self.forget_copy(v, c.info.id);
+        }
+        self.save_state();
+        Ok(Answer::Copies(views))
+    }
+
+    fn resize(&self, name: &str, max: &str) -> OpResult {
+        let _admin = self.admin.lock();
+        let v = self.volume(name).ok_or_else(|| (ErrorKind::NotFound, format!("no volume named `{name}`")))?;
+        let max = parse_max(max).map_err(|e| (ErrorKind::BadRequest, e))?;
+        v.engine.resize(max).map_err(engine_error)?;
+        drop(_admin);
+        self.poll_events();
+        Ok(Answer::Storage(vec![storage_info(&v)]))
+    }
+
+    fn export(&self, id: Uuid, path: &str, progress: &mut dyn FnMut(u64, u64)) -> OpResult {
+        let (v, _) = self.find_copy(id).ok_or_else(|| (ErrorKind::NotFound, format!("no shadow copy {id}")))?;
+        let dest = PathBuf::from(path);
+        if dest.exists() {
+            return Err((ErrorKind::AlreadyExists, format!("{path} exists; choose a new file name")));
+        }
+        v.engine.export(id, &dest, progress).map_err(engine_error)?;
+        Ok(Answer::Done(format!("exported shadow copy {id} to {path}")))
+    }
+
+    fn revert(&self, id: Uuid, progress: &mut dyn FnMut(u64, u64)) -> OpResult {
+        let _admin = self.admin.lock();
+        let (v, _) = self.find_copy(id).ok_or_else(|| (ErrorKind::NotFound, format!("no shadow copy {id}")))?;
+        if v.live_opens.load(Ordering::Acquire) > 0 {
+            return Err((ErrorKind::Busy, format!("{} is open: unmount and detach what uses it (umount, losetup -d) before reverting", self.live_path(&v).display())));
+        }
+        v.engine.revert(id, progress).map_err(engine_error)?;
+        Ok(Answer::Done(format!("volume `{}` reverted to shadow copy {id}", v.name)))
+    }
+
+    fn diff(&self, id: Uuid, to: Option<Uuid>) -> OpResult {
+        let (v, _) = self.find_copy(id).ok_or_else(|| (ErrorKind::NotFound, format!("no shadow copy {id}")))?;
+        let ranges = v.engine.changed_ranges(id, to).map_err(engine_error)?;
+        Ok(Answer::Ranges(ranges.iter().map(|r| RangeView { offset: r.offset, len: r.len }).collect()))
+    }
+
+    /// Flushes every volume (on shutdown).
+    pub fn flush_all(&self) {
+        for v in self.volumes() {
+            if let Err(e) = v.engine.flush() {
+                tracing::error!(volume = %v.name, error = %e, "flushing the volume failed");
+            }
+        }
+    }
+}
+
+fn storage_info(v: &Volume) -> StorageInfo {
+    let u = v.engine.usage();
+    StorageInfo {
+        volume: v.name.clone(),
+        diff_area: v.diff_area.display().to_string(),
+        used_bytes: u.used_bytes,
+        allocated_bytes: u.allocated_bytes,
+        max_bytes: u.max_bytes,
+        chunk_size: u.chunk_size,
+        copies: u.copies,
+    }
+}
+
+/// The exposed name for a copy: its creation second, or, if a copy of the volume already has
+/// that name, the next free second after it (names stay unique and valid `@GMT` tokens; the
+/// real creation time is in `list`).
+fn unique_name(existing: &BTreeMap<String, Arc<Copy>>, info: &CopyInfo) -> String {
+    let mut secs = info.created.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    loop {
+        let name = protocol::gmt_name(secs);
+        if !existing.contains_key(&name) {
+            return name;
+        }
+        secs += 1;
+    }
+}

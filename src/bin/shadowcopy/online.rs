@@ -1,0 +1,192 @@
+//! The commands that talk to `shadowcopyd`: build a request, call the daemon, print the answer
+//! as a table or as JSON.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use shadowcopy::protocol::{default_socket_path, Answer, Client, CopyView, DeleteTarget, Op};
+use shadowcopy::size::format_size;
+
+use super::{Command, DeleteArgs, StorageCmd, VolumeCmd};
+
+pub fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<()> {
+    let op = match cmd {
+        Command::Volume(VolumeCmd::Add { name, image, diff_area, max_size, chunk_size }) => {
+            let image = image.canonicalize().with_context(|| format!("the image {} cannot be found", image.display()))?;
+            let diff_area = diff_area.map(|d| std::path::absolute(&d).unwrap_or(d));
+            Op::VolumeAdd {
+                name,
+                image: image.display().to_string(),
+                diff_area: diff_area.map(|d| d.display().to_string()),
+                max_size,
+                chunk_size,
+            }
+        }
+        Command::Volume(VolumeCmd::List) => Op::VolumeList,
+        Command::Volume(VolumeCmd::Remove { name }) => Op::VolumeRemove { name },
+        Command::Create { volumes, volatile } => Op::Create { volumes, volatile },
+        Command::List { volume } => Op::List { volume },
+        Command::Delete(DeleteArgs { id, set, oldest, all }) => Op::Delete {
+            target: match (id, set, oldest, all) {
+                (Some(id), ..) => DeleteTarget::Id(id),
+                (_, Some(s), ..) => DeleteTarget::Set(s),
+                (_, _, Some(v), _) => DeleteTarget::Oldest(v),
+                (_, _, _, Some(v)) => DeleteTarget::All(v),
+                _ => bail!("say which copies: an ID, --set, --oldest or --all"),
+            },
+        },
+        Command::ShadowStorage(StorageCmd::List) => Op::StorageList,
+        Command::ShadowStorage(StorageCmd::Resize { volume, max_size }) => Op::StorageResize { volume, max_size },
+        Command::Export { id, file } => Op::Export { id, path: std::path::absolute(&file).unwrap_or(file).display().to_string() },
+        Command::Revert { id } => Op::Revert { id },
+        Command::Diff { id, to } => Op::Diff { id, to },
+        Command::Status => Op::Status,
+        Command::Offline(_) => unreachable!("handled by main"),
+    };
+    let socket = socket.unwrap_or_else(default_socket_path);
+    let mut client = Client::connect(&socket)?;
+    let show_progress = !json && std::io::stderr().is_terminal();
+    let mut last = u64::MAX;
+    let answer = client.call(op, &mut |done, total| {
+        let pct = done * 100 / total.max(1);
+        if show_progress && pct != last {
+            last = pct;
+            let bar = "#".repeat((pct / 4) as usize);
+            eprint!("\r[{bar:<25}] {pct:>3}%  {} of {}", format_size(done), format_size(total));
+        }
+    });
+    if show_progress && last != u64::MAX {
+        eprintln!();
+    }
+    let answer = answer?;
+    if json {
+        println!("{}", answer_json(&answer)?);
+    } else {
+        print_table(&answer);
+    }
+    Ok(())
+}
+
+fn answer_json(a: &Answer) -> Result<String> {
+    let v = match a {
+        Answer::Status(s) => serde_json::to_value(s)?,
+        Answer::Volumes(v) => serde_json::to_value(v)?,
+        Answer::Volume(v) => serde_json::to_value(v)?,
+        Answer::Copies(c) => serde_json::to_value(c)?,
+        Answer::Set(s) => serde_json::to_value(s)?,
+        Answer::Storage(s) => serde_json::to_value(s)?,
+        Answer::Ranges(r) => serde_json::to_value(r)?,
+        Answer::Done(m) => serde_json::json!({ "message": m }),
+    };
+    Ok(serde_json::to_string_pretty(&v)?)
+}
+
+/// Prints rows under a header, each column as wide as its widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header.iter().map(|s| s.to_string()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+fn created(c: &CopyView) -> String {
+    let secs = c.created_unix as u64;
+    let name = shadowcopy::protocol::gmt_name(secs);
+    // @GMT-YYYY.MM.DD-HH.MM.SS → YYYY-MM-DD HH:MM:SS UTC
+    let t = &name[5..];
+    format!("{}-{}-{} {}:{}:{} UTC", &t[0..4], &t[5..7], &t[8..10], &t[11..13], &t[14..16], &t[17..19])
+}
+
+fn print_copies(copies: &[CopyView]) {
+    if copies.is_empty() {
+        println!("No shadow copies.");
+        return;
+    }
+    let rows: Vec<Vec<String>> = copies
+        .iter()
+        .map(|c| {
+            vec![
+                c.id.to_string(),
+                c.set_id.to_string(),
+                c.volume.clone(),
+                created(c),
+                c.exposed_name.clone(),
+                c.attributes.join(","),
+                format_size(c.diff_area_used),
+                c.failed.clone().map_or("ok".into(), |r| format!("FAILED: {r}")),
+            ]
+        })
+        .collect();
+    table(&["SHADOW COPY ID", "SET ID", "VOLUME", "CREATED", "EXPOSED AS", "ATTRIBUTES", "DIFF AREA USED", "STATE"], &rows);
+}
+
+fn print_table(a: &Answer) {
+    match a {
+        Answer::Status(s) => {
+            println!("shadowcopyd {} (protocol {})", s.version, s.protocol);
+            println!("mount:     {}", s.mount);
+            println!("state dir: {}", s.state_dir);
+            println!("volumes:   {}", s.volumes);
+        }
+        Answer::Volumes(vs) => {
+            if vs.is_empty() {
+                println!("No volumes. Add one with `shadowcopy volume add NAME IMAGE`.");
+                return;
+            }
+            let rows: Vec<Vec<String>> = vs
+                .iter()
+                .map(|v| vec![v.name.clone(), format_size(v.size), v.copies.to_string(), v.image.clone(), v.live.clone(), v.failure.clone().unwrap_or_else(|| "ok".into())])
+                .collect();
+            table(&["VOLUME", "SIZE", "COPIES", "IMAGE", "LIVE FILE", "STATE"], &rows);
+        }
+        Answer::Volume(v) => {
+            println!("volume `{}` added: {} ({}), diff area {}", v.name, v.image, format_size(v.size), v.diff_area);
+            println!("write to it through {}", v.live);
+        }
+        Answer::Copies(c) => print_copies(c),
+        Answer::Set(s) => {
+            println!("shadow copy set {} created", s.set_id);
+            if s.frozen.is_empty() {
+                println!("no mounted filesystem on these volumes was found to freeze (crash-consistent copy)");
+            } else {
+                println!("froze {} for {:.1} ms", s.frozen.join(", "), s.frozen_us as f64 / 1000.0);
+            }
+            println!("writes held {} µs", s.hold_us);
+            print_copies(&s.copies);
+        }
+        Answer::Storage(s) => {
+            let rows: Vec<Vec<String>> = s
+                .iter()
+                .map(|x| {
+                    vec![
+                        x.volume.clone(),
+                        format_size(x.used_bytes),
+                        format_size(x.allocated_bytes),
+                        x.max_bytes.map_or("unbounded".into(), format_size),
+                        format_size(x.chunk_size.into()),
+                        x.copies.to_string(),
+                        x.diff_area.clone(),
+                    ]
+                })
+                .collect();
+            table(&["VOLUME", "USED", "ALLOCATED", "MAXIMUM", "CHUNK", "COPIES", "DIFF AREA"], &rows);
+        }
+        Answer::Ranges(r) => {
+            let rows: Vec<Vec<String>> = r.iter().map(|x| vec![x.offset.to_string(), x.len.to_string()]).collect();
+            table(&["OFFSET", "LENGTH"], &rows);
+            println!("{} ranges, {}", r.len(), format_size(r.iter().map(|x| x.len).sum()));
+        }
+        Answer::Done(m) => println!("{m}"),
+    }
+}
