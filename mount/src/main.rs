@@ -87,13 +87,24 @@ fn user_dir(var: &str, fallback: &str) -> PathBuf {
     }
 }
 
-/// A mount point left behind by a daemon that was killed answers ENOTCONN: detach it.
-fn clear_stale_mount(mnt: &Path) {
-    if let Err(e) = std::fs::metadata(mnt) {
-        if e.raw_os_error() == Some(libc::ENOTCONN) {
+/// A mount point left behind by a daemon that was killed answers ENOTCONN: detach it. A live
+/// mount there (another daemon) is an error.
+fn clear_stale_mount(mnt: &Path) -> Result<()> {
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|p| Path::new(p) == mnt));
+    if !mounted {
+        return Ok(());
+    }
+    // A directory listing is never answered from the kernel's caches here.
+    match std::fs::read_dir(mnt) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             tracing::warn!(mount = %mnt.display(), "detaching the stale mount of a daemon that did not exit cleanly");
-            let _ = nix::mount::umount2(mnt, nix::mount::MntFlags::MNT_DETACH);
+            nix::mount::umount2(mnt, nix::mount::MntFlags::MNT_DETACH).with_context(|| format!("detaching the stale mount {}", mnt.display()))?;
+            Ok(())
         }
+        _ => bail!("something is already mounted at {}; unmount it or choose another --mount", mnt.display()),
     }
 }
 
@@ -118,7 +129,7 @@ fn run(args: Args) -> Result<()> {
     let socket_gid = args.socket_group.as_deref().map(group_id).transpose().context("--socket-group")?;
 
     let state = StateDir::lock(&state_dir)?;
-    clear_stale_mount(&mount);
+    clear_stale_mount(&mount)?;
     std::fs::create_dir_all(&mount).with_context(|| format!("creating the mount point {}", mount.display()))?;
     let mount = mount.canonicalize()?;
     if state_dir.canonicalize()?.starts_with(&mount) {

@@ -1,0 +1,221 @@
+//! Shared parts of the daemon's end-to-end tests: a running `shadowcopyd` in a temporary
+//! directory (stopped, unmounted and removed on drop, also when the test fails) and a client.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shadowcopy::protocol::{Answer, Client, ClientError, CopyView, Op, SetView};
+use shadowcopy::testing::system::*;
+
+/// A daemon with its own state directory, mount and socket.
+pub struct Daemon {
+    pub dir: TempDir,
+    pub mount: PathBuf,
+    pub socket: PathBuf,
+    pub state: PathBuf,
+    child: ChildGuard,
+    extra: Vec<String>,
+}
+
+pub fn daemon_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_shadowcopyd"))
+}
+
+/// The `shadowcopy` CLI, built next to the daemon (`scripts/test` builds the workspace first).
+pub fn cli_binary() -> PathBuf {
+    let p = daemon_binary().with_file_name("shadowcopy");
+    require(p.is_file(), &format!("the CLI at {} (build the workspace first: cargo build --workspace)", p.display()));
+    p
+}
+
+impl Daemon {
+    pub fn start(extra: &[&str]) -> Daemon {
+        require_commands(&["losetup", "mount", "umount"]);
+        require(Path::new("/dev/fuse").exists(), "/dev/fuse");
+        let dir = TempDir::new("sc-daemon-");
+        let mut d = Daemon {
+            mount: dir.join("mnt"),
+            socket: dir.join("control.sock"),
+            state: dir.join("state"),
+            dir,
+            child: ChildGuard(None),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("daemon.log")).expect("log file");
+        let child = Command::new(daemon_binary())
+            .args(["--state-dir", self.state.to_str().unwrap(), "--mount", self.mount.to_str().unwrap(), "--socket", self.socket.to_str().unwrap()])
+            .args(&self.extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting shadowcopyd");
+        self.child = ChildGuard(Some(child));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut c) = Client::connect(&self.socket) {
+                if c.call(Op::Status, &mut |_, _| {}).is_ok() {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.child().try_wait().expect("waiting") {
+                panic!("shadowcopyd exited at start ({status}):\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "shadowcopyd did not come up:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&mut self) -> u32 {
+        self.child.child().id()
+    }
+
+    /// SIGTERM and wait: the daemon must flush, unmount and exit 0.
+    pub fn stop(&mut self) {
+        let pid = self.pid();
+        run("kill", &["-TERM", &pid.to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.child().try_wait().expect("waiting") {
+                assert!(status.success(), "shadowcopyd exited with {status}:\n{}", self.log());
+                self.child.0 = None;
+                break;
+            }
+            assert!(Instant::now() < deadline, "shadowcopyd did not stop on SIGTERM:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!is_mounted(&self.mount), "the mount is still there after the daemon stopped");
+    }
+
+    /// SIGKILL: a crash. The stale mount is left for the next start to clear.
+    pub fn kill(&mut self) {
+        let mut c = self.child.0.take().expect("running");
+        c.kill().expect("kill");
+        c.wait().expect("wait");
+    }
+
+    pub fn restart(&mut self) {
+        if self.child.0.is_some() {
+            self.stop();
+        }
+        self.spawn();
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.socket).expect("connecting to the daemon")
+    }
+
+    pub fn call(&self, op: Op) -> Result<Answer, ClientError> {
+        self.client().call(op, &mut |_, _| {})
+    }
+
+    /// Registers `image` as volume `name`.
+    pub fn add_volume(&self, name: &str, image: &Path) {
+        self.call(Op::VolumeAdd { name: name.into(), image: image.display().to_string(), diff_area: None, max_size: Some("50%".into()), chunk_size: None })
+            .unwrap_or_else(|e| panic!("volume add: {e}"));
+    }
+
+    pub fn create(&self, volumes: &[&str], volatile: bool) -> SetView {
+        match self.call(Op::Create { volumes: volumes.iter().map(|s| s.to_string()).collect(), volatile }) {
+            Ok(Answer::Set(s)) => s,
+            other => panic!("create: {other:?}\n{}", self.log()),
+        }
+    }
+
+    pub fn list(&self) -> Vec<CopyView> {
+        match self.call(Op::List { volume: None }) {
+            Ok(Answer::Copies(c)) => c,
+            other => panic!("list: {other:?}"),
+        }
+    }
+
+    pub fn live(&self, volume: &str) -> PathBuf {
+        self.mount.join(volume).join("live")
+    }
+
+    pub fn tree(&self, volume: &str, c: &CopyView) -> PathBuf {
+        self.mount.join(volume).join(&c.exposed_name)
+    }
+
+    pub fn image(&self, volume: &str, c: &CopyView) -> PathBuf {
+        self.mount.join(volume).join(".images").join(format!("{}.img", c.exposed_name))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.0.as_mut() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if c.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        drop(self.child.0.take().map(|c| ChildGuard(Some(c))));
+        if is_mounted(&self.mount) {
+            let _ = Command::new(which("umount").unwrap_or_else(|| "umount".into())).args(["-l", self.mount.to_str().unwrap()]).status();
+        }
+    }
+}
+
+pub fn is_mounted(p: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let p = p.to_string_lossy();
+    mounts.lines().any(|l| l.split(' ').nth(4) == Some(&p))
+}
+
+/// An image file of `size` with mode 0600 (as a careful admin keeps volume images).
+pub fn image_file(dir: &TempDir, name: &str, size: u64) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    let f = std::fs::File::create(&p).expect("image");
+    f.set_len(size).expect("size");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    p
+}
+
+/// A loop device on a volume's live file, with an ext4 made on it and mounted. Unmounted, then
+/// detached, on drop (field order).
+pub struct LiveFs {
+    pub mount: Mount,
+    pub loop_dev: LoopDevice,
+}
+
+impl LiveFs {
+    pub fn new(live: &Path, at: &Path, direct_io: bool) -> LiveFs {
+        let loop_dev = LoopDevice::attach(live, direct_io);
+        run("mkfs.ext4", &["-q", "-F", &loop_dev.device]);
+        let mount = Mount::new(&loop_dev.device, at, None, "");
+        LiveFs { mount, loop_dev }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mount.point.join(rel)
+    }
+}
+
+/// Kernel log lines since `before` (a `dmesg` snapshot) that report I/O errors on `device`.
+pub fn kernel_io_errors(before: &str, device: &str) -> Vec<String> {
+    let now = run_text("dmesg", &[]);
+    let dev = device.trim_start_matches("/dev/");
+    now.lines()
+        .skip(before.lines().count())
+        .filter(|l| l.contains(dev) && (l.contains("error") || l.contains("I/O") || l.contains("failed")))
+        .map(|l| l.to_string())
+        .collect()
+}

@@ -1,0 +1,147 @@
+//! Shadow copies of a live ext4 while a writer keeps changing it: every copy's tree, read
+//! through our mount, equals the kernel's view of the copy's raw image (`mount -o ro,noload` of
+//! `.images/…img`) in every field, and equals a manifest of the live filesystem taken while the
+//! writer was held at the copy's instant. Copies survive a daemon restart (and a kill -9)
+//! identical; volatile copies do not.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use shadowcopy::protocol::{Answer, DeleteTarget, Op};
+use shadowcopy::testing::system::*;
+
+/// Fields comparable between the live filesystem (read while it is being used) and a copy.
+/// atime: reading the live files for the manifest updates it after it was recorded; blocks: the
+/// live filesystem counts delayed allocations without the extent blocks that writeback adds.
+const LIVE_FIELDS: Fields = Fields { atime: false, blocks: false, ..Fields::ALL };
+
+/// A writer that keeps creating, rewriting, growing and deleting files; `gate` held by the test
+/// keeps it between two operations.
+fn spawn_writer(root: std::path::PathBuf, gate: Arc<Mutex<()>>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let _g = gate.lock().unwrap();
+            let i = n % 40;
+            let p = root.join(format!("dir{}/file{i}", n % 4));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            match n % 5 {
+                0 | 1 => std::fs::write(&p, format!("version {n}\n").repeat((n % 500) as usize + 1)).unwrap(),
+                2 => {
+                    use std::io::Write;
+                    let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&p).unwrap();
+                    f.write_all(&vec![n as u8; 40_000]).unwrap();
+                }
+                3 => {
+                    let _ = std::fs::remove_file(&p);
+                }
+                _ => std::fs::write(root.join("counter"), n.to_string()).unwrap(),
+            }
+            n += 1;
+        }
+        n
+    })
+}
+
+#[test]
+fn copies_of_a_busy_ext4_match_the_kernel_and_the_instant() {
+    require_commands(&["mkfs.ext4", "mkfifo", "mknod"]);
+    let d = Daemon::start(&[]);
+    let image = image_file(&d.dir, "vol.img", 256 << 20);
+    d.add_volume("vol", &image);
+    let fs = LiveFs::new(&d.live("vol"), &d.dir.join("fs"), false);
+    // Start from a rich tree (links, nodes, xattrs, big and sparse files, a 3000-entry dir).
+    seed_tree(&fs.path("seed"), true);
+    run("sync", &[]);
+    let gate = Arc::new(Mutex::new(()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(fs.path("work"), Arc::clone(&gate), Arc::clone(&stop));
+    let mut expected = Vec::new();
+    for round in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let held = gate.lock().unwrap();
+        let manifest = manifest_of_dir(&fs.mount.point, LIVE_FIELDS);
+        let set = d.create(&["vol"], false);
+        drop(held);
+        assert_eq!(set.frozen, vec![fs.mount.point.display().to_string()], "round {round}: create froze the live filesystem");
+        expected.push((set.copies[0].clone(), manifest));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let ops = writer.join().unwrap();
+    assert!(ops > 30, "the writer did work ({ops} operations)");
+    for (i, (copy, manifest)) in expected.iter().enumerate() {
+        let ours = manifest_of_dir(&d.tree("vol", copy), Fields::ALL);
+        let lo = LoopDevice::attach_read_only(&d.image("vol", copy));
+        let kmount = Mount::new(&lo.device, &d.dir.join(&format!("kernel{i}")), None, "ro,noload");
+        let kernel = manifest_of_dir(&kmount.point, Fields::ALL);
+        assert_same(&ours, &kernel, &format!("copy {i} ({}) vs the kernel", copy.exposed_name));
+        let ours_live_fields = manifest_of_dir(&d.tree("vol", copy), LIVE_FIELDS);
+        assert_same(&ours_live_fields, manifest, &format!("copy {i} ({}) vs the live filesystem at its instant", copy.exposed_name));
+    }
+    // The copies differ from each other (the writer's work between them is visible).
+    let a = manifest_of_dir(&d.tree("vol", &expected[0].0), LIVE_FIELDS);
+    let b = manifest_of_dir(&d.tree("vol", &expected[2].0), LIVE_FIELDS);
+    assert_ne!(a, b, "copies taken at different instants differ");
+    drop(fs);
+}
+
+#[test]
+fn persistent_copies_survive_restart_and_kill_volatile_ones_do_not() {
+    require_commands(&["mkfs.ext4", "mkfifo", "mknod"]);
+    let mut d = Daemon::start(&[]);
+    let image = image_file(&d.dir, "vol.img", 128 << 20);
+    d.add_volume("vol", &image);
+    let (persistent, volatile, before) = {
+        let fs = LiveFs::new(&d.live("vol"), &d.dir.join("fs"), false);
+        seed_tree(&fs.path("seed"), true);
+        std::fs::write(fs.path("state.txt"), "first\n").unwrap();
+        let p = d.create(&["vol"], false).copies[0].clone();
+        std::fs::write(fs.path("state.txt"), "second\n").unwrap();
+        let v = d.create(&["vol"], true).copies[0].clone();
+        std::fs::write(fs.path("state.txt"), "third\n").unwrap();
+        let before = manifest_of_dir(&d.tree("vol", &p), Fields::ALL);
+        assert_eq!(std::fs::read_to_string(d.tree("vol", &v).join("state.txt")).unwrap(), "second\n");
+        (p, v, before)
+    };
+    // A clean restart.
+    d.restart();
+    let after = d.list();
+    assert_eq!(after.len(), 1, "only the persistent copy comes back: {after:?}");
+    assert_eq!(after[0].id, persistent.id);
+    assert_eq!(after[0].exposed_name, persistent.exposed_name, "exposed names are stable");
+    assert!(!d.tree("vol", &volatile).exists());
+    assert_same(&manifest_of_dir(&d.tree("vol", &persistent), Fields::ALL), &before, "after a restart");
+    // A crash: kill -9 leaves a stale mount the next start clears.
+    d.kill();
+    d.restart();
+    assert_same(&manifest_of_dir(&d.tree("vol", &persistent), Fields::ALL), &before, "after kill -9");
+    assert_eq!(std::fs::read_to_string(d.tree("vol", &persistent).join("state.txt")).unwrap(), "first\n");
+    // Deleting makes it disappear from the mount at once.
+    d.call(Op::Delete { target: DeleteTarget::Id(persistent.id) }).unwrap();
+    assert!(!d.tree("vol", &persistent).exists(), "a deleted copy's folder is gone");
+    assert!(!d.image("vol", &persistent).exists(), "a deleted copy's image is gone");
+}
+
+/// Two copies within one second get distinct names: the second takes the next free second.
+#[test]
+fn copies_within_one_second_get_unique_names() {
+    let d = Daemon::start(&[]);
+    let image = image_file(&d.dir, "vol.img", 16 << 20);
+    d.add_volume("vol", &image);
+    let names: Vec<String> = (0..4).map(|_| d.create(&["vol"], false).copies[0].exposed_name.clone()).collect();
+    let mut unique = names.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 4, "{names:?}");
+    for n in &names {
+        assert!(shadowcopy::protocol::parse_gmt_name(n).is_some(), "{n} is a valid @GMT name");
+        assert!(d.mount.join("vol/.images").join(format!("{n}.img")).exists());
+    }
+    match d.call(Op::List { volume: Some("vol".into()) }).unwrap() {
+        Answer::Copies(c) => assert_eq!(c.len(), 4),
+        other => panic!("{other:?}"),
+    }
+}
