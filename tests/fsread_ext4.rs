@@ -97,7 +97,7 @@ fn check_layout(label: &str, mkfs_args: &[&str]) {
     require_commands(&["mkfs.ext4", "losetup", "mount", "umount", "mkfifo", "mknod"]);
     let dir = TempDir::new("sc-ext4-");
     let seed = dir.join("seed");
-    seed_tree(&seed, true);
+    seed_tree(&seed, true, 3000);
     let image = dir.join("fs.img");
     mkfs_ext4(&image, "128M", Some(&seed), mkfs_args);
     let ours = manifest_of_reader(&open_image(&image));
@@ -173,7 +173,7 @@ fn damaged_images_give_errors_not_panics() {
     require_commands(&["mkfs.ext4", "mkfifo", "mknod"]);
     let dir = TempDir::new("sc-ext4-damage-");
     let seed = dir.join("seed");
-    seed_tree(&seed, true);
+    seed_tree(&seed, true, 3000);
     let image = dir.join("fs.img");
     mkfs_ext4(&image, "32M", Some(&seed), &[]);
     let pristine = std::fs::read(&image).expect("read");

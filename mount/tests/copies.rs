@@ -54,7 +54,7 @@ fn copies_of_a_busy_ext4_match_the_kernel_and_the_instant() {
     d.add_volume("vol", &image);
     let fs = LiveFs::new(&d.live("vol"), &d.dir.join("fs"), false);
     // Start from a rich tree (links, nodes, xattrs, big and sparse files, a 3000-entry dir).
-    seed_tree(&fs.path("seed"), true);
+    seed_tree(&fs.path("seed"), true, 3000);
     run("sync", &[]);
     let gate = Arc::new(Mutex::new(()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -96,7 +96,7 @@ fn persistent_copies_survive_restart_and_kill_volatile_ones_do_not() {
     d.add_volume("vol", &image);
     let (persistent, volatile, before) = {
         let fs = LiveFs::new(&d.live("vol"), &d.dir.join("fs"), false);
-        seed_tree(&fs.path("seed"), true);
+        seed_tree(&fs.path("seed"), true, 3000);
         std::fs::write(fs.path("state.txt"), "first\n").unwrap();
         let p = d.create(&["vol"], false).copies[0].clone();
         std::fs::write(fs.path("state.txt"), "second\n").unwrap();

@@ -36,7 +36,7 @@ fn a_private_file_in_a_copy_stays_private() {
     d.add_volume("vol", &image);
     let copy = {
         let fs = LiveFs::new(&d.live("vol"), &d.dir.join("fs"), false);
-        seed_tree(&fs.path("seed"), true);
+        seed_tree(&fs.path("seed"), true, 3000);
         d.create(&["vol"], false).copies[0].clone()
     };
     let tree = d.tree("vol", &copy).join("seed");
@@ -118,7 +118,7 @@ fn a_damaged_filesystem_in_a_copy_gives_eio_not_a_dead_daemon() {
     require_commands(&["mkfs.ext4", "debugfs", "mkfifo", "mknod"]);
     let d = Daemon::start(&[]);
     let seed = d.dir.join("seed");
-    seed_tree(&seed, true);
+    seed_tree(&seed, true, 3000);
     let image = image_file(&d.dir, "vol.img", 64 << 20);
     mkfs_ext4(&image, "64M", Some(&seed), &["-b", "4096"]);
     // Damage the directory block of /many (3000 entries) and the extent root of big.bin.

@@ -9,7 +9,10 @@
 //! damaged structure is a [`FsError::Corrupt`] for the request that met it, never a panic.
 //! Never writes.
 
+mod cursor;
 pub mod ext4;
+pub mod fat;
+pub mod ntfs;
 
 use std::io;
 use std::sync::Arc;
@@ -190,7 +193,12 @@ pub fn open(source: Arc<dyn ByteSource>, owner: ForeignOwner) -> Result<Option<A
     if head[1024 + 56..1024 + 58] == [0x53, 0xEF] {
         return Ok(Some(Arc::new(ext4::Ext4::open(source)?)));
     }
-    let _ = owner;
+    if &head[3..11] == b"NTFS    " {
+        return Ok(Some(Arc::new(ntfs::NtfsFs::open(source, owner)?)));
+    }
+    if fat::looks_like_fat(&head) {
+        return Ok(Some(Arc::new(fat::FatFs::open(source, owner)?)));
+    }
     Ok(None)
 }
 

@@ -305,10 +305,11 @@ pub fn assert_same(ours: &Manifest, oracle: &Manifest, what: &str) {
 }
 
 /// Fills `root` with a tree that exercises a filesystem reader: small, empty, large, sparse
-/// files; short and long symlinks; hard links; a FIFO and device nodes; a 3000-entry directory;
+/// files; short and long symlinks; hard links; a FIFO and device nodes; a large directory;
 /// xattrs; odd names; a private (0600, other owner) file; deep nesting. `posix` adds what only
-/// POSIX filesystems hold (links, nodes, owners, xattrs).
-pub fn seed_tree(root: &Path, posix: bool) {
+/// POSIX filesystems hold (links, nodes, owners, xattrs). `many` files go into one directory
+/// (3000 makes an ext4 htree).
+pub fn seed_tree(root: &Path, posix: bool, many: usize) {
     use std::os::unix::fs::PermissionsExt;
     let w = |p: &str, data: &[u8]| {
         let path = root.join(p);
@@ -336,7 +337,7 @@ pub fn seed_tree(root: &Path, posix: bool) {
         f.write_all_at(b"middle of nowhere", 17 << 20).expect("write");
         f.write_all_at(b"end", (40 << 20) - 3).expect("write");
     }
-    for i in 0..3000 {
+    for i in 0..many {
         w(&format!("many/file-{i:05}"), format!("{i}\n").as_bytes());
     }
     if posix {

@@ -1,0 +1,94 @@
+//! FAT and NTFS volumes: written through `live` by independent tools (mtools, mkfs.ntfs and
+//! ntfs-3g), copied, and every copy's tree, read through our mount, equals what the independent
+//! reader finds in the copy's raw image (`mcopy -s` out of `.images/…img`; an `ntfs-3g -o ro`
+//! mount of it): names, sizes and content. No POSIX owners on these: files show the volume's
+//! owner (here root) with read-only modes.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use shadowcopy::testing::system::*;
+
+fn mtools(cmd: &str, args: &[&str]) {
+    let exe = which(cmd).unwrap_or_else(|| panic!("{cmd}"));
+    let out = Command::new(exe).args(args).env("MTOOLS_SKIP_CHECK", "1").env("LC_ALL", "C.UTF-8").output().expect(cmd);
+    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn check_modes(tree: &Path) {
+    for (p, e) in manifest_of_dir(tree, Fields::ALL) {
+        assert_eq!((e.uid, e.gid), (0, 0), "{p} is owned by the volume's owner");
+        assert_eq!(e.mode & 0o222, 0, "{p} is read-only");
+    }
+}
+
+#[test]
+fn fat_copies_match_mtools() {
+    require_commands(&["mkfs.vfat", "mcopy", "mmd"]);
+    let d = Daemon::start(&[]);
+    let image = image_file(&d.dir, "fat.img", 160 << 20);
+    run("mkfs.vfat", &["-F", "32", image.to_str().unwrap()]);
+    d.add_volume("fat", &image);
+    let live = d.live("fat");
+    let live_s = live.to_str().unwrap();
+    let seed = d.dir.join("seed");
+    // mtools is quadratic in a directory's size: keep it modest.
+    seed_tree(&seed, false, 300);
+    // Write through the live file, with mtools.
+    mtools("mcopy", &["-s", "-i", live_s, seed.to_str().unwrap(), "::/"]);
+    let first = d.create(&["fat"], false).copies[0].clone();
+    std::fs::write(d.dir.join("later.txt"), b"written after the first copy\n").unwrap();
+    mtools("mcopy", &["-o", "-i", live_s, d.dir.join("later.txt").to_str().unwrap(), "::/seed/hello.txt"]);
+    let second = d.create(&["fat"], false).copies[0].clone();
+    for (i, copy) in [&first, &second].iter().enumerate() {
+        let out = d.dir.join(&format!("mtools{i}"));
+        std::fs::create_dir(&out).unwrap();
+        mtools("mcopy", &["-s", "-n", "-i", d.image("fat", copy).to_str().unwrap(), "::/seed", out.to_str().unwrap()]);
+        let oracle = manifest_of_dir(&out.join("seed"), Fields::NAMES_SIZES_CONTENT);
+        let ours = manifest_of_dir(&d.tree("fat", copy).join("seed"), Fields::NAMES_SIZES_CONTENT);
+        assert!(oracle.len() > 300, "mtools extracted the seed ({} paths)", oracle.len());
+        assert_same(&ours, &oracle, &format!("FAT copy {i} vs mtools"));
+    }
+    assert_eq!(std::fs::read(d.tree("fat", &first).join("seed/hello.txt")).unwrap(), b"hello, shadow copies\n");
+    assert_eq!(std::fs::read(d.tree("fat", &second).join("seed/hello.txt")).unwrap(), b"written after the first copy\n");
+    check_modes(&d.tree("fat", &first));
+}
+
+#[test]
+fn ntfs_copies_match_ntfs_3g() {
+    require_commands(&["mkfs.ntfs", "ntfs-3g"]);
+    let d = Daemon::start(&[]);
+    let image = image_file(&d.dir, "ntfs.img", 160 << 20);
+    d.add_volume("win", &image);
+    let live = d.live("win");
+    run("mkfs.ntfs", &["-F", "-Q", "-q", live.to_str().unwrap()]);
+    let seed = d.dir.join("seed");
+    seed_tree(&seed, false, 3000);
+    let copy = {
+        // ntfs-3g writes through the live file (FUSE on FUSE), then unmounts to flush.
+        let m = Mount::new(live.to_str().unwrap(), &d.dir.join("rw"), Some("ntfs-3g"), "");
+        run("cp", &["-r", seed.to_str().unwrap(), m.point.to_str().unwrap()]);
+        drop(m);
+        d.create(&["win"], false).copies[0].clone()
+    };
+    {
+        let m = Mount::new(live.to_str().unwrap(), &d.dir.join("rw2"), Some("ntfs-3g"), "");
+        std::fs::write(m.point.join("seed/hello.txt"), b"changed after the copy\n").unwrap();
+        std::fs::remove_dir_all(m.point.join("seed/many")).unwrap();
+    }
+    let lo = LoopDevice::attach_read_only(&d.image("win", &copy));
+    let oracle_mount = Mount::new(&lo.device, &d.dir.join("oracle"), Some("ntfs-3g"), "ro");
+    let oracle = manifest_of_dir(&oracle_mount.point.join("seed"), Fields::NAMES_SIZES_CONTENT);
+    let ours = manifest_of_dir(&d.tree("win", &copy).join("seed"), Fields::NAMES_SIZES_CONTENT);
+    assert!(oracle.len() > 3000, "ntfs-3g sees the seed ({} paths)", oracle.len());
+    assert_same(&ours, &oracle, "NTFS copy vs ntfs-3g");
+    assert_eq!(std::fs::read(d.tree("win", &copy).join("seed/hello.txt")).unwrap(), b"hello, shadow copies\n");
+    // Inode numbers are MFT record numbers, as ntfs-3g shows them.
+    let ino = |root: &Path| std::fs::metadata(root.join("seed/big.bin")).unwrap().ino();
+    assert_eq!(ino(&d.tree("win", &copy)), ino(&oracle_mount.point));
+    check_modes(&d.tree("win", &copy));
+}

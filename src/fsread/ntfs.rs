@@ -1,0 +1,203 @@
+//! NTFS through the `ntfs` crate. The parsed [`ntfs::Ntfs`] is shared by every thread; each call
+//! reads through its own cursor. Inode numbers are MFT file record numbers (shared by hard
+//! links; the root directory is record 5). NTFS metafiles (records below 16) are hidden, as
+//! ntfs-3g hides them.
+//!
+//! NTFS has no POSIX owners: every file shows the [`ForeignOwner`]'s ids and read-only bits.
+//! Compressed files are refused with an error (EIO) rather than served as their compressed
+//! bytes; alternate data streams and reparse points (Windows symlinks, junctions) are not shown.
+//! The `$LogFile` is not replayed (copies of a cleanly flushed volume read fully).
+
+use std::io::SeekFrom;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use lru::LruCache;
+use ntfs::structured_values::NtfsFileNamespace;
+use ntfs::{Ntfs, NtfsAttributeFlags, NtfsFile, NtfsReadSeek};
+use parking_lot::Mutex;
+
+use super::cursor::Cursor;
+use super::{ByteSource, DirEntry, FileKind, ForeignOwner, FsError, FsStats, ReadOnlyFs, Stat, Timestamp, Xattrs};
+
+const ROOT: u64 = 5;
+const FIRST_USER_RECORD: u64 = 16;
+
+/// An open NTFS filesystem.
+pub struct NtfsFs {
+    ntfs: Ntfs,
+    source: Arc<dyn ByteSource>,
+    owner: ForeignOwner,
+    dirs: Mutex<LruCache<u64, Arc<Vec<DirEntry>>>>,
+}
+
+fn corrupt(e: ntfs::NtfsError) -> FsError {
+    FsError::Corrupt(format!("NTFS: {e}"))
+}
+
+/// 100 ns intervals since 1601 → Unix time.
+fn nt_time(t: ntfs::NtfsTime) -> Timestamp {
+    const EPOCH_DIFF_SECS: i64 = 11_644_473_600;
+    let ts = t.nt_timestamp();
+    Timestamp { secs: (ts / 10_000_000) as i64 - EPOCH_DIFF_SECS, nanos: (ts % 10_000_000) as u32 * 100 }
+}
+
+impl NtfsFs {
+    pub fn open(source: Arc<dyn ByteSource>, owner: ForeignOwner) -> Result<NtfsFs, FsError> {
+        let mut c = Cursor::new(Arc::clone(&source));
+        let mut ntfs = Ntfs::new(&mut c).map_err(corrupt)?;
+        ntfs.read_upcase_table(&mut c).map_err(corrupt)?;
+        let fs = NtfsFs { ntfs, source, owner, dirs: Mutex::new(LruCache::new(NonZeroUsize::new(1024).expect("non-zero"))) };
+        // The root must parse, or there is nothing to show.
+        fs.ntfs.root_directory(&mut fs.cursor()).map_err(corrupt)?;
+        Ok(fs)
+    }
+
+    fn cursor(&self) -> Cursor {
+        Cursor::new(Arc::clone(&self.source))
+    }
+
+    fn file(&self, c: &mut Cursor, ino: u64) -> Result<NtfsFile<'_>, FsError> {
+        if ino < FIRST_USER_RECORD && ino != ROOT {
+            return Err(FsError::NotFound);
+        }
+        self.ntfs.file(c, ino).map_err(|e| match e {
+            ntfs::NtfsError::InvalidFileRecordNumber { .. } => FsError::NotFound,
+            e => corrupt(e),
+        })
+    }
+
+    /// The unnamed $DATA attribute's length and whether it is compressed.
+    fn data_info(&self, c: &mut Cursor, file: &NtfsFile<'_>) -> Result<(u64, bool), FsError> {
+        match file.data(c, "") {
+            None => Ok((0, false)),
+            Some(item) => {
+                let item = item.map_err(corrupt)?;
+                let attr = item.to_attribute().map_err(corrupt)?;
+                Ok((attr.value_length(), attr.flags().contains(NtfsAttributeFlags::COMPRESSED)))
+            }
+        }
+    }
+
+    fn listing(&self, dir: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
+        if let Some(l) = self.dirs.lock().get(&dir) {
+            return Ok(Arc::clone(l));
+        }
+        let mut c = self.cursor();
+        let file = self.file(&mut c, dir)?;
+        if !file.is_directory() {
+            return Err(FsError::NotDir);
+        }
+        let index = file.directory_index(&mut c).map_err(corrupt)?;
+        let mut entries = index.entries();
+        let mut out = Vec::new();
+        while let Some(entry) = entries.next(&mut c) {
+            let entry = entry.map_err(corrupt)?;
+            let Some(key) = entry.key() else { continue };
+            let name = key.map_err(corrupt)?;
+            if name.namespace() == NtfsFileNamespace::Dos {
+                continue;
+            }
+            let ino = entry.file_reference().file_record_number();
+            if ino < FIRST_USER_RECORD {
+                continue;
+            }
+            out.push(DirEntry {
+                name: name.name().to_string_lossy().into_bytes(),
+                ino,
+                kind: if name.is_directory() { FileKind::Dir } else { FileKind::File },
+            });
+            if out.len() > 1 << 22 {
+                return Err(FsError::Corrupt(format!("directory {dir} has too many entries")));
+            }
+        }
+        let out = Arc::new(out);
+        self.dirs.lock().put(dir, Arc::clone(&out));
+        Ok(out)
+    }
+}
+
+impl ReadOnlyFs for NtfsFs {
+    fn kind(&self) -> &'static str {
+        "ntfs"
+    }
+
+    fn root(&self) -> u64 {
+        ROOT
+    }
+
+    fn stat(&self, ino: u64) -> Result<Stat, FsError> {
+        let mut c = self.cursor();
+        let file = self.file(&mut c, ino)?;
+        let info = file.info().map_err(corrupt)?;
+        let dir = file.is_directory();
+        let (size, _) = if dir { (0, false) } else { self.data_info(&mut c, &file)? };
+        Ok(Stat {
+            ino,
+            kind: if dir { FileKind::Dir } else { FileKind::File },
+            perm: if dir { self.owner.dir_perm } else { self.owner.file_perm },
+            nlink: if dir { 1 } else { u32::from(file.hard_link_count().max(1)) },
+            uid: self.owner.uid,
+            gid: self.owner.gid,
+            size,
+            blocks: size.div_ceil(512),
+            atime: nt_time(info.access_time()),
+            mtime: nt_time(info.modification_time()),
+            ctime: nt_time(info.mft_record_modification_time()),
+            crtime: nt_time(info.creation_time()),
+            rdev: 0,
+        })
+    }
+
+    fn lookup(&self, dir: u64, name: &[u8]) -> Result<u64, FsError> {
+        self.listing(dir)?.iter().find(|e| e.name == name).map(|e| e.ino).ok_or(FsError::NotFound)
+    }
+
+    fn read_dir(&self, dir: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
+        self.listing(dir)
+    }
+
+    fn read(&self, ino: u64, offset: u64, buf: &mut [u8]) -> Result<usize, FsError> {
+        let mut c = self.cursor();
+        let file = self.file(&mut c, ino)?;
+        if file.is_directory() {
+            return Err(FsError::IsDir);
+        }
+        let Some(item) = file.data(&mut c, "") else { return Ok(0) };
+        let item = item.map_err(corrupt)?;
+        let attr = item.to_attribute().map_err(corrupt)?;
+        if attr.flags().contains(NtfsAttributeFlags::COMPRESSED) {
+            return Err(FsError::Unsupported(format!("NTFS file {ino} is compressed (LZNT1), which this reader does not decompress")));
+        }
+        let len = attr.value_length();
+        if offset >= len {
+            return Ok(0);
+        }
+        let want = (len - offset).min(buf.len() as u64) as usize;
+        let mut value = attr.value(&mut c).map_err(corrupt)?;
+        value.seek(&mut c, SeekFrom::Start(offset)).map_err(corrupt)?;
+        let mut done = 0;
+        while done < want {
+            let n = value.read(&mut c, &mut buf[done..want]).map_err(corrupt)?;
+            if n == 0 {
+                return Err(FsError::Corrupt(format!("NTFS file {ino}: data ends before its length")));
+            }
+            done += n;
+        }
+        Ok(done)
+    }
+
+    fn read_link(&self, _ino: u64) -> Result<Vec<u8>, FsError> {
+        Err(FsError::Invalid("reparse points are not shown as symbolic links"))
+    }
+
+    fn xattrs(&self, ino: u64) -> Result<Xattrs, FsError> {
+        self.file(&mut self.cursor(), ino)?;
+        Ok(Vec::new())
+    }
+
+    fn stats(&self) -> FsStats {
+        let cluster = self.ntfs.cluster_size();
+        FsStats { block_size: cluster, blocks: self.ntfs.size() / u64::from(cluster.max(1)), free_blocks: 0, files: 0, free_files: 0, name_max: 255 }
+    }
+}
