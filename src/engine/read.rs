@@ -60,6 +60,12 @@ impl Inner {
     }
 
     /// Reads copy `id`.
+    ///
+    /// Every chunk of the request is held shared for the whole read (in the writers' stripe
+    /// order). A chunk that a slot serves comes from the store; a run of unchanged chunks is read
+    /// from the live view in one call. A single unchanged chunk goes through the block cache
+    /// (metadata-sized reads repeat); longer runs bypass it (sequential reads are served by the
+    /// kernel's page cache above us, and would only evict the cache's useful entries).
     pub(super) fn read_copy(&self, id: Uuid, buf: &mut [u8], offset: u64) -> Result<(), Error> {
         self.check_range(offset, buf.len())?;
         let epoch = self.readable_epoch(id)?;
@@ -69,35 +75,47 @@ impl Inner {
         let end = offset + buf.len() as u64;
         let first = offset >> self.chunk_shift;
         let last = (end - 1) >> self.chunk_shift;
-        for c in first..=last {
+        let _stripes = self.stripes.read_range(first, last);
+        let slots: Vec<Option<u32>> = {
+            let cat = self.catalog.read();
+            (first..=last).map(|c| cat.lookup(c, epoch)).collect()
+        };
+        // Byte range of chunk `c` within the request, relative to `offset`.
+        let span = |c: u64| -> (usize, usize) {
             let cstart = c << self.chunk_shift;
-            let s = offset.max(cstart);
-            let e = end.min(cstart + u64::from(self.chunk_size));
-            let out = &mut buf[(s - offset) as usize..(e - offset) as usize];
-            let in_chunk = (s - cstart) as usize;
-            let _stripe = self.stripes.read(c);
-            let slot = self.catalog.read().lookup(c, epoch);
-            match slot {
-                Some(slot) => {
-                    let at = (u64::from(slot) << self.chunk_shift) + in_chunk as u64;
-                    self.store
-                        .read_at(out, at)
-                        .map_err(|source| DiffAreaError::Io { what: "reading a preserved chunk", source })?;
-                }
-                None => {
-                    let data = match self.cache.get(c) {
-                        Some(d) => d,
-                        None => {
-                            let mut whole = vec![0u8; self.chunk_len(c)];
-                            self.read_live_locked(&mut whole, cstart)?;
-                            let d: Arc<[u8]> = whole.into();
-                            self.cache.insert(c, Arc::clone(&d));
-                            d
-                        }
-                    };
-                    out.copy_from_slice(&data[in_chunk..in_chunk + out.len()]);
-                }
+            ((offset.max(cstart) - offset) as usize, (end.min(cstart + u64::from(self.chunk_size)) - offset) as usize)
+        };
+        let mut c = first;
+        while c <= last {
+            let (lo, hi) = span(c);
+            if let Some(slot) = slots[(c - first) as usize] {
+                let at = (u64::from(slot) << self.chunk_shift) + (offset + lo as u64 - (c << self.chunk_shift));
+                self.store.read_at(&mut buf[lo..hi], at).map_err(|source| DiffAreaError::Io { what: "reading a preserved chunk", source })?;
+                c += 1;
+                continue;
             }
+            let mut run_end = c;
+            while run_end < last && slots[(run_end + 1 - first) as usize].is_none() {
+                run_end += 1;
+            }
+            if run_end == c {
+                let in_chunk = offset as usize + lo - (c << self.chunk_shift) as usize;
+                let data = match self.cache.get(c) {
+                    Some(d) => d,
+                    None => {
+                        let mut whole = vec![0u8; self.chunk_len(c)];
+                        self.read_live_locked(&mut whole, c << self.chunk_shift)?;
+                        let d: Arc<[u8]> = whole.into();
+                        self.cache.insert(c, Arc::clone(&d));
+                        d
+                    }
+                };
+                buf[lo..hi].copy_from_slice(&data[in_chunk..in_chunk + (hi - lo)]);
+            } else {
+                let hi = span(run_end).1;
+                self.read_live_locked(&mut buf[lo..hi], offset + lo as u64)?;
+            }
+            c = run_end + 1;
         }
         // Still there and still good: nothing it read can have been reused meanwhile.
         self.readable_epoch(id).map(|_| ()).map_err(|e| match e {
