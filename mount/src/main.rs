@@ -192,6 +192,8 @@ fn run(args: Args) -> Result<()> {
     let access = Access { admin_gid };
     std::thread::Builder::new().name("shadowcopyd-control".into()).spawn(move || control::serve(listener, svc, access))?;
     let svc = Arc::clone(&service);
+    std::thread::Builder::new().name("shadowcopyd-state".into()).spawn(move || svc.run_state_saver())?;
+    let svc = Arc::clone(&service);
     std::thread::Builder::new().name("shadowcopyd-events".into()).spawn(move || loop {
         std::thread::sleep(Duration::from_millis(500));
         svc.poll_events();

@@ -141,6 +141,9 @@ pub struct Service {
     unopened: Mutex<Vec<VolumeRecord>>,
     /// Serialises changes to the registry and the state file.
     admin: Mutex<()>,
+    /// Set when exposed names changed and the state file should be rewritten (by the saver
+    /// thread, off the path of `create`: names can be rebuilt from the copies if lost).
+    names_dirty: (Mutex<bool>, parking_lot::Condvar),
     /// Told about copies that leave (deleted, or gone for space).
     departures: Mutex<Vec<Departure>>,
     pub notify: OnceLock<DepartureHook>,
@@ -239,6 +242,7 @@ impl Service {
             next_slot: AtomicU32::new(1),
             unopened: Mutex::new(Vec::new()),
             admin: Mutex::new(()),
+            names_dirty: (Mutex::new(false), parking_lot::Condvar::new()),
             departures: Mutex::new(Vec::new()),
             notify: OnceLock::new(),
         };
@@ -316,6 +320,27 @@ impl Service {
         self.volumes.write().insert(v.name.clone(), v);
     }
 
+    /// Asks the saver thread to rewrite the state file soon (exposed names changed).
+    fn save_names_later(&self) {
+        *self.names_dirty.0.lock() = true;
+        self.names_dirty.1.notify_one();
+    }
+
+    /// The saver thread's loop: writes the state file whenever names changed.
+    pub fn run_state_saver(&self) {
+        loop {
+            {
+                let mut dirty = self.names_dirty.0.lock();
+                while !*dirty {
+                    self.names_dirty.1.wait(&mut dirty);
+                }
+                *dirty = false;
+            }
+            let _admin = self.admin.lock();
+            self.save_state();
+        }
+    }
+
     fn save_state(&self) {
         let records: Vec<VolumeRecord> = self
             .volumes
@@ -383,7 +408,7 @@ impl Service {
             }
         }
         if changed {
-            self.save_state();
+            self.save_names_later();
         }
         self.flush_departures();
     }
@@ -589,7 +614,7 @@ impl Service {
             self.copies_by_slot.write().insert(c.slot, Arc::clone(&c));
             views.push(self.copy_view(v, &c));
         }
-        self.save_state();
+        self.save_names_later();
         Ok(Answer::Set(SetView {
             set_id: set.set_id,
             copies: views,
@@ -647,7 +672,7 @@ impl Service {
             match v.engine.delete(c.info.id) {
                 Ok(_) | Err(shadowcopy::Error::NoSuchCopy(_)) => {}
                 Err(e) => {
-                    self.save_state();
+                    self.save_names_later();
                     return Err(engine_error(e));
                 }
             }
@@ -655,7 +680,7 @@ impl Service {
             let _ = v.engine.take_events();
             self.forget_copy(v, c.info.id);
         }
-        self.save_state();
+        self.save_names_later();
         Ok(Answer::Copies(views))
     }
 
@@ -695,8 +720,12 @@ impl Service {
         Ok(Answer::Ranges(ranges.iter().map(|r| RangeView { offset: r.offset, len: r.len }).collect()))
     }
 
-    /// Flushes every volume (on shutdown).
+    /// Flushes every volume and the state file (on shutdown).
     pub fn flush_all(&self) {
+        {
+            let _admin = self.admin.lock();
+            self.save_state();
+        }
         for v in self.volumes() {
             if let Err(e) = v.engine.flush() {
                 tracing::error!(volume = %v.name, error = %e, "flushing the volume failed");
