@@ -235,6 +235,12 @@ pub fn manifest_of_dir(root: &Path, fields: Fields) -> Manifest {
         if ft.is_dir() {
             for e in std::fs::read_dir(&abs).unwrap_or_else(|e| panic!("readdir {}: {e}", abs.display())) {
                 let e = e.expect("dir entry");
+                // The inode number in the directory entry is the one `stat` shows.
+                if fields.ino {
+                    use std::os::unix::fs::{DirEntryExt, MetadataExt};
+                    let st = std::fs::symlink_metadata(e.path()).expect("lstat").ino();
+                    assert_eq!(e.ino(), st, "d_ino and st_ino of {} differ", e.path().display());
+                }
                 stack.push((rel.join(e.file_name()), e.path()));
             }
         }

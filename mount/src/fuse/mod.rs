@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode,
-    OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use shadowcopy::fsread::{FileKind, ReadOnlyFs, Stat};
@@ -269,6 +269,8 @@ impl Filesystem for Frontend {
         let _ = config.set_max_readahead(1 << 20);
         for cap in [
             InitFlags::FUSE_ASYNC_DIO,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_MAX_PAGES,
@@ -284,17 +286,9 @@ impl Filesystem for Frontend {
         let r = self.resolve(parent).and_then(|p| self.lookup_child(&p, name)).and_then(|child| self.getattr_of(&child).map(|a| (child, a)));
         match r {
             Ok((child, (attr, ttl))) => match Self::node_of(&child) {
-                Some(id) => {
-                    // fuser sends `attr.ino` as the node id too (in lookups and in readdirplus,
-                    // which is therefore not used), and the kernel takes `stat`'s inode number
-                    // from it. Inside a copy the node id is not the filesystem's inode number,
-                    // so these attributes are sent already expired (TTL 0): the kernel asks
-                    // `getattr` before any `stat`, whose answer carries the original inode
-                    // number and is then cached for a day.
-                    let attr_ttl = if matches!(child, Resolved::Tree(..)) { Duration::ZERO } else { ttl };
-                    let attr = FileAttr { ino: INodeNo(id), ..attr };
-                    reply.entry_with_ttls(&attr_ttl, &ttl, &attr, Generation(0))
-                }
+                // The node id names the object in this mount; attr.ino is what `stat` shows
+                // (inside a copy: the original filesystem's inode number).
+                Some(id) => reply.entry_with_node(INodeNo(id), &ttl, &ttl, &attr, Generation(0)),
                 None => reply.error(Errno::EOVERFLOW),
             },
             Err(e) => reply.error(e),
@@ -506,6 +500,39 @@ impl Filesystem for Frontend {
         for (i, (id, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
             let st_ino = Node::from_id(*id).map_or(*id, |n| n.st_ino());
             if reply.add(INodeNo(st_ino), (i + 1) as u64, *kind, OsStr::from_bytes(name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let dir = match self.resolve(ino) {
+            Ok(d) => d,
+            Err(e) => return reply.error(e),
+        };
+        let entries = match self.entries(&dir, ino) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        // `.` and `..` carry the directory's own inode number.
+        let own = self.getattr_of(&dir).ok().map(|(a, _)| a);
+        for (i, (id, _kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            let child = if name == b"." || name == b".." {
+                None
+            } else {
+                self.lookup_child(&dir, OsStr::from_bytes(name)).ok().and_then(|c| self.getattr_of(&c).ok())
+            };
+            let full = match child {
+                Some((attr, ttl)) => reply.add(INodeNo(*id), (i + 1) as u64, OsStr::from_bytes(name), &ttl, &attr, Generation(0)),
+                // `.`, `..`, or an entry whose attributes cannot be read: node id 0 tells the
+                // kernel to look it up itself (and get the error then).
+                None => {
+                    let attr = own.unwrap_or_else(|| self.dir_attr(Node::Root, 2));
+                    reply.add(INodeNo(0), (i + 1) as u64, OsStr::from_bytes(name), &Duration::ZERO, &attr, Generation(0))
+                }
+            };
+            if full {
                 break;
             }
         }
