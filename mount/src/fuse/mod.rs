@@ -269,8 +269,10 @@ impl Filesystem for Frontend {
         let _ = config.set_max_readahead(1 << 20);
         for cap in [
             InitFlags::FUSE_ASYNC_DIO,
+            // Always readdirplus (not "auto", which falls back to plain readdir after the first
+            // chunk when a program reads a whole directory before it stats the entries, as
+            // `find` does): copy trees are immutable and attributes are cheap to give.
             InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_MAX_PAGES,

@@ -1,0 +1,84 @@
+//! The `shadowcopy` CLI against a running daemon: `--json` output parses and says what happened;
+//! errors exit non-zero with a message that says what to do.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::*;
+
+fn cli(d: &Daemon, args: &[&str]) -> Output {
+    Command::new(cli_binary()).arg("--socket").arg(&d.socket).args(args).output().expect("running the CLI")
+}
+
+fn json(d: &Daemon, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = cli(d, &all);
+    assert!(out.status.success(), "shadowcopy {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("shadowcopy {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn json_round_trip_of_the_admin_commands() {
+    let d = Daemon::start(&[]);
+    let image = image_file(&d.dir, "vol.img", 32 << 20);
+    let added = json(&d, &["volume", "add", "data", image.to_str().unwrap(), "--max-size", "8M", "--chunk-size", "64K"]);
+    assert_eq!(added["name"], "data");
+    assert_eq!(added["live"], d.live("data").display().to_string());
+    let set = json(&d, &["create", "data"]);
+    let id = set["copies"][0]["id"].as_str().unwrap().to_string();
+    let name = set["copies"][0]["exposed_name"].as_str().unwrap().to_string();
+    assert!(d.mount.join("data/.images").join(format!("{name}.img")).exists());
+    let list = json(&d, &["list", "data"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["id"], id.as_str());
+    let attrs: Vec<&str> = list[0]["attributes"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert!(attrs.contains(&"persistent") && attrs.contains(&"client_accessible"), "{attrs:?}");
+    let storage = json(&d, &["shadowstorage", "list"]);
+    assert_eq!(storage[0]["chunk_size"], 65536);
+    assert_eq!(storage[0]["max_bytes"], 8 << 20);
+    let resized = json(&d, &["shadowstorage", "resize", "data", "unbounded"]);
+    assert!(resized[0]["max_bytes"].is_null());
+    // Export to a file and compare with the mount's raw image.
+    let exported = d.dir.join("export.img");
+    json(&d, &["export", &id, exported.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&exported).unwrap(), std::fs::read(d.mount.join("data/.images").join(format!("{name}.img"))).unwrap());
+    // Changes since the copy: a write through live shows up as a changed range.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(d.live("data")).unwrap();
+        f.write_all_at(b"changed", 5 << 20).unwrap();
+    }
+    let ranges = json(&d, &["diff", &id]);
+    let hit = ranges.as_array().unwrap().iter().any(|r| {
+        let (o, l) = (r["offset"].as_u64().unwrap(), r["len"].as_u64().unwrap());
+        o <= 5 << 20 && (5 << 20) < o + l
+    });
+    assert!(hit, "the write at 5 MiB is a changed range: {ranges}");
+    // Revert brings the old bytes back.
+    json(&d, &["revert", &id]);
+    let mut back = [0u8; 7];
+    std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(d.live("data")).unwrap(), &mut back, 5 << 20).unwrap();
+    assert_eq!(back, [0u8; 7]);
+    let deleted = json(&d, &["delete", "--all", "data"]);
+    assert_eq!(deleted.as_array().unwrap().len(), 1);
+    assert!(json(&d, &["list"]).as_array().unwrap().is_empty());
+    json(&d, &["volume", "remove", "data"]);
+    assert!(json(&d, &["volume", "list"]).as_array().unwrap().is_empty());
+}
+
+#[test]
+fn errors_say_what_to_do() {
+    let d = Daemon::start(&[]);
+    let out = cli(&d, &["create", "nosuch"]);
+    assert!(!out.status.success());
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(msg.contains("no volume named `nosuch`") && msg.contains("volume list"), "{msg}");
+    let out = Command::new(cli_binary()).args(["--socket", "/nonexistent/sock", "list"]).output().unwrap();
+    assert!(!out.status.success());
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(msg.contains("is the daemon running"), "{msg}");
+    let out = cli(&d, &["volume", "add", "bad/name", "/etc/hostname"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid volume name"));
+}
