@@ -20,6 +20,7 @@ pub mod engine;
 pub mod fsread;
 pub mod hold;
 pub mod protocol;
+pub mod vss;
 mod error;
 pub mod size;
 pub(crate) mod sys;

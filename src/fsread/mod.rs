@@ -211,4 +211,7 @@ pub(crate) mod le {
     pub fn u32(b: &[u8], at: usize) -> u32 {
         b.get(at..at + 4).map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
     }
+    pub fn u64(b: &[u8], at: usize) -> u64 {
+        b.get(at..at + 8).map_or(0, |s| u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]))
+    }
 }

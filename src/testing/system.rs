@@ -364,3 +364,22 @@ pub fn seed_tree(root: &Path, posix: bool, many: usize) {
         rustix::fs::setxattr(root.join("big.bin"), "user.big", &vec![b'x'; 700], rustix::fs::XattrFlags::empty()).expect("setxattr");
     }
 }
+
+/// `shared/testdata` beside the project (or `$SHADOWCOPY_TESTDATA`).
+pub fn testdata_dir() -> PathBuf {
+    match std::env::var_os("SHADOWCOPY_TESTDATA") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata"),
+    }
+}
+
+/// The Windows NTFS volume with two VSS stores (`windows-vss-ntfs.qcow2`), converted to a raw
+/// image in `dir` with `qemu-img`.
+pub fn windows_vss_image(dir: &TempDir) -> PathBuf {
+    require_commands(&["qemu-img"]);
+    let src = testdata_dir().join("windows-vss-ntfs.qcow2");
+    require(src.is_file(), &format!("the test image {}", src.display()));
+    let raw = dir.join("windows-vss.raw");
+    run("qemu-img", &["convert", "-O", "raw", src.to_str().expect("utf-8"), raw.to_str().expect("utf-8")]);
+    raw
+}
