@@ -15,9 +15,11 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::{anyhow, Context};
 use parking_lot::{Mutex, RwLock};
 use shadowcopy::fsread::{self, ByteSource, ForeignOwner, ReadOnlyFs};
+use shadowcopy::engine::provider::Provider;
 use shadowcopy::protocol::{self, attributes, Answer, CopyView, DeleteTarget, ErrorKind, Op, RangeView, Reply, SetView, StorageInfo, VolumeInfo};
 use shadowcopy::size::parse_size;
-use shadowcopy::volume::FileStorage;
+use shadowcopy::volume::{FileStorage, Storage};
+use shadowcopy::vss::WindowsStores;
 use shadowcopy::{create_set, CopyInfo, CreateOptions, DiffAreaFiles, DiffAreaOptions, EngineOptions, Event, MaxSize, ShadowVolume};
 use uuid::Uuid;
 
@@ -41,12 +43,84 @@ pub struct Volume {
     pub slot: u32,
     pub image: PathBuf,
     pub diff_area: PathBuf,
-    pub engine: ShadowVolume,
+    pub backend: Backend,
     pub owner: Owner,
     /// Copies by exposed name.
     pub copies: RwLock<BTreeMap<String, Arc<Copy>>>,
     /// Open handles on `live` (revert refuses while any is open).
     pub live_opens: AtomicUsize,
+}
+
+/// What serves a volume's bytes and copies: one provider per volume.
+pub enum Backend {
+    /// Read-write, through our copy-on-write engine (the system provider).
+    System(ShadowVolume),
+    /// Read-only: the image as it is, and the Windows shadow copies found on it (if any).
+    ReadOnly { image: Arc<ImageSource>, windows: Option<WindowsStores> },
+}
+
+/// A read-only image as a byte source (block devices sized by the kernel).
+pub struct ImageSource {
+    storage: FileStorage,
+    size: u64,
+}
+
+impl ByteSource for ImageSource {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.storage.read_at(buf, offset)
+    }
+}
+
+impl Volume {
+    pub fn size(&self) -> u64 {
+        match &self.backend {
+            Backend::System(e) => e.size(),
+            Backend::ReadOnly { image, .. } => image.size,
+        }
+    }
+
+    /// The engine, for operations only the system provider has (create, export, revert, …).
+    pub fn system(&self) -> Option<&ShadowVolume> {
+        match &self.backend {
+            Backend::System(e) => Some(e),
+            Backend::ReadOnly { .. } => None,
+        }
+    }
+
+    /// The provider of this volume's copies, if it has one.
+    pub fn provider(&self) -> Option<&dyn Provider> {
+        match &self.backend {
+            Backend::System(e) => Some(e),
+            Backend::ReadOnly { windows, .. } => windows.as_ref().map(|w| w as &dyn Provider),
+        }
+    }
+
+    pub fn read_only(&self) -> bool {
+        matches!(self.backend, Backend::ReadOnly { .. })
+    }
+
+    /// Reads the live volume.
+    pub fn read_live(&self, buf: &mut [u8], offset: u64) -> Result<(), shadowcopy::Error> {
+        match &self.backend {
+            Backend::System(e) => e.read_at(buf, offset),
+            Backend::ReadOnly { image, .. } => image.storage.read_at(buf, offset).map_err(|source| shadowcopy::Error::VolumeIo { what: "reading the volume", source }),
+        }
+    }
+
+    /// Reads a copy's image.
+    pub fn read_copy(&self, id: Uuid, buf: &mut [u8], offset: u64) -> Result<(), shadowcopy::Error> {
+        match self.provider() {
+            Some(p) => p.read_copy(id, buf, offset),
+            None => Err(shadowcopy::Error::NoSuchCopy(id)),
+        }
+    }
+
+    fn copies_now(&self) -> Vec<CopyInfo> {
+        self.provider().map(|p| p.copies()).unwrap_or_default()
+    }
 }
 
 /// A shadow copy as the daemon serves it.
@@ -66,7 +140,7 @@ impl Copy {
         self.tree
             .get_or_init(|| {
                 let volume = self.volume.upgrade()?;
-                let source: Arc<dyn ByteSource> = Arc::new(CopySource { volume: Arc::downgrade(&volume), id: self.info.id, size: volume.engine.size() });
+                let source: Arc<dyn ByteSource> = Arc::new(CopySource { volume: Arc::downgrade(&volume), id: self.info.id, size: volume.size() });
                 match fsread::open(source, fs_owner) {
                     Ok(Some(fs)) => {
                         tracing::info!(copy = %self.info.id, name = %self.name, filesystem = fs.kind(), "filesystem found in the shadow copy");
@@ -83,6 +157,11 @@ impl Copy {
                 }
             })
             .clone()
+    }
+
+    /// Whether the mount shows it (a copy that cannot be read is only listed, with its error).
+    pub fn exposed(&self) -> bool {
+        self.info.failed.is_none()
     }
 
     /// The filesystem's kind if it was already looked at.
@@ -108,7 +187,7 @@ impl ByteSource for CopySource {
     }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         let v = self.volume.upgrade().ok_or_else(|| std::io::Error::other("the volume was removed"))?;
-        v.engine.read_copy(self.id, buf, offset).map_err(std::io::Error::other)
+        v.read_copy(self.id, buf, offset).map_err(std::io::Error::other)
     }
 }
 
@@ -208,7 +287,7 @@ fn attached_loop(image: &Path) -> Option<String> {
 
 /// Opens a volume image exclusively: `O_EXCL` for a block device (the kernel refuses mounts and
 /// other exclusive openers), an `flock` for an image file.
-fn open_exclusive(image: &Path) -> anyhow::Result<FileStorage> {
+fn open_exclusive(image: &Path, writable: bool) -> anyhow::Result<FileStorage> {
     let md = std::fs::metadata(image).with_context(|| format!("the image {} cannot be opened", image.display()))?;
     let is_block = std::os::unix::fs::FileTypeExt::is_block_device(&md.file_type());
     if !is_block && !md.is_file() {
@@ -218,7 +297,7 @@ fn open_exclusive(image: &Path) -> anyhow::Result<FileStorage> {
         return Err(anyhow!("{} is attached to {dev}: writes through it would bypass shadow copies; detach it (losetup -d {dev}) and use the volume's live file instead", image.display()));
     }
     let mut opts = std::fs::OpenOptions::new();
-    opts.read(true).write(true);
+    opts.read(true).write(writable);
     if is_block {
         opts.custom_flags(libc::O_EXCL);
     }
@@ -277,30 +356,47 @@ impl Service {
         EngineOptions { cache_chunks: self.settings.cache_chunks, ..EngineOptions::default() }
     }
 
-    /// Opens (or, with `create`, creates) a volume's engine and builds its copies.
+    /// Opens a volume: its engine (creating the diff area with `create`), or for a read-only
+    /// volume the image and the Windows stores on it; then builds its copies.
     fn open_volume(&self, rec: &VolumeRecord, create: Option<DiffAreaOptions>) -> anyhow::Result<Arc<Volume>> {
-        let storage = Arc::new(open_exclusive(&rec.image)?);
+        let storage = open_exclusive(&rec.image, !rec.read_only)?;
         let md = std::fs::metadata(&rec.image)?;
-        let engine = match create {
-            Some(options) => ShadowVolume::create(storage, DiffAreaFiles::in_dir(&rec.diff_area, true)?, options, self.engine_options()),
-            None => ShadowVolume::open(storage, DiffAreaFiles::in_dir(&rec.diff_area, false)?, self.engine_options()),
-        }
-        .with_context(|| format!("opening the diff area {} of {}", rec.diff_area.display(), rec.image.display()))?;
-        for e in engine.take_events() {
-            tracing::warn!(volume = %rec.name, event = ?e, "found while opening the diff area");
-        }
+        let backend = if rec.read_only {
+            let size = storage.len()?;
+            let image = Arc::new(ImageSource { storage, size });
+            let windows = WindowsStores::open(Arc::clone(&image) as Arc<dyn ByteSource>, self.settings.cache_chunks)
+                .with_context(|| format!("looking for Windows shadow copies on {}", rec.image.display()))?;
+            if let Some(w) = &windows {
+                if let Some(reason) = &w.catalog_damage {
+                    tracing::error!(volume = %rec.name, %reason, "the Windows shadow copy catalog is damaged: no Windows copy can be read");
+                }
+                tracing::info!(volume = %rec.name, stores = w.copies().len(), "Windows shadow copies found");
+            }
+            Backend::ReadOnly { image, windows }
+        } else {
+            let storage = Arc::new(storage);
+            let engine = match create {
+                Some(options) => ShadowVolume::create(storage, DiffAreaFiles::in_dir(&rec.diff_area, true)?, options, self.engine_options()),
+                None => ShadowVolume::open(storage, DiffAreaFiles::in_dir(&rec.diff_area, false)?, self.engine_options()),
+            }
+            .with_context(|| format!("opening the diff area {} of {}", rec.diff_area.display(), rec.image.display()))?;
+            for e in engine.take_events() {
+                tracing::warn!(volume = %rec.name, event = ?e, "found while opening the diff area");
+            }
+            Backend::System(engine)
+        };
         let vol = Arc::new(Volume {
             name: rec.name.clone(),
             slot: self.slot(),
             image: rec.image.clone(),
             diff_area: rec.diff_area.clone(),
-            engine,
+            backend,
             owner: Owner { uid: md.uid(), gid: md.gid(), mode: md.mode() },
             copies: RwLock::new(BTreeMap::new()),
             live_opens: AtomicUsize::new(0),
         });
         let mut copies = vol.copies.write();
-        for info in vol.engine.copies() {
+        for info in vol.copies_now() {
             let name = match rec.exposed.get(&info.id) {
                 Some(n) if !copies.contains_key(n) => n.clone(),
                 _ => unique_name(&copies, &info),
@@ -350,6 +446,7 @@ impl Service {
                 name: v.name.clone(),
                 image: v.image.clone(),
                 diff_area: v.diff_area.clone(),
+                read_only: v.read_only(),
                 exposed: v.copies.read().values().map(|c| (c.info.id, c.name.clone())).collect(),
             })
             .collect();
@@ -395,7 +492,8 @@ impl Service {
     pub fn poll_events(&self) {
         let mut changed = false;
         for v in self.volumes() {
-            for e in v.engine.take_events() {
+            let Some(engine) = v.system() else { continue };
+            for e in engine.take_events() {
                 match e {
                     Event::CopyDeleted { id, reason } => {
                         tracing::warn!(volume = %v.name, copy = %id, ?reason, "shadow copy deleted by the engine");
@@ -445,13 +543,13 @@ impl Service {
                 state_dir: self.state.path().display().to_string(),
                 volumes: self.volumes.read().len(),
             })),
-            Op::VolumeAdd { name, image, diff_area, max_size, chunk_size } => self.volume_add(name, image, diff_area, max_size, chunk_size),
+            Op::VolumeAdd { name, image, diff_area, max_size, chunk_size, read_only } => self.volume_add(name, image, diff_area, max_size, chunk_size, read_only),
             Op::VolumeList => Ok(Answer::Volumes(self.volumes().iter().map(|v| self.volume_info(v)).collect())),
             Op::VolumeRemove { name } => self.volume_remove(&name),
             Op::Create { volumes, volatile } => self.create(&volumes, volatile),
             Op::List { volume } => self.list(volume.as_deref()),
             Op::Delete { target } => self.delete(target),
-            Op::StorageList => Ok(Answer::Storage(self.volumes().iter().map(|v| storage_info(v)).collect())),
+            Op::StorageList => Ok(Answer::Storage(self.volumes().iter().filter_map(|v| storage_info(v)).collect())),
             Op::StorageResize { volume, max_size } => self.resize(&volume, &max_size),
             Op::Export { id, path } => self.export(id, &path, progress),
             Op::Revert { id } => self.revert(id, progress),
@@ -473,11 +571,12 @@ impl Service {
             name: v.name.clone(),
             image: v.image.display().to_string(),
             diff_area: v.diff_area.display().to_string(),
-            size: v.engine.size(),
-            provider: "system".into(),
+            size: v.size(),
+            provider: v.provider().map_or("none", |p| p.name()).into(),
+            read_only: v.read_only(),
             copies: v.copies.read().len(),
             live: self.live_path(v).display().to_string(),
-            failure: v.engine.failure(),
+            failure: v.system().and_then(|e| e.failure()),
         }
     }
 
@@ -489,14 +588,16 @@ impl Service {
             created_unix: c.info.created.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
             exposed_name: c.name.clone(),
             persistent: c.info.persistent,
-            attributes: attributes::names(c.info.attributes, c.info.persistent),
+            attributes: if v.system().is_some() { attributes::names(c.info.attributes, c.info.persistent) } else { protocol::windows_attribute_names(c.info.attributes) },
+            attribute_flags: c.info.attributes,
+            provider: v.provider().map_or("none", |p| p.name()).into(),
             filesystem: c.tree_kind(),
-            diff_area_used: v.engine.usage().used_bytes,
+            diff_area_used: v.system().map_or(0, |e| e.usage().used_bytes),
             failed: c.info.failed.clone(),
         }
     }
 
-    fn volume_add(&self, name: String, image: String, diff_area: Option<String>, max_size: Option<String>, chunk_size: Option<u64>) -> OpResult {
+    fn volume_add(&self, name: String, image: String, diff_area: Option<String>, max_size: Option<String>, chunk_size: Option<u64>, read_only: bool) -> OpResult {
         check_name(&name)?;
         let _admin = self.admin.lock();
         if self.volumes.read().contains_key(&name) || self.unopened.lock().iter().any(|r| r.name == name) {
@@ -509,14 +610,18 @@ impl Service {
         if let Some(other) = self.volumes.read().values().find(|v| v.image == image) {
             return Err((ErrorKind::AlreadyExists, format!("{} is already registered as volume `{}`", image.display(), other.name)));
         }
+        if read_only && (diff_area.is_some() || max_size.is_some() || chunk_size.is_some()) {
+            return Err((ErrorKind::BadRequest, "a read-only volume has no diff area: drop --diff-area, --max-size and --chunk-size".into()));
+        }
         let diff_area = match diff_area {
+            _ if read_only => PathBuf::new(),
             Some(d) => PathBuf::from(d),
             None => self.state.default_diff_area(&name),
         };
         if diff_area.starts_with(&self.settings.mount) {
             return Err((ErrorKind::BadRequest, "the diff area must not lie inside the daemon's mount (its writes would wait on themselves)".into()));
         }
-        if diff_area.join("journal.0").exists() {
+        if !read_only && diff_area.join("journal.0").exists() {
             return Err((ErrorKind::AlreadyExists, format!("{} already holds a diff area; choose another --diff-area or remove it", diff_area.display())));
         }
         let mut options = DiffAreaOptions::default();
@@ -526,7 +631,7 @@ impl Service {
         if let Some(c) = chunk_size {
             options.chunk_size = u32::try_from(c).map_err(|_| (ErrorKind::BadRequest, "chunk size too large".to_string()))?;
         }
-        let rec = VolumeRecord { name: name.clone(), image, diff_area, exposed: BTreeMap::new() };
+        let rec = VolumeRecord { name: name.clone(), image, diff_area, read_only, exposed: BTreeMap::new() };
         let v = self.open_volume(&rec, Some(options)).map_err(|e| failed(format!("{e:#}")))?;
         self.insert_volume(Arc::clone(&v));
         self.save_state();
@@ -562,10 +667,13 @@ impl Service {
         self.save_state();
         let diff_area = v.diff_area.clone();
         let n = v.copies.read().len();
+        let has_diff_area = v.system().is_some();
         // Last reference: the engine closes (flushes) when the volume drops.
         drop(v);
-        if let Err(e) = std::fs::remove_dir_all(&diff_area) {
-            tracing::warn!(path = %diff_area.display(), error = %e, "could not remove the diff area");
+        if has_diff_area {
+            if let Err(e) = std::fs::remove_dir_all(&diff_area) {
+                tracing::warn!(path = %diff_area.display(), error = %e, "could not remove the diff area");
+            }
         }
         Ok(Answer::Done(format!("volume `{name}` removed with its {n} shadow copies")))
     }
@@ -583,6 +691,10 @@ impl Service {
             }
             vols.push(v);
         }
+        let mut engines: Vec<&ShadowVolume> = Vec::new();
+        for v in &vols {
+            engines.push(system_of(v)?);
+        }
         let lives: Vec<PathBuf> = vols.iter().map(|v| self.live_path(v)).collect();
         let filesystems = shadowcopy::hold::filesystems_on(&lives).map_err(failed)?;
         let frozen = shadowcopy::hold::freeze(&filesystems, HOLD_LIMIT).map_err(|e| match e {
@@ -593,14 +705,13 @@ impl Service {
         if !filesystems.is_empty() {
             attrs |= attributes::FS_FROZEN;
         }
-        let engines: Vec<&ShadowVolume> = vols.iter().map(|v| &v.engine).collect();
         let set = create_set(&engines, CreateOptions { volatile, attributes: attrs });
         let mount_points = frozen.mount_points.clone();
         let (held, expired) = frozen.release();
         let set = set.map_err(engine_error)?;
         if expired {
-            for (v, c) in vols.iter().zip(&set.copies) {
-                let _ = v.engine.delete(c.id);
+            for (e, c) in engines.iter().zip(&set.copies) {
+                let _ = e.delete(c.id);
             }
             return Err((ErrorKind::Timeout, format!("writes were held longer than the {HOLD_LIMIT:?} limit; the set was aborted and everything thawed")));
         }
@@ -669,7 +780,8 @@ impl Service {
         let mut views = Vec::new();
         for (v, c) in &victims {
             views.push(self.copy_view(v, c));
-            match v.engine.delete(c.info.id) {
+            let provider = v.provider().ok_or_else(|| (ErrorKind::NotFound, format!("volume `{}` has no shadow copies", v.name)))?;
+            match provider.delete_copy(c.info.id) {
                 Ok(_) | Err(shadowcopy::Error::NoSuchCopy(_)) => {}
                 Err(e) => {
                     self.save_names_later();
@@ -677,7 +789,9 @@ impl Service {
                 }
             }
             // The engine reports the deletion as an event too; drop it from the model now.
-            let _ = v.engine.take_events();
+            if let Some(e) = v.system() {
+                let _ = e.take_events();
+            }
             self.forget_copy(v, c.info.id);
         }
         self.save_names_later();
@@ -688,10 +802,10 @@ impl Service {
         let _admin = self.admin.lock();
         let v = self.volume(name).ok_or_else(|| (ErrorKind::NotFound, format!("no volume named `{name}`")))?;
         let max = parse_max(max).map_err(|e| (ErrorKind::BadRequest, e))?;
-        v.engine.resize(max).map_err(engine_error)?;
+        system_of(&v)?.resize(max).map_err(engine_error)?;
         drop(_admin);
         self.poll_events();
-        Ok(Answer::Storage(vec![storage_info(&v)]))
+        Ok(Answer::Storage(storage_info(&v).into_iter().collect()))
     }
 
     fn export(&self, id: Uuid, path: &str, progress: &mut dyn FnMut(u64, u64)) -> OpResult {
@@ -700,7 +814,7 @@ impl Service {
         if dest.exists() {
             return Err((ErrorKind::AlreadyExists, format!("{path} exists; choose a new file name")));
         }
-        v.engine.export(id, &dest, progress).map_err(engine_error)?;
+        system_of(&v)?.export(id, &dest, progress).map_err(engine_error)?;
         Ok(Answer::Done(format!("exported shadow copy {id} to {path}")))
     }
 
@@ -710,13 +824,13 @@ impl Service {
         if v.live_opens.load(Ordering::Acquire) > 0 {
             return Err((ErrorKind::Busy, format!("{} is open: unmount and detach what uses it (umount, losetup -d) before reverting", self.live_path(&v).display())));
         }
-        v.engine.revert(id, progress).map_err(engine_error)?;
+        system_of(&v)?.revert(id, progress).map_err(engine_error)?;
         Ok(Answer::Done(format!("volume `{}` reverted to shadow copy {id}", v.name)))
     }
 
     fn diff(&self, id: Uuid, to: Option<Uuid>) -> OpResult {
         let (v, _) = self.find_copy(id).ok_or_else(|| (ErrorKind::NotFound, format!("no shadow copy {id}")))?;
-        let ranges = v.engine.changed_ranges(id, to).map_err(engine_error)?;
+        let ranges = system_of(&v)?.changed_ranges(id, to).map_err(engine_error)?;
         Ok(Answer::Ranges(ranges.iter().map(|r| RangeView { offset: r.offset, len: r.len }).collect()))
     }
 
@@ -727,16 +841,24 @@ impl Service {
             self.save_state();
         }
         for v in self.volumes() {
-            if let Err(e) = v.engine.flush() {
+            let Some(engine) = v.system() else { continue };
+            if let Err(e) = engine.flush() {
                 tracing::error!(volume = %v.name, error = %e, "flushing the volume failed");
             }
         }
     }
 }
 
-fn storage_info(v: &Volume) -> StorageInfo {
-    let u = v.engine.usage();
-    StorageInfo {
+/// The engine of a volume, or the error that says it has none.
+fn system_of(v: &Volume) -> Result<&ShadowVolume, (ErrorKind, String)> {
+    v.system().ok_or_else(|| {
+        (ErrorKind::BadRequest, format!("volume `{}` is read-only (it serves the shadow copies Windows left on it); shadowcopy takes, exports, reverts and diffs copies of read-write volumes only", v.name))
+    })
+}
+
+fn storage_info(v: &Volume) -> Option<StorageInfo> {
+    let u = v.system()?.usage();
+    Some(StorageInfo {
         volume: v.name.clone(),
         diff_area: v.diff_area.display().to_string(),
         used_bytes: u.used_bytes,
@@ -744,7 +866,7 @@ fn storage_info(v: &Volume) -> StorageInfo {
         max_bytes: u.max_bytes,
         chunk_size: u.chunk_size,
         copies: u.copies,
-    }
+    })
 }
 
 /// The exposed name for a copy: its creation second, or, if a copy of the volume already has

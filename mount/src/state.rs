@@ -22,7 +22,11 @@ const FORMAT: u32 = 1;
 pub struct VolumeRecord {
     pub name: String,
     pub image: PathBuf,
+    /// Empty for a read-only volume.
     pub diff_area: PathBuf,
+    /// Exposed read-only with the Windows shadow copies found on it (no diff area).
+    #[serde(default)]
+    pub read_only: bool,
     /// Exposed name (`@GMT-…`) of each copy, so that names stay stable across restarts even
     /// when two copies were taken within one second.
     #[serde(default)]

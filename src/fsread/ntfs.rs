@@ -4,6 +4,8 @@
 //! ntfs-3g hides them.
 //!
 //! NTFS has no POSIX owners: every file shows the [`ForeignOwner`]'s ids and read-only bits.
+//! Bytes past a file's initialized size (its valid data length) read as zeros, as NTFS requires
+//! (the crate does not apply it; the size is read from the attribute's own file record).
 //! Compressed files are refused with an error (EIO) rather than served as their compressed
 //! bytes; alternate data streams and reparse points (Windows symlinks, junctions) are not shown.
 //! The `$LogFile` is not replayed (copies of a cleanly flushed volume read fully).
@@ -77,6 +79,39 @@ impl NtfsFs {
                 Ok((attr.value_length(), attr.flags().contains(NtfsAttributeFlags::COMPRESSED)))
             }
         }
+    }
+
+    /// The initialized size of a non-resident attribute, read from its file record on disk
+    /// (with the record's fixups applied). `None`: resident, or the record could not be read.
+    fn initialized_size(&self, attr: &ntfs::NtfsAttribute<'_, '_>) -> Option<u64> {
+        if attr.is_resident() {
+            return None;
+        }
+        let pos = attr.position().value()?.get();
+        let rs = u64::from(self.ntfs.file_record_size());
+        if !(512..=65536).contains(&rs) {
+            return None;
+        }
+        let start = pos - pos % rs;
+        let mut rec = vec![0u8; rs as usize];
+        self.source.read_exact_at(&mut rec, start).ok()?;
+        if &rec[..4] != b"FILE" {
+            return None;
+        }
+        // Update sequence array: the last two bytes of every 512-byte sector were replaced by
+        // the sequence number; the originals are in the array.
+        let usa = usize::from(u16::from_le_bytes([rec[4], rec[5]]));
+        let count = usize::from(u16::from_le_bytes([rec[6], rec[7]]));
+        for i in 1..count {
+            let (from, to) = (usa + 2 * i, i * 512 - 2);
+            if from + 2 > rec.len() || to + 2 > rec.len() {
+                return None;
+            }
+            let v = [rec[from], rec[from + 1]];
+            rec[to..to + 2].copy_from_slice(&v);
+        }
+        let at = (pos - start) as usize + 0x38;
+        rec.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
     }
 
     fn listing(&self, dir: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
@@ -174,6 +209,11 @@ impl ReadOnlyFs for NtfsFs {
             return Ok(0);
         }
         let want = (len - offset).min(buf.len() as u64) as usize;
+        // Past the initialized size (valid data length) a file reads as zeros.
+        let valid = self.initialized_size(&attr).unwrap_or(len).min(len);
+        let stored = (valid.saturating_sub(offset)).min(want as u64) as usize;
+        buf[stored..want].fill(0);
+        let want = stored;
         let mut value = attr.value(&mut c).map_err(corrupt)?;
         value.seek(&mut c, SeekFrom::Start(offset)).map_err(corrupt)?;
         let mut done = 0;
@@ -184,7 +224,7 @@ impl ReadOnlyFs for NtfsFs {
             }
             done += n;
         }
-        Ok(done)
+        Ok((len - offset).min(buf.len() as u64) as usize)
     }
 
     fn read_link(&self, _ino: u64) -> Result<Vec<u8>, FsError> {

@@ -46,6 +46,10 @@ pub enum Op {
         /// `10%`, `2G`, `unbounded`.
         max_size: Option<String>,
         chunk_size: Option<u64>,
+        /// Expose the image read-only (no diff area; `live` refuses writes) and serve the
+        /// Windows shadow copies found on it.
+        #[serde(default)]
+        read_only: bool,
     },
     VolumeList,
     /// Unregisters a volume and deletes its diff area (its copies are lost).
@@ -170,6 +174,7 @@ pub struct VolumeInfo {
     pub diff_area: String,
     pub size: u64,
     pub provider: String,
+    pub read_only: bool,
     pub copies: usize,
     /// The live file in the mount.
     pub live: String,
@@ -191,6 +196,10 @@ pub struct CopyView {
     pub persistent: bool,
     /// Attribute names (`persistent`/`volatile`, `client_accessible`, …).
     pub attributes: Vec<String>,
+    /// The attribute bits as stored (ours, or Windows' `VSS_VOLSNAP_ATTR_*` flags).
+    pub attribute_flags: u32,
+    /// Who keeps the copy: `system` (our diff area) or `windows-vss` (a Windows store).
+    pub provider: String,
     /// The filesystem found in the copy (`ext4`, `vfat`, `ntfs`, `raw`), once it was looked at.
     pub filesystem: Option<String>,
     /// Bytes of the diff area the volume's copies use together.
@@ -256,6 +265,31 @@ pub mod attributes {
         }
         v
     }
+}
+
+/// Names of Windows' `VSS_VOLSNAP_ATTR_*` flags.
+pub fn windows_attribute_names(flags: u32) -> Vec<String> {
+    const NAMES: [(u32, &str); 18] = [
+        (0x1, "persistent"),
+        (0x2, "no_auto_recovery"),
+        (0x4, "client_accessible"),
+        (0x8, "no_auto_release"),
+        (0x10, "no_writers"),
+        (0x20, "transportable"),
+        (0x40, "not_surfaced"),
+        (0x80, "not_transacted"),
+        (0x1_0000, "hardware_assisted"),
+        (0x2_0000, "differential"),
+        (0x4_0000, "plex"),
+        (0x8_0000, "imported"),
+        (0x10_0000, "exposed_locally"),
+        (0x20_0000, "exposed_remotely"),
+        (0x40_0000, "autorecover"),
+        (0x80_0000, "rollback_recovery"),
+        (0x100_0000, "delayed_postsnapshot"),
+        (0x200_0000, "txf_recovery"),
+    ];
+    NAMES.iter().filter(|(bit, _)| flags & bit != 0).map(|(_, n)| n.to_string()).collect()
 }
 
 /// `@GMT-YYYY.MM.DD-HH.MM.SS` for Unix seconds (UTC), the name Samba's `vfs_shadow_copy2` and

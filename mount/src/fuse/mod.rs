@@ -122,15 +122,16 @@ impl Frontend {
     }
 
     fn live_attr(&self, v: &Volume) -> FileAttr {
-        // Read and write bits of the image file; `live` is what the image is.
-        let perm = (v.owner.mode & 0o666) as u16;
-        self.attr(Node::Live(v.slot), FileType::RegularFile, perm, v.engine.size(), v.owner.uid, v.owner.gid, SystemTime::now(), 1)
+        // Read and write bits of the image file (read bits only on a read-only volume); `live`
+        // is what the image is.
+        let perm = (v.owner.mode & if v.read_only() { 0o444 } else { 0o666 }) as u16;
+        self.attr(Node::Live(v.slot), FileType::RegularFile, perm, v.size(), v.owner.uid, v.owner.gid, SystemTime::now(), 1)
     }
 
     fn image_attr(&self, v: &Volume, c: &Copy) -> FileAttr {
         // Whoever could read the original image may read its copies, nobody else.
         let perm = (v.owner.mode & 0o444) as u16;
-        self.attr(Node::Image(c.slot), FileType::RegularFile, perm, v.engine.size(), v.owner.uid, v.owner.gid, c.info.created, 1)
+        self.attr(Node::Image(c.slot), FileType::RegularFile, perm, v.size(), v.owner.uid, v.owner.gid, c.info.created, 1)
     }
 
     fn tree_attr(&self, copy: &Copy, st: &Stat) -> Result<FileAttr, Errno> {
@@ -186,7 +187,7 @@ impl Frontend {
                 Some("live") => Ok(Resolved::Live(Arc::clone(v))),
                 Some(".images") => Ok(Resolved::ImagesDir(Arc::clone(v))),
                 Some(n) if n.starts_with("@GMT-") => {
-                    let c = v.copies.read().get(n).cloned().ok_or(Errno::ENOENT)?;
+                    let c = v.copies.read().get(n).filter(|c| c.exposed()).cloned().ok_or(Errno::ENOENT)?;
                     let fs = c.tree(self.service.settings.fs_owner).ok_or(Errno::ENOENT)?;
                     let root = fs.root();
                     Ok(Resolved::Tree(c, fs, root))
@@ -195,7 +196,7 @@ impl Frontend {
             },
             Resolved::ImagesDir(v) => {
                 let base = name_s.and_then(|n| n.strip_suffix(".img")).ok_or(Errno::ENOENT)?;
-                let c = v.copies.read().get(base).cloned().ok_or(Errno::ENOENT)?;
+                let c = v.copies.read().get(base).filter(|c| c.exposed()).cloned().ok_or(Errno::ENOENT)?;
                 Ok(Resolved::Image(Arc::clone(v), c))
             }
             Resolved::Tree(c, fs, ino) => {
@@ -218,7 +219,7 @@ impl Frontend {
             Resolved::VolumeDir(v) => {
                 out.push((Node::Live(v.slot).id().unwrap_or(0), FileType::RegularFile, b"live".to_vec()));
                 out.push((Node::ImagesDir(v.slot).id().unwrap_or(0), FileType::Directory, b".images".to_vec()));
-                let copies: Vec<Arc<Copy>> = v.copies.read().values().cloned().collect();
+                let copies: Vec<Arc<Copy>> = v.copies.read().values().filter(|c| c.exposed()).cloned().collect();
                 for c in copies {
                     if let Some(fs) = c.tree(self.service.settings.fs_owner) {
                         if let Some(id) = (Node::Tree { copy: c.slot, ino: fs.root() }).id() {
@@ -228,7 +229,7 @@ impl Frontend {
                 }
             }
             Resolved::ImagesDir(v) => {
-                for c in v.copies.read().values() {
+                for c in v.copies.read().values().filter(|c| c.exposed()) {
                     out.push((Node::Image(c.slot).id().unwrap_or(0), FileType::RegularFile, format!("{}.img", c.name).into_bytes()));
                 }
             }
@@ -326,7 +327,7 @@ impl Filesystem for Frontend {
         match self.resolve(ino) {
             Ok(Resolved::Live(v)) => {
                 // The live volume's size is the image's; owners and modes are the image's.
-                if size.is_some_and(|s| s != v.engine.size()) {
+                if size.is_some_and(|s| s != v.size()) {
                     return reply.error(Errno::EPERM);
                 }
                 if mode.is_some() || uid.is_some() || gid.is_some() {
@@ -354,6 +355,7 @@ impl Filesystem for Frontend {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let writing = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
         match self.resolve(ino) {
+            Ok(Resolved::Live(v)) if writing && v.read_only() => reply.error(Errno::EROFS),
             Ok(Resolved::Live(v)) => {
                 v.live_opens.fetch_add(1, Ordering::AcqRel);
                 // Direct I/O: every write reaches the engine at once (no page cache between the
@@ -371,15 +373,15 @@ impl Filesystem for Frontend {
         let clamp = |total: u64| -> usize { total.saturating_sub(offset).min(u64::from(size)) as usize };
         match self.resolve(ino) {
             Ok(Resolved::Live(v)) => {
-                let mut buf = vec![0u8; clamp(v.engine.size())];
-                match v.engine.read_at(&mut buf, offset) {
+                let mut buf = vec![0u8; clamp(v.size())];
+                match v.read_live(&mut buf, offset) {
                     Ok(()) => reply.data(&buf),
                     Err(e) => reply.error(errno::of_engine(&e)),
                 }
             }
             Ok(Resolved::Image(v, c)) => {
-                let mut buf = vec![0u8; clamp(v.engine.size())];
-                match v.engine.read_copy(c.info.id, &mut buf, offset) {
+                let mut buf = vec![0u8; clamp(v.size())];
+                match v.read_copy(c.info.id, &mut buf, offset) {
                     Ok(()) => reply.data(&buf),
                     Err(e) => reply.error(errno::of_engine(&e)),
                 }
@@ -410,10 +412,11 @@ impl Filesystem for Frontend {
     ) {
         match self.resolve(ino) {
             Ok(Resolved::Live(v)) => {
-                if offset.checked_add(data.len() as u64).is_none_or(|end| end > v.engine.size()) {
+                let Some(engine) = v.system() else { return reply.error(Errno::EROFS) };
+                if offset.checked_add(data.len() as u64).is_none_or(|end| end > engine.size()) {
                     return reply.error(Errno::ENOSPC);
                 }
-                match v.engine.write_at(data, offset) {
+                match engine.write_at(data, offset) {
                     Ok(()) => reply.written(data.len() as u32),
                     Err(e) => {
                         tracing::error!(volume = %v.name, offset, len = data.len(), error = %e, "live write failed");
@@ -443,7 +446,7 @@ impl Filesystem for Frontend {
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         match self.resolve(ino) {
-            Ok(Resolved::Live(v)) => match v.engine.flush() {
+            Ok(Resolved::Live(v)) => match v.system().map_or(Ok(()), |e| e.flush()) {
                 Ok(()) => reply.ok(),
                 Err(e) => {
                     tracing::error!(volume = %v.name, error = %e, "flush of the live volume failed");
@@ -461,7 +464,8 @@ impl Filesystem for Frontend {
             Ok(_) => return reply.error(Errno::EROFS),
             Err(e) => return reply.error(e),
         };
-        let size = v.engine.size();
+        let Some(engine) = v.system() else { return reply.error(Errno::EROFS) };
+        let size = engine.size();
         let end = offset.saturating_add(length);
         if mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 {
             // Discards and WRITE_ZEROES from a loop device: the range reads as zeros afterwards,
@@ -473,7 +477,7 @@ impl Filesystem for Frontend {
             if offset >= end {
                 return reply.ok();
             }
-            return match v.engine.punch_zero(offset, end - offset) {
+            return match engine.punch_zero(offset, end - offset) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno::of_engine(&e)),
             };

@@ -123,8 +123,14 @@ impl Daemon {
 
     /// Registers `image` as volume `name`.
     pub fn add_volume(&self, name: &str, image: &Path) {
-        self.call(Op::VolumeAdd { name: name.into(), image: image.display().to_string(), diff_area: None, max_size: Some("50%".into()), chunk_size: None })
+        self.call(Op::VolumeAdd { name: name.into(), image: image.display().to_string(), diff_area: None, max_size: Some("50%".into()), chunk_size: None, read_only: false })
             .unwrap_or_else(|e| panic!("volume add: {e}"));
+    }
+
+    /// Registers `image` read-only as volume `name` (its Windows shadow copies are served).
+    pub fn add_read_only_volume(&self, name: &str, image: &Path) {
+        self.call(Op::VolumeAdd { name: name.into(), image: image.display().to_string(), diff_area: None, max_size: None, chunk_size: None, read_only: true })
+            .unwrap_or_else(|e| panic!("volume add --read-only: {e}"));
     }
 
     pub fn create(&self, volumes: &[&str], volatile: bool) -> SetView {

@@ -86,6 +86,10 @@ enum VolumeCmd {
         /// Copy-on-write chunk size, a power of two from 4K to 1M [default: 16K].
         #[arg(long, value_parser = parse_size)]
         chunk_size: Option<u64>,
+        /// Expose the image read-only (no diff area; `live` refuses writes) and serve the
+        /// Windows shadow copies found on an NTFS volume as `@GMT-…` folders.
+        #[arg(long, conflicts_with_all = ["diff_area", "max_size", "chunk_size"])]
+        read_only: bool,
     },
     /// List registered volumes.
     List,

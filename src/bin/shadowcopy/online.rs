@@ -12,7 +12,7 @@ use super::{Command, DeleteArgs, StorageCmd, VolumeCmd};
 
 pub fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<()> {
     let op = match cmd {
-        Command::Volume(VolumeCmd::Add { name, image, diff_area, max_size, chunk_size }) => {
+        Command::Volume(VolumeCmd::Add { name, image, diff_area, max_size, chunk_size, read_only }) => {
             let image = image.canonicalize().with_context(|| format!("the image {} cannot be found", image.display()))?;
             let diff_area = diff_area.map(|d| std::path::absolute(&d).unwrap_or(d));
             Op::VolumeAdd {
@@ -21,6 +21,7 @@ pub fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<()> {
                 diff_area: diff_area.map(|d| d.display().to_string()),
                 max_size,
                 chunk_size,
+                read_only,
             }
         }
         Command::Volume(VolumeCmd::List) => Op::VolumeList,
@@ -122,13 +123,14 @@ fn print_copies(copies: &[CopyView]) {
                 c.volume.clone(),
                 created(c),
                 c.exposed_name.clone(),
-                c.attributes.join(","),
+                format!("{} ({:#010x})", c.attributes.join(","), c.attribute_flags),
+                c.provider.clone(),
                 format_size(c.diff_area_used),
                 c.failed.clone().map_or("ok".into(), |r| format!("FAILED: {r}")),
             ]
         })
         .collect();
-    table(&["SHADOW COPY ID", "SET ID", "VOLUME", "CREATED", "EXPOSED AS", "ATTRIBUTES", "DIFF AREA USED", "STATE"], &rows);
+    table(&["SHADOW COPY ID", "SET ID", "VOLUME", "CREATED", "EXPOSED AS", "ATTRIBUTES", "PROVIDER", "DIFF AREA USED", "STATE"], &rows);
 }
 
 fn print_table(a: &Answer) {
@@ -146,9 +148,24 @@ fn print_table(a: &Answer) {
             }
             let rows: Vec<Vec<String>> = vs
                 .iter()
-                .map(|v| vec![v.name.clone(), format_size(v.size), v.copies.to_string(), v.image.clone(), v.live.clone(), v.failure.clone().unwrap_or_else(|| "ok".into())])
+                .map(|v| {
+                    vec![
+                        v.name.clone(),
+                        format_size(v.size),
+                        if v.read_only { "read-only" } else { "read-write" }.into(),
+                        v.provider.clone(),
+                        v.copies.to_string(),
+                        v.image.clone(),
+                        v.live.clone(),
+                        v.failure.clone().unwrap_or_else(|| "ok".into()),
+                    ]
+                })
                 .collect();
-            table(&["VOLUME", "SIZE", "COPIES", "IMAGE", "LIVE FILE", "STATE"], &rows);
+            table(&["VOLUME", "SIZE", "ACCESS", "PROVIDER", "COPIES", "IMAGE", "LIVE FILE", "STATE"], &rows);
+        }
+        Answer::Volume(v) if v.read_only => {
+            println!("volume `{}` added read-only: {} ({}), {} shadow copies found ({})", v.name, v.image, format_size(v.size), v.copies, v.provider);
+            println!("read it through {}", v.live);
         }
         Answer::Volume(v) => {
             println!("volume `{}` added: {} ({}), diff area {}", v.name, v.image, format_size(v.size), v.diff_area);
