@@ -108,6 +108,20 @@ fn clear_stale_mount(mnt: &Path) -> Result<()> {
     }
 }
 
+/// The kernel caps a FUSE mount's readahead at its backing device's default (128 KiB), whatever
+/// `max_readahead` the daemon asked for; raising the mount's own `read_ahead_kb` lets sequential
+/// reads of copies arrive as 1 MiB requests. Best effort (needs root).
+fn raise_readahead(mount: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = std::fs::metadata(mount) else { return };
+    let dev = md.dev();
+    let path = format!("/sys/class/bdi/{}:{}/read_ahead_kb", libc::major(dev), libc::minor(dev));
+    match std::fs::write(&path, "1024") {
+        Ok(()) => tracing::debug!(%path, "readahead raised to 1 MiB"),
+        Err(e) => tracing::debug!(%path, error = %e, "could not raise readahead"),
+    }
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -187,6 +201,7 @@ fn run(args: Args) -> Result<()> {
         }
     }));
     let fuse = session.spawn().context("starting the FUSE session")?;
+    raise_readahead(&mount);
 
     let svc = Arc::clone(&service);
     let access = Access { admin_gid };

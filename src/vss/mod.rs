@@ -48,6 +48,15 @@ pub struct WindowsCopy {
     pub damage: Option<String>,
 }
 
+/// Where a piece of a store's view comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// A block not in use at the time: zeros (as libvshadow gives).
+    Zero,
+    /// These bytes of the base volume.
+    Base(u64),
+}
+
 struct Store {
     copy: WindowsCopy,
     map: BlockMap,
@@ -238,69 +247,94 @@ impl WindowsStores {
         Ok(())
     }
 
-    /// Reads store `i`'s view at `offset`, on behalf of the store the caller asked for (`active`).
-    fn read_store(&self, i: usize, active: usize, buf: &mut [u8], offset: u64) -> Result<(), Error> {
+    /// Where the bytes of store `i`'s view at `at` come from, on behalf of the store the caller
+    /// asked for (`active`), and for how many bytes (at most `max`) that holds.
+    fn resolve(&self, i: usize, active: usize, at: u64, max: u64) -> (Source, u64) {
         let store = &self.stores[i];
         let next = i + 1 < self.stores.len();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let at = offset + done as u64;
-            let within = at % BLOCK_SIZE;
-            let mut run = BLOCK_SIZE - within;
-            let mut desc: Option<&BlockDescriptor> = store.map.at(at);
-            let mut source = desc.map(|d| if d.is_forwarder() { d.relative } else { d.store });
-            if let Some(d) = desc {
-                let overlay = if d.is_overlay() { Some(d) } else { d.overlay.as_deref() };
-                if let Some(ov) = overlay {
-                    if i != active {
-                        // Overlays apply to the store being read only.
-                        if d.is_overlay() {
-                            desc = None;
-                        }
-                    } else {
-                        let sector = (within / 512) as u32;
-                        let bits = ov.bitmap.checked_shr(sector).unwrap_or(0);
-                        let left = 32 - sector;
-                        let set = bits & 1 != 0;
-                        // Sectors from here with the same state: a run read from one place.
-                        let same = if set { bits.trailing_ones() } else { bits.trailing_zeros() }.min(left);
-                        run = u64::from(same) * 512 - within % 512;
-                        if set {
-                            desc = Some(ov);
-                            source = Some(ov.store);
-                        } else if d.is_overlay() {
-                            desc = None;
-                        }
+        let within = at % BLOCK_SIZE;
+        let mut run = BLOCK_SIZE - within;
+        let mut desc: Option<&BlockDescriptor> = store.map.at(at);
+        let mut from = desc.map(|d| if d.is_forwarder() { d.relative } else { d.store });
+        if let Some(d) = desc {
+            let overlay = if d.is_overlay() { Some(d) } else { d.overlay.as_deref() };
+            if let Some(ov) = overlay {
+                if i != active {
+                    // Overlays apply to the store being read only.
+                    if d.is_overlay() {
+                        desc = None;
+                    }
+                } else {
+                    let sector = (within / 512) as u32;
+                    let bits = ov.bitmap.checked_shr(sector).unwrap_or(0);
+                    let set = bits & 1 != 0;
+                    // Sectors from here in the same state: one source.
+                    let same = if set { bits.trailing_ones() } else { bits.trailing_zeros() }.min(32 - sector);
+                    run = u64::from(same) * 512 - within % 512;
+                    if set {
+                        desc = Some(ov);
+                        from = Some(ov.store);
+                    } else if d.is_overlay() {
+                        desc = None;
                     }
                 }
             }
-            let n = (run.min((buf.len() - done) as u64)) as usize;
-            let out = &mut buf[done..done + n];
-            match desc {
-                Some(d) => {
-                    let from = source.unwrap_or(0) + within;
-                    if d.is_forwarder() && next {
-                        self.read_store(i + 1, active, out, from)?;
-                    } else {
-                        self.read_base(out, from)?;
-                    }
+        }
+        let n = run.min(max);
+        match desc {
+            Some(d) => {
+                let from = from.unwrap_or(0) + within;
+                if d.is_forwarder() && next {
+                    self.resolve(i + 1, active, from, n)
+                } else {
+                    (Source::Base(from), n)
                 }
-                None if next => self.read_store(i + 1, active, out, at)?,
-                None => {
-                    let unused = i == active
-                        && !store.map.forwarded_to(at)
-                        && store.current.is_set(at)
-                        && store.previous.as_ref().is_none_or(|p| p.is_set(at));
-                    if unused {
-                        out.fill(0);
-                    } else {
-                        self.read_base(out, at)?;
-                    }
+            }
+            None if next => self.resolve(i + 1, active, at, n),
+            None => {
+                let unused = i == active
+                    && !store.map.forwarded_to(at)
+                    && store.current.is_set(at)
+                    && store.previous.as_ref().is_none_or(|p| p.is_set(at));
+                (if unused { Source::Zero } else { Source::Base(at) }, n)
+            }
+        }
+    }
+
+    /// Reads store `i`'s view: each piece resolved to its final source, and pieces that continue
+    /// one another on the base volume read with one call (long runs bypass the block cache).
+    fn read_store(&self, i: usize, buf: &mut [u8], offset: u64) -> Result<(), Error> {
+        let mut done = 0usize;
+        // A pending run of base bytes: (position in buf, base offset, length).
+        let mut pending: Option<(usize, u64, usize)> = None;
+        let flush = |p: Option<(usize, u64, usize)>, buf: &mut [u8]| -> Result<(), Error> {
+            match p {
+                Some((at, from, len)) if len > BLOCK_SIZE as usize => {
+                    self.base.read_exact_at(&mut buf[at..at + len], from).map_err(Error::volume("reading the volume under a Windows shadow copy"))
                 }
+                Some((at, from, len)) => self.read_base(&mut buf[at..at + len], from),
+                None => Ok(()),
+            }
+        };
+        while done < buf.len() {
+            let (source, n) = self.resolve(i, i, offset + done as u64, (buf.len() - done) as u64);
+            let n = n as usize;
+            match source {
+                Source::Zero => {
+                    flush(pending.take(), buf)?;
+                    buf[done..done + n].fill(0);
+                }
+                Source::Base(from) => match &mut pending {
+                    Some((_, start, len)) if *start + *len as u64 == from => *len += n,
+                    _ => {
+                        flush(pending.take(), buf)?;
+                        pending = Some((done, from, n));
+                    }
+                },
             }
             done += n;
         }
-        Ok(())
+        flush(pending, buf)
     }
 
     fn index_of(&self, id: Uuid) -> Result<usize, Error> {
@@ -340,7 +374,7 @@ impl Provider for WindowsStores {
     fn read_copy(&self, id: Uuid, buf: &mut [u8], offset: u64) -> Result<(), Error> {
         let i = self.index_of(id)?;
         match offset.checked_add(buf.len() as u64) {
-            Some(end) if end <= self.size => self.read_store(i, i, buf, offset),
+            Some(end) if end <= self.size => self.read_store(i, buf, offset),
             _ => Err(Error::OutOfRange { offset, len: buf.len() as u64, size: self.size }),
         }
     }

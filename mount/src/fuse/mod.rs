@@ -371,31 +371,35 @@ impl Filesystem for Frontend {
 
     fn read(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, size: u32, _flags: OpenFlags, _lock: Option<LockOwner>, reply: ReplyData) {
         let clamp = |total: u64| -> usize { total.saturating_sub(offset).min(u64::from(size)) as usize };
-        match self.resolve(ino) {
-            Ok(Resolved::Live(v)) => {
-                let mut buf = vec![0u8; clamp(v.size())];
-                match v.read_live(&mut buf, offset) {
-                    Ok(()) => reply.data(&buf),
-                    Err(e) => reply.error(errno::of_engine(&e)),
+        let resolved = match self.resolve(ino) {
+            Ok(r) => r,
+            Err(e) => return reply.error(e),
+        };
+        // One buffer per worker thread, reused: a fresh 1 MiB allocation is a new mapping whose
+        // every page faults on first touch.
+        READ_BUF.with_borrow_mut(|buf| {
+            let result = match &resolved {
+                Resolved::Live(v) => {
+                    let n = clamp(v.size());
+                    grow(buf, n);
+                    v.read_live(&mut buf[..n], offset).map(|()| n).map_err(|e| errno::of_engine(&e))
                 }
-            }
-            Ok(Resolved::Image(v, c)) => {
-                let mut buf = vec![0u8; clamp(v.size())];
-                match v.read_copy(c.info.id, &mut buf, offset) {
-                    Ok(()) => reply.data(&buf),
-                    Err(e) => reply.error(errno::of_engine(&e)),
+                Resolved::Image(v, c) => {
+                    let n = clamp(v.size());
+                    grow(buf, n);
+                    v.read_copy(c.info.id, &mut buf[..n], offset).map(|()| n).map_err(|e| errno::of_engine(&e))
                 }
-            }
-            Ok(Resolved::Tree(_, fs, i)) => {
-                let mut buf = vec![0u8; size as usize];
-                match fs.read(i, offset, &mut buf) {
-                    Ok(n) => reply.data(&buf[..n]),
-                    Err(e) => reply.error(errno::of_fs(&e)),
+                Resolved::Tree(_, fs, i) => {
+                    grow(buf, size as usize);
+                    fs.read(*i, offset, &mut buf[..size as usize]).map_err(|e| errno::of_fs(&e))
                 }
+                _ => Err(Errno::EISDIR),
+            };
+            match result {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => reply.error(e),
             }
-            Ok(_) => reply.error(Errno::EISDIR),
-            Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn write(
@@ -625,6 +629,17 @@ impl Filesystem for Frontend {
 
     fn create(&self, _req: &Request, parent: INodeNo, _name: &OsStr, _mode: u32, _umask: u32, _flags: i32, reply: ReplyCreate) {
         reply.error(self.read_only_error(parent));
+    }
+}
+
+thread_local! {
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Makes `buf` at least `n` bytes long (it only grows; contents are overwritten by each read).
+fn grow(buf: &mut Vec<u8>, n: usize) {
+    if buf.len() < n {
+        buf.resize(n, 0);
     }
 }
 
