@@ -45,6 +45,17 @@ fn windows_copies_match_vshadowmount_and_ntfs_3g() {
         let oracle_mount = Mount::new(theirs.to_str().unwrap(), &d.dir.join(&format!("ntfs{i}")), Some("ntfs-3g"), "ro");
         let oracle = manifest_of_dir(&oracle_mount.point, Fields::NAMES_SIZES_CONTENT);
         let tree = manifest_of_dir(&d.tree("win", c), Fields::NAMES_SIZES_CONTENT);
+        // Link counts of files as ntfs-3g shows them.
+        let links = |root: &Path| -> Vec<(String, u64)> {
+            use std::os::unix::fs::MetadataExt;
+            manifest_of_dir(root, Fields::NAMES_SIZES_CONTENT)
+                .keys()
+                .map(|p| (p.clone(), std::fs::symlink_metadata(root.join(p.trim_start_matches('/'))).unwrap().nlink()))
+                .collect()
+        };
+        let (ours_links, oracle_links) = (links(&d.tree("win", c)), links(&oracle_mount.point));
+        let files_only = |v: Vec<(String, u64)>, root: &Path| -> Vec<(String, u64)> { v.into_iter().filter(|(p, _)| root.join(p.trim_start_matches('/')).is_file()).collect() };
+        assert_eq!(files_only(ours_links, &d.tree("win", c)), files_only(oracle_links, &oracle_mount.point), "nlink of files");
         assert!(oracle.len() > 3, "ntfs-3g sees files in vss{} ({} paths)", i + 1, oracle.len());
         assert_same(&tree, &oracle, &format!("{} vs ntfs-3g on vshadowmount's vss{}", c.exposed_name, i + 1));
     }

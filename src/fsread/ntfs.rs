@@ -171,6 +171,7 @@ impl ReadOnlyFs for NtfsFs {
             ino,
             kind: if dir { FileKind::Dir } else { FileKind::File },
             perm: if dir { self.owner.dir_perm } else { self.owner.file_perm },
+            // The record's link count, as ntfs-3g shows it (a DOS short name counts).
             nlink: if dir { 1 } else { u32::from(file.hard_link_count().max(1)) },
             uid: self.owner.uid,
             gid: self.owner.gid,
