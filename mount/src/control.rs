@@ -132,8 +132,14 @@ fn connection(stream: UnixStream, service: &Service, access: Access) -> std::io:
             Ok(req) => {
                 tracing::debug!(op = ?req.op, "control request");
                 let mut w = writer.try_clone()?;
+                // At most one progress line per percent (the engine reports every chunk).
+                let mut last = u64::MAX;
                 service.handle(req.op, &mut |done, total| {
-                    let _ = write_reply(&mut w, &Reply::Progress { done, total });
+                    let pct = done.saturating_mul(100) / total.max(1);
+                    if pct != last {
+                        last = pct;
+                        let _ = write_reply(&mut w, &Reply::Progress { done, total });
+                    }
                 })
             }
         };
