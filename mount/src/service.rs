@@ -17,7 +17,6 @@ use parking_lot::{Mutex, RwLock};
 use shadowcopy::fsread::{self, ByteSource, ForeignOwner, ReadOnlyFs};
 use shadowcopy::engine::provider::Provider;
 use shadowcopy::protocol::{self, attributes, Answer, CopyView, DeleteTarget, ErrorKind, Op, RangeView, Reply, SetView, StorageInfo, VolumeInfo};
-use shadowcopy::size::parse_size;
 use shadowcopy::volume::{FileStorage, Storage};
 use shadowcopy::vss::WindowsStores;
 use shadowcopy::{create_set, CopyInfo, CreateOptions, DiffAreaFiles, DiffAreaOptions, EngineOptions, Event, MaxSize, ShadowVolume};
@@ -254,20 +253,6 @@ fn check_name(name: &str) -> Result<(), (ErrorKind, String)> {
     } else {
         Err((ErrorKind::BadRequest, format!("invalid volume name `{name}`: use 1-64 letters, digits, `.`, `_`, `-`, not starting with `.`, `@` or `-`")))
     }
-}
-
-fn parse_max(s: &str) -> Result<MaxSize, String> {
-    if s.eq_ignore_ascii_case("unbounded") {
-        return Ok(MaxSize::Unbounded);
-    }
-    if let Some(p) = s.strip_suffix('%') {
-        let p: u8 = p.trim().parse().map_err(|_| format!("`{s}` is not a percentage"))?;
-        if !(1..=100).contains(&p) {
-            return Err("a percentage must be 1..100".into());
-        }
-        return Ok(MaxSize::PercentOfVolume(p));
-    }
-    Ok(MaxSize::Bytes(parse_size(s)?))
 }
 
 /// A loop device that already has `image` as its backing file (writes through it would bypass
@@ -626,7 +611,7 @@ impl Service {
         }
         let mut options = DiffAreaOptions::default();
         if let Some(m) = max_size {
-            options.max_size = parse_max(&m).map_err(|e| (ErrorKind::BadRequest, e))?;
+            options.max_size = MaxSize::parse(&m).map_err(|e| (ErrorKind::BadRequest, e))?;
         }
         if let Some(c) = chunk_size {
             options.chunk_size = u32::try_from(c).map_err(|_| (ErrorKind::BadRequest, "chunk size too large".to_string()))?;
@@ -801,7 +786,7 @@ impl Service {
     fn resize(&self, name: &str, max: &str) -> OpResult {
         let _admin = self.admin.lock();
         let v = self.volume(name).ok_or_else(|| (ErrorKind::NotFound, format!("no volume named `{name}`")))?;
-        let max = parse_max(max).map_err(|e| (ErrorKind::BadRequest, e))?;
+        let max = MaxSize::parse(max).map_err(|e| (ErrorKind::BadRequest, e))?;
         system_of(&v)?.resize(max).map_err(engine_error)?;
         drop(_admin);
         self.poll_events();

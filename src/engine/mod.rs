@@ -68,6 +68,21 @@ pub enum MaxSize {
 }
 
 impl MaxSize {
+    /// Parses `10%` (of the volume), `2G` (bytes, with K/M/G/T suffixes) or `unbounded`.
+    pub fn parse(s: &str) -> Result<MaxSize, String> {
+        if s.eq_ignore_ascii_case("unbounded") {
+            return Ok(MaxSize::Unbounded);
+        }
+        if let Some(p) = s.strip_suffix('%') {
+            let p: u8 = p.trim().parse().map_err(|_| format!("`{s}` is not a percentage"))?;
+            if !(1..=100).contains(&p) {
+                return Err("a percentage must be 1..100".into());
+            }
+            return Ok(MaxSize::PercentOfVolume(p));
+        }
+        Ok(MaxSize::Bytes(crate::size::parse_size(s)?))
+    }
+
     fn resolve(self, volume_size: u64) -> Option<u64> {
         match self {
             MaxSize::Bytes(b) => Some(b),

@@ -42,18 +42,6 @@ pub enum Offline {
     Delete { image: PathBuf, diff_area: PathBuf, id: Uuid },
 }
 
-fn parse_max(s: &str) -> Result<MaxSize> {
-    if s.eq_ignore_ascii_case("unbounded") {
-        return Ok(MaxSize::Unbounded);
-    }
-    if let Some(p) = s.strip_suffix('%') {
-        let p: u8 = p.trim().parse().with_context(|| format!("`{s}` is not a percentage"))?;
-        anyhow::ensure!((1..=100).contains(&p), "a percentage must be 1..100");
-        return Ok(MaxSize::PercentOfVolume(p));
-    }
-    Ok(MaxSize::Bytes(parse_size(s).map_err(anyhow::Error::msg)?))
-}
-
 fn open(image: &Path, dir: &Path) -> Result<ShadowVolume> {
     ShadowVolume::open_at(image, dir, EngineOptions::default())
         .with_context(|| format!("opening the diff area {} of {}", dir.display(), image.display()))
@@ -70,7 +58,7 @@ fn copy_json(c: &CopyInfo) -> serde_json::Value {
 pub fn run(cmd: Offline, json: bool) -> Result<()> {
     match cmd {
         Offline::Init { image, diff_area, chunk_size, max_size } => {
-            let options = DiffAreaOptions { chunk_size: u32::try_from(chunk_size).context("chunk size too large")?, max_size: parse_max(&max_size)? };
+            let options = DiffAreaOptions { chunk_size: u32::try_from(chunk_size).context("chunk size too large")?, max_size: MaxSize::parse(&max_size).map_err(anyhow::Error::msg)? };
             let vol = ShadowVolume::create_at(&image, &diff_area, options, EngineOptions::default())
                 .with_context(|| format!("creating a diff area in {} for {}", diff_area.display(), image.display()))?;
             let u = vol.usage();
