@@ -7,10 +7,12 @@
 //! | [`state`] | `volumes.json` and the state-directory lock | holds copy data |
 //! | [`control`] | the socket: framing, peer credentials, dispatch | decides what an operation does |
 //! | [`fuse`] | node ids, attributes, cache policy, errno table | decides anything about copies |
+//! | [`failpoints`] | fault injection for tests (off unless enabled by the environment) | is active in normal use |
 //!
 //! It never reaches into the diff-area format: it talks to the library's engine API only.
 
 pub mod control;
+pub mod failpoints;
 pub mod fuse;
 pub mod service;
 pub mod state;

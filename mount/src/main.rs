@@ -142,6 +142,7 @@ fn run(args: Args) -> Result<()> {
     let admin_gid = args.admin_group.as_deref().map(group_id).transpose().context("--admin-group")?;
     let socket_gid = args.socket_group.as_deref().map(group_id).transpose().context("--socket-group")?;
 
+    shadowcopy_mount::failpoints::init();
     let state = StateDir::lock(&state_dir)?;
     clear_stale_mount(&mount)?;
     std::fs::create_dir_all(&mount).with_context(|| format!("creating the mount point {}", mount.display()))?;

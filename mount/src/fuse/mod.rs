@@ -416,6 +416,7 @@ impl Filesystem for Frontend {
     ) {
         match self.resolve(ino) {
             Ok(Resolved::Live(v)) => {
+                crate::failpoints::stall_live_write();
                 let Some(engine) = v.system() else { return reply.error(Errno::EROFS) };
                 if offset.checked_add(data.len() as u64).is_none_or(|end| end > engine.size()) {
                     return reply.error(Errno::ENOSPC);

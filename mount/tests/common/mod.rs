@@ -18,6 +18,17 @@ pub struct Daemon {
     pub state: PathBuf,
     child: ChildGuard,
     extra: Vec<String>,
+    /// Fail points directory (`SHADOWCOPYD_FAILPOINTS_DIR`), when enabled.
+    failpoints: Option<PathBuf>,
+}
+
+/// An active fail point; removed (switched off) on drop.
+pub struct FailPoint(PathBuf);
+
+impl Drop for FailPoint {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 pub fn daemon_binary() -> PathBuf {
@@ -33,6 +44,23 @@ pub fn cli_binary() -> PathBuf {
 
 impl Daemon {
     pub fn start(extra: &[&str]) -> Daemon {
+        Self::start_with(extra, false)
+    }
+
+    /// A daemon whose fail points (see `mount/src/failpoints.rs`) the test can switch on.
+    pub fn start_with_failpoints() -> Daemon {
+        Self::start_with(&[], true)
+    }
+
+    /// Switches a fail point on until the returned guard drops.
+    pub fn failpoint(&self, name: &str) -> FailPoint {
+        let dir = self.failpoints.as_ref().expect("started with fail points");
+        let p = dir.join(name);
+        std::fs::write(&p, b"on").expect("fail point");
+        FailPoint(p)
+    }
+
+    fn start_with(extra: &[&str], failpoints: bool) -> Daemon {
         require_commands(&["losetup", "mount", "umount"]);
         require(Path::new("/dev/fuse").exists(), "/dev/fuse");
         let dir = TempDir::new("sc-daemon-");
@@ -43,14 +71,24 @@ impl Daemon {
             dir,
             child: ChildGuard(None),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            failpoints: None,
         };
+        if failpoints {
+            let fp = d.dir.join("failpoints");
+            std::fs::create_dir(&fp).expect("fail points directory");
+            d.failpoints = Some(fp);
+        }
         d.spawn();
         d
     }
 
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("daemon.log")).expect("log file");
-        let child = Command::new(daemon_binary())
+        let mut cmd = Command::new(daemon_binary());
+        if let Some(fp) = &self.failpoints {
+            cmd.env("SHADOWCOPYD_FAILPOINTS_DIR", fp);
+        }
+        let child = cmd
             .args(["--state-dir", self.state.to_str().unwrap(), "--mount", self.mount.to_str().unwrap(), "--socket", self.socket.to_str().unwrap()])
             .args(&self.extra)
             .env("RUST_LOG", "info")
