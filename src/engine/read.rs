@@ -62,8 +62,8 @@ impl Inner {
     /// Reads copy `id`.
     ///
     /// Every chunk of the request is held shared for the whole read (in the writers' stripe
-    /// order). A chunk that a slot serves comes from the store; a run of unchanged chunks is read
-    /// from the live view in one call. A single unchanged chunk goes through the block cache
+    /// order). Chunks that slots serve come from the store (consecutive slots in one call); a run
+    /// of unchanged chunks is read from the live view in one call. A single unchanged chunk goes through the block cache
     /// (metadata-sized reads repeat); longer runs bypass it (sequential reads are served by the
     /// kernel's page cache above us, and would only evict the cache's useful entries).
     pub(super) fn read_copy(&self, id: Uuid, buf: &mut [u8], offset: u64) -> Result<(), Error> {
@@ -89,9 +89,15 @@ impl Inner {
         while c <= last {
             let (lo, hi) = span(c);
             if let Some(slot) = slots[(c - first) as usize] {
+                // Chunks preserved in consecutive slots are read with one call.
+                let mut run_end = c;
+                while run_end < last && slots[(run_end + 1 - first) as usize] == Some(slot + (run_end + 1 - c) as u32) {
+                    run_end += 1;
+                }
+                let hi = span(run_end).1;
                 let at = (u64::from(slot) << self.chunk_shift) + (offset + lo as u64 - (c << self.chunk_shift));
                 self.store.read_at(&mut buf[lo..hi], at).map_err(|source| DiffAreaError::Io { what: "reading a preserved chunk", source })?;
-                c += 1;
+                c = run_end + 1;
                 continue;
             }
             let mut run_end = c;
