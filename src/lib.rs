@@ -21,6 +21,7 @@ pub mod fsread;
 pub mod hold;
 pub mod protocol;
 pub mod vss;
+pub mod writer;
 mod error;
 pub mod size;
 pub(crate) mod sys;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use shadowcopy::protocol::{ErrorKind, Reply, Request, MAX_MESSAGE, VERSION};
+use shadowcopy::protocol::{ErrorKind, Op, Reply, Request, MAX_MESSAGE, VERSION};
 
 use crate::service::Service;
 
@@ -111,10 +111,15 @@ fn connection(stream: UnixStream, service: &Service, access: Access) -> std::io:
     let admin = is_admin(&stream, access);
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
+    // Set once this connection registered as a writer.
+    let mut as_writer: Option<Arc<crate::writers::WriterConn>> = None;
     loop {
         let mut line = Vec::new();
         let n = Read::take(&mut reader, MAX_MESSAGE as u64 + 1).read_until(b'\n', &mut line)?;
         if n == 0 {
+            if let Some(w) = &as_writer {
+                w.disconnected();
+            }
             return Ok(());
         }
         if line.len() > MAX_MESSAGE || (line.last() != Some(&b'\n') && n as u64 > MAX_MESSAGE as u64) {
@@ -128,6 +133,29 @@ fn connection(stream: UnixStream, service: &Service, access: Access) -> std::io:
             }
             Ok(req) if req.op.changes_state() && !admin => {
                 Reply::error(ErrorKind::PermissionDenied, "this request changes state: run it as root or as a member of the daemon's admin group")
+            }
+            Ok(Request { op: Op::WriterAnswer { seq, outcome }, .. }) => {
+                match &as_writer {
+                    // Answers get no reply: the writer's next line from us is its next event.
+                    Some(w) => {
+                        w.answer(seq, outcome);
+                        continue;
+                    }
+                    None => Reply::error(ErrorKind::BadRequest, "an answer on a connection that did not register as a writer"),
+                }
+            }
+            Ok(Request { op: Op::WriterRegister(reg), .. }) => {
+                if as_writer.is_some() {
+                    Reply::error(ErrorKind::BadRequest, "this connection is already a registered writer")
+                } else if reg.name.is_empty() || reg.name.len() > 128 {
+                    Reply::error(ErrorKind::BadRequest, "a writer needs a name of 1-128 characters")
+                } else {
+                    let name = reg.name.clone();
+                    // Replies and events share the connection: register, then answer.
+                    write_reply(&mut writer, &Reply::Ok(shadowcopy::protocol::Answer::Done(format!("writer `{name}` registered"))))?;
+                    as_writer = Some(service.writers.register(reg, writer.try_clone()?));
+                    continue;
+                }
             }
             Ok(req) => {
                 tracing::debug!(op = ?req.op, "control request");

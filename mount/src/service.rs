@@ -190,6 +190,13 @@ impl ByteSource for CopySource {
     }
 }
 
+/// A set taken under flush and hold: the set, how long filesystems were frozen, and which.
+struct Held {
+    set: shadowcopy::SetInfo,
+    held: Duration,
+    mount_points: Vec<PathBuf>,
+}
+
 /// Settings the daemon was started with.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -225,6 +232,7 @@ pub struct Service {
     /// Told about copies that leave (deleted, or gone for space).
     departures: Mutex<Vec<Departure>>,
     pub notify: OnceLock<DepartureHook>,
+    pub writers: crate::writers::Writers,
 }
 
 type OpResult = Result<Answer, (ErrorKind, String)>;
@@ -309,6 +317,7 @@ impl Service {
             names_dirty: (Mutex::new(false), parking_lot::Condvar::new()),
             departures: Mutex::new(Vec::new()),
             notify: OnceLock::new(),
+            writers: crate::writers::Writers::default(),
         };
         let records = match svc.state.load() {
             Ok(r) => r,
@@ -531,7 +540,10 @@ impl Service {
             Op::VolumeAdd { name, image, diff_area, max_size, chunk_size, read_only } => self.volume_add(name, image, diff_area, max_size, chunk_size, read_only),
             Op::VolumeList => Ok(Answer::Volumes(self.volumes().iter().map(|v| self.volume_info(v)).collect())),
             Op::VolumeRemove { name } => self.volume_remove(&name),
-            Op::Create { volumes, volatile } => self.create(&volumes, volatile),
+            Op::Create { volumes, volatile, writers } => self.create(&volumes, volatile, &writers),
+            Op::Writers => Ok(Answer::Writers(self.writers.views())),
+            // Handled by the control server, which owns the writer's connection.
+            Op::WriterRegister(_) | Op::WriterAnswer { .. } => Err((ErrorKind::BadRequest, "writer messages are only valid on a writer's own connection".into())),
             Op::List { volume } => self.list(volume.as_deref()),
             Op::Delete { target } => self.delete(target),
             Op::StorageList => Ok(Answer::Storage(self.volumes().iter().filter_map(|v| storage_info(v)).collect())),
@@ -663,7 +675,7 @@ impl Service {
         Ok(Answer::Done(format!("volume `{name}` removed with its {n} shadow copies")))
     }
 
-    fn create(&self, names: &[String], volatile: bool) -> OpResult {
+    fn create(&self, names: &[String], volatile: bool, selection: &protocol::WriterSelection) -> OpResult {
         if names.is_empty() {
             return Err((ErrorKind::BadRequest, "name at least one volume".into()));
         }
@@ -680,26 +692,50 @@ impl Service {
         for v in &vols {
             engines.push(system_of(v)?);
         }
+        let chosen = self.writers.choose(names, selection).map_err(|e| (ErrorKind::NotFound, e))?;
+        for s in &chosen.skipped {
+            tracing::warn!(writer = %s, "writer left out of the set");
+        }
         let lives: Vec<PathBuf> = vols.iter().map(|v| self.live_path(v)).collect();
-        let filesystems = shadowcopy::hold::filesystems_on(&lives).map_err(failed)?;
-        let frozen = shadowcopy::hold::freeze(&filesystems, HOLD_LIMIT).map_err(|e| match e {
-            shadowcopy::hold::HoldError::FreezeTimeout { .. } => (ErrorKind::Timeout, e.to_string()),
-            _ => failed(e),
-        })?;
-        let mut attrs = attributes::CLIENT_ACCESSIBLE | attributes::NO_WRITERS;
-        if !filesystems.is_empty() {
-            attrs |= attributes::FS_FROZEN;
+        let mut attrs = attributes::CLIENT_ACCESSIBLE;
+        if chosen.writers.is_empty() {
+            attrs |= attributes::NO_WRITERS;
         }
-        let set = create_set(&engines, CreateOptions { volatile, attributes: attrs });
-        let mount_points = frozen.mount_points.clone();
-        let (held, expired) = frozen.release();
-        let set = set.map_err(engine_error)?;
-        if expired {
-            for (e, c) in engines.iter().zip(&set.copies) {
-                let _ = e.delete(c.id);
+        // Flush and hold, between the writers' Freeze and Thaw.
+        let hold = || -> Result<Held, (ErrorKind, String)> {
+            let filesystems = shadowcopy::hold::filesystems_on(&lives).map_err(failed)?;
+            let frozen = shadowcopy::hold::freeze(&filesystems, HOLD_LIMIT).map_err(|e| match e {
+                shadowcopy::hold::HoldError::FreezeTimeout { .. } => (ErrorKind::Timeout, e.to_string()),
+                _ => failed(e),
+            })?;
+            let attrs = if filesystems.is_empty() { attrs } else { attrs | attributes::FS_FROZEN };
+            let set = create_set(&engines, CreateOptions { volatile, attributes: attrs });
+            let mount_points = frozen.mount_points.clone();
+            let (held, expired) = frozen.release();
+            let set = set.map_err(engine_error)?;
+            if expired {
+                for (e, c) in engines.iter().zip(&set.copies) {
+                    let _ = e.delete(c.id);
+                }
+                return Err((ErrorKind::Timeout, format!("writes were held longer than the {HOLD_LIMIT:?} limit; the set was aborted and everything thawed")));
             }
-            return Err((ErrorKind::Timeout, format!("writes were held longer than the {HOLD_LIMIT:?} limit; the set was aborted and everything thawed")));
-        }
+            Ok(Held { set, held, mount_points })
+        };
+        let Held { set, held, mount_points } = crate::writers::run_set(
+            &chosen.writers,
+            names,
+            || {
+                hold().map(|h| {
+                    let (id, ids) = (h.set.set_id, h.set.copies.iter().map(|c| c.id).collect());
+                    (h, id, ids)
+                })
+            },
+            |h: &Held| {
+                for (e, c) in engines.iter().zip(&h.set.copies) {
+                    let _ = e.delete(c.id);
+                }
+            },
+        )?;
         let mut views = Vec::new();
         for (v, info) in vols.iter().zip(set.copies) {
             let mut copies = v.copies.write();
@@ -717,6 +753,8 @@ impl Service {
             hold_us: set.hold.as_micros() as u64,
             frozen_us: if mount_points.is_empty() { 0 } else { held.as_micros() as u64 },
             frozen: mount_points.iter().map(|p| p.display().to_string()).collect(),
+            writers: chosen.writers.iter().map(|(w, _)| w.registration.name.clone()).collect(),
+            skipped_writers: chosen.skipped,
         }))
     }
 

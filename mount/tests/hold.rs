@@ -21,7 +21,7 @@ fn a_hanging_freeze_is_abandoned_at_the_hold_limit() {
     std::fs::write(fs.path("dirty.bin"), vec![7u8; 16 << 20]).unwrap();
     let stall = d.failpoint("stall-live-writes");
     let t0 = Instant::now();
-    let r = d.call(Op::Create { volumes: vec!["vol".into()], volatile: false });
+    let r = d.call(Op::Create { volumes: vec!["vol".into()], volatile: false, writers: Default::default() });
     let took = t0.elapsed();
     drop(stall);
     match r {

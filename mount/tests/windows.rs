@@ -65,7 +65,7 @@ fn windows_copies_match_vshadowmount_and_ntfs_3g() {
     // Read-only: no writes, no new copies, no deletion of Windows' stores.
     let err = std::fs::OpenOptions::new().write(true).open(d.live("win")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
-    match d.call(Op::Create { volumes: vec!["win".into()], volatile: false }) {
+    match d.call(Op::Create { volumes: vec!["win".into()], volatile: false, writers: Default::default() }) {
         Err(shadowcopy::protocol::ClientError::Daemon(e)) => assert!(e.message.contains("read-only"), "{}", e.message),
         other => panic!("create on a read-only volume: {other:?}"),
     }

@@ -59,6 +59,24 @@ impl Client {
         Ok(Client { writer: stream.try_clone()?, reader: BufReader::new(stream) })
     }
 
+    /// Sends one request line without waiting (a writer's answer to an event).
+    pub fn send(&mut self, op: Op) -> Result<(), ClientError> {
+        let mut line = serde_json::to_vec(&Request { v: VERSION, op }).map_err(|e| ClientError::BadReply(e.to_string()))?;
+        line.push(b'\n');
+        self.writer.write_all(&line)?;
+        Ok(())
+    }
+
+    /// Reads the next reply line (a writer's next event); `None` when the daemon closed.
+    pub fn next_reply(&mut self) -> Result<Option<Reply>, ClientError> {
+        let mut buf = Vec::new();
+        let n = Read::take(&mut self.reader, MAX_MESSAGE as u64).read_until(b'\n', &mut buf)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        serde_json::from_slice::<Reply>(&buf).map(Some).map_err(|e| ClientError::BadReply(e.to_string()))
+    }
+
     /// Sends `op` and waits for its answer; `progress` sees every progress line.
     pub fn call(&mut self, op: Op, progress: &mut dyn FnMut(u64, u64)) -> Result<Answer, ClientError> {
         let mut line = serde_json::to_vec(&Request { v: VERSION, op }).map_err(|e| ClientError::BadReply(e.to_string()))?;
@@ -72,6 +90,7 @@ impl Client {
             }
             match serde_json::from_slice::<Reply>(&buf).map_err(|e| ClientError::BadReply(e.to_string()))? {
                 Reply::Progress { done, total } => progress(done, total),
+                Reply::Event(e) => return Err(ClientError::BadReply(format!("an event ({:?}) on a connection that is not a writer's", e.event))),
                 Reply::Ok(answer) => return Ok(answer),
                 Reply::Error(e) => return Err(ClientError::Daemon(e)),
             }

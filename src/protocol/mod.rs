@@ -54,8 +54,20 @@ pub enum Op {
     VolumeList,
     /// Unregisters a volume and deletes its diff area (its copies are lost).
     VolumeRemove { name: String },
-    /// Takes one shadow copy set of the named volumes.
-    Create { volumes: Vec<String>, volatile: bool },
+    /// Takes one shadow copy set of the named volumes, with the writers chosen by `writers`.
+    Create {
+        volumes: Vec<String>,
+        volatile: bool,
+        #[serde(default)]
+        writers: WriterSelection,
+    },
+    /// Registers the calling connection as a writer; the daemon then sends it [`Reply::Event`]
+    /// lines, which it answers with [`Op::WriterAnswer`].
+    WriterRegister(WriterRegistration),
+    /// A writer's answer to event `seq`.
+    WriterAnswer { seq: u64, outcome: WriterOutcome },
+    /// The writers and their states.
+    Writers,
     /// Lists shadow copies (of one volume, or all).
     List { volume: Option<String> },
     /// Deletes shadow copies.
@@ -76,7 +88,9 @@ impl Op {
     /// Whether the operation changes state (and so needs an administrator).
     pub fn changes_state(&self) -> bool {
         match self {
-            Op::Status | Op::VolumeList | Op::List { .. } | Op::StorageList | Op::Diff { .. } => false,
+            Op::Status | Op::VolumeList | Op::List { .. } | Op::StorageList | Op::Diff { .. } | Op::Writers => false,
+            // A writer takes part in sets: it must be trusted like an administrator.
+            Op::WriterRegister(_) | Op::WriterAnswer { .. } => true,
             Op::VolumeAdd { .. }
             | Op::VolumeRemove { .. }
             | Op::Create { .. }
@@ -86,6 +100,138 @@ impl Op {
             | Op::Revert { .. } => true,
         }
     }
+}
+
+/// Which writers take part in a set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriterSelection {
+    /// No writers at all (a crash-consistent set).
+    #[serde(default)]
+    pub none: bool,
+    /// Only these writers (by name); empty: those with components on the set's volumes.
+    #[serde(default)]
+    pub only: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+/// What a writer tells the daemon when it registers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriterRegistration {
+    pub name: String,
+    pub class_id: Uuid,
+    pub instance_id: Uuid,
+    #[serde(default)]
+    pub components: Vec<Component>,
+}
+
+/// A part of an application's data a writer is responsible for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Component {
+    pub name: String,
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Volumes (names) the component's files live on.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    #[serde(default)]
+    pub restore_method: Option<String>,
+}
+
+/// The events a writer answers, in VSS's order.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WriterEvent {
+    Identify,
+    PrepareForBackup,
+    PrepareForSnapshot,
+    Freeze,
+    Thaw,
+    PostSnapshot,
+    Abort,
+    BackupComplete,
+    BackupShutdown,
+    PreRestore,
+    PostRestore,
+}
+
+impl WriterEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriterEvent::Identify => "identify",
+            WriterEvent::PrepareForBackup => "prepare_for_backup",
+            WriterEvent::PrepareForSnapshot => "prepare_for_snapshot",
+            WriterEvent::Freeze => "freeze",
+            WriterEvent::Thaw => "thaw",
+            WriterEvent::PostSnapshot => "post_snapshot",
+            WriterEvent::Abort => "abort",
+            WriterEvent::BackupComplete => "backup_complete",
+            WriterEvent::BackupShutdown => "backup_shutdown",
+            WriterEvent::PreRestore => "pre_restore",
+            WriterEvent::PostRestore => "post_restore",
+        }
+    }
+}
+
+/// An event sent to a writer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventMessage {
+    pub seq: u64,
+    pub event: WriterEvent,
+    pub set_id: Option<Uuid>,
+    pub volumes: Vec<String>,
+    pub copy_ids: Vec<Uuid>,
+    /// The writer's components selected for the set.
+    pub components: Vec<String>,
+}
+
+/// A writer's answer to an event.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum WriterOutcome {
+    Ok,
+    Failed {
+        message: String,
+        /// Like `VSS_E_WRITERERROR_RETRYABLE`: trying again later may work.
+        #[serde(default)]
+        retryable: bool,
+    },
+}
+
+/// A writer's state, like `VSS_WS_*`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WriterState {
+    Stable,
+    WaitingForFreeze,
+    WaitingForThaw,
+    WaitingForPostSnapshot,
+    WaitingForBackupComplete,
+    FailedAtIdentify,
+    FailedAtPrepareBackup,
+    FailedAtPrepareSnapshot,
+    FailedAtFreeze,
+    FailedAtThaw,
+    FailedAtPostSnapshot,
+    FailedAtBackupComplete,
+    /// The writer's connection ended (it exited or crashed).
+    Disconnected,
+}
+
+/// A writer as `shadowcopy writers` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriterView {
+    pub name: String,
+    pub class_id: Uuid,
+    pub instance_id: Uuid,
+    pub state: WriterState,
+    pub last_error: Option<String>,
+    pub components: Vec<Component>,
 }
 
 /// Which copies [`Op::Delete`] removes.
@@ -104,6 +250,8 @@ pub enum DeleteTarget {
 pub enum Reply {
     /// Work in progress (long operations only).
     Progress { done: u64, total: u64 },
+    /// An event for a registered writer (on its own connection only).
+    Event(EventMessage),
     /// The request succeeded.
     Ok(Answer),
     /// The request failed; nothing was changed unless the message says so.
@@ -152,6 +300,7 @@ pub enum Answer {
     Set(SetView),
     Storage(Vec<StorageInfo>),
     Ranges(Vec<RangeView>),
+    Writers(Vec<WriterView>),
     /// Done; the message says what happened.
     Done(String),
 }
@@ -218,6 +367,12 @@ pub struct SetView {
     pub frozen_us: u64,
     /// Mount points whose filesystems were frozen for the set.
     pub frozen: Vec<String>,
+    /// Writers that took part.
+    #[serde(default)]
+    pub writers: Vec<String>,
+    /// Writers left out, and why (disconnected, failed earlier, excluded).
+    #[serde(default)]
+    pub skipped_writers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

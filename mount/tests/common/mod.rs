@@ -172,7 +172,7 @@ impl Daemon {
     }
 
     pub fn create(&self, volumes: &[&str], volatile: bool) -> SetView {
-        match self.call(Op::Create { volumes: volumes.iter().map(|s| s.to_string()).collect(), volatile }) {
+        match self.call(Op::Create { volumes: volumes.iter().map(|s| s.to_string()).collect(), volatile, writers: Default::default() }) {
             Ok(Answer::Set(s)) => s,
             other => panic!("create: {other:?}\n{}", self.log()),
         }

@@ -4,6 +4,7 @@
 //! `SHADOWCOPY_SOCKET`, else the default path) and prints tables like `vssadmin`, or JSON with
 //! `--json`. `shadowcopy offline …` works on an image and its diff area without a daemon.
 
+mod hook;
 mod offline;
 mod online;
 
@@ -47,7 +48,21 @@ enum Command {
         /// Not kept across daemon restarts (cheaper: no durability work).
         #[arg(long)]
         volatile: bool,
+        /// Only these writers take part (repeatable) [default: writers with components on the volumes].
+        #[arg(long = "writer", value_name = "NAME")]
+        writers: Vec<String>,
+        /// Leave this writer out (repeatable).
+        #[arg(long = "exclude-writer", value_name = "NAME")]
+        exclude_writers: Vec<String>,
+        /// No writers: a crash-consistent set.
+        #[arg(long, conflicts_with_all = ["writers", "exclude_writers"])]
+        no_writers: bool,
     },
+    /// List the writers and their states (like `vssadmin list writers`).
+    Writers,
+    /// Run a writer.
+    #[command(subcommand)]
+    Writer(WriterCmd),
     /// List shadow copies (of one volume, or all).
     List { volume: Option<String> },
     /// Delete shadow copies.
@@ -67,6 +82,24 @@ enum Command {
     /// image meanwhile).
     #[command(subcommand)]
     Offline(offline::Offline),
+}
+
+#[derive(Subcommand)]
+enum WriterCmd {
+    /// A hook writer: runs `PATH EVENT` for each event (identify, prepare_for_backup,
+    /// prepare_for_snapshot, freeze, thaw, post_snapshot, abort, backup_complete, …), with
+    /// SHADOWCOPY_EVENT, SHADOWCOPY_SET_ID, SHADOWCOPY_COPY_IDS and SHADOWCOPY_VOLUMES in the
+    /// environment; exit status 0 is success, anything else fails the event with the program's
+    /// last line of output as the message. Stays connected (and reconnects) until interrupted.
+    Run {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        exec: PathBuf,
+        /// Volumes the writer's data lives on (repeatable); it takes part in sets of these.
+        #[arg(long = "volume", value_name = "VOLUME")]
+        volumes: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]

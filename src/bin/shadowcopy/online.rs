@@ -5,10 +5,10 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use shadowcopy::protocol::{default_socket_path, Answer, Client, CopyView, DeleteTarget, Op};
+use shadowcopy::protocol::{default_socket_path, Answer, Client, CopyView, DeleteTarget, Op, WriterSelection};
 use shadowcopy::size::format_size;
 
-use super::{Command, DeleteArgs, StorageCmd, VolumeCmd};
+use super::{Command, DeleteArgs, StorageCmd, VolumeCmd, WriterCmd};
 
 pub fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<()> {
     let op = match cmd {
@@ -26,7 +26,11 @@ pub fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<()> {
         }
         Command::Volume(VolumeCmd::List) => Op::VolumeList,
         Command::Volume(VolumeCmd::Remove { name }) => Op::VolumeRemove { name },
-        Command::Create { volumes, volatile } => Op::Create { volumes, volatile },
+        Command::Create { volumes, volatile, writers, exclude_writers, no_writers } => {
+            Op::Create { volumes, volatile, writers: WriterSelection { none: no_writers, only: writers, exclude: exclude_writers } }
+        }
+        Command::Writers => Op::Writers,
+        Command::Writer(WriterCmd::Run { name, exec, volumes }) => return super::hook::run(socket, name, exec, volumes),
         Command::List { volume } => Op::List { volume },
         Command::Delete(DeleteArgs { id, set, oldest, all }) => Op::Delete {
             target: match (id, set, oldest, all) {
@@ -78,6 +82,7 @@ fn answer_json(a: &Answer) -> Result<String> {
         Answer::Set(s) => serde_json::to_value(s)?,
         Answer::Storage(s) => serde_json::to_value(s)?,
         Answer::Ranges(r) => serde_json::to_value(r)?,
+        Answer::Writers(w) => serde_json::to_value(w)?,
         Answer::Done(m) => serde_json::json!({ "message": m }),
     };
     Ok(serde_json::to_string_pretty(&v)?)
@@ -180,6 +185,14 @@ fn print_table(a: &Answer) {
                 println!("froze {} for {:.1} ms", s.frozen.join(", "), s.frozen_us as f64 / 1000.0);
             }
             println!("writes held {} µs", s.hold_us);
+            if s.writers.is_empty() {
+                println!("no writers took part");
+            } else {
+                println!("writers: {}", s.writers.join(", "));
+            }
+            if !s.skipped_writers.is_empty() {
+                println!("left out: {}", s.skipped_writers.join(", "));
+            }
             print_copies(&s.copies);
         }
         Answer::Storage(s) => {
@@ -203,6 +216,27 @@ fn print_table(a: &Answer) {
             let rows: Vec<Vec<String>> = r.iter().map(|x| vec![x.offset.to_string(), x.len.to_string()]).collect();
             table(&["OFFSET", "LENGTH"], &rows);
             println!("{} ranges, {}", r.len(), format_size(r.iter().map(|x| x.len).sum()));
+        }
+        Answer::Writers(ws) => {
+            if ws.is_empty() {
+                println!("No writers. Start one with `shadowcopy writer run --name NAME --exec PATH --volume VOLUME`.");
+                return;
+            }
+            let rows: Vec<Vec<String>> = ws
+                .iter()
+                .map(|w| {
+                    let state = serde_json::to_value(w.state).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+                    vec![
+                        w.name.clone(),
+                        state,
+                        w.last_error.clone().unwrap_or_else(|| "-".into()),
+                        w.components.iter().map(|c| format!("{} ({})", c.name, c.volumes.join(","))).collect::<Vec<_>>().join("; "),
+                        w.class_id.to_string(),
+                        w.instance_id.to_string(),
+                    ]
+                })
+                .collect();
+            table(&["WRITER", "STATE", "LAST ERROR", "COMPONENTS (VOLUMES)", "CLASS ID", "INSTANCE ID"], &rows);
         }
         Answer::Done(m) => println!("{m}"),
     }

@@ -1,0 +1,280 @@
+//! Writers and the requester sequence: the registered writers, their states (like `VSS_WS_*`),
+//! sending an event and waiting for its answer with a timeout, and the order of events around a
+//! set's instant:
+//!
+//! Identify → PrepareForBackup → PrepareForSnapshot → Freeze (all) → [flush and hold: the
+//! service freezes filesystems and commits the set] → Thaw → PostSnapshot → BackupComplete.
+//!
+//! Any failure or timeout before the set is kept: Abort to every writer that saw
+//! PrepareForSnapshot, and an error naming the writer, the event and its message. The writers'
+//! freeze window (Freeze → Thaw) is at most [`FREEZE_WINDOW`]. The sequence runs in the daemon, so
+//! these limits hold even if the requester disconnects.
+//!
+//! Never touches volume bytes or the engine: the hold itself is the service's.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use shadowcopy::protocol::{EventMessage, Reply, WriterEvent, WriterOutcome, WriterRegistration, WriterSelection, WriterState, WriterView};
+use uuid::Uuid;
+
+/// How long a writer may take to answer one event.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long Abort waits for each writer (a writer that just timed out is likely still stuck).
+pub const ABORT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest a writer may be kept frozen (Freeze → Thaw), as VSS's 60 s.
+pub const FREEZE_WINDOW: Duration = Duration::from_secs(60);
+
+/// One connected writer.
+pub struct WriterConn {
+    pub registration: WriterRegistration,
+    out: Mutex<UnixStream>,
+    pending: Mutex<HashMap<u64, mpsc::SyncSender<WriterOutcome>>>,
+    next_seq: AtomicU64,
+    alive: AtomicBool,
+    state: Mutex<(WriterState, Option<String>)>,
+}
+
+fn failed_state(event: WriterEvent) -> WriterState {
+    match event {
+        WriterEvent::Identify => WriterState::FailedAtIdentify,
+        WriterEvent::PrepareForBackup => WriterState::FailedAtPrepareBackup,
+        WriterEvent::PrepareForSnapshot => WriterState::FailedAtPrepareSnapshot,
+        WriterEvent::Freeze => WriterState::FailedAtFreeze,
+        WriterEvent::Thaw => WriterState::FailedAtThaw,
+        WriterEvent::PostSnapshot => WriterState::FailedAtPostSnapshot,
+        _ => WriterState::FailedAtBackupComplete,
+    }
+}
+
+fn waiting_state(after: WriterEvent) -> WriterState {
+    match after {
+        WriterEvent::PrepareForSnapshot => WriterState::WaitingForFreeze,
+        WriterEvent::Freeze => WriterState::WaitingForThaw,
+        WriterEvent::Thaw => WriterState::WaitingForPostSnapshot,
+        WriterEvent::PostSnapshot => WriterState::WaitingForBackupComplete,
+        _ => WriterState::Stable,
+    }
+}
+
+impl WriterConn {
+    /// Sends `event` and waits for the answer; the error says what went wrong.
+    pub fn send(&self, mut msg: EventMessage, timeout: Duration) -> Result<(), String> {
+        if !self.alive.load(Ordering::Acquire) {
+            return Err("the writer is not connected".into());
+        }
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        msg.seq = seq;
+        let event = msg.event;
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.pending.lock().insert(seq, tx);
+        let mut line = serde_json::to_vec(&Reply::Event(msg)).map_err(|e| e.to_string())?;
+        line.push(b'\n');
+        let sent = self.out.lock().write_all(&line);
+        let result = match sent {
+            Err(e) => Err(format!("the writer's connection failed: {e}")),
+            Ok(()) => match rx.recv_timeout(timeout) {
+                Ok(WriterOutcome::Ok) => Ok(()),
+                Ok(WriterOutcome::Failed { message, retryable }) => Err(if retryable { format!("{message} (retryable)") } else { message }),
+                Err(mpsc::RecvTimeoutError::Timeout) => Err(format!("no answer within {timeout:?}")),
+                Err(mpsc::RecvTimeoutError::Disconnected) => Err("the writer disconnected".into()),
+            },
+        };
+        self.pending.lock().remove(&seq);
+        let mut st = self.state.lock();
+        let failed_before = !matches!(
+            st.0,
+            WriterState::Stable
+                | WriterState::WaitingForFreeze
+                | WriterState::WaitingForThaw
+                | WriterState::WaitingForPostSnapshot
+                | WriterState::WaitingForBackupComplete
+        );
+        match &result {
+            // An abort leaves a failed writer's state as it was (it says where it failed).
+            Ok(()) if event == WriterEvent::Abort && failed_before => {}
+            // A new set starts from a clean slate.
+            Ok(()) if event == WriterEvent::Identify => *st = (WriterState::Stable, None),
+            Ok(()) => *st = (waiting_state(event), st.1.clone()),
+            Err(e) if event != WriterEvent::Abort => *st = (if self.alive.load(Ordering::Acquire) { failed_state(event) } else { WriterState::Disconnected }, Some(format!("{}: {e}", event.as_str()))),
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// An answer arrived on the writer's connection.
+    pub fn answer(&self, seq: u64, outcome: WriterOutcome) {
+        if let Some(tx) = self.pending.lock().remove(&seq) {
+            let _ = tx.send(outcome);
+        }
+    }
+
+    /// The connection ended: waiting senders see a disconnect.
+    pub fn disconnected(&self) {
+        self.alive.store(false, Ordering::Release);
+        self.pending.lock().clear();
+        let mut st = self.state.lock();
+        st.0 = WriterState::Disconnected;
+        tracing::warn!(writer = %self.registration.name, "writer disconnected");
+    }
+
+    pub fn view(&self) -> WriterView {
+        let st = self.state.lock();
+        WriterView {
+            name: self.registration.name.clone(),
+            class_id: self.registration.class_id,
+            instance_id: self.registration.instance_id,
+            state: st.0,
+            last_error: st.1.clone(),
+            components: self.registration.components.clone(),
+        }
+    }
+
+    fn connected(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    fn components_on(&self, volumes: &[String]) -> Vec<String> {
+        self.registration.components.iter().filter(|c| c.volumes.iter().any(|v| volumes.contains(v))).map(|c| c.name.clone()).collect()
+    }
+}
+
+/// The registered writers.
+#[derive(Default)]
+pub struct Writers {
+    list: Mutex<Vec<Arc<WriterConn>>>,
+}
+
+/// The writers chosen for a set, and those left out with the reason.
+pub struct Chosen {
+    pub writers: Vec<(Arc<WriterConn>, Vec<String>)>,
+    pub skipped: Vec<String>,
+}
+
+impl Writers {
+    /// Registers a writer on `stream`; a writer of the same name and instance replaces its old
+    /// (disconnected) entry.
+    pub fn register(&self, registration: WriterRegistration, stream: UnixStream) -> Arc<WriterConn> {
+        let conn = Arc::new(WriterConn {
+            registration,
+            out: Mutex::new(stream),
+            pending: Mutex::new(HashMap::new()),
+            next_seq: AtomicU64::new(1),
+            alive: AtomicBool::new(true),
+            state: Mutex::new((WriterState::Stable, None)),
+        });
+        let mut list = self.list.lock();
+        list.retain(|w| !(w.registration.name == conn.registration.name && w.registration.instance_id == conn.registration.instance_id));
+        list.push(Arc::clone(&conn));
+        tracing::info!(writer = %conn.registration.name, components = conn.registration.components.len(), "writer registered");
+        conn
+    }
+
+    pub fn views(&self) -> Vec<WriterView> {
+        self.list.lock().iter().map(|w| w.view()).collect()
+    }
+
+    /// Default: the connected writers with components on the set's volumes.
+    pub fn choose(&self, volumes: &[String], sel: &WriterSelection) -> Result<Chosen, String> {
+        let list = self.list.lock().clone();
+        for n in sel.only.iter().chain(&sel.exclude) {
+            if !list.iter().any(|w| &w.registration.name == n) {
+                return Err(format!("no writer named `{n}` (see `shadowcopy writers`)"));
+            }
+        }
+        let mut chosen = Chosen { writers: Vec::new(), skipped: Vec::new() };
+        if sel.none {
+            return Ok(chosen);
+        }
+        for w in list {
+            let name = &w.registration.name;
+            let wanted = if sel.only.is_empty() { !w.components_on(volumes).is_empty() } else { sel.only.contains(name) };
+            if !wanted {
+                continue;
+            }
+            if sel.exclude.contains(name) {
+                chosen.skipped.push(format!("{name} (excluded)"));
+            } else if !w.connected() {
+                chosen.skipped.push(format!("{name} (disconnected)"));
+            } else {
+                let comps = w.components_on(volumes);
+                chosen.writers.push((w, comps));
+            }
+        }
+        Ok(chosen)
+    }
+}
+
+/// The requester sequence for one set, from Identify to BackupComplete, around `hold` (which
+/// freezes filesystems and takes the set). `undo` deletes the set if the writers fail after it
+/// was taken. Returns `hold`'s result, or the error that aborted the set.
+pub fn run_set<T>(
+    chosen: &[(Arc<WriterConn>, Vec<String>)],
+    volumes: &[String],
+    hold: impl FnOnce() -> Result<(T, Uuid, Vec<Uuid>), (shadowcopy::protocol::ErrorKind, String)>,
+    undo: impl FnOnce(&T),
+) -> Result<T, (shadowcopy::protocol::ErrorKind, String)> {
+    use shadowcopy::protocol::ErrorKind;
+    let msg = |event, set_id: Option<Uuid>, copy_ids: &[Uuid], comps: &[String]| EventMessage {
+        seq: 0,
+        event,
+        set_id,
+        volumes: volumes.to_vec(),
+        copy_ids: copy_ids.to_vec(),
+        components: comps.to_vec(),
+    };
+    let mut prepared: Vec<&Arc<WriterConn>> = Vec::new();
+    let abort = |prepared: &[&Arc<WriterConn>], set_id: Option<Uuid>| {
+        for w in prepared {
+            if let Err(e) = w.send(msg(WriterEvent::Abort, set_id, &[], &[]), ABORT_TIMEOUT) {
+                tracing::warn!(writer = %w.registration.name, error = %e, "abort was not acknowledged");
+            }
+        }
+    };
+    let fail = |w: &WriterConn, event: WriterEvent, e: String| {
+        (ErrorKind::Failed, format!("writer `{}` failed at {}: {e}; the set was aborted, everything thawed, no copy kept", w.registration.name, event.as_str()))
+    };
+    for event in [WriterEvent::Identify, WriterEvent::PrepareForBackup, WriterEvent::PrepareForSnapshot, WriterEvent::Freeze] {
+        for (w, comps) in chosen {
+            if event == WriterEvent::PrepareForSnapshot {
+                prepared.push(w);
+            }
+            if let Err(e) = w.send(msg(event, None, &[], comps), EVENT_TIMEOUT) {
+                abort(&prepared, None);
+                return Err(fail(w, event, e));
+            }
+        }
+    }
+    let frozen_at = Instant::now();
+    let (result, set_id, copy_ids) = match hold() {
+        Ok(r) => r,
+        Err(e) => {
+            abort(&prepared, None);
+            return Err(e);
+        }
+    };
+    for (w, comps) in chosen {
+        let left = FREEZE_WINDOW.saturating_sub(frozen_at.elapsed()).max(Duration::from_millis(1));
+        if let Err(e) = w.send(msg(WriterEvent::Thaw, Some(set_id), &copy_ids, comps), left.min(EVENT_TIMEOUT)) {
+            // A writer that cannot confirm its data was consistent spoils the set.
+            undo(&result);
+            abort(&prepared, Some(set_id));
+            return Err(fail(w, WriterEvent::Thaw, e));
+        }
+    }
+    for event in [WriterEvent::PostSnapshot, WriterEvent::BackupComplete] {
+        for (w, comps) in chosen {
+            if let Err(e) = w.send(msg(event, Some(set_id), &copy_ids, comps), EVENT_TIMEOUT) {
+                // The copies are good; the writer's own bookkeeping failed. Keep the set, say so.
+                tracing::warn!(writer = %w.registration.name, event = event.as_str(), error = %e, "writer failed after the set was taken");
+            }
+        }
+    }
+    Ok(result)
+}
