@@ -162,16 +162,32 @@ fn connection(stream: UnixStream, service: &Service, access: Access) -> std::io:
                 let mut w = writer.try_clone()?;
                 // At most one progress line per percent (the engine reports every chunk).
                 let mut last = u64::MAX;
-                service.handle(req.op, &mut |done, total| {
-                    let pct = done.saturating_mul(100) / total.max(1);
-                    if pct != last {
-                        last = pct;
-                        let _ = write_reply(&mut w, &Reply::Progress { done, total });
-                    }
-                })
+                let peer = writer.try_clone()?;
+                service.handle(
+                    req.op,
+                    &mut |done, total| {
+                        let pct = done.saturating_mul(100) / total.max(1);
+                        if pct != last {
+                            last = pct;
+                            let _ = write_reply(&mut w, &Reply::Progress { done, total });
+                        }
+                    },
+                    &|| still_connected(&peer),
+                )
             }
         };
         write_reply(&mut writer, &reply)?;
+    }
+}
+
+/// Whether the client on `stream` is still there (no hang-up), without blocking.
+fn still_connected(stream: &UnixStream) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let mut fds = [PollFd::new(stream, PollFlags::RDHUP)];
+    match poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 })) {
+        Ok(0) => true,
+        Ok(_) => !fds[0].revents().intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
+        Err(_) => true,
     }
 }
 

@@ -527,7 +527,9 @@ impl Service {
     // ---- the protocol ----
 
     /// Runs one request. `progress` receives (done, total) during long operations.
-    pub fn handle(&self, op: Op, progress: &mut dyn FnMut(u64, u64)) -> Reply {
+    /// `requester_alive` says whether the client is still connected (a set is aborted when it
+    /// is not).
+    pub fn handle(&self, op: Op, progress: &mut dyn FnMut(u64, u64), requester_alive: &dyn Fn() -> bool) -> Reply {
         self.poll_events();
         let r = match op {
             Op::Status => Ok(Answer::Status(protocol::StatusInfo {
@@ -540,7 +542,7 @@ impl Service {
             Op::VolumeAdd { name, image, diff_area, max_size, chunk_size, read_only } => self.volume_add(name, image, diff_area, max_size, chunk_size, read_only),
             Op::VolumeList => Ok(Answer::Volumes(self.volumes().iter().map(|v| self.volume_info(v)).collect())),
             Op::VolumeRemove { name } => self.volume_remove(&name),
-            Op::Create { volumes, volatile, writers } => self.create(&volumes, volatile, &writers),
+            Op::Create { volumes, volatile, writers } => self.create(&volumes, volatile, &writers, requester_alive),
             Op::Writers => Ok(Answer::Writers(self.writers.views())),
             // Handled by the control server, which owns the writer's connection.
             Op::WriterRegister(_) | Op::WriterAnswer { .. } => Err((ErrorKind::BadRequest, "writer messages are only valid on a writer's own connection".into())),
@@ -675,7 +677,7 @@ impl Service {
         Ok(Answer::Done(format!("volume `{name}` removed with its {n} shadow copies")))
     }
 
-    fn create(&self, names: &[String], volatile: bool, selection: &protocol::WriterSelection) -> OpResult {
+    fn create(&self, names: &[String], volatile: bool, selection: &protocol::WriterSelection, requester_alive: &dyn Fn() -> bool) -> OpResult {
         if names.is_empty() {
             return Err((ErrorKind::BadRequest, "name at least one volume".into()));
         }
@@ -724,6 +726,7 @@ impl Service {
         let Held { set, held, mount_points } = crate::writers::run_set(
             &chosen.writers,
             names,
+            requester_alive,
             || {
                 hold().map(|h| {
                     let (id, ids) = (h.set.set_id, h.set.copies.iter().map(|c| c.id).collect());

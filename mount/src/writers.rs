@@ -217,6 +217,7 @@ impl Writers {
 pub fn run_set<T>(
     chosen: &[(Arc<WriterConn>, Vec<String>)],
     volumes: &[String],
+    requester_alive: &dyn Fn() -> bool,
     hold: impl FnOnce() -> Result<(T, Uuid, Vec<Uuid>), (shadowcopy::protocol::ErrorKind, String)>,
     undo: impl FnOnce(&T),
 ) -> Result<T, (shadowcopy::protocol::ErrorKind, String)> {
@@ -250,6 +251,11 @@ pub fn run_set<T>(
                 return Err(fail(w, event, e));
             }
         }
+    }
+    // A requester that went away while the writers froze does not get a set: abort, thaw.
+    if !requester_alive() {
+        abort(&prepared, None);
+        return Err((ErrorKind::Failed, "the requester disconnected before the instant; the set was aborted and the writers thawed".into()));
     }
     let frozen_at = Instant::now();
     let (result, set_id, copy_ids) = match hold() {

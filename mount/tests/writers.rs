@@ -145,3 +145,29 @@ fn a_crashed_writer_is_left_out_of_the_next_set() {
     assert_eq!(set.skipped_writers, vec!["app (disconnected)".to_string()]);
     assert_eq!(set.copies.len(), 1);
 }
+
+#[test]
+fn a_requester_killed_mid_sequence_gets_the_set_aborted() {
+    let d = Daemon::start(&[]);
+    volume(&d);
+    let log = d.dir.join("events.log");
+    let _w = start_writer(&d, "slow", &hook(d.dir.path(), "slow", &log, "if [ \"$1\" = freeze ]; then sleep 2; fi"), "vol");
+    let mut requester = ChildGuard(Some(
+        Command::new(cli_binary()).args(["--socket", d.socket.to_str().unwrap(), "create", "vol"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
+    ));
+    // Kill it while the writer is freezing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !events(&log, "slow").contains(&"freeze".to_string()) {
+        assert!(Instant::now() < deadline, "the writer got Freeze");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    requester.child().kill().unwrap();
+    requester.child().wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while events(&log, "slow").last().map(String::as_str) != Some("abort") {
+        assert!(Instant::now() < deadline, "the daemon aborted the set: {:?}", events(&log, "slow"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!events(&log, "slow").contains(&"thaw".to_string()), "no set was taken");
+    assert!(d.list().is_empty(), "no copy is kept");
+}
