@@ -60,6 +60,9 @@ struct Args {
     /// FUSE worker threads.
     #[arg(long, default_value_t = 8)]
     threads: usize,
+    /// Readahead of the mount in KiB (the kernel's default for FUSE is 128); 0 leaves it.
+    #[arg(long, default_value_t = 1024)]
+    readahead_kb: u32,
 }
 
 fn parse_owner(s: &str) -> Result<(u32, u32), String> {
@@ -109,15 +112,18 @@ fn clear_stale_mount(mnt: &Path) -> Result<()> {
 }
 
 /// The kernel caps a FUSE mount's readahead at its backing device's default (128 KiB), whatever
-/// `max_readahead` the daemon asked for; raising the mount's own `read_ahead_kb` lets sequential
-/// reads of copies arrive as 1 MiB requests. Best effort (needs root).
-fn raise_readahead(mount: &Path) {
+/// `max_readahead` the daemon asked for; setting the mount's own `read_ahead_kb` (1 MiB by
+/// default) lets sequential reads of copies arrive as larger requests. Best effort (needs root).
+fn raise_readahead(mount: &Path, kb: u32) {
     use std::os::unix::fs::MetadataExt;
+    if kb == 0 {
+        return;
+    }
     let Ok(md) = std::fs::metadata(mount) else { return };
     let dev = md.dev();
     let path = format!("/sys/class/bdi/{}:{}/read_ahead_kb", libc::major(dev), libc::minor(dev));
-    match std::fs::write(&path, "1024") {
-        Ok(()) => tracing::debug!(%path, "readahead raised to 1 MiB"),
+    match std::fs::write(&path, kb.to_string()) {
+        Ok(()) => tracing::debug!(%path, kb, "readahead set"),
         Err(e) => tracing::debug!(%path, error = %e, "could not raise readahead"),
     }
 }
@@ -202,7 +208,7 @@ fn run(args: Args) -> Result<()> {
         }
     }));
     let fuse = session.spawn().context("starting the FUSE session")?;
-    raise_readahead(&mount);
+    raise_readahead(&mount, args.readahead_kb);
 
     let svc = Arc::clone(&service);
     let access = Access { admin_gid };
