@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use shadowcopy::protocol::{Answer, ClientError, Op, WriterState, WriterView};
+use shadowcopy::protocol::{Answer, ClientError, Op, WriterSelection, WriterState, WriterView};
 use shadowcopy::testing::system::ChildGuard;
 
 /// An executable hook that logs `NAME EVENT SET_ID` to `log` and runs `extra` (bash) after.
@@ -49,6 +49,11 @@ fn events(log: &Path, name: &str) -> Vec<String> {
     std::fs::read_to_string(log).unwrap_or_default().lines().filter(|l| l.starts_with(&format!("{name} "))).map(|l| l.split(' ').nth(1).unwrap().to_string()).collect()
 }
 
+/// `create vol` with the given writer selection.
+fn create(d: &Daemon, writers: WriterSelection) -> Result<Answer, ClientError> {
+    d.call(Op::Create { volumes: vec!["vol".into()], volatile: false, writers })
+}
+
 fn volume(d: &Daemon) {
     let image = image_file(&d.dir, "vol.img", 16 << 20);
     d.add_volume("vol", &image);
@@ -72,7 +77,7 @@ fn hook_writers_see_every_event_in_order() {
     assert!(text.lines().any(|l| l == format!("app thaw {}", set.set_id)), "{text}");
     assert_eq!(writers(&d)[0].state, WriterState::Stable);
     // --no-writers leaves it out.
-    match d.call(Op::Create { volumes: vec!["vol".into()], volatile: false, writers: shadowcopy::protocol::WriterSelection { none: true, ..Default::default() } }) {
+    match create(&d, WriterSelection { none: true, ..Default::default() }) {
         Ok(Answer::Set(s)) => assert!(s.writers.is_empty()),
         other => panic!("{other:?}"),
     }
@@ -87,7 +92,7 @@ fn a_writer_failing_freeze_aborts_the_set() {
     let _good = start_writer(&d, "good", &hook(d.dir.path(), "good", &log, ""), "vol");
     let bad_hook = hook(d.dir.path(), "bad", &log, "if [ \"$1\" = freeze ]; then echo 'database is locked' >&2; exit 3; fi");
     let _bad = start_writer(&d, "bad", &bad_hook, "vol");
-    let err = match d.call(Op::Create { volumes: vec!["vol".into()], volatile: false, writers: Default::default() }) {
+    let err = match create(&d, WriterSelection::default()) {
         Err(ClientError::Daemon(e)) => e.message,
         other => panic!("create with a failing writer: {other:?}"),
     };
@@ -98,7 +103,7 @@ fn a_writer_failing_freeze_aborts_the_set() {
     assert_eq!(bad.state, WriterState::FailedAtFreeze);
     assert!(bad.last_error.unwrap().contains("database is locked"));
     // Excluding it, the set goes through.
-    match d.call(Op::Create { volumes: vec!["vol".into()], volatile: false, writers: shadowcopy::protocol::WriterSelection { exclude: vec!["bad".into()], ..Default::default() } }) {
+    match create(&d, WriterSelection { exclude: vec!["bad".into()], ..Default::default() }) {
         Ok(Answer::Set(s)) => {
             assert_eq!(s.writers, vec!["good".to_string()]);
             assert!(s.skipped_writers.iter().any(|w| w.starts_with("bad")));
@@ -115,7 +120,7 @@ fn a_hanging_writer_times_out_and_the_set_is_aborted() {
     let _good = start_writer(&d, "good", &hook(d.dir.path(), "good", &log, ""), "vol");
     let _hung = start_writer(&d, "hung", &hook(d.dir.path(), "hung", &log, "if [ \"$1\" = freeze ]; then sleep 40; fi"), "vol");
     let t0 = Instant::now();
-    let err = match d.call(Op::Create { volumes: vec!["vol".into()], volatile: false, writers: Default::default() }) {
+    let err = match create(&d, WriterSelection::default()) {
         Err(ClientError::Daemon(e)) => e.message,
         other => panic!("create with a hanging writer: {other:?}"),
     };
