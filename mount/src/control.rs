@@ -107,21 +107,36 @@ fn is_admin(stream: &UnixStream, access: Access) -> bool {
         .is_some_and(|g| g.split_whitespace().any(|x| x.parse::<u32>().ok() == Some(admin)))
 }
 
+/// What a connection leaves behind when it ends, however it ends: a writer is marked
+/// disconnected, and the sets it created as a requester learn it is gone (auto-release sets are
+/// released, backup sessions may end).
+struct ConnectionEnd<'a> {
+    service: &'a Service,
+    as_writer: Option<Arc<crate::writers::WriterConn>>,
+    sets: Vec<uuid::Uuid>,
+}
+
+impl Drop for ConnectionEnd<'_> {
+    fn drop(&mut self) {
+        if let Some(w) = &self.as_writer {
+            w.disconnected();
+        }
+        self.service.requester_gone(&self.sets);
+    }
+}
+
 fn connection(stream: UnixStream, service: &Service, access: Access) -> std::io::Result<()> {
     let admin = is_admin(&stream, access);
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
-    // Set once this connection registered as a writer.
-    let mut as_writer: Option<Arc<crate::writers::WriterConn>> = None;
+    let mut end = ConnectionEnd { service, as_writer: None, sets: Vec::new() };
     loop {
         let mut line = Vec::new();
         let n = Read::take(&mut reader, MAX_MESSAGE as u64 + 1).read_until(b'\n', &mut line)?;
         if n == 0 {
-            if let Some(w) = &as_writer {
-                w.disconnected();
-            }
             return Ok(());
         }
+        let as_writer = &end.as_writer;
         if line.len() > MAX_MESSAGE || (line.last() != Some(&b'\n') && n as u64 > MAX_MESSAGE as u64) {
             write_reply(&mut writer, &Reply::error(ErrorKind::BadRequest, format!("request longer than {MAX_MESSAGE} bytes")))?;
             return Ok(());
@@ -153,7 +168,7 @@ fn connection(stream: UnixStream, service: &Service, access: Access) -> std::io:
                     let name = reg.name.clone();
                     // Replies and events share the connection: register, then answer.
                     write_reply(&mut writer, &Reply::Ok(shadowcopy::protocol::Answer::Done(format!("writer `{name}` registered"))))?;
-                    as_writer = Some(service.writers.register(reg, writer.try_clone()?));
+                    end.as_writer = Some(service.writers.register(reg, writer.try_clone()?));
                     continue;
                 }
             }
@@ -163,7 +178,7 @@ fn connection(stream: UnixStream, service: &Service, access: Access) -> std::io:
                 // At most one progress line per percent (the engine reports every chunk).
                 let mut last = u64::MAX;
                 let peer = writer.try_clone()?;
-                service.handle(
+                let reply = service.handle(
                     req.op,
                     &mut |done, total| {
                         let pct = done.saturating_mul(100) / total.max(1);
@@ -173,10 +188,18 @@ fn connection(stream: UnixStream, service: &Service, access: Access) -> std::io:
                         }
                     },
                     &|| still_connected(&peer),
-                )
+                );
+                if let Reply::Ok(shadowcopy::protocol::Answer::Set(set)) = &reply {
+                    end.sets.push(set.set_id);
+                }
+                reply
             }
         };
-        write_reply(&mut writer, &reply)?;
+        match &end.as_writer {
+            // Events go out on a writer's connection too: one lock frames both.
+            Some(w) => w.write_reply(&reply)?,
+            None => write_reply(&mut writer, &reply)?,
+        }
     }
 }
 

@@ -158,9 +158,15 @@ impl Copy {
             .clone()
     }
 
-    /// Whether the mount shows it (a copy that cannot be read is only listed, with its error).
+    /// Whether the mount serves it (a copy that cannot be read is only listed, with its error).
     pub fn exposed(&self) -> bool {
         self.info.failed.is_none()
+    }
+
+    /// Whether its tree is listed in the volume's folder (client-accessible contexts, and
+    /// Windows copies); other exposed copies are reachable by their path only.
+    pub fn listed(&self, windows: bool) -> bool {
+        self.exposed() && (windows || self.info.attributes & attributes::CLIENT_ACCESSIBLE != 0)
     }
 
     /// The filesystem's kind if it was already looked at.
@@ -233,6 +239,8 @@ pub struct Service {
     departures: Mutex<Vec<Departure>>,
     pub notify: OnceLock<DepartureHook>,
     pub writers: crate::writers::Writers,
+    /// Backup sessions of sets taken with writers (until BackupShutdown).
+    sessions: crate::writers::Sessions,
 }
 
 type OpResult = Result<Answer, (ErrorKind, String)>;
@@ -318,6 +326,7 @@ impl Service {
             departures: Mutex::new(Vec::new()),
             notify: OnceLock::new(),
             writers: crate::writers::Writers::default(),
+            sessions: crate::writers::Sessions::default(),
         };
         let records = match svc.state.load() {
             Ok(r) => r,
@@ -542,7 +551,8 @@ impl Service {
             Op::VolumeAdd { name, image, diff_area, max_size, chunk_size, read_only } => self.volume_add(name, image, diff_area, max_size, chunk_size, read_only),
             Op::VolumeList => Ok(Answer::Volumes(self.volumes().iter().map(|v| self.volume_info(v)).collect())),
             Op::VolumeRemove { name } => self.volume_remove(&name),
-            Op::Create { volumes, volatile, writers } => self.create(&volumes, volatile, &writers, requester_alive),
+            Op::Create(req) => self.create(&req, requester_alive),
+            Op::BackupComplete { set_id } => self.backup_complete(set_id),
             Op::Writers => Ok(Answer::Writers(self.writers.views())),
             // Handled by the control server, which owns the writer's connection.
             Op::WriterRegister(_) | Op::WriterAnswer { .. } => Err((ErrorKind::BadRequest, "writer messages are only valid on a writer's own connection".into())),
@@ -587,6 +597,7 @@ impl Service {
             created_unix: c.info.created.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
             exposed_name: c.name.clone(),
             persistent: c.info.persistent,
+            context: if v.system().is_some() { attributes::context(c.info.attributes).map(|c| c.as_str().to_string()) } else { None },
             attributes: if v.system().is_some() { attributes::names(c.info.attributes, c.info.persistent) } else { protocol::windows_attribute_names(c.info.attributes) },
             attribute_flags: c.info.attributes,
             provider: v.provider().map_or("none", |p| p.name()).into(),
@@ -677,7 +688,10 @@ impl Service {
         Ok(Answer::Done(format!("volume `{name}` removed with its {n} shadow copies")))
     }
 
-    fn create(&self, names: &[String], volatile: bool, selection: &protocol::WriterSelection, requester_alive: &dyn Fn() -> bool) -> OpResult {
+    fn create(&self, req: &protocol::CreateRequest, requester_alive: &dyn Fn() -> bool) -> OpResult {
+        let names = &req.volumes;
+        let volatile = !req.is_persistent();
+        let context = req.context;
         if names.is_empty() {
             return Err((ErrorKind::BadRequest, "name at least one volume".into()));
         }
@@ -694,14 +708,28 @@ impl Service {
         for v in &vols {
             engines.push(system_of(v)?);
         }
+        let no_writers = protocol::WriterSelection { none: true, ..Default::default() };
+        let selection = if context.with_writers() {
+            &req.writers
+        } else if req.writers.only.is_empty() {
+            &no_writers
+        } else {
+            return Err((ErrorKind::BadRequest, format!("context `{}` takes no writers; choose a context with writers (backup, app_rollback, client_accessible_writers)", context.as_str())));
+        };
         let chosen = self.writers.choose(names, selection).map_err(|e| (ErrorKind::NotFound, e))?;
         for s in &chosen.skipped {
             tracing::warn!(writer = %s, "writer left out of the set");
         }
         let lives: Vec<PathBuf> = vols.iter().map(|v| self.live_path(v)).collect();
-        let mut attrs = attributes::CLIENT_ACCESSIBLE;
+        let mut attrs = attributes::with_context(0, context);
+        if context.client_accessible() {
+            attrs |= attributes::CLIENT_ACCESSIBLE;
+        }
         if chosen.writers.is_empty() {
             attrs |= attributes::NO_WRITERS;
+        }
+        if volatile && !req.keep_after_disconnect {
+            attrs |= attributes::AUTO_RELEASE;
         }
         // Flush and hold, between the writers' Freeze and Thaw.
         let hold = || -> Result<Held, (ErrorKind, String)> {
@@ -723,10 +751,11 @@ impl Service {
             }
             Ok(Held { set, held, mount_points })
         };
-        let Held { set, held, mount_points } = crate::writers::run_set(
+        let taken = crate::writers::run_set(
             &chosen.writers,
             names,
             requester_alive,
+            req.defer_backup_complete,
             || {
                 hold().map(|h| {
                     let (id, ids) = (h.set.set_id, h.set.copies.iter().map(|c| c.id).collect());
@@ -739,6 +768,10 @@ impl Service {
                 }
             },
         )?;
+        let Held { set, held, mount_points } = taken.result;
+        if !chosen.writers.is_empty() {
+            self.sessions.open(taken.set_id, chosen.writers.clone(), names.clone(), taken.copy_ids, !req.defer_backup_complete);
+        }
         let mut views = Vec::new();
         for (v, info) in vols.iter().zip(set.copies) {
             let mut copies = v.copies.write();
@@ -759,6 +792,32 @@ impl Service {
             writers: chosen.writers.iter().map(|(w, _)| w.registration.name.clone()).collect(),
             skipped_writers: chosen.skipped,
         }))
+    }
+
+    fn backup_complete(&self, set_id: Uuid) -> OpResult {
+        if !self.volumes().iter().any(|v| v.copies.read().values().any(|c| c.info.set_id == set_id)) {
+            return Err((ErrorKind::NotFound, format!("no shadow copy set {set_id} (see `shadowcopy list`)")));
+        }
+        match self.sessions.backup_complete(set_id) {
+            Ok(m) => Ok(Answer::Done(m)),
+            Err(crate::writers::NoSession) => Ok(Answer::Done(format!("set {set_id} has no writers waiting for BackupComplete; nothing to tell"))),
+        }
+    }
+
+    /// The requester that created `sets` disconnected: auto-release sets are deleted, and the
+    /// sets' backup sessions learn the requester is gone.
+    pub fn requester_gone(&self, sets: &[Uuid]) {
+        for &set_id in sets {
+            let auto_release = self.volumes().iter().any(|v| v.copies.read().values().any(|c| c.info.set_id == set_id && c.info.attributes & attributes::AUTO_RELEASE != 0));
+            if auto_release {
+                match self.delete(DeleteTarget::Set(set_id)) {
+                    Ok(_) => tracing::info!(set = %set_id, "auto-release set released: its requester disconnected"),
+                    Err((_, e)) => tracing::warn!(set = %set_id, error = %e, "releasing an auto-release set failed"),
+                }
+                self.flush_departures();
+            }
+            self.sessions.requester_gone(set_id);
+        }
     }
 
     fn list(&self, volume: Option<&str>) -> OpResult {
@@ -819,6 +878,7 @@ impl Service {
                 let _ = e.take_events();
             }
             self.forget_copy(v, c.info.id);
+            self.sessions.released(c.info.set_id);
         }
         self.save_names_later();
         Ok(Answer::Copies(views))
@@ -846,12 +906,25 @@ impl Service {
 
     fn revert(&self, id: Uuid, progress: &mut dyn FnMut(u64, u64)) -> OpResult {
         let _admin = self.admin.lock();
-        let (v, _) = self.find_copy(id).ok_or_else(|| (ErrorKind::NotFound, format!("no shadow copy {id}")))?;
+        let (v, copy) = self.find_copy(id).ok_or_else(|| (ErrorKind::NotFound, format!("no shadow copy {id}")))?;
         if v.live_opens.load(Ordering::Acquire) > 0 {
             return Err((ErrorKind::Busy, format!("{} is open: unmount and detach what uses it (umount, losetup -d) before reverting", self.live_path(&v).display())));
         }
-        system_of(&v)?.revert(id, progress).map_err(engine_error)?;
-        Ok(Answer::Done(format!("volume `{}` reverted to shadow copy {id}", v.name)))
+        let engine = system_of(&v)?;
+        let volumes = vec![v.name.clone()];
+        let chosen = self.writers.choose(&volumes, &protocol::WriterSelection::default()).map_err(|e| (ErrorKind::NotFound, e))?;
+        crate::writers::pre_restore(&chosen.writers, copy.info.set_id, &volumes, id).map_err(|e| (ErrorKind::Failed, e))?;
+        let reverted = engine.revert(id, progress).map_err(engine_error);
+        let failures = crate::writers::post_restore(&chosen.writers, copy.info.set_id, &volumes, id);
+        reverted?;
+        let mut msg = format!("volume `{}` reverted to shadow copy {id}", v.name);
+        if !chosen.writers.is_empty() {
+            msg += &format!("; {} writer(s) told (pre_restore, post_restore)", chosen.writers.len());
+        }
+        for f in failures {
+            msg += &format!("; {f}");
+        }
+        Ok(Answer::Done(msg))
     }
 
     fn diff(&self, id: Uuid, to: Option<Uuid>) -> OpResult {

@@ -3,7 +3,11 @@
 //! set's instant:
 //!
 //! Identify → PrepareForBackup → PrepareForSnapshot → Freeze (all) → [flush and hold: the
-//! service freezes filesystems and commits the set] → Thaw → PostSnapshot → BackupComplete.
+//! service freezes filesystems and commits the set] → Thaw → PostSnapshot → BackupComplete (now,
+//! or when the requester says it has read the copies) → BackupShutdown (when the backup session
+//! ends: the requester is gone and BackupComplete was sent, or the set was released).
+//!
+//! Around a revert: PreRestore (a failure refuses the revert) → [the revert] → PostRestore.
 //!
 //! Any failure or timeout before the set is kept: Abort to every writer that saw
 //! PrepareForSnapshot, and an error naming the writer, the event and its message. The writers'
@@ -49,7 +53,10 @@ fn failed_state(event: WriterEvent) -> WriterState {
         WriterEvent::Freeze => WriterState::FailedAtFreeze,
         WriterEvent::Thaw => WriterState::FailedAtThaw,
         WriterEvent::PostSnapshot => WriterState::FailedAtPostSnapshot,
-        _ => WriterState::FailedAtBackupComplete,
+        WriterEvent::BackupShutdown => WriterState::FailedAtBackupShutdown,
+        WriterEvent::PreRestore => WriterState::FailedAtPreRestore,
+        WriterEvent::PostRestore => WriterState::FailedAtPostRestore,
+        WriterEvent::Abort | WriterEvent::BackupComplete => WriterState::FailedAtBackupComplete,
     }
 }
 
@@ -74,9 +81,7 @@ impl WriterConn {
         let event = msg.event;
         let (tx, rx) = mpsc::sync_channel(1);
         self.pending.lock().insert(seq, tx);
-        let mut line = serde_json::to_vec(&Reply::Event(msg)).map_err(|e| e.to_string())?;
-        line.push(b'\n');
-        let sent = self.out.lock().write_all(&line);
+        let sent = self.write_reply(&Reply::Event(msg));
         let result = match sent {
             Err(e) => Err(format!("the writer's connection failed: {e}")),
             Ok(()) => match rx.recv_timeout(timeout) {
@@ -97,8 +102,9 @@ impl WriterConn {
                 | WriterState::WaitingForBackupComplete
         );
         match &result {
-            // An abort leaves a failed writer's state as it was (it says where it failed).
-            Ok(()) if event == WriterEvent::Abort && failed_before => {}
+            // An abort or a shutdown leaves a failed writer's state as it was (it says where it
+            // failed).
+            Ok(()) if matches!(event, WriterEvent::Abort | WriterEvent::BackupShutdown) && failed_before => {}
             // A new set starts from a clean slate.
             Ok(()) if event == WriterEvent::Identify => *st = (WriterState::Stable, None),
             Ok(()) => *st = (waiting_state(event), st.1.clone()),
@@ -106,6 +112,14 @@ impl WriterConn {
             Err(_) => {}
         }
         result
+    }
+
+    /// Writes one line on the writer's connection. Events and replies share it, so every line
+    /// goes through here, whole, under one lock.
+    pub fn write_reply(&self, reply: &Reply) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        self.out.lock().write_all(&line)
     }
 
     /// An answer arrived on the writer's connection.
@@ -153,7 +167,7 @@ pub struct Writers {
 
 /// The writers chosen for a set, and those left out with the reason.
 pub struct Chosen {
-    pub writers: Vec<(Arc<WriterConn>, Vec<String>)>,
+    pub writers: Vec<ChosenWriter>,
     pub skipped: Vec<String>,
 }
 
@@ -161,6 +175,8 @@ impl Writers {
     /// Registers a writer on `stream`; a writer of the same name and instance replaces its old
     /// (disconnected) entry.
     pub fn register(&self, registration: WriterRegistration, stream: UnixStream) -> Arc<WriterConn> {
+        // A writer that stops reading must not block an event forever.
+        let _ = stream.set_write_timeout(Some(EVENT_TIMEOUT));
         let conn = Arc::new(WriterConn {
             registration,
             out: Mutex::new(stream),
@@ -211,25 +227,34 @@ impl Writers {
     }
 }
 
-/// The requester sequence for one set, from Identify to BackupComplete, around `hold` (which
-/// freezes filesystems and takes the set). `undo` deletes the set if the writers fail after it
-/// was taken. Returns `hold`'s result, or the error that aborted the set.
+/// A chosen writer and its components in the set.
+pub type ChosenWriter = (Arc<WriterConn>, Vec<String>);
+
+fn event_for(event: WriterEvent, set_id: Option<Uuid>, volumes: &[String], copy_ids: &[Uuid], comps: &[String]) -> EventMessage {
+    EventMessage { seq: 0, event, set_id, volumes: volumes.to_vec(), copy_ids: copy_ids.to_vec(), components: comps.to_vec() }
+}
+
+/// What [`run_set`] hands back: the hold's result and the set as the writers know it.
+pub struct Taken<T> {
+    pub result: T,
+    pub set_id: Uuid,
+    pub copy_ids: Vec<Uuid>,
+}
+
+/// The requester sequence for one set, from Identify to PostSnapshot (and BackupComplete unless
+/// `defer_backup_complete`), around `hold` (which freezes filesystems and takes the set). `undo`
+/// deletes the set if the writers fail after it was taken. Returns `hold`'s result, or the error
+/// that aborted the set.
 pub fn run_set<T>(
-    chosen: &[(Arc<WriterConn>, Vec<String>)],
+    chosen: &[ChosenWriter],
     volumes: &[String],
     requester_alive: &dyn Fn() -> bool,
+    defer_backup_complete: bool,
     hold: impl FnOnce() -> Result<(T, Uuid, Vec<Uuid>), (shadowcopy::protocol::ErrorKind, String)>,
     undo: impl FnOnce(&T),
-) -> Result<T, (shadowcopy::protocol::ErrorKind, String)> {
+) -> Result<Taken<T>, (shadowcopy::protocol::ErrorKind, String)> {
     use shadowcopy::protocol::ErrorKind;
-    let msg = |event, set_id: Option<Uuid>, copy_ids: &[Uuid], comps: &[String]| EventMessage {
-        seq: 0,
-        event,
-        set_id,
-        volumes: volumes.to_vec(),
-        copy_ids: copy_ids.to_vec(),
-        components: comps.to_vec(),
-    };
+    let msg = |event, set_id: Option<Uuid>, copy_ids: &[Uuid], comps: &[String]| event_for(event, set_id, volumes, copy_ids, comps);
     let mut prepared: Vec<&Arc<WriterConn>> = Vec::new();
     let abort = |prepared: &[&Arc<WriterConn>], set_id: Option<Uuid>| {
         for w in prepared {
@@ -274,13 +299,113 @@ pub fn run_set<T>(
             return Err(fail(w, WriterEvent::Thaw, e));
         }
     }
-    for event in [WriterEvent::PostSnapshot, WriterEvent::BackupComplete] {
-        for (w, comps) in chosen {
-            if let Err(e) = w.send(msg(event, Some(set_id), &copy_ids, comps), EVENT_TIMEOUT) {
-                // The copies are good; the writer's own bookkeeping failed. Keep the set, say so.
-                tracing::warn!(writer = %w.registration.name, event = event.as_str(), error = %e, "writer failed after the set was taken");
-            }
+    let after: &[WriterEvent] = if defer_backup_complete { &[WriterEvent::PostSnapshot] } else { &[WriterEvent::PostSnapshot, WriterEvent::BackupComplete] };
+    for &event in after {
+        // The copies are good; a writer's own bookkeeping failing is logged and kept in its state.
+        let _ = tell_all(chosen, event, set_id, volumes, &copy_ids);
+    }
+    Ok(Taken { result, set_id, copy_ids })
+}
+
+/// Sends `event` to each writer after the set was taken; returns the failures, as messages.
+fn tell_all(writers: &[ChosenWriter], event: WriterEvent, set_id: Uuid, volumes: &[String], copy_ids: &[Uuid]) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (w, comps) in writers {
+        if let Err(e) = w.send(event_for(event, Some(set_id), volumes, copy_ids, comps), EVENT_TIMEOUT) {
+            tracing::warn!(writer = %w.registration.name, event = event.as_str(), error = %e, "writer failed after the set was taken");
+            failures.push(format!("writer `{}` failed at {}: {e}", w.registration.name, event.as_str()));
         }
     }
-    Ok(result)
+    failures
+}
+
+/// A set's backup session: its writers, from PostSnapshot until BackupShutdown.
+struct Session {
+    writers: Vec<ChosenWriter>,
+    volumes: Vec<String>,
+    copy_ids: Vec<Uuid>,
+    backup_complete_sent: bool,
+    requester_gone: bool,
+}
+
+/// The set has no writers waiting for BackupComplete.
+#[derive(Debug)]
+pub struct NoSession;
+
+/// The open backup sessions, by set id. A session ends (its writers get BackupShutdown) when
+/// the requester is gone and BackupComplete was sent, or when the set is released.
+#[derive(Default)]
+pub struct Sessions {
+    open: Mutex<HashMap<Uuid, Session>>,
+}
+
+impl Sessions {
+    /// Opens the session of a set just taken.
+    pub fn open(&self, set_id: Uuid, writers: Vec<ChosenWriter>, volumes: Vec<String>, copy_ids: Vec<Uuid>, backup_complete_sent: bool) {
+        let s = Session { writers, volumes, copy_ids, backup_complete_sent, requester_gone: false };
+        self.open.lock().insert(set_id, s);
+    }
+
+    /// Sends BackupComplete for a deferred set (once); says what happened.
+    pub fn backup_complete(&self, set_id: Uuid) -> Result<String, NoSession> {
+        let mut open = self.open.lock();
+        match open.get(&set_id) {
+            None => return Err(NoSession),
+            Some(s) if s.backup_complete_sent => return Ok(format!("BackupComplete was already sent to the writers of set {set_id}")),
+            Some(_) => {}
+        }
+        // Events are sent outside the lock (a writer may take seconds to answer).
+        let mut s = open.remove(&set_id).expect("present");
+        drop(open);
+        let failures = tell_all(&s.writers, WriterEvent::BackupComplete, set_id, &s.volumes, &s.copy_ids);
+        s.backup_complete_sent = true;
+        let told = s.writers.len();
+        if s.requester_gone {
+            shutdown(set_id, &s);
+        } else {
+            self.open.lock().insert(set_id, s);
+        }
+        Ok(if failures.is_empty() { format!("BackupComplete sent to {told} writer(s) of set {set_id}") } else { format!("BackupComplete sent to {told} writer(s) of set {set_id}; {}", failures.join("; ")) })
+    }
+
+    /// The requester that created the set disconnected.
+    pub fn requester_gone(&self, set_id: Uuid) {
+        let mut open = self.open.lock();
+        let Some(s) = open.get_mut(&set_id) else { return };
+        s.requester_gone = true;
+        if s.backup_complete_sent {
+            let s = open.remove(&set_id).expect("present");
+            drop(open);
+            shutdown(set_id, &s);
+        }
+    }
+
+    /// The set was deleted or released: its session ends.
+    pub fn released(&self, set_id: Uuid) {
+        let s = self.open.lock().remove(&set_id);
+        if let Some(s) = s {
+            shutdown(set_id, &s);
+        }
+    }
+}
+
+fn shutdown(set_id: Uuid, s: &Session) {
+    let _ = tell_all(&s.writers, WriterEvent::BackupShutdown, set_id, &s.volumes, &s.copy_ids);
+}
+
+/// Tells `writers` a restore of `copy_id` is about to happen; the first failure refuses it (the
+/// writers already told get PostRestore, as nothing changed).
+pub fn pre_restore(writers: &[ChosenWriter], set_id: Uuid, volumes: &[String], copy_id: Uuid) -> Result<(), String> {
+    for (i, (w, comps)) in writers.iter().enumerate() {
+        if let Err(e) = w.send(event_for(WriterEvent::PreRestore, Some(set_id), volumes, &[copy_id], comps), EVENT_TIMEOUT) {
+            post_restore(&writers[..i], set_id, volumes, copy_id);
+            return Err(format!("writer `{}` refused the restore at pre_restore: {e}; nothing was changed", w.registration.name));
+        }
+    }
+    Ok(())
+}
+
+/// Tells `writers` a restore of `copy_id` ended; returns the failures, as messages.
+pub fn post_restore(writers: &[ChosenWriter], set_id: Uuid, volumes: &[String], copy_id: Uuid) -> Vec<String> {
+    tell_all(writers, WriterEvent::PostRestore, set_id, volumes, &[copy_id])
 }

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use shadowcopy::protocol::{Answer, DeleteTarget, Op};
+use shadowcopy::protocol::{Answer, Context, CreateRequest, DeleteTarget, ErrorKind, Op};
+use shadowcopy::protocol::ClientError;
 use shadowcopy::testing::system::*;
 
 /// Fields comparable between the live filesystem (read while it is being used) and a copy.
@@ -144,4 +145,61 @@ fn copies_within_one_second_get_unique_names() {
         Answer::Copies(c) => assert_eq!(c.len(), 4),
         other => panic!("{other:?}"),
     }
+}
+
+/// A set's context decides whether it is persistent, takes writers and is listed in the
+/// volume's folder; `list` shows it. An auto-release set lives as long as its requester's
+/// connection.
+#[test]
+fn contexts_decide_persistence_listing_and_release() {
+    require_commands(&["mkfs.ext4"]);
+    let d = Daemon::start(&[]);
+    let image = d.dir.join("vol.img");
+    mkfs_ext4(&image, "32M", None, &[]);
+    d.add_volume("vol", &image);
+    let create = |client: &mut shadowcopy::protocol::Client, context: Context, keep: bool| match client
+        .call(Op::Create(CreateRequest { context, keep_after_disconnect: keep, ..CreateRequest::new(vec!["vol".into()]) }), &mut |_, _| {})
+    {
+        Ok(Answer::Set(s)) => s.copies[0].clone(),
+        other => panic!("create {context:?}: {other:?}"),
+    };
+    let listed = || -> Vec<String> { std::fs::read_dir(d.mount.join("vol")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect() };
+
+    let shared = create(&mut d.client(), Context::ClientAccessible, false);
+    let rollback = create(&mut d.client(), Context::NasRollback, false);
+    let views = d.list();
+    let view = |id| views.iter().find(|c| c.id == id).unwrap().clone();
+    assert_eq!(view(shared.id).context.as_deref(), Some("client_accessible"));
+    assert!(view(shared.id).attributes.iter().any(|a| a == "client_accessible"));
+    assert_eq!(view(rollback.id).context.as_deref(), Some("nas_rollback"));
+    assert!(view(rollback.id).persistent && !view(rollback.id).attributes.iter().any(|a| a == "client_accessible"));
+    assert!(view(rollback.id).attributes.iter().any(|a| a == "no_writers"));
+    // Listed or not, both are reachable by path.
+    let names = listed();
+    assert!(names.contains(&shared.exposed_name), "{names:?}");
+    assert!(!names.contains(&rollback.exposed_name), "{names:?}");
+    assert!(d.tree("vol", &rollback).join("lost+found").is_dir());
+    // A context without writers refuses a writer selection.
+    let req = CreateRequest { context: Context::NasRollback, writers: shadowcopy::protocol::WriterSelection { only: vec!["x".into()], ..Default::default() }, ..CreateRequest::new(vec!["vol".into()]) };
+    match d.call(Op::Create(req)) {
+        Err(ClientError::Daemon(e)) => assert!(e.kind == ErrorKind::BadRequest && e.message.contains("takes no writers"), "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+
+    // A backup set: volatile, and released when its requester's connection ends.
+    let mut requester = d.client();
+    let backup = create(&mut requester, Context::Backup, false);
+    let kept = create(&mut d.client(), Context::FileShareBackup, true);
+    let b = d.list().into_iter().find(|c| c.id == backup.id).expect("alive while the requester is connected");
+    assert!(!b.persistent && b.attributes.iter().any(|a| a == "auto_release"), "{b:?}");
+    assert!(std::fs::read_dir(d.tree("vol", &backup)).is_ok());
+    drop(requester);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while d.list().iter().any(|c| c.id == backup.id) {
+        assert!(std::time::Instant::now() < deadline, "the backup set was not released");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!d.tree("vol", &backup).exists());
+    let left: Vec<_> = d.list().into_iter().map(|c| c.id).collect();
+    assert_eq!(left, [shared.id, rollback.id, kept.id], "the others stay (keep_after_disconnect kept the file-share one)");
 }

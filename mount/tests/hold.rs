@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use shadowcopy::protocol::{ClientError, ErrorKind, Op};
+use shadowcopy::protocol::{ClientError, ErrorKind, CreateRequest, Op};
 
 #[test]
 fn a_hanging_freeze_is_abandoned_at_the_hold_limit() {
@@ -21,7 +21,7 @@ fn a_hanging_freeze_is_abandoned_at_the_hold_limit() {
     std::fs::write(fs.path("dirty.bin"), vec![7u8; 16 << 20]).unwrap();
     let stall = d.failpoint("stall-live-writes");
     let t0 = Instant::now();
-    let r = d.call(Op::Create { volumes: vec!["vol".into()], volatile: false, writers: Default::default() });
+    let r = d.call(Op::Create(CreateRequest::new(vec!["vol".into()])));
     let took = t0.elapsed();
     drop(stall);
     match r {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use rusqlite::{Connection, OpenFlags};
-use shadowcopy::protocol::{Answer, CopyView, Op, WriterSelection};
+use shadowcopy::protocol::{Answer, CopyView, CreateRequest, Op, WriterSelection};
 use shadowcopy::testing::system::{require, ChildGuard};
 
 fn example_binary() -> PathBuf {
@@ -106,7 +106,7 @@ fn run(with_writer: bool, n: usize) -> (Daemon, Vec<(CopyView, Seen, Option<i64>
     for _ in 0..n {
         std::thread::sleep(Duration::from_millis(400));
         let sel = WriterSelection { none: !with_writer, ..Default::default() };
-        match d.call(Op::Create { volumes: vec!["vol".into()], volatile: false, writers: sel }) {
+        match d.call(Op::Create(CreateRequest { writers: sel, ..CreateRequest::new(vec!["vol".into()]) })) {
             Ok(Answer::Set(s)) => {
                 assert_eq!(s.writers.len(), usize::from(with_writer));
                 copies.push(s.copies[0].clone());

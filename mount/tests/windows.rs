@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use shadowcopy::protocol::{Answer, DeleteTarget, Op};
+use shadowcopy::protocol::{Answer, DeleteTarget, CreateRequest, Op};
 use shadowcopy::testing::system::*;
 
 fn vshadow_ids(image: &Path) -> Vec<String> {
@@ -65,7 +65,7 @@ fn windows_copies_match_vshadowmount_and_ntfs_3g() {
     // Read-only: no writes, no new copies, no deletion of Windows' stores.
     let err = std::fs::OpenOptions::new().write(true).open(d.live("win")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
-    match d.call(Op::Create { volumes: vec!["win".into()], volatile: false, writers: Default::default() }) {
+    match d.call(Op::Create(CreateRequest::new(vec!["win".into()]))) {
         Err(shadowcopy::protocol::ClientError::Daemon(e)) => assert!(e.message.contains("read-only"), "{}", e.message),
         other => panic!("create on a read-only volume: {other:?}"),
     }

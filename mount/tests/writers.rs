@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use shadowcopy::protocol::{Answer, ClientError, Op, WriterSelection, WriterState, WriterView};
+use shadowcopy::protocol::{Answer, ClientError, CreateRequest, Op, WriterSelection, WriterState, WriterView};
 use shadowcopy::testing::system::ChildGuard;
 
 /// An executable hook that logs `NAME EVENT SET_ID` to `log` and runs `extra` (bash) after.
@@ -49,9 +49,31 @@ fn events(log: &Path, name: &str) -> Vec<String> {
     std::fs::read_to_string(log).unwrap_or_default().lines().filter(|l| l.starts_with(&format!("{name} "))).map(|l| l.split(' ').nth(1).unwrap().to_string()).collect()
 }
 
+/// Waits (up to 10 s) until `name` logged `event`.
+fn wait_for_event(log: &Path, name: &str, event: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !events(log, name).iter().any(|e| e == event) {
+        assert!(Instant::now() < deadline, "{name} never got {event}: {:?}", events(log, name));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes `bytes` at the start of `vol`'s live file (which cannot be truncated).
+fn write_live(d: &Daemon, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(d.live("vol")).unwrap();
+    f.write_all_at(bytes, 0).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// Runs the CLI against the daemon; returns its output.
+fn cli(d: &Daemon, args: &[&str]) -> std::process::Output {
+    Command::new(cli_binary()).arg("--socket").arg(&d.socket).args(args).output().expect("running shadowcopy")
+}
+
 /// `create vol` with the given writer selection.
 fn create(d: &Daemon, writers: WriterSelection) -> Result<Answer, ClientError> {
-    d.call(Op::Create { volumes: vec!["vol".into()], volatile: false, writers })
+    d.call(Op::Create(CreateRequest { writers, ..CreateRequest::new(vec!["vol".into()]) }))
 }
 
 fn volume(d: &Daemon) {
@@ -67,9 +89,11 @@ fn hook_writers_see_every_event_in_order() {
     let _w = start_writer(&d, "app", &hook(d.dir.path(), "app", &log, ""), "vol");
     let set = d.create(&["vol"], false);
     assert_eq!(set.writers, vec!["app".to_string()]);
+    // The backup session ends with the requester's connection: BackupShutdown.
+    wait_for_event(&log, "app", "backup_shutdown");
     assert_eq!(
         events(&log, "app"),
-        ["identify", "prepare_for_backup", "prepare_for_snapshot", "freeze", "thaw", "post_snapshot", "backup_complete"],
+        ["identify", "prepare_for_backup", "prepare_for_snapshot", "freeze", "thaw", "post_snapshot", "backup_complete", "backup_shutdown"],
         "VSS's order"
     );
     // After the instant, the hook sees the set's id.
@@ -81,7 +105,7 @@ fn hook_writers_see_every_event_in_order() {
         Ok(Answer::Set(s)) => assert!(s.writers.is_empty()),
         other => panic!("{other:?}"),
     }
-    assert_eq!(events(&log, "app").len(), 7, "no events for a set without writers");
+    assert_eq!(events(&log, "app").len(), 8, "no events for a set without writers");
 }
 
 #[test]
@@ -175,4 +199,105 @@ fn a_requester_killed_mid_sequence_gets_the_set_aborted() {
     }
     assert!(!events(&log, "slow").contains(&"thaw".to_string()), "no set was taken");
     assert!(d.list().is_empty(), "no copy is kept");
+}
+
+#[test]
+fn a_backup_in_one_command_reads_the_copy_then_completes_and_releases_it() {
+    let d = Daemon::start(&[]);
+    volume(&d);
+    let log = d.dir.join("events.log");
+    let _w = start_writer(&d, "app", &hook(d.dir.path(), "app", &log, ""), "vol");
+    write_live(&d, b"backup me");
+    let read = d.dir.join("read.bin");
+    // The command runs between PostSnapshot and BackupComplete, with the copy in its environment.
+    let exec = format!("echo \"app exec $SHADOWCOPY_SET_ID\" >> {log}; head -c 9 \"$SHADOWCOPY_IMAGE_PATH\" > {read}", log = log.display(), read = read.display());
+    let out = cli(&d, &["create", "vol", "--context", "backup", "--exec", &exec]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(&read).unwrap(), b"backup me", "the command read the copy");
+    wait_for_event(&log, "app", "backup_shutdown");
+    assert_eq!(
+        events(&log, "app"),
+        ["identify", "prepare_for_backup", "prepare_for_snapshot", "freeze", "thaw", "post_snapshot", "exec", "backup_complete", "backup_shutdown"]
+    );
+    // A backup-context set is volatile and auto-released: gone with the command.
+    assert!(d.list().is_empty(), "released: {:?}", d.list());
+
+    // A failing command: no BackupComplete, its exit status, the set released all the same.
+    let out = cli(&d, &["create", "vol", "--context", "backup", "--exec", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not told BackupComplete"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while events(&log, "app").iter().filter(|e| *e == "backup_shutdown").count() < 2 {
+        assert!(Instant::now() < deadline, "second BackupShutdown: {:?}", events(&log, "app"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let tail: Vec<String> = events(&log, "app").into_iter().rev().take(3).collect();
+    assert_eq!(tail, ["backup_shutdown", "post_snapshot", "thaw"], "no backup_complete after a failed command");
+    assert!(d.list().is_empty());
+
+    // A volatile set with nothing to keep it is refused before anything happens.
+    let out = cli(&d, &["create", "vol", "--volatile"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--keep-after-exit"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(events(&log, "app").iter().filter(|e| *e == "identify").count(), 2);
+}
+
+#[test]
+fn backup_complete_can_wait_until_the_copies_were_read() {
+    let d = Daemon::start(&[]);
+    volume(&d);
+    let log = d.dir.join("events.log");
+    let _w = start_writer(&d, "app", &hook(d.dir.path(), "app", &log, ""), "vol");
+    let out = cli(&d, &["--json", "create", "vol", "--defer-backup-complete"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let set: shadowcopy::protocol::SetView = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(events(&log, "app").last().map(String::as_str), Some("post_snapshot"));
+    assert_eq!(writers(&d)[0].state, WriterState::WaitingForBackupComplete);
+    // Later, from another process:
+    let out = cli(&d, &["backup-complete", &set.set_id.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 writer"), "{}", String::from_utf8_lossy(&out.stdout));
+    wait_for_event(&log, "app", "backup_shutdown");
+    assert_eq!(events(&log, "app")[5..], ["post_snapshot", "backup_complete", "backup_shutdown"]);
+    assert_eq!(writers(&d)[0].state, WriterState::Stable);
+    assert_eq!(d.list().len(), 1, "a persistent set stays");
+    // Saying it twice is harmless; an unknown set is an error.
+    assert!(cli(&d, &["backup-complete", &set.set_id.to_string()]).status.success());
+    assert_eq!(events(&log, "app").iter().filter(|e| *e == "backup_complete").count(), 1);
+    let out = cli(&d, &["backup-complete", &uuid::Uuid::new_v4().to_string()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no shadow copy set"));
+}
+
+#[test]
+fn writers_are_told_around_a_revert_and_may_refuse_it() {
+    let d = Daemon::start(&[]);
+    volume(&d);
+    let log = d.dir.join("events.log");
+    let veto = d.dir.join("veto");
+    let _w = start_writer(&d, "app", &hook(d.dir.path(), "app", &log, &format!("if [ \"$1\" = pre_restore ] && [ -e {} ]; then echo 'service still running' >&2; exit 1; fi", veto.display())), "vol");
+    write_live(&d, b"old");
+    let set = d.create(&["vol"], false);
+    write_live(&d, b"new");
+    let id = set.copies[0].id;
+
+    std::fs::write(&veto, b"").unwrap();
+    let err = match d.call(Op::Revert { id }) {
+        Err(ClientError::Daemon(e)) => e.message,
+        other => panic!("revert with a refusing writer: {other:?}"),
+    };
+    assert!(err.contains("`app`") && err.contains("pre_restore") && err.contains("service still running"), "{err}");
+    let mut head = [0u8; 3];
+    std::io::Read::read_exact(&mut std::fs::File::open(d.live("vol")).unwrap(), &mut head).unwrap();
+    assert_eq!(&head, b"new", "a refused revert changes nothing");
+    assert_eq!(writers(&d)[0].state, WriterState::FailedAtPreRestore);
+
+    std::fs::remove_file(&veto).unwrap();
+    match d.call(Op::Revert { id }) {
+        Ok(Answer::Done(m)) => assert!(m.contains("1 writer"), "{m}"),
+        other => panic!("revert: {other:?}"),
+    }
+    std::io::Read::read_exact(&mut std::fs::File::open(d.live("vol")).unwrap(), &mut head).unwrap();
+    assert_eq!(&head, b"old");
+    let ev = events(&log, "app");
+    assert_eq!(ev[ev.len() - 2..], ["pre_restore", "post_restore"]);
 }

@@ -54,13 +54,11 @@ pub enum Op {
     VolumeList,
     /// Unregisters a volume and deletes its diff area (its copies are lost).
     VolumeRemove { name: String },
-    /// Takes one shadow copy set of the named volumes, with the writers chosen by `writers`.
-    Create {
-        volumes: Vec<String>,
-        volatile: bool,
-        #[serde(default)]
-        writers: WriterSelection,
-    },
+    /// Takes one shadow copy set (see [`CreateRequest`]).
+    Create(CreateRequest),
+    /// The requester has read the set's copies: the set's writers get BackupComplete (for a set
+    /// created with `defer_backup_complete`).
+    BackupComplete { set_id: Uuid },
     /// Registers the calling connection as a writer; the daemon then sends it [`Reply::Event`]
     /// lines, which it answers with [`Op::WriterAnswer`].
     WriterRegister(WriterRegistration),
@@ -93,12 +91,109 @@ impl Op {
             Op::WriterRegister(_) | Op::WriterAnswer { .. } => true,
             Op::VolumeAdd { .. }
             | Op::VolumeRemove { .. }
-            | Op::Create { .. }
+            | Op::Create(_)
+            | Op::BackupComplete { .. }
             | Op::Delete { .. }
             | Op::StorageResize { .. }
             | Op::Export { .. }
             | Op::Revert { .. } => true,
         }
+    }
+}
+
+/// A request for one shadow copy set of the named volumes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    pub volumes: Vec<String>,
+    /// What the set is for; decides persistence, writers and visibility.
+    #[serde(default)]
+    pub context: Context,
+    /// Overrides the context's persistence (`VSS_VOLSNAP_ATTR_PERSISTENT`).
+    #[serde(default)]
+    pub persistent: Option<bool>,
+    #[serde(default)]
+    pub writers: WriterSelection,
+    /// Keep a non-persistent set after the requester's connection ends (until it is deleted or
+    /// the daemon stops). Without it, a non-persistent set is released with the connection.
+    #[serde(default)]
+    pub keep_after_disconnect: bool,
+    /// Do not send BackupComplete now: the requester sends [`Op::BackupComplete`] once it has
+    /// read the copies.
+    #[serde(default)]
+    pub defer_backup_complete: bool,
+}
+
+impl CreateRequest {
+    /// A set of `volumes` with every default (context `client_accessible_writers`: persistent,
+    /// with writers, listed in the mount).
+    pub fn new(volumes: Vec<String>) -> CreateRequest {
+        CreateRequest { volumes, context: Context::default(), persistent: None, writers: WriterSelection::default(), keep_after_disconnect: false, defer_backup_complete: false }
+    }
+
+    /// Whether the set outlives a daemon restart.
+    pub fn is_persistent(&self) -> bool {
+        self.persistent.unwrap_or(self.context.persistent())
+    }
+}
+
+/// What a set is for, like VSS's `_VSS_SNAPSHOT_CONTEXT`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Context {
+    /// `VSS_CTX_BACKUP`: for a backup tool; with writers, released when the requester's
+    /// connection ends, reachable by path but not listed.
+    Backup,
+    /// `VSS_CTX_FILE_SHARE_BACKUP`: like `backup` without writers.
+    FileShareBackup,
+    /// `VSS_CTX_NAS_ROLLBACK`: persistent, no writers, not listed; kept for reverting.
+    NasRollback,
+    /// `VSS_CTX_APP_ROLLBACK`: persistent, with writers, not listed.
+    AppRollback,
+    /// `VSS_CTX_CLIENT_ACCESSIBLE`: persistent, no writers, listed (Previous Versions, Samba).
+    ClientAccessible,
+    /// `VSS_CTX_CLIENT_ACCESSIBLE_WRITERS`: persistent, with writers, listed.
+    #[default]
+    ClientAccessibleWriters,
+}
+
+impl Context {
+    pub const ALL: [Context; 6] =
+        [Context::Backup, Context::FileShareBackup, Context::NasRollback, Context::AppRollback, Context::ClientAccessible, Context::ClientAccessibleWriters];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Context::Backup => "backup",
+            Context::FileShareBackup => "file_share_backup",
+            Context::NasRollback => "nas_rollback",
+            Context::AppRollback => "app_rollback",
+            Context::ClientAccessible => "client_accessible",
+            Context::ClientAccessibleWriters => "client_accessible_writers",
+        }
+    }
+
+    /// Persistent unless asked otherwise.
+    pub fn persistent(self) -> bool {
+        !matches!(self, Context::Backup | Context::FileShareBackup)
+    }
+
+    /// Writers take part.
+    pub fn with_writers(self) -> bool {
+        matches!(self, Context::Backup | Context::AppRollback | Context::ClientAccessibleWriters)
+    }
+
+    /// Listed in the volume's folder of the mount (otherwise reachable only by its path).
+    pub fn client_accessible(self) -> bool {
+        matches!(self, Context::ClientAccessible | Context::ClientAccessibleWriters)
+    }
+
+    /// The code kept in a copy's attribute bits (0: none recorded).
+    fn code(self) -> u32 {
+        Context::ALL.iter().position(|c| *c == self).map_or(0, |i| i as u32 + 1)
+    }
+
+    fn from_code(code: u32) -> Option<Context> {
+        Context::ALL.get((code as usize).checked_sub(1)?).copied()
     }
 }
 
@@ -218,6 +313,9 @@ pub enum WriterState {
     FailedAtThaw,
     FailedAtPostSnapshot,
     FailedAtBackupComplete,
+    FailedAtBackupShutdown,
+    FailedAtPreRestore,
+    FailedAtPostRestore,
     /// The writer's connection ended (it exited or crashed).
     Disconnected,
 }
@@ -343,6 +441,9 @@ pub struct CopyView {
     /// The folder name in the mount, `@GMT-YYYY.MM.DD-HH.MM.SS`.
     pub exposed_name: String,
     pub persistent: bool,
+    /// The set's context (`backup`, `client_accessible_writers`, …), if recorded.
+    #[serde(default)]
+    pub context: Option<String>,
     /// Attribute names (`persistent`/`volatile`, `client_accessible`, …).
     pub attributes: Vec<String>,
     /// The attribute bits as stored (ours, or Windows' `VSS_VOLSNAP_ATTR_*` flags).
@@ -409,11 +510,26 @@ pub mod attributes {
     pub const NO_WRITERS: u32 = 1 << 1;
     /// Filesystems on the volume were frozen for the instant.
     pub const FS_FROZEN: u32 = 1 << 2;
+    /// Released when the requester's connection ends (the opposite of
+    /// `VSS_VOLSNAP_ATTR_NO_AUTO_RELEASE`).
+    pub const AUTO_RELEASE: u32 = 1 << 3;
+    const CONTEXT_SHIFT: u32 = 8;
+    const CONTEXT_MASK: u32 = 0xf << CONTEXT_SHIFT;
+
+    /// The bits for a set of `context`.
+    pub fn with_context(bits: u32, context: super::Context) -> u32 {
+        (bits & !CONTEXT_MASK) | (context.code() << CONTEXT_SHIFT)
+    }
+
+    /// The context recorded in `bits`.
+    pub fn context(bits: u32) -> Option<super::Context> {
+        super::Context::from_code((bits & CONTEXT_MASK) >> CONTEXT_SHIFT)
+    }
 
     /// Names of the bits set in `bits`, plus `persistent` or `volatile`.
     pub fn names(bits: u32, persistent: bool) -> Vec<String> {
         let mut v = vec![if persistent { "persistent" } else { "volatile" }.to_string()];
-        for (bit, name) in [(CLIENT_ACCESSIBLE, "client_accessible"), (NO_WRITERS, "no_writers"), (FS_FROZEN, "fs_frozen")] {
+        for (bit, name) in [(CLIENT_ACCESSIBLE, "client_accessible"), (NO_WRITERS, "no_writers"), (FS_FROZEN, "fs_frozen"), (AUTO_RELEASE, "auto_release")] {
             if bits & bit != 0 {
                 v.push(name.to_string());
             }
@@ -511,5 +627,22 @@ mod tests {
         assert!(serde_json::from_str::<Request>(r#"{"v":1,"op":"format_disk"}"#).is_err());
         let unit: Request = serde_json::from_str(r#"{"v":1,"op":"volume_list"}"#).unwrap();
         assert!(matches!(unit.op, Op::VolumeList));
+    }
+
+    #[test]
+    fn create_defaults_and_contexts() {
+        let r: Request = serde_json::from_str(r#"{"v":1,"op":"create","args":{"volumes":["a"]}}"#).unwrap();
+        let Op::Create(c) = r.op else { panic!("not a create: {:?}", r.op) };
+        assert_eq!(c.context, Context::ClientAccessibleWriters);
+        assert!(c.is_persistent() && !c.keep_after_disconnect && !c.defer_backup_complete);
+        let r: Request = serde_json::from_str(r#"{"v":1,"op":"create","args":{"volumes":["a"],"context":"backup"}}"#).unwrap();
+        let Op::Create(c) = r.op else { panic!() };
+        assert!(!c.is_persistent() && c.context.with_writers() && !c.context.client_accessible());
+        for ctx in Context::ALL {
+            let bits = attributes::with_context(attributes::CLIENT_ACCESSIBLE | attributes::AUTO_RELEASE, ctx);
+            assert_eq!(attributes::context(bits), Some(ctx));
+            assert_eq!(bits & 0xff, attributes::CLIENT_ACCESSIBLE | attributes::AUTO_RELEASE);
+        }
+        assert_eq!(attributes::context(attributes::CLIENT_ACCESSIBLE), None);
     }
 }

@@ -219,7 +219,8 @@ impl Frontend {
             Resolved::VolumeDir(v) => {
                 out.push((Node::Live(v.slot).id().unwrap_or(0), FileType::RegularFile, b"live".to_vec()));
                 out.push((Node::ImagesDir(v.slot).id().unwrap_or(0), FileType::Directory, b".images".to_vec()));
-                let copies: Vec<Arc<Copy>> = v.copies.read().values().filter(|c| c.exposed()).cloned().collect();
+                let windows = v.system().is_none();
+                let copies: Vec<Arc<Copy>> = v.copies.read().values().filter(|c| c.listed(windows)).cloned().collect();
                 for c in copies {
                     if let Some(fs) = c.tree(self.service.settings.fs_owner) {
                         if let Some(id) = (Node::Tree { copy: c.slot, ino: fs.root() }).id() {

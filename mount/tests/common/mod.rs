@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shadowcopy::protocol::{Answer, Client, ClientError, CopyView, Op, SetView};
+use shadowcopy::protocol::{Answer, Client, ClientError, CopyView, CreateRequest, Op, SetView};
 use shadowcopy::testing::system::*;
 
 /// A daemon with its own state directory, mount and socket.
@@ -172,7 +172,13 @@ impl Daemon {
     }
 
     pub fn create(&self, volumes: &[&str], volatile: bool) -> SetView {
-        match self.call(Op::Create { volumes: volumes.iter().map(|s| s.to_string()).collect(), volatile, writers: Default::default() }) {
+        let req = CreateRequest {
+            persistent: Some(!volatile),
+            // Each call is its own connection: keep volatile sets after it.
+            keep_after_disconnect: true,
+            ..CreateRequest::new(volumes.iter().map(|s| s.to_string()).collect())
+        };
+        match self.call(Op::Create(req)) {
             Ok(Answer::Set(s)) => s,
             other => panic!("create: {other:?}\n{}", self.log()),
         }

@@ -41,23 +41,21 @@ enum Command {
     /// Register, list and remove volumes.
     #[command(subcommand)]
     Volume(VolumeCmd),
-    /// Take one shadow copy set of the named volumes (filesystems on them are frozen for the instant).
-    Create {
-        #[arg(required = true)]
-        volumes: Vec<String>,
-        /// Not kept across daemon restarts (cheaper: no durability work).
-        #[arg(long)]
-        volatile: bool,
-        /// Only these writers take part (repeatable) [default: writers with components on the volumes].
-        #[arg(long = "writer", value_name = "NAME")]
-        writers: Vec<String>,
-        /// Leave this writer out (repeatable).
-        #[arg(long = "exclude-writer", value_name = "NAME")]
-        exclude_writers: Vec<String>,
-        /// No writers: a crash-consistent set.
-        #[arg(long, conflicts_with_all = ["writers", "exclude_writers"])]
-        no_writers: bool,
-    },
+    /// Take one shadow copy set of the named volumes (writers freeze, filesystems on them are
+    /// frozen for the instant, then everything resumes).
+    #[command(after_help = "Contexts (like VSS's):\n  \
+        client-accessible-writers  persistent, with writers, listed in the volume's folder (default)\n  \
+        client-accessible          persistent, no writers, listed\n  \
+        app-rollback               persistent, with writers, reachable by path only\n  \
+        nas-rollback               persistent, no writers, reachable by path only\n  \
+        backup                     volatile, with writers, reachable by path only; released when this command exits\n  \
+        file-share-backup          like backup, without writers\n\n\
+        A backup in one command:\n  \
+        shadowcopy create data --context backup --exec 'tar -C \"$SHADOWCOPY_COPY_PATH\" -czf /backup/data.tgz .'")]
+    Create(CreateArgs),
+    /// Tell the writers of a set created with --defer-backup-complete that the backup tool has
+    /// read the copies (BackupComplete).
+    BackupComplete { set_id: Uuid },
     /// List the writers and their states (like `vssadmin list writers`).
     Writers,
     /// Run a writer.
@@ -82,6 +80,70 @@ enum Command {
     /// image meanwhile).
     #[command(subcommand)]
     Offline(offline::Offline),
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    #[arg(required = true)]
+    pub volumes: Vec<String>,
+    /// What the set is for (see below) [default: client-accessible-writers].
+    #[arg(long, value_enum)]
+    pub context: Option<ContextArg>,
+    /// Keep the set across daemon restarts, whatever the context.
+    #[arg(long, conflicts_with = "volatile")]
+    pub persistent: bool,
+    /// Not kept across daemon restarts (cheaper: no durability work); released when this command
+    /// exits unless --keep-after-exit.
+    #[arg(long)]
+    pub volatile: bool,
+    /// Keep a volatile set after this command exits (until deleted or the daemon stops).
+    #[arg(long)]
+    pub keep_after_exit: bool,
+    /// Once the set is taken, run COMMAND (with `sh -c`) with SHADOWCOPY_SET_ID,
+    /// SHADOWCOPY_COPY_IDS, SHADOWCOPY_COPY_PATHS and SHADOWCOPY_IMAGE_PATHS (the copies' trees
+    /// and raw images, one per line) and, for one volume, SHADOWCOPY_COPY_PATH and
+    /// SHADOWCOPY_IMAGE_PATH in its environment. When it succeeds the writers get BackupComplete;
+    /// a volatile set is released when it ends. The exit status is COMMAND's.
+    #[arg(long, value_name = "COMMAND")]
+    pub exec: Option<String>,
+    /// Do not send BackupComplete now: send it later with `shadowcopy backup-complete SET_ID`,
+    /// once the copies were read.
+    #[arg(long, conflicts_with = "exec")]
+    pub defer_backup_complete: bool,
+    /// Only these writers take part (repeatable) [default: writers with components on the volumes].
+    #[arg(long = "writer", value_name = "NAME")]
+    pub writers: Vec<String>,
+    /// Leave this writer out (repeatable).
+    #[arg(long = "exclude-writer", value_name = "NAME")]
+    pub exclude_writers: Vec<String>,
+    /// No writers: a crash-consistent set.
+    #[arg(long, conflicts_with_all = ["writers", "exclude_writers"])]
+    pub no_writers: bool,
+}
+
+/// `--context` values, mapped to the protocol's.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ContextArg {
+    Backup,
+    FileShareBackup,
+    NasRollback,
+    AppRollback,
+    ClientAccessible,
+    ClientAccessibleWriters,
+}
+
+impl From<ContextArg> for shadowcopy::protocol::Context {
+    fn from(c: ContextArg) -> Self {
+        use shadowcopy::protocol::Context as C;
+        match c {
+            ContextArg::Backup => C::Backup,
+            ContextArg::FileShareBackup => C::FileShareBackup,
+            ContextArg::NasRollback => C::NasRollback,
+            ContextArg::AppRollback => C::AppRollback,
+            ContextArg::ClientAccessible => C::ClientAccessible,
+            ContextArg::ClientAccessibleWriters => C::ClientAccessibleWriters,
+        }
+    }
 }
 
 #[derive(Subcommand)]

@@ -5,10 +5,10 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use shadowcopy::protocol::{default_socket_path, Answer, Client, CopyView, DeleteTarget, Op, WriterSelection};
+use shadowcopy::protocol::{default_socket_path, Answer, Client, CopyView, CreateRequest, DeleteTarget, Op, WriterSelection};
 use shadowcopy::size::format_size;
 
-use super::{Command, DeleteArgs, StorageCmd, VolumeCmd, WriterCmd};
+use super::{Command, CreateArgs, DeleteArgs, StorageCmd, VolumeCmd, WriterCmd};
 
 pub fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<()> {
     let op = match cmd {
@@ -26,9 +26,8 @@ pub fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<()> {
         }
         Command::Volume(VolumeCmd::List) => Op::VolumeList,
         Command::Volume(VolumeCmd::Remove { name }) => Op::VolumeRemove { name },
-        Command::Create { volumes, volatile, writers, exclude_writers, no_writers } => {
-            Op::Create { volumes, volatile, writers: WriterSelection { none: no_writers, only: writers, exclude: exclude_writers } }
-        }
+        Command::Create(args) => return create(args, socket, json),
+        Command::BackupComplete { set_id } => Op::BackupComplete { set_id },
         Command::Writers => Op::Writers,
         Command::Writer(WriterCmd::Run { name, exec, volumes }) => return super::hook::run(socket, name, exec, volumes),
         Command::List { volume } => Op::List { volume },
@@ -69,6 +68,67 @@ pub fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<()> {
         println!("{}", answer_json(&answer)?);
     } else {
         print_table(&answer);
+    }
+    Ok(())
+}
+
+/// `shadowcopy create`: takes the set, prints it, and with `--exec` runs the command on it, tells
+/// the writers BackupComplete if it succeeded, and lets a volatile set go when this process ends
+/// (the daemon releases it with the connection).
+fn create(args: CreateArgs, socket: Option<PathBuf>, json: bool) -> Result<()> {
+    let context = args.context.map(Into::into).unwrap_or_default();
+    let persistent = if args.persistent {
+        Some(true)
+    } else if args.volatile {
+        Some(false)
+    } else {
+        None
+    };
+    let req = CreateRequest {
+        volumes: args.volumes,
+        context,
+        persistent,
+        writers: WriterSelection { none: args.no_writers, only: args.writers, exclude: args.exclude_writers },
+        keep_after_disconnect: args.keep_after_exit,
+        defer_backup_complete: args.defer_backup_complete || args.exec.is_some(),
+    };
+    if !req.is_persistent() && args.exec.is_none() && !args.keep_after_exit {
+        bail!(
+            "a volatile set (context `{}`) is released when this command exits: add --exec COMMAND to use it meanwhile, \
+             --keep-after-exit to keep it until the daemon stops, or --persistent",
+            context.as_str()
+        );
+    }
+    let socket = socket.unwrap_or_else(default_socket_path);
+    let mut client = Client::connect(&socket)?;
+    let mount = match client.call(Op::Status, &mut |_, _| {})? {
+        Answer::Status(s) => PathBuf::from(s.mount),
+        other => bail!("unexpected answer to status: {other:?}"),
+    };
+    let answer = client.call(Op::Create(req), &mut |_, _| {})?;
+    if json {
+        println!("{}", answer_json(&answer)?);
+    } else {
+        print_table(&answer);
+    }
+    let (Some(command), Answer::Set(set)) = (args.exec, &answer) else { return Ok(()) };
+    let paths: Vec<String> = set.copies.iter().map(|c| mount.join(&c.volume).join(&c.exposed_name).display().to_string()).collect();
+    let ids: Vec<String> = set.copies.iter().map(|c| c.id.to_string()).collect();
+    let images: Vec<String> = set.copies.iter().map(|c| mount.join(&c.volume).join(".images").join(format!("{}.img", c.exposed_name)).display().to_string()).collect();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c").arg(&command).env("SHADOWCOPY_SET_ID", set.set_id.to_string()).env("SHADOWCOPY_COPY_IDS", ids.join(" ")).env("SHADOWCOPY_COPY_PATHS", paths.join("\n"))
+        .env("SHADOWCOPY_IMAGE_PATHS", images.join("\n"));
+    if let ([path], [image]) = (paths.as_slice(), images.as_slice()) {
+        cmd.env("SHADOWCOPY_COPY_PATH", path).env("SHADOWCOPY_IMAGE_PATH", image);
+    }
+    let status = cmd.status().with_context(|| format!("running `{command}`"))?;
+    if !status.success() {
+        eprintln!("shadowcopy: `{command}` failed ({status}); the writers were not told BackupComplete");
+        std::process::exit(status.code().unwrap_or(1).max(1));
+    }
+    match client.call(Op::BackupComplete { set_id: set.set_id }, &mut |_, _| {})? {
+        Answer::Done(m) if !json => eprintln!("{m}"),
+        _ => {}
     }
     Ok(())
 }
@@ -128,6 +188,7 @@ fn print_copies(copies: &[CopyView]) {
                 c.volume.clone(),
                 created(c),
                 c.exposed_name.clone(),
+                c.context.clone().unwrap_or_else(|| "-".into()),
                 format!("{} ({:#010x})", c.attributes.join(","), c.attribute_flags),
                 c.provider.clone(),
                 format_size(c.diff_area_used),
@@ -135,7 +196,7 @@ fn print_copies(copies: &[CopyView]) {
             ]
         })
         .collect();
-    table(&["SHADOW COPY ID", "SET ID", "VOLUME", "CREATED", "EXPOSED AS", "ATTRIBUTES", "PROVIDER", "DIFF AREA USED", "STATE"], &rows);
+    table(&["SHADOW COPY ID", "SET ID", "VOLUME", "CREATED", "EXPOSED AS", "CONTEXT", "ATTRIBUTES", "PROVIDER", "DIFF AREA USED", "STATE"], &rows);
 }
 
 fn print_table(a: &Answer) {
