@@ -203,3 +203,57 @@ fn contexts_decide_persistence_listing_and_release() {
     let left: Vec<_> = d.list().into_iter().map(|c| c.id).collect();
     assert_eq!(left, [shared.id, rollback.id, kept.id], "the others stay (keep_after_disconnect kept the file-share one)");
 }
+
+/// Every copy of a set shares one instant: a writer puts a sequence number on volume `a`, then
+/// the same number on `b`, over and over; in every set, `b`'s copy holds `a`'s number or the one
+/// before it (the one write in flight), never anything further apart.
+#[test]
+fn a_set_of_two_volumes_shares_one_instant() {
+    use std::os::unix::fs::FileExt;
+    let d = Daemon::start(&[]);
+    for name in ["a", "b"] {
+        let image = image_file(&d.dir, &format!("{name}.img"), 16 << 20);
+        d.add_volume(name, &image);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (a, b) = (d.live("a"), d.live("b"));
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let open = |p: &std::path::Path| std::fs::OpenOptions::new().write(true).open(p).unwrap();
+            let (fa, fb) = (open(&a), open(&b));
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                fa.write_all_at(&n.to_le_bytes(), 0).unwrap();
+                fb.write_all_at(&n.to_le_bytes(), 0).unwrap();
+            }
+            n
+        })
+    };
+    let seq_of = |p: std::path::PathBuf| {
+        let mut buf = [0u8; 8];
+        std::fs::File::open(&p).unwrap().read_exact_at(&mut buf, 0).unwrap();
+        u64::from_le_bytes(buf)
+    };
+    while seq_of(d.live("b")) == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let mut seen = Vec::new();
+    for _ in 0..40 {
+        let set = d.create(&["a", "b"], false);
+        assert_eq!(set.copies.len(), 2);
+        let copy = |v: &str| set.copies.iter().find(|c| c.volume == v).unwrap().clone();
+        let (ca, cb) = (copy("a"), copy("b"));
+        assert_eq!(ca.set_id, cb.set_id);
+        let (sa, sb) = (seq_of(d.image("a", &ca)), seq_of(d.image("b", &cb)));
+        assert!(sa == sb || sa == sb + 1, "set {}: a holds {sa}, b holds {sb}", set.set_id);
+        seen.push((sa, sb));
+        std::thread::sleep(std::time::Duration::from_millis(15));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    // The sets were taken while the writer ran, not before or after it.
+    let distinct: std::collections::BTreeSet<u64> = seen.iter().map(|s| s.0).collect();
+    assert!(distinct.len() >= 10 && seen.iter().all(|s| s.0 > 0 && s.0 <= written), "{seen:?} of {written}");
+}
