@@ -12,7 +12,9 @@
 # from `freeze` to `thaw` is at most 60 s.
 #
 # Events, in order: identify, prepare_for_backup, prepare_for_snapshot, freeze, [the instant],
-# thaw, post_snapshot, backup_complete; `abort` replaces the rest when a set fails.
+# thaw, post_snapshot, backup_complete (maybe later: when the backup tool says it read the
+# copies), backup_shutdown (the backup session ended); `abort` replaces the rest when a set
+# fails. Around `shadowcopy revert`: pre_restore (failing refuses the revert), post_restore.
 # An existing qemu-guest-agent hook maps `freeze` -> freeze and `thaw` -> thaw.
 
 case "$1" in
