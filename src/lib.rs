@@ -11,10 +11,22 @@
 //! | [`volume`] | raw bytes: the [`volume::Storage`] seam and its file backend | knows copies exist |
 //! | `sys` | the only `unsafe`: kernel ioctls | grows beyond single calls |
 //!
+//! Beside the engine, for the daemon and the CLI:
+//!
+//! | module | owns | never |
+//! |---|---|---|
+//! | [`coordinator`] | registered writers and their states, the requester sequence around a set's instant, its timeouts, backup sessions | touches volume bytes (the hold is handed in) |
+//! | [`hold`] | flush and hold: finding filesystems on live files, FIFREEZE/FITHAW with a watchdog | takes copies |
+//! | [`protocol`] | the control-socket wire types and a client | performs an operation |
+//! | [`writer`] | the writer SDK (a trait with a default per event, a reconnecting runner) | decides the order of events |
+//! | [`fsread`] | read-only filesystem readers over a copy (ext2/3/4, FAT, NTFS) | writes |
+//! | [`vss`] | Windows' VSS stores on NTFS volumes, as a read-only provider | writes |
+//!
 //! `docs/design.md` is the specification: format, algorithms, crash-safety argument and
 //! concurrency rules.
 
 pub mod cache;
+pub mod coordinator;
 pub mod diffarea;
 pub mod engine;
 pub mod fsread;

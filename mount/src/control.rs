@@ -112,7 +112,7 @@ fn is_admin(stream: &UnixStream, access: Access) -> bool {
 /// released, backup sessions may end).
 struct ConnectionEnd<'a> {
     service: &'a Service,
-    as_writer: Option<Arc<crate::writers::WriterConn>>,
+    as_writer: Option<Arc<shadowcopy::coordinator::WriterConn>>,
     sets: Vec<uuid::Uuid>,
 }
 

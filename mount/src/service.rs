@@ -238,9 +238,9 @@ pub struct Service {
     /// Told about copies that leave (deleted, or gone for space).
     departures: Mutex<Vec<Departure>>,
     pub notify: OnceLock<DepartureHook>,
-    pub writers: crate::writers::Writers,
+    pub writers: shadowcopy::coordinator::Writers,
     /// Backup sessions of sets taken with writers (until BackupShutdown).
-    sessions: crate::writers::Sessions,
+    sessions: shadowcopy::coordinator::Sessions,
 }
 
 type OpResult = Result<Answer, (ErrorKind, String)>;
@@ -325,8 +325,8 @@ impl Service {
             names_dirty: (Mutex::new(false), parking_lot::Condvar::new()),
             departures: Mutex::new(Vec::new()),
             notify: OnceLock::new(),
-            writers: crate::writers::Writers::default(),
-            sessions: crate::writers::Sessions::default(),
+            writers: shadowcopy::coordinator::Writers::default(),
+            sessions: shadowcopy::coordinator::Sessions::default(),
         };
         let records = match svc.state.load() {
             Ok(r) => r,
@@ -751,7 +751,7 @@ impl Service {
             }
             Ok(Held { set, held, mount_points })
         };
-        let taken = crate::writers::run_set(
+        let taken = shadowcopy::coordinator::run_set(
             &chosen.writers,
             names,
             requester_alive,
@@ -800,7 +800,7 @@ impl Service {
         }
         match self.sessions.backup_complete(set_id) {
             Ok(m) => Ok(Answer::Done(m)),
-            Err(crate::writers::NoSession) => Ok(Answer::Done(format!("set {set_id} has no writers waiting for BackupComplete; nothing to tell"))),
+            Err(shadowcopy::coordinator::NoSession) => Ok(Answer::Done(format!("set {set_id} has no writers waiting for BackupComplete; nothing to tell"))),
         }
     }
 
@@ -913,9 +913,9 @@ impl Service {
         let engine = system_of(&v)?;
         let volumes = vec![v.name.clone()];
         let chosen = self.writers.choose(&volumes, &protocol::WriterSelection::default()).map_err(|e| (ErrorKind::NotFound, e))?;
-        crate::writers::pre_restore(&chosen.writers, copy.info.set_id, &volumes, id).map_err(|e| (ErrorKind::Failed, e))?;
+        shadowcopy::coordinator::pre_restore(&chosen.writers, copy.info.set_id, &volumes, id).map_err(|e| (ErrorKind::Failed, e))?;
         let reverted = engine.revert(id, progress).map_err(engine_error);
-        let failures = crate::writers::post_restore(&chosen.writers, copy.info.set_id, &volumes, id);
+        let failures = shadowcopy::coordinator::post_restore(&chosen.writers, copy.info.set_id, &volumes, id);
         reverted?;
         let mut msg = format!("volume `{}` reverted to shadow copy {id}", v.name);
         if !chosen.writers.is_empty() {

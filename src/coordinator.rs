@@ -14,7 +14,8 @@
 //! freeze window (Freeze → Thaw) is at most [`FREEZE_WINDOW`]. The sequence runs in the daemon, so
 //! these limits hold even if the requester disconnects.
 //!
-//! Never touches volume bytes or the engine: the hold itself is the service's.
+//! Never touches volume bytes or the engine: the hold (filesystem freeze and the engine's commit)
+//! is handed to [`run_set`] by the daemon.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use shadowcopy::protocol::{EventMessage, Reply, WriterEvent, WriterOutcome, WriterRegistration, WriterSelection, WriterState, WriterView};
+use crate::protocol::{EventMessage, Reply, WriterEvent, WriterOutcome, WriterRegistration, WriterSelection, WriterState, WriterView};
 use uuid::Uuid;
 
 /// How long a writer may take to answer one event.
@@ -250,10 +251,10 @@ pub fn run_set<T>(
     volumes: &[String],
     requester_alive: &dyn Fn() -> bool,
     defer_backup_complete: bool,
-    hold: impl FnOnce() -> Result<(T, Uuid, Vec<Uuid>), (shadowcopy::protocol::ErrorKind, String)>,
+    hold: impl FnOnce() -> Result<(T, Uuid, Vec<Uuid>), (crate::protocol::ErrorKind, String)>,
     undo: impl FnOnce(&T),
-) -> Result<Taken<T>, (shadowcopy::protocol::ErrorKind, String)> {
-    use shadowcopy::protocol::ErrorKind;
+) -> Result<Taken<T>, (crate::protocol::ErrorKind, String)> {
+    use crate::protocol::ErrorKind;
     let msg = |event, set_id: Option<Uuid>, copy_ids: &[Uuid], comps: &[String]| event_for(event, set_id, volumes, copy_ids, comps);
     let mut prepared: Vec<&Arc<WriterConn>> = Vec::new();
     let abort = |prepared: &[&Arc<WriterConn>], set_id: Option<Uuid>| {
