@@ -410,3 +410,113 @@ pub fn pre_restore(writers: &[ChosenWriter], set_id: Uuid, volumes: &[String], c
 pub fn post_restore(writers: &[ChosenWriter], set_id: Uuid, volumes: &[String], copy_id: Uuid) -> Vec<String> {
     tell_all(writers, WriterEvent::PostRestore, set_id, volumes, &[copy_id])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ErrorKind;
+    use std::io::{BufRead, BufReader};
+
+    /// A writer on the other end of a socket pair: records each event it gets and answers it
+    /// with `answer(event)`.
+    struct FakeWriter {
+        conn: Arc<WriterConn>,
+        seen: Arc<Mutex<Vec<WriterEvent>>>,
+    }
+
+    fn fake(writers: &Writers, name: &str, answer: fn(WriterEvent) -> WriterOutcome) -> FakeWriter {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let reg = WriterRegistration { name: name.into(), class_id: Uuid::new_v4(), instance_id: Uuid::new_v4(), components: vec![] };
+        let conn = writers.register(reg, ours);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (c, s) = (Arc::clone(&conn), Arc::clone(&seen));
+        std::thread::spawn(move || {
+            for line in BufReader::new(theirs).lines() {
+                let Ok(line) = line else { return };
+                if let Ok(Reply::Event(e)) = serde_json::from_str::<Reply>(&line) {
+                    s.lock().push(e.event);
+                    c.answer(e.seq, answer(e.event));
+                }
+            }
+        });
+        FakeWriter { conn, seen }
+    }
+
+    fn ok(_: WriterEvent) -> WriterOutcome {
+        WriterOutcome::Ok
+    }
+
+    fn events(w: &FakeWriter) -> Vec<&'static str> {
+        w.seen.lock().iter().map(|e| e.as_str()).collect()
+    }
+
+    fn chosen(ws: &[&FakeWriter]) -> Vec<ChosenWriter> {
+        ws.iter().map(|w| (Arc::clone(&w.conn), vec![])).collect()
+    }
+
+    #[test]
+    fn a_failed_hold_aborts_every_prepared_writer() {
+        let writers = Writers::default();
+        let (a, b) = (fake(&writers, "a", ok), fake(&writers, "b", ok));
+        let r = run_set(&chosen(&[&a, &b]), &["v".into()], &|| true, false, || Err::<((), Uuid, Vec<Uuid>), _>((ErrorKind::Timeout, "held too long".into())), |_| {});
+        assert!(matches!(r, Err((ErrorKind::Timeout, _))));
+        for w in [&a, &b] {
+            assert_eq!(events(w), ["identify", "prepare_for_backup", "prepare_for_snapshot", "freeze", "abort"]);
+        }
+    }
+
+    #[test]
+    fn a_thaw_failure_undoes_the_set() {
+        let writers = Writers::default();
+        let bad = fake(&writers, "bad", |e| if e == WriterEvent::Thaw { WriterOutcome::Failed { message: "lost the lock".into(), retryable: true } } else { WriterOutcome::Ok });
+        let undone = AtomicBool::new(false);
+        let r = run_set(&chosen(&[&bad]), &["v".into()], &|| true, false, || Ok(((), Uuid::new_v4(), vec![])), |_| undone.store(true, Ordering::Relaxed));
+        let (_, msg) = r.err().expect("the set fails");
+        assert!(msg.contains("`bad` failed at thaw: lost the lock (retryable)"), "{msg}");
+        assert!(undone.load(Ordering::Relaxed), "the taken set was deleted");
+        assert_eq!(events(&bad).last(), Some(&"abort"));
+        assert_eq!(bad.conn.view().state, WriterState::FailedAtThaw, "abort keeps where it failed");
+    }
+
+    #[test]
+    fn a_deferred_session_ends_with_one_backup_complete_and_one_shutdown() {
+        let writers = Writers::default();
+        let w = fake(&writers, "w", ok);
+        let set = Uuid::new_v4();
+        let taken = run_set(&chosen(&[&w]), &["v".into()], &|| true, true, || Ok(((), set, vec![])), |_| {}).unwrap();
+        assert_eq!(taken.set_id, set);
+        assert_eq!(events(&w).last(), Some(&"post_snapshot"));
+        assert_eq!(w.conn.view().state, WriterState::WaitingForBackupComplete);
+        let sessions = Sessions::default();
+        sessions.open(set, chosen(&[&w]), vec!["v".into()], vec![], false);
+        sessions.requester_gone(set);
+        assert_eq!(events(&w).last(), Some(&"post_snapshot"), "the backup is not over until BackupComplete");
+        assert!(sessions.backup_complete(set).unwrap().contains("1 writer"));
+        assert!(sessions.backup_complete(set).is_err(), "the session ended");
+        sessions.released(set);
+        assert_eq!(events(&w)[5..], ["post_snapshot", "backup_complete", "backup_shutdown"]);
+        assert_eq!(w.conn.view().state, WriterState::Stable);
+    }
+
+    #[test]
+    fn a_released_set_shuts_its_session_down_without_backup_complete() {
+        let writers = Writers::default();
+        let w = fake(&writers, "w", ok);
+        let sessions = Sessions::default();
+        let set = Uuid::new_v4();
+        sessions.open(set, chosen(&[&w]), vec!["v".into()], vec![], false);
+        sessions.released(set);
+        sessions.requester_gone(set);
+        assert_eq!(events(&w), ["backup_shutdown"]);
+    }
+
+    #[test]
+    fn a_refused_pre_restore_tells_the_others_post_restore() {
+        let writers = Writers::default();
+        let (a, b) = (fake(&writers, "a", ok), fake(&writers, "b", |e| if e == WriterEvent::PreRestore { WriterOutcome::Failed { message: "busy".into(), retryable: false } } else { WriterOutcome::Ok }));
+        let err = pre_restore(&chosen(&[&a, &b]), Uuid::new_v4(), &["v".into()], Uuid::new_v4()).unwrap_err();
+        assert!(err.contains("`b` refused the restore at pre_restore: busy"), "{err}");
+        assert_eq!(events(&a), ["pre_restore", "post_restore"]);
+        assert_eq!(events(&b), ["pre_restore"]);
+    }
+}
