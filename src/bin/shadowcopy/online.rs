@@ -101,10 +101,6 @@ fn create(args: CreateArgs, socket: Option<PathBuf>, json: bool) -> Result<()> {
     }
     let socket = socket.unwrap_or_else(default_socket_path);
     let mut client = Client::connect(&socket)?;
-    let mount = match client.call(Op::Status, &mut |_, _| {})? {
-        Answer::Status(s) => PathBuf::from(s.mount),
-        other => bail!("unexpected answer to status: {other:?}"),
-    };
     let answer = client.call(Op::Create(req), &mut |_, _| {})?;
     if json {
         println!("{}", answer_json(&answer)?);
@@ -112,6 +108,10 @@ fn create(args: CreateArgs, socket: Option<PathBuf>, json: bool) -> Result<()> {
         print_table(&answer);
     }
     let (Some(command), Answer::Set(set)) = (args.exec, &answer) else { return Ok(()) };
+    let mount = match client.call(Op::Status, &mut |_, _| {})? {
+        Answer::Status(s) => PathBuf::from(s.mount),
+        other => bail!("unexpected answer to status: {other:?}"),
+    };
     let paths: Vec<String> = set.copies.iter().map(|c| mount.join(&c.volume).join(&c.exposed_name).display().to_string()).collect();
     let ids: Vec<String> = set.copies.iter().map(|c| c.id.to_string()).collect();
     let images: Vec<String> = set.copies.iter().map(|c| mount.join(&c.volume).join(".images").join(format!("{}.img", c.exposed_name)).display().to_string()).collect();
