@@ -11,7 +11,8 @@
 //!
 //! Any failure or timeout before the set is kept: Abort to every writer that saw
 //! PrepareForSnapshot, and an error naming the writer, the event and its message. The writers'
-//! freeze window (Freeze → Thaw) is at most [`FREEZE_WINDOW`]. The sequence runs in the daemon, so
+//! freeze window (from the first Freeze to the last Thaw) is at most [`FREEZE_WINDOW`] ([`Limits`]
+//! hold all three). The sequence runs in the daemon, so
 //! these limits hold even if the requester disconnects.
 //!
 //! Never touches volume bytes or the engine: the hold (filesystem freeze and the engine's commit)
@@ -35,6 +36,22 @@ pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const ABORT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest a writer may be kept frozen (Freeze → Thaw), as VSS's 60 s.
 pub const FREEZE_WINDOW: Duration = Duration::from_secs(60);
+
+/// The sequence's time limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How long a writer may take to answer one event.
+    pub event: Duration,
+    /// How long Abort waits for each writer.
+    pub abort: Duration,
+    /// The longest any writer is kept frozen: from the first Freeze sent to the last Thaw.
+    pub freeze_window: Duration,
+}
+
+impl Limits {
+    /// VSS's limits.
+    pub const VSS: Limits = Limits { event: EVENT_TIMEOUT, abort: ABORT_TIMEOUT, freeze_window: FREEZE_WINDOW };
+}
 
 /// One connected writer.
 pub struct WriterConn {
@@ -249,6 +266,7 @@ pub struct Taken<T> {
 pub fn run_set<T>(
     chosen: &[ChosenWriter],
     volumes: &[String],
+    limits: &Limits,
     requester_alive: &dyn Fn() -> bool,
     defer_backup_complete: bool,
     hold: impl FnOnce() -> Result<(T, Uuid, Vec<Uuid>), (crate::protocol::ErrorKind, String)>,
@@ -259,7 +277,7 @@ pub fn run_set<T>(
     let mut prepared: Vec<&Arc<WriterConn>> = Vec::new();
     let abort = |prepared: &[&Arc<WriterConn>], set_id: Option<Uuid>| {
         for w in prepared {
-            if let Err(e) = w.send(msg(WriterEvent::Abort, set_id, &[], &[]), ABORT_TIMEOUT) {
+            if let Err(e) = w.send(msg(WriterEvent::Abort, set_id, &[], &[]), limits.abort) {
                 tracing::warn!(writer = %w.registration.name, error = %e, "abort was not acknowledged");
             }
         }
@@ -267,12 +285,17 @@ pub fn run_set<T>(
     let fail = |w: &WriterConn, event: WriterEvent, e: String| {
         (ErrorKind::Failed, format!("writer `{}` failed at {}: {e}; the set was aborted, everything thawed, no copy kept", w.registration.name, event.as_str()))
     };
+    // The first writer frozen starts the window every writer's Thaw must arrive within.
+    let mut frozen_at: Option<Instant> = None;
     for event in [WriterEvent::Identify, WriterEvent::PrepareForBackup, WriterEvent::PrepareForSnapshot, WriterEvent::Freeze] {
         for (w, comps) in chosen {
             if event == WriterEvent::PrepareForSnapshot {
                 prepared.push(w);
             }
-            if let Err(e) = w.send(msg(event, None, &[], comps), EVENT_TIMEOUT) {
+            if event == WriterEvent::Freeze {
+                frozen_at.get_or_insert_with(Instant::now);
+            }
+            if let Err(e) = w.send(msg(event, None, &[], comps), limits.event) {
                 abort(&prepared, None);
                 return Err(fail(w, event, e));
             }
@@ -283,7 +306,11 @@ pub fn run_set<T>(
         abort(&prepared, None);
         return Err((ErrorKind::Failed, "the requester disconnected before the instant; the set was aborted and the writers thawed".into()));
     }
-    let frozen_at = Instant::now();
+    let frozen_at = frozen_at.unwrap_or_else(Instant::now);
+    if frozen_at.elapsed() >= limits.freeze_window {
+        abort(&prepared, None);
+        return Err((ErrorKind::Timeout, format!("the writers took longer than the {:?} freeze window to freeze; the set was aborted and the writers thawed", limits.freeze_window)));
+    }
     let (result, set_id, copy_ids) = match hold() {
         Ok(r) => r,
         Err(e) => {
@@ -292,8 +319,8 @@ pub fn run_set<T>(
         }
     };
     for (w, comps) in chosen {
-        let left = FREEZE_WINDOW.saturating_sub(frozen_at.elapsed()).max(Duration::from_millis(1));
-        if let Err(e) = w.send(msg(WriterEvent::Thaw, Some(set_id), &copy_ids, comps), left.min(EVENT_TIMEOUT)) {
+        let left = limits.freeze_window.saturating_sub(frozen_at.elapsed()).max(Duration::from_millis(1));
+        if let Err(e) = w.send(msg(WriterEvent::Thaw, Some(set_id), &copy_ids, comps), left.min(limits.event)) {
             // A writer that cannot confirm its data was consistent spoils the set.
             undo(&result);
             abort(&prepared, Some(set_id));
@@ -458,7 +485,7 @@ mod tests {
     fn a_failed_hold_aborts_every_prepared_writer() {
         let writers = Writers::default();
         let (a, b) = (fake(&writers, "a", ok), fake(&writers, "b", ok));
-        let r = run_set(&chosen(&[&a, &b]), &["v".into()], &|| true, false, || Err::<((), Uuid, Vec<Uuid>), _>((ErrorKind::Timeout, "held too long".into())), |_| {});
+        let r = run_set(&chosen(&[&a, &b]), &["v".into()], &Limits::VSS, &|| true, false, || Err::<((), Uuid, Vec<Uuid>), _>((ErrorKind::Timeout, "held too long".into())), |_| {});
         assert!(matches!(r, Err((ErrorKind::Timeout, _))));
         for w in [&a, &b] {
             assert_eq!(events(w), ["identify", "prepare_for_backup", "prepare_for_snapshot", "freeze", "abort"]);
@@ -470,7 +497,7 @@ mod tests {
         let writers = Writers::default();
         let bad = fake(&writers, "bad", |e| if e == WriterEvent::Thaw { WriterOutcome::Failed { message: "lost the lock".into(), retryable: true } } else { WriterOutcome::Ok });
         let undone = AtomicBool::new(false);
-        let r = run_set(&chosen(&[&bad]), &["v".into()], &|| true, false, || Ok(((), Uuid::new_v4(), vec![])), |_| undone.store(true, Ordering::Relaxed));
+        let r = run_set(&chosen(&[&bad]), &["v".into()], &Limits::VSS, &|| true, false, || Ok(((), Uuid::new_v4(), vec![])), |_| undone.store(true, Ordering::Relaxed));
         let (_, msg) = r.err().expect("the set fails");
         assert!(msg.contains("`bad` failed at thaw: lost the lock (retryable)"), "{msg}");
         assert!(undone.load(Ordering::Relaxed), "the taken set was deleted");
@@ -479,11 +506,33 @@ mod tests {
     }
 
     #[test]
+    fn the_freeze_window_counts_from_the_first_freeze() {
+        let writers = Writers::default();
+        let quick = fake(&writers, "quick", ok);
+        let slow = fake(&writers, "slow", |e| {
+            if e == WriterEvent::Freeze {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            WriterOutcome::Ok
+        });
+        let limits = Limits { event: Duration::from_secs(5), abort: Duration::from_secs(1), freeze_window: Duration::from_millis(200) };
+        let held = AtomicBool::new(false);
+        let r = run_set(&chosen(&[&quick, &slow]), &["v".into()], &limits, &|| true, false, || {
+            held.store(true, Ordering::Relaxed);
+            Ok(((), Uuid::new_v4(), vec![]))
+        }, |_| {});
+        let (kind, msg) = r.err().expect("the window passed before the instant");
+        assert_eq!(kind, ErrorKind::Timeout, "{msg}");
+        assert!(!held.load(Ordering::Relaxed), "no set is taken outside the window");
+        assert_eq!(events(&quick).last(), Some(&"abort"), "the writer frozen first is thawed by Abort");
+    }
+
+    #[test]
     fn a_deferred_session_ends_with_one_backup_complete_and_one_shutdown() {
         let writers = Writers::default();
         let w = fake(&writers, "w", ok);
         let set = Uuid::new_v4();
-        let taken = run_set(&chosen(&[&w]), &["v".into()], &|| true, true, || Ok(((), set, vec![])), |_| {}).unwrap();
+        let taken = run_set(&chosen(&[&w]), &["v".into()], &Limits::VSS, &|| true, true, || Ok(((), set, vec![])), |_| {}).unwrap();
         assert_eq!(taken.set_id, set);
         assert_eq!(events(&w).last(), Some(&"post_snapshot"));
         assert_eq!(w.conn.view().state, WriterState::WaitingForBackupComplete);

@@ -754,6 +754,7 @@ impl Service {
         let taken = shadowcopy::coordinator::run_set(
             &chosen.writers,
             names,
+            &shadowcopy::coordinator::Limits::VSS,
             requester_alive,
             req.defer_backup_complete,
             || {
