@@ -901,7 +901,9 @@ impl Service {
         if dest.exists() {
             return Err((ErrorKind::AlreadyExists, format!("{path} exists; choose a new file name")));
         }
-        system_of(&v)?.export(id, &dest, progress).map_err(engine_error)?;
+        // Any provider's copy can be exported (Windows copies too): it is a read of the copy.
+        let provider = v.provider().ok_or_else(|| (ErrorKind::NotFound, format!("volume `{}` has no shadow copies", v.name)))?;
+        shadowcopy::engine::export_copy(provider, id, &dest, progress).map_err(engine_error)?;
         Ok(Answer::Done(format!("exported shadow copy {id} to {path}")))
     }
 

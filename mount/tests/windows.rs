@@ -42,6 +42,10 @@ fn windows_copies_match_vshadowmount_and_ntfs_3g() {
         let ours = d.image("win", c);
         let (a, b) = (std::fs::read(&ours).unwrap(), std::fs::read(&theirs).unwrap());
         assert!(a == b, "{} differs from vshadowmount's vss{}", c.exposed_name, i + 1);
+        // Exported to a sparse image file, byte for byte the same.
+        let exported = d.dir.join(&format!("export{i}.img"));
+        d.call(Op::Export { id: c.id, path: exported.display().to_string() }).expect("export of a Windows copy");
+        assert!(std::fs::read(&exported).unwrap() == b, "the export of {} differs from vshadowmount's vss{}", c.exposed_name, i + 1);
         let oracle_mount = Mount::new(theirs.to_str().unwrap(), &d.dir.join(&format!("ntfs{i}")), Some("ntfs-3g"), "ro");
         let oracle = manifest_of_dir(&oracle_mount.point, Fields::NAMES_SIZES_CONTENT);
         let tree = manifest_of_dir(&d.tree("win", c), Fields::NAMES_SIZES_CONTENT);

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use uuid::Uuid;
 
+use super::provider::Provider;
 use super::ShadowVolume;
 use crate::error::Error;
 use crate::volume::Storage;
@@ -56,37 +57,12 @@ impl ShadowVolume {
     /// Writes copy `id` into `dest` (sized to the volume), skipping all-zero chunks so that a
     /// file destination stays sparse.
     pub fn export_to(&self, id: Uuid, dest: &dyn Storage, progress: Progress<'_>) -> Result<(), Error> {
-        let size = self.size();
-        let io = Error::volume;
-        dest.set_len(0).and_then(|()| dest.set_len(size)).map_err(io("sizing the export file"))?;
-        let mut buf = vec![0u8; STEP as usize];
-        let chunk = self.inner.chunk_size as usize;
-        let mut pos = 0;
-        while pos < size {
-            let n = (size - pos).min(STEP) as usize;
-            self.read_copy(id, &mut buf[..n], pos)?;
-            for (i, piece) in buf[..n].chunks(chunk).enumerate() {
-                if piece.iter().any(|b| *b != 0) {
-                    dest.write_at(piece, pos + (i * chunk) as u64).map_err(io("writing the export file"))?;
-                }
-            }
-            pos += n as u64;
-            progress(pos, size);
-        }
-        dest.sync_data().map_err(io("syncing the export file"))
+        export_copy_to(self, id, dest, progress)
     }
 
     /// Exports copy `id` to a new image file at `path`.
     pub fn export(&self, id: Uuid, path: &Path, progress: Progress<'_>) -> Result<(), Error> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(Error::volume("creating the export file"))?;
-        let dest = crate::volume::FileStorage::new(file).map_err(Error::volume("opening the export file"))?;
-        self.export_to(id, &dest, progress)
+        export_copy(self, id, path, progress)
     }
 
     /// Makes the live volume read as copy `id` again. The volume must not be in use (nothing
@@ -112,4 +88,36 @@ impl ShadowVolume {
         tracing::info!(copy = %id, bytes = total, "volume reverted to shadow copy");
         Ok(())
     }
+}
+
+/// Granularity of the holes an export leaves: all-zero blocks of this size are not written.
+const EXPORT_BLOCK: usize = 4096;
+
+/// Writes copy `id` of any provider to `dest` (sized to the volume), leaving all-zero blocks as
+/// holes so the file stays sparse.
+pub fn export_copy_to(provider: &dyn Provider, id: Uuid, dest: &dyn Storage, progress: Progress<'_>) -> Result<(), Error> {
+    let size = provider.volume_size();
+    let io = Error::volume;
+    dest.set_len(0).and_then(|()| dest.set_len(size)).map_err(io("sizing the export file"))?;
+    let mut buf = vec![0u8; STEP as usize];
+    let mut pos = 0;
+    while pos < size {
+        let n = (size - pos).min(STEP) as usize;
+        provider.read_copy(id, &mut buf[..n], pos)?;
+        for (i, piece) in buf[..n].chunks(EXPORT_BLOCK).enumerate() {
+            if piece.iter().any(|b| *b != 0) {
+                dest.write_at(piece, pos + (i * EXPORT_BLOCK) as u64).map_err(io("writing the export file"))?;
+            }
+        }
+        pos += n as u64;
+        progress(pos, size);
+    }
+    dest.sync_data().map_err(io("syncing the export file"))
+}
+
+/// Exports copy `id` of any provider to a new image file at `path`.
+pub fn export_copy(provider: &dyn Provider, id: Uuid, path: &Path, progress: Progress<'_>) -> Result<(), Error> {
+    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).map_err(Error::volume("creating the export file"))?;
+    let dest = crate::volume::FileStorage::new(file).map_err(Error::volume("opening the export file"))?;
+    export_copy_to(provider, id, &dest, progress)
 }
