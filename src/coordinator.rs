@@ -267,6 +267,7 @@ pub fn run_set<T>(
     chosen: &[ChosenWriter],
     volumes: &[String],
     limits: &Limits,
+    stage: &mut dyn FnMut(&str),
     requester_alive: &dyn Fn() -> bool,
     defer_backup_complete: bool,
     hold: impl FnOnce() -> Result<(T, Uuid, Vec<Uuid>), (crate::protocol::ErrorKind, String)>,
@@ -295,6 +296,7 @@ pub fn run_set<T>(
             if event == WriterEvent::Freeze {
                 frozen_at.get_or_insert_with(Instant::now);
             }
+            stage(&format!("{}: waiting for writer `{}`", event.as_str(), w.registration.name));
             if let Err(e) = w.send(msg(event, None, &[], comps), limits.event) {
                 abort(&prepared, None);
                 return Err(fail(w, event, e));
@@ -311,6 +313,7 @@ pub fn run_set<T>(
         abort(&prepared, None);
         return Err((ErrorKind::Timeout, format!("the writers took longer than the {:?} freeze window to freeze; the set was aborted and the writers thawed", limits.freeze_window)));
     }
+    stage("flush and hold: freezing filesystems, taking the set");
     let (result, set_id, copy_ids) = match hold() {
         Ok(r) => r,
         Err(e) => {
@@ -319,6 +322,7 @@ pub fn run_set<T>(
         }
     };
     for (w, comps) in chosen {
+        stage(&format!("thaw: waiting for writer `{}`", w.registration.name));
         let left = limits.freeze_window.saturating_sub(frozen_at.elapsed()).max(Duration::from_millis(1));
         if let Err(e) = w.send(msg(WriterEvent::Thaw, Some(set_id), &copy_ids, comps), left.min(limits.event)) {
             // A writer that cannot confirm its data was consistent spoils the set.
@@ -485,7 +489,7 @@ mod tests {
     fn a_failed_hold_aborts_every_prepared_writer() {
         let writers = Writers::default();
         let (a, b) = (fake(&writers, "a", ok), fake(&writers, "b", ok));
-        let r = run_set(&chosen(&[&a, &b]), &["v".into()], &Limits::VSS, &|| true, false, || Err::<((), Uuid, Vec<Uuid>), _>((ErrorKind::Timeout, "held too long".into())), |_| {});
+        let r = run_set(&chosen(&[&a, &b]), &["v".into()], &Limits::VSS, &mut |_| {}, &|| true, false, || Err::<((), Uuid, Vec<Uuid>), _>((ErrorKind::Timeout, "held too long".into())), |_| {});
         assert!(matches!(r, Err((ErrorKind::Timeout, _))));
         for w in [&a, &b] {
             assert_eq!(events(w), ["identify", "prepare_for_backup", "prepare_for_snapshot", "freeze", "abort"]);
@@ -497,7 +501,7 @@ mod tests {
         let writers = Writers::default();
         let bad = fake(&writers, "bad", |e| if e == WriterEvent::Thaw { WriterOutcome::Failed { message: "lost the lock".into(), retryable: true } } else { WriterOutcome::Ok });
         let undone = AtomicBool::new(false);
-        let r = run_set(&chosen(&[&bad]), &["v".into()], &Limits::VSS, &|| true, false, || Ok(((), Uuid::new_v4(), vec![])), |_| undone.store(true, Ordering::Relaxed));
+        let r = run_set(&chosen(&[&bad]), &["v".into()], &Limits::VSS, &mut |_| {}, &|| true, false, || Ok(((), Uuid::new_v4(), vec![])), |_| undone.store(true, Ordering::Relaxed));
         let (_, msg) = r.err().expect("the set fails");
         assert!(msg.contains("`bad` failed at thaw: lost the lock (retryable)"), "{msg}");
         assert!(undone.load(Ordering::Relaxed), "the taken set was deleted");
@@ -517,7 +521,7 @@ mod tests {
         });
         let limits = Limits { event: Duration::from_secs(5), abort: Duration::from_secs(1), freeze_window: Duration::from_millis(200) };
         let held = AtomicBool::new(false);
-        let r = run_set(&chosen(&[&quick, &slow]), &["v".into()], &limits, &|| true, false, || {
+        let r = run_set(&chosen(&[&quick, &slow]), &["v".into()], &limits, &mut |_| {}, &|| true, false, || {
             held.store(true, Ordering::Relaxed);
             Ok(((), Uuid::new_v4(), vec![]))
         }, |_| {});
@@ -532,7 +536,7 @@ mod tests {
         let writers = Writers::default();
         let w = fake(&writers, "w", ok);
         let set = Uuid::new_v4();
-        let taken = run_set(&chosen(&[&w]), &["v".into()], &Limits::VSS, &|| true, true, || Ok(((), set, vec![])), |_| {}).unwrap();
+        let taken = run_set(&chosen(&[&w]), &["v".into()], &Limits::VSS, &mut |_| {}, &|| true, true, || Ok(((), set, vec![])), |_| {}).unwrap();
         assert_eq!(taken.set_id, set);
         assert_eq!(events(&w).last(), Some(&"post_snapshot"));
         assert_eq!(w.conn.view().state, WriterState::WaitingForBackupComplete);

@@ -174,7 +174,15 @@ fn connection(stream: UnixStream, service: &Service, access: Access) -> std::io:
             }
             Ok(req) => {
                 tracing::debug!(op = ?req.op, "control request");
-                let mut w = writer.try_clone()?;
+                // Progress and stage lines; on a writer's connection through its framing lock.
+                let raw = parking_lot::Mutex::new(writer.try_clone()?);
+                let as_writer = end.as_writer.clone();
+                let send = |r: &Reply| {
+                    let _ = match &as_writer {
+                        Some(w) => w.write_reply(r),
+                        None => write_reply(&mut raw.lock(), r),
+                    };
+                };
                 // At most one progress line per percent (the engine reports every chunk).
                 let mut last = u64::MAX;
                 let peer = writer.try_clone()?;
@@ -184,9 +192,10 @@ fn connection(stream: UnixStream, service: &Service, access: Access) -> std::io:
                         let pct = done.saturating_mul(100) / total.max(1);
                         if pct != last {
                             last = pct;
-                            let _ = write_reply(&mut w, &Reply::Progress { done, total });
+                            send(&Reply::Progress { done, total });
                         }
                     },
+                    &mut |message| send(&Reply::Stage { message: message.to_string() }),
                     &|| still_connected(&peer),
                 );
                 if let Reply::Ok(shadowcopy::protocol::Answer::Set(set)) = &reply {

@@ -538,7 +538,7 @@ impl Service {
     /// Runs one request. `progress` receives (done, total) during long operations.
     /// `requester_alive` says whether the client is still connected (a set is aborted when it
     /// is not).
-    pub fn handle(&self, op: Op, progress: &mut dyn FnMut(u64, u64), requester_alive: &dyn Fn() -> bool) -> Reply {
+    pub fn handle(&self, op: Op, progress: &mut dyn FnMut(u64, u64), stage: &mut dyn FnMut(&str), requester_alive: &dyn Fn() -> bool) -> Reply {
         self.poll_events();
         let r = match op {
             Op::Status => Ok(Answer::Status(protocol::StatusInfo {
@@ -551,7 +551,7 @@ impl Service {
             Op::VolumeAdd { name, image, diff_area, max_size, chunk_size, read_only } => self.volume_add(name, image, diff_area, max_size, chunk_size, read_only),
             Op::VolumeList => Ok(Answer::Volumes(self.volumes().iter().map(|v| self.volume_info(v)).collect())),
             Op::VolumeRemove { name } => self.volume_remove(&name),
-            Op::Create(req) => self.create(&req, requester_alive),
+            Op::Create(req) => self.create(&req, stage, requester_alive),
             Op::BackupComplete { set_id } => self.backup_complete(set_id),
             Op::Writers => Ok(Answer::Writers(self.writers.views())),
             // Handled by the control server, which owns the writer's connection.
@@ -688,7 +688,7 @@ impl Service {
         Ok(Answer::Done(format!("volume `{name}` removed with its {n} shadow copies")))
     }
 
-    fn create(&self, req: &protocol::CreateRequest, requester_alive: &dyn Fn() -> bool) -> OpResult {
+    fn create(&self, req: &protocol::CreateRequest, stage: &mut dyn FnMut(&str), requester_alive: &dyn Fn() -> bool) -> OpResult {
         let names = &req.volumes;
         let volatile = !req.is_persistent();
         let context = req.context;
@@ -755,6 +755,7 @@ impl Service {
             &chosen.writers,
             names,
             &shadowcopy::coordinator::Limits::VSS,
+            stage,
             requester_alive,
             req.defer_backup_complete,
             || {

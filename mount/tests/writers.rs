@@ -87,8 +87,17 @@ fn hook_writers_see_every_event_in_order() {
     volume(&d);
     let log = d.dir.join("events.log");
     let _w = start_writer(&d, "app", &hook(d.dir.path(), "app", &log, ""), "vol");
-    let set = d.create(&["vol"], false);
+    // The requester is told what the daemon waits for, stage by stage.
+    let mut stages = Vec::new();
+    let set = match d.client().call_with_stages(Op::Create(CreateRequest::new(vec!["vol".into()])), &mut |_, _| {}, &mut |s| stages.push(s.to_string())) {
+        Ok(Answer::Set(s)) => s,
+        other => panic!("create: {other:?}"),
+    };
     assert_eq!(set.writers, vec!["app".to_string()]);
+    let at = |s: &str| stages.iter().position(|x| x == s).unwrap_or_else(|| panic!("no stage `{s}` in {stages:?}"));
+    assert!(at("identify: waiting for writer `app`") < at("freeze: waiting for writer `app`"));
+    assert!(at("freeze: waiting for writer `app`") < at("flush and hold: freezing filesystems, taking the set"));
+    assert!(at("flush and hold: freezing filesystems, taking the set") < at("thaw: waiting for writer `app`"));
     // The backup session ends with the requester's connection: BackupShutdown.
     wait_for_event(&log, "app", "backup_shutdown");
     assert_eq!(

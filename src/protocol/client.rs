@@ -79,6 +79,11 @@ impl Client {
 
     /// Sends `op` and waits for its answer; `progress` sees every progress line.
     pub fn call(&mut self, op: Op, progress: &mut dyn FnMut(u64, u64)) -> Result<Answer, ClientError> {
+        self.call_with_stages(op, progress, &mut |_| {})
+    }
+
+    /// Like [`Client::call`]; `stage` also sees what the daemon is doing now.
+    pub fn call_with_stages(&mut self, op: Op, progress: &mut dyn FnMut(u64, u64), stage: &mut dyn FnMut(&str)) -> Result<Answer, ClientError> {
         let mut line = serde_json::to_vec(&Request { v: VERSION, op }).map_err(|e| ClientError::BadReply(e.to_string()))?;
         line.push(b'\n');
         self.writer.write_all(&line)?;
@@ -90,6 +95,7 @@ impl Client {
             }
             match serde_json::from_slice::<Reply>(&buf).map_err(|e| ClientError::BadReply(e.to_string()))? {
                 Reply::Progress { done, total } => progress(done, total),
+                Reply::Stage { message } => stage(&message),
                 Reply::Event(e) => return Err(ClientError::BadReply(format!("an event ({:?}) on a connection that is not a writer's", e.event))),
                 Reply::Ok(answer) => return Ok(answer),
                 Reply::Error(e) => return Err(ClientError::Daemon(e)),

@@ -2,7 +2,7 @@
 //!
 //! Owns the wire types and their framing; `docs/protocol.md` is the specification. Each message
 //! is one line of JSON (UTF-8, at most [`MAX_MESSAGE`] bytes). A client sends a [`Request`]; the
-//! daemon answers with zero or more [`Reply::Progress`] lines, then exactly one
+//! daemon answers with zero or more [`Reply::Progress`] and [`Reply::Stage`] lines, then exactly one
 //! [`Reply::Ok`] or [`Reply::Error`]. Unknown fields and unknown operations are refused, so a
 //! typo never silently means something else.
 //!
@@ -348,6 +348,8 @@ pub enum DeleteTarget {
 pub enum Reply {
     /// Work in progress (long operations only).
     Progress { done: u64, total: u64 },
+    /// What a long request is doing now (for `create`: which event which writer is answering).
+    Stage { message: String },
     /// An event for a registered writer (on its own connection only).
     Event(EventMessage),
     /// The request succeeded.

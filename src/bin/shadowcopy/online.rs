@@ -101,7 +101,19 @@ fn create(args: CreateArgs, socket: Option<PathBuf>, json: bool) -> Result<()> {
     }
     let socket = socket.unwrap_or_else(default_socket_path);
     let mut client = Client::connect(&socket)?;
-    let answer = client.call(Op::Create(req), &mut |_, _| {})?;
+    // What the daemon is waiting for (a writer can take seconds per event), on one line.
+    let live = !json && std::io::stderr().is_terminal();
+    let mut shown = false;
+    let answer = client.call_with_stages(Op::Create(req), &mut |_, _| {}, &mut |stage| {
+        if live {
+            eprint!("\r\x1b[K{stage}");
+            shown = true;
+        }
+    });
+    if shown {
+        eprint!("\r\x1b[K");
+    }
+    let answer = answer?;
     if json {
         println!("{}", answer_json(&answer)?);
     } else {
