@@ -252,6 +252,16 @@ fn event_for(event: WriterEvent, set_id: Option<Uuid>, volumes: &[String], copy_
     EventMessage { seq: 0, event, set_id, volumes: volumes.to_vec(), copy_ids: copy_ids.to_vec(), components: comps.to_vec() }
 }
 
+/// One set's sequence: who takes part, on which volumes, within which limits.
+#[derive(Clone, Copy)]
+pub struct Sequence<'a> {
+    pub writers: &'a [ChosenWriter],
+    pub volumes: &'a [String],
+    pub limits: Limits,
+    /// Stop after PostSnapshot; BackupComplete comes when the requester asks.
+    pub defer_backup_complete: bool,
+}
+
 /// What [`run_set`] hands back: the hold's result and the set as the writers know it.
 pub struct Taken<T> {
     pub result: T,
@@ -264,16 +274,14 @@ pub struct Taken<T> {
 /// deletes the set if the writers fail after it was taken. Returns `hold`'s result, or the error
 /// that aborted the set.
 pub fn run_set<T>(
-    chosen: &[ChosenWriter],
-    volumes: &[String],
-    limits: &Limits,
+    seq: &Sequence<'_>,
     stage: &mut dyn FnMut(&str),
     requester_alive: &dyn Fn() -> bool,
-    defer_backup_complete: bool,
     hold: impl FnOnce() -> Result<(T, Uuid, Vec<Uuid>), (crate::protocol::ErrorKind, String)>,
     undo: impl FnOnce(&T),
 ) -> Result<Taken<T>, (crate::protocol::ErrorKind, String)> {
     use crate::protocol::ErrorKind;
+    let Sequence { writers: chosen, volumes, limits, defer_backup_complete } = *seq;
     let msg = |event, set_id: Option<Uuid>, copy_ids: &[Uuid], comps: &[String]| event_for(event, set_id, volumes, copy_ids, comps);
     let mut prepared: Vec<&Arc<WriterConn>> = Vec::new();
     let abort = |prepared: &[&Arc<WriterConn>], set_id: Option<Uuid>| {
@@ -489,7 +497,7 @@ mod tests {
     fn a_failed_hold_aborts_every_prepared_writer() {
         let writers = Writers::default();
         let (a, b) = (fake(&writers, "a", ok), fake(&writers, "b", ok));
-        let r = run_set(&chosen(&[&a, &b]), &["v".into()], &Limits::VSS, &mut |_| {}, &|| true, false, || Err::<((), Uuid, Vec<Uuid>), _>((ErrorKind::Timeout, "held too long".into())), |_| {});
+        let r = run_set(&Sequence { writers: &chosen(&[&a, &b]), volumes: &["v".into()], limits: Limits::VSS, defer_backup_complete: false }, &mut |_| {}, &|| true, || Err::<((), Uuid, Vec<Uuid>), _>((ErrorKind::Timeout, "held too long".into())), |_| {});
         assert!(matches!(r, Err((ErrorKind::Timeout, _))));
         for w in [&a, &b] {
             assert_eq!(events(w), ["identify", "prepare_for_backup", "prepare_for_snapshot", "freeze", "abort"]);
@@ -501,7 +509,7 @@ mod tests {
         let writers = Writers::default();
         let bad = fake(&writers, "bad", |e| if e == WriterEvent::Thaw { WriterOutcome::Failed { message: "lost the lock".into(), retryable: true } } else { WriterOutcome::Ok });
         let undone = AtomicBool::new(false);
-        let r = run_set(&chosen(&[&bad]), &["v".into()], &Limits::VSS, &mut |_| {}, &|| true, false, || Ok(((), Uuid::new_v4(), vec![])), |_| undone.store(true, Ordering::Relaxed));
+        let r = run_set(&Sequence { writers: &chosen(&[&bad]), volumes: &["v".into()], limits: Limits::VSS, defer_backup_complete: false }, &mut |_| {}, &|| true, || Ok(((), Uuid::new_v4(), vec![])), |_| undone.store(true, Ordering::Relaxed));
         let (_, msg) = r.err().expect("the set fails");
         assert!(msg.contains("`bad` failed at thaw: lost the lock (retryable)"), "{msg}");
         assert!(undone.load(Ordering::Relaxed), "the taken set was deleted");
@@ -521,7 +529,7 @@ mod tests {
         });
         let limits = Limits { event: Duration::from_secs(5), abort: Duration::from_secs(1), freeze_window: Duration::from_millis(200) };
         let held = AtomicBool::new(false);
-        let r = run_set(&chosen(&[&quick, &slow]), &["v".into()], &limits, &mut |_| {}, &|| true, false, || {
+        let r = run_set(&Sequence { writers: &chosen(&[&quick, &slow]), volumes: &["v".into()], limits, defer_backup_complete: false }, &mut |_| {}, &|| true, || {
             held.store(true, Ordering::Relaxed);
             Ok(((), Uuid::new_v4(), vec![]))
         }, |_| {});
@@ -536,7 +544,7 @@ mod tests {
         let writers = Writers::default();
         let w = fake(&writers, "w", ok);
         let set = Uuid::new_v4();
-        let taken = run_set(&chosen(&[&w]), &["v".into()], &Limits::VSS, &mut |_| {}, &|| true, true, || Ok(((), set, vec![])), |_| {}).unwrap();
+        let taken = run_set(&Sequence { writers: &chosen(&[&w]), volumes: &["v".into()], limits: Limits::VSS, defer_backup_complete: true }, &mut |_| {}, &|| true, || Ok(((), set, vec![])), |_| {}).unwrap();
         assert_eq!(taken.set_id, set);
         assert_eq!(events(&w).last(), Some(&"post_snapshot"));
         assert_eq!(w.conn.view().state, WriterState::WaitingForBackupComplete);

@@ -751,13 +751,11 @@ impl Service {
             }
             Ok(Held { set, held, mount_points })
         };
+        let sequence = shadowcopy::coordinator::Sequence { writers: &chosen.writers, volumes: names, limits: shadowcopy::coordinator::Limits::VSS, defer_backup_complete: req.defer_backup_complete };
         let taken = shadowcopy::coordinator::run_set(
-            &chosen.writers,
-            names,
-            &shadowcopy::coordinator::Limits::VSS,
+            &sequence,
             stage,
             requester_alive,
-            req.defer_backup_complete,
             || {
                 hold().map(|h| {
                     let (id, ids) = (h.set.set_id, h.set.copies.iter().map(|c| c.id).collect());
