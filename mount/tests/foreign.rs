@@ -60,7 +60,7 @@ fn fat_copies_match_mtools() {
 
 #[test]
 fn ntfs_copies_match_ntfs_3g() {
-    require_commands(&["mkfs.ntfs", "ntfs-3g"]);
+    require_commands(&["mkfs.ntfs", "ntfs-3g", "setfattr", "getfattr"]);
     let d = Daemon::start(&[]);
     let image = image_file(&d.dir, "ntfs.img", 160 << 20);
     d.add_volume("win", &image);
@@ -70,8 +70,20 @@ fn ntfs_copies_match_ntfs_3g() {
     seed_tree(&seed, false, 3000);
     let copy = {
         // ntfs-3g writes through the live file (FUSE on FUSE), then unmounts to flush.
-        let m = Mount::new(live.to_str().unwrap(), &d.dir.join("rw"), Some("ntfs-3g"), "");
+        let m = Mount::new(live.to_str().unwrap(), &d.dir.join("rw"), Some("ntfs-3g"), "compression");
         run("cp", &["-r", seed.to_str().unwrap(), m.point.to_str().unwrap()]);
+        // A compressed folder (LZNT1): files that compress, that do not, with zero runs
+        // (sparse compression units), and spanning many units.
+        let comp = m.point.join("seed/compressed");
+        std::fs::create_dir(&comp).unwrap();
+        run("setfattr", &["-h", "-v", "0x00000800", "-n", "system.ntfs_attrib_be", comp.to_str().unwrap()]);
+        let text: Vec<u8> = (0..40_000).flat_map(|i| format!("line {i} of a file that compresses well\n").into_bytes()).collect();
+        let noise: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        std::fs::write(comp.join("text.txt"), &text).unwrap();
+        std::fs::write(comp.join("noise.bin"), &noise).unwrap();
+        std::fs::write(comp.join("small.txt"), b"a few bytes, compressed or not\n").unwrap();
+        let mixed: Vec<u8> = [&vec![0u8; 200_000][..], &text[..500_000], &noise[..100_000], &vec![0u8; 70_000][..], &text[..123_457]].concat();
+        std::fs::write(comp.join("mixed.bin"), &mixed).unwrap();
         drop(m);
         d.create(&["win"], false).copies[0].clone()
     };
@@ -86,6 +98,9 @@ fn ntfs_copies_match_ntfs_3g() {
     let ours = manifest_of_dir(&d.tree("win", &copy).join("seed"), Fields::NAMES_SIZES_CONTENT);
     assert!(oracle.len() > 3000, "ntfs-3g sees the seed ({} paths)", oracle.len());
     assert_same(&ours, &oracle, "NTFS copy vs ntfs-3g");
+    let attrib = run_text("getfattr", &["-h", "-e", "hex", "-n", "system.ntfs_attrib_be", oracle_mount.point.join("seed/compressed/mixed.bin").to_str().unwrap()]);
+    assert!(attrib.contains("=0x00000820") || attrib.contains("=0x00000800"), "mixed.bin is stored compressed: {attrib}");
+    assert!(ours.keys().filter(|p| p.starts_with("/compressed/")).count() == 4, "the compressed files are compared: {:?}", ours.keys().filter(|p| p.contains("compressed")).collect::<Vec<_>>());
     assert_eq!(std::fs::read(d.tree("win", &copy).join("seed/hello.txt")).unwrap(), b"hello, shadow copies\n");
     // Inode numbers are MFT record numbers, as ntfs-3g shows them.
     let ino = |root: &Path| std::fs::metadata(root.join("seed/big.bin")).unwrap().ino();

@@ -10,6 +10,7 @@
 //! Never writes.
 
 mod cursor;
+mod lznt1;
 pub mod ext4;
 pub mod fat;
 pub mod ntfs;

@@ -6,8 +6,10 @@
 //! NTFS has no POSIX owners: every file shows the [`ForeignOwner`]'s ids and read-only bits.
 //! Bytes past a file's initialized size (its valid data length) read as zeros, as NTFS requires
 //! (the crate does not apply it; the size is read from the attribute's own file record).
-//! Compressed files are refused with an error (EIO) rather than served as their compressed
-//! bytes; alternate data streams and reparse points (Windows symlinks, junctions) are not shown.
+//! Compressed files are decompressed (LZNT1, one compression unit at a time, from the attribute's
+//! data runs); one whose data spans several file records (an attribute list) is refused with an
+//! error (EIO) rather than served as its compressed bytes. Alternate data streams and reparse
+//! points (Windows symlinks, junctions) are not shown.
 //! The `$LogFile` is not replayed (copies of a cleanly flushed volume read fully).
 
 use std::io::SeekFrom;
@@ -81,9 +83,24 @@ impl NtfsFs {
         }
     }
 
-    /// The initialized size of a non-resident attribute, read from its file record on disk
-    /// (with the record's fixups applied). `None`: resident, or the record could not be read.
+    /// The initialized size of a non-resident attribute, read from its file record on disk.
+    /// `None`: resident, or the record could not be read.
     fn initialized_size(&self, attr: &ntfs::NtfsAttribute<'_, '_>) -> Option<u64> {
+        let (rec, at) = self.attribute_header(attr)?;
+        rec.get(at + 0x38..at + 0x40).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+
+    /// The compression unit of a non-resident attribute, in bytes (header field 0x22: a power
+    /// of two of clusters).
+    fn compression_unit(&self, attr: &ntfs::NtfsAttribute<'_, '_>) -> Option<u64> {
+        let (rec, at) = self.attribute_header(attr)?;
+        let exp = u16::from_le_bytes(rec.get(at + 0x22..at + 0x24)?.try_into().ok()?);
+        (1..=8).contains(&exp).then(|| u64::from(self.ntfs.cluster_size()) << exp)
+    }
+
+    /// The file record holding a non-resident attribute, read from disk with its fixups applied,
+    /// and the attribute's offset in it (the crate does not expose every header field).
+    fn attribute_header(&self, attr: &ntfs::NtfsAttribute<'_, '_>) -> Option<(Vec<u8>, usize)> {
         if attr.is_resident() {
             return None;
         }
@@ -110,8 +127,54 @@ impl NtfsFs {
             let v = [rec[from], rec[from + 1]];
             rec[to..to + 2].copy_from_slice(&v);
         }
-        let at = (pos - start) as usize + 0x38;
-        rec.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        Some((rec, (pos - start) as usize))
+    }
+
+    /// Reads `out.len()` bytes at `offset` of a compressed (LZNT1) value: each compression unit
+    /// is stored whole (all clusters allocated), not at all (sparse: zeros), or compressed into
+    /// its first clusters.
+    fn read_compressed(&self, c: &mut Cursor, ino: u64, attr: &ntfs::NtfsAttribute<'_, '_>, offset: u64, out: &mut [u8]) -> Result<(), FsError> {
+        let cu = self.compression_unit(attr).ok_or_else(|| FsError::Corrupt(format!("NTFS file {ino}: compressed, without a valid compression unit")))?;
+        let runs: Vec<(u64, u64, Option<u64>)> = match attr.value(c).map_err(corrupt)? {
+            ntfs::attribute_value::NtfsAttributeValue::NonResident(v) => {
+                let mut runs = Vec::new();
+                let mut start = 0u64;
+                for run in v.data_runs() {
+                    let run = run.map_err(corrupt)?;
+                    let len = run.allocated_size();
+                    runs.push((start, len, run.data_position().value().map(|p| p.get())));
+                    start += len;
+                }
+                runs
+            }
+            _ => return Err(FsError::Unsupported(format!("NTFS file {ino} is compressed and spread over several file records, which this reader does not decompress"))),
+        };
+        let (mut unit, mut stored) = (vec![0u8; cu as usize], Vec::with_capacity(cu as usize));
+        let end = offset + out.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let unit_start = pos - pos % cu;
+            stored.clear();
+            for &(start, len, disk) in &runs {
+                let (lo, hi) = (start.max(unit_start), (start + len).min(unit_start + cu));
+                if let (true, Some(disk)) = (lo < hi, disk) {
+                    let at = stored.len();
+                    stored.resize(at + (hi - lo) as usize, 0);
+                    self.source.read_exact_at(&mut stored[at..], disk + (lo - start))?;
+                }
+            }
+            match stored.len() as u64 {
+                0 => unit.fill(0),
+                n if n >= cu => unit.copy_from_slice(&stored[..cu as usize]),
+                _ => super::lznt1::decompress(&stored, &mut unit).map_err(|e| FsError::Corrupt(format!("NTFS file {ino}: {e}")))?,
+            }
+            let from = (pos - unit_start) as usize;
+            let n = ((unit_start + cu).min(end) - pos) as usize;
+            let to = (pos - offset) as usize;
+            out[to..to + n].copy_from_slice(&unit[from..from + n]);
+            pos += n as u64;
+        }
+        Ok(())
     }
 
     fn listing(&self, dir: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
@@ -202,9 +265,6 @@ impl ReadOnlyFs for NtfsFs {
         let Some(item) = file.data(&mut c, "") else { return Ok(0) };
         let item = item.map_err(corrupt)?;
         let attr = item.to_attribute().map_err(corrupt)?;
-        if attr.flags().contains(NtfsAttributeFlags::COMPRESSED) {
-            return Err(FsError::Unsupported(format!("NTFS file {ino} is compressed (LZNT1), which this reader does not decompress")));
-        }
         let len = attr.value_length();
         if offset >= len {
             return Ok(0);
@@ -214,6 +274,10 @@ impl ReadOnlyFs for NtfsFs {
         let valid = self.initialized_size(&attr).unwrap_or(len).min(len);
         let stored = (valid.saturating_sub(offset)).min(want as u64) as usize;
         buf[stored..want].fill(0);
+        if attr.flags().contains(NtfsAttributeFlags::COMPRESSED) && !attr.is_resident() {
+            self.read_compressed(&mut c, ino, &attr, offset, &mut buf[..stored])?;
+            return Ok((len - offset).min(buf.len() as u64) as usize);
+        }
         let want = stored;
         let mut value = attr.value(&mut c).map_err(corrupt)?;
         value.seek(&mut c, SeekFrom::Start(offset)).map_err(corrupt)?;
