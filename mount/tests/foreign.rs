@@ -84,6 +84,12 @@ fn ntfs_copies_match_ntfs_3g() {
         std::fs::write(comp.join("small.txt"), b"a few bytes, compressed or not\n").unwrap();
         let mixed: Vec<u8> = [&vec![0u8; 200_000][..], &text[..500_000], &noise[..100_000], &vec![0u8; 70_000][..], &text[..123_457]].concat();
         std::fs::write(comp.join("mixed.bin"), &mixed).unwrap();
+        // Alternate data streams, written as xattrs through ntfs-3g.
+        let streams = m.point.join("seed/streams.txt");
+        std::fs::write(&streams, b"the main stream\n").unwrap();
+        run("setfattr", &["-n", "user.summary", "-v", "a short alternate stream", streams.to_str().unwrap()]);
+        let hex: String = noise[..12_000].iter().map(|b| format!("{b:02x}")).collect();
+        run("setfattr", &["-n", "user.thumbnail", "-v", &format!("0x{hex}"), streams.to_str().unwrap()]);
         drop(m);
         d.create(&["win"], false).copies[0].clone()
     };
@@ -94,12 +100,15 @@ fn ntfs_copies_match_ntfs_3g() {
     }
     let lo = LoopDevice::attach_read_only(&d.image("win", &copy));
     let oracle_mount = Mount::new(&lo.device, &d.dir.join("oracle"), Some("ntfs-3g"), "ro");
-    let oracle = manifest_of_dir(&oracle_mount.point.join("seed"), Fields::NAMES_SIZES_CONTENT);
-    let ours = manifest_of_dir(&d.tree("win", &copy).join("seed"), Fields::NAMES_SIZES_CONTENT);
+    let fields = Fields { xattrs: true, ..Fields::NAMES_SIZES_CONTENT };
+    let oracle = manifest_of_dir(&oracle_mount.point.join("seed"), fields);
+    let ours = manifest_of_dir(&d.tree("win", &copy).join("seed"), fields);
     assert!(oracle.len() > 3000, "ntfs-3g sees the seed ({} paths)", oracle.len());
     assert_same(&ours, &oracle, "NTFS copy vs ntfs-3g");
     let attrib = run_text("getfattr", &["-h", "-e", "hex", "-n", "system.ntfs_attrib_be", oracle_mount.point.join("seed/compressed/mixed.bin").to_str().unwrap()]);
     assert!(attrib.contains("=0x00000820") || attrib.contains("=0x00000800"), "mixed.bin is stored compressed: {attrib}");
+    let streams: Vec<&str> = ours["/streams.txt"].xattrs.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(streams, ["user.summary", "user.thumbnail"], "alternate data streams as xattrs, as ntfs-3g shows them");
     assert!(ours.keys().filter(|p| p.starts_with("/compressed/")).count() == 4, "the compressed files are compared: {:?}", ours.keys().filter(|p| p.contains("compressed")).collect::<Vec<_>>());
     assert_eq!(std::fs::read(d.tree("win", &copy).join("seed/hello.txt")).unwrap(), b"hello, shadow copies\n");
     // Inode numbers are MFT record numbers, as ntfs-3g shows them.

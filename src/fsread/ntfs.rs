@@ -8,8 +8,8 @@
 //! (the crate does not apply it; the size is read from the attribute's own file record).
 //! Compressed files are decompressed (LZNT1, one compression unit at a time, from the attribute's
 //! data runs); one whose data spans several file records (an attribute list) is refused with an
-//! error (EIO) rather than served as its compressed bytes. Alternate data streams and reparse
-//! points (Windows symlinks, junctions) are not shown.
+//! error (EIO) rather than served as its compressed bytes. Alternate data streams are xattrs
+//! `user.NAME`, as ntfs-3g shows them; reparse points (Windows symlinks, junctions) are not shown.
 //! The `$LogFile` is not replayed (copies of a cleanly flushed volume read fully).
 
 use std::io::SeekFrom;
@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use lru::LruCache;
 use ntfs::structured_values::NtfsFileNamespace;
-use ntfs::{Ntfs, NtfsAttributeFlags, NtfsFile, NtfsReadSeek};
+use ntfs::{Ntfs, NtfsAttributeFlags, NtfsAttributeType, NtfsFile, NtfsReadSeek};
 use parking_lot::Mutex;
 
 use super::cursor::Cursor;
@@ -26,6 +26,8 @@ use super::{ByteSource, DirEntry, FileKind, ForeignOwner, FsError, FsStats, Read
 
 const ROOT: u64 = 5;
 const FIRST_USER_RECORD: u64 = 16;
+/// The longest stream shown as an xattr (the kernel's limit for an xattr value).
+const MAX_STREAM_XATTR: u64 = 65536;
 
 /// An open NTFS filesystem.
 pub struct NtfsFs {
@@ -296,9 +298,38 @@ impl ReadOnlyFs for NtfsFs {
         Err(FsError::Invalid("reparse points are not shown as symbolic links"))
     }
 
+    /// Named data streams (alternate data streams), as `user.NAME`, the way ntfs-3g shows
+    /// them (`streams_interface=xattr`). Streams longer than an xattr may be are left out.
     fn xattrs(&self, ino: u64) -> Result<Xattrs, FsError> {
-        self.file(&mut self.cursor(), ino)?;
-        Ok(Vec::new())
+        let mut c = self.cursor();
+        let file = self.file(&mut c, ino)?;
+        let mut out = Vec::new();
+        let mut attrs = file.attributes();
+        while let Some(item) = attrs.next(&mut c) {
+            let item = item.map_err(corrupt)?;
+            let attr = item.to_attribute().map_err(corrupt)?;
+            if attr.name_length() == 0 || attr.ty().map_err(corrupt)? != NtfsAttributeType::Data {
+                continue;
+            }
+            let name = attr.name().map_err(corrupt)?.to_string_lossy();
+            let len = attr.value_length();
+            if len > MAX_STREAM_XATTR || attr.flags().contains(NtfsAttributeFlags::COMPRESSED) {
+                tracing::debug!(ino, stream = %name, len, "alternate data stream not shown (too long for an xattr, or compressed)");
+                continue;
+            }
+            let mut data = vec![0u8; len as usize];
+            let mut value = attr.value(&mut c).map_err(corrupt)?;
+            let mut done = 0;
+            while done < data.len() {
+                let n = value.read(&mut c, &mut data[done..]).map_err(corrupt)?;
+                if n == 0 {
+                    return Err(FsError::Corrupt(format!("NTFS file {ino}: stream {name} ends before its length")));
+                }
+                done += n;
+            }
+            out.push((format!("user.{name}").into_bytes(), data));
+        }
+        Ok(out)
     }
 
     fn stats(&self) -> FsStats {
