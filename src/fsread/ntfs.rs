@@ -97,7 +97,10 @@ impl NtfsFs {
     fn compression_unit(&self, attr: &ntfs::NtfsAttribute<'_, '_>) -> Option<u64> {
         let (rec, at) = self.attribute_header(attr)?;
         let exp = u16::from_le_bytes(rec.get(at + 0x22..at + 0x24)?.try_into().ok()?);
-        (1..=8).contains(&exp).then(|| u64::from(self.ntfs.cluster_size()) << exp)
+        // NTFS compresses only with clusters up to 4 KiB and 16-cluster units; anything much
+        // larger is damage (and must not make us allocate gigabytes).
+        let unit = u64::from(self.ntfs.cluster_size()) << exp;
+        ((1..=8).contains(&exp) && unit <= 1 << 20).then_some(unit)
     }
 
     /// The file record holding a non-resident attribute, read from disk with its fixups applied,
