@@ -9,7 +9,9 @@
 //! Compressed files are decompressed (LZNT1, one compression unit at a time, from the attribute's
 //! data runs); one whose data spans several file records (an attribute list) is refused with an
 //! error (EIO) rather than served as its compressed bytes. Alternate data streams are xattrs
-//! `user.NAME`, as ntfs-3g shows them; reparse points (Windows symlinks, junctions) are not shown.
+//! `user.NAME`, as ntfs-3g shows them. Interix symlinks (what ntfs-3g creates) and relative
+//! Windows symlinks are symlinks; absolute Windows symlinks and junctions (whose targets name
+//! other volumes) show as what their records hold.
 //! The `$LogFile` is not replayed (copies of a cleanly flushed volume read fully).
 
 use std::io::SeekFrom;
@@ -17,7 +19,7 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use lru::LruCache;
-use ntfs::structured_values::NtfsFileNamespace;
+use ntfs::structured_values::{NtfsFileAttributeFlags, NtfsFileNamespace};
 use ntfs::{Ntfs, NtfsAttributeFlags, NtfsAttributeType, NtfsFile, NtfsReadSeek};
 use parking_lot::Mutex;
 
@@ -83,6 +85,67 @@ impl NtfsFs {
                 Ok((attr.value_length(), attr.flags().contains(NtfsAttributeFlags::COMPRESSED)))
             }
         }
+    }
+
+    /// The whole value of `file`'s first attribute of type `ty` (and name `name`), if it is
+    /// at most `max` bytes.
+    fn small_value(&self, c: &mut Cursor, file: &NtfsFile<'_>, ty: NtfsAttributeType, name: &str, max: u64) -> Result<Option<Vec<u8>>, FsError> {
+        let mut attrs = file.attributes();
+        while let Some(item) = attrs.next(c) {
+            let item = item.map_err(corrupt)?;
+            let attr = item.to_attribute().map_err(corrupt)?;
+            if attr.ty().map_err(corrupt)? != ty || attr.name().map_err(corrupt)?.to_string_lossy() != name {
+                continue;
+            }
+            let len = attr.value_length();
+            if len > max || attr.flags().contains(NtfsAttributeFlags::COMPRESSED) {
+                return Ok(None);
+            }
+            let mut data = vec![0u8; len as usize];
+            let mut value = attr.value(c).map_err(corrupt)?;
+            let mut done = 0;
+            while done < data.len() {
+                match value.read(c, &mut data[done..]).map_err(corrupt)? {
+                    0 => return Ok(None),
+                    n => done += n,
+                }
+            }
+            return Ok(Some(data));
+        }
+        Ok(None)
+    }
+
+    /// The target of a symbolic link, for the two kinds ntfs-3g shows as symlinks and that need
+    /// no knowledge of other volumes: Interix links (a system file holding `IntxLNK\1` and the
+    /// target in UTF-16), which ntfs-3g itself creates, and relative Windows symlinks (reparse
+    /// tag `IO_REPARSE_TAG_SYMLINK`). `None`: not a symlink (absolute Windows links and
+    /// junctions are shown as what they hold).
+    fn symlink_target(&self, c: &mut Cursor, file: &NtfsFile<'_>, attributes: NtfsFileAttributeFlags) -> Result<Option<Vec<u8>>, FsError> {
+        let utf16 = |b: &[u8]| -> Vec<u8> {
+            let units: Vec<u16> = b.chunks_exact(2).map(|p| u16::from_le_bytes([p[0], p[1]])).collect();
+            String::from_utf16_lossy(&units).into_bytes()
+        };
+        if attributes.contains(NtfsFileAttributeFlags::REPARSE_POINT) {
+            const IO_REPARSE_TAG_SYMLINK: u32 = 0xa000_000c;
+            const SYMLINK_FLAG_RELATIVE: u32 = 1;
+            let Some(r) = self.small_value(c, file, NtfsAttributeType::ReparsePoint, "", 16 << 10)? else { return Ok(None) };
+            let u16_at = |i: usize| r.get(i..i + 2).map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])));
+            let u32_at = |i: usize| r.get(i..i + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+            if u32_at(0) != Some(IO_REPARSE_TAG_SYMLINK) || u32_at(16).map(|f| f & SYMLINK_FLAG_RELATIVE) != Some(SYMLINK_FLAG_RELATIVE) {
+                return Ok(None);
+            }
+            let (Some(off), Some(len)) = (u16_at(8), u16_at(10)) else { return Ok(None) };
+            let Some(name) = r.get(20 + off..20 + off + len) else { return Ok(None) };
+            let target: Vec<u8> = utf16(name).into_iter().map(|b| if b == b'\\' { b'/' } else { b }).collect();
+            return Ok((!target.is_empty()).then_some(target));
+        }
+        if attributes.contains(NtfsFileAttributeFlags::SYSTEM) {
+            let Some(d) = self.small_value(c, file, NtfsAttributeType::Data, "", 4096)? else { return Ok(None) };
+            if let Some(rest) = d.strip_prefix(b"IntxLNK\x01") {
+                return Ok((!rest.is_empty()).then(|| utf16(rest)));
+            }
+        }
+        Ok(None)
     }
 
     /// The initialized size of a non-resident attribute, read from its file record on disk.
@@ -205,11 +268,15 @@ impl NtfsFs {
             if ino < FIRST_USER_RECORD {
                 continue;
             }
-            out.push(DirEntry {
-                name: name.name().to_string_lossy().into_bytes(),
-                ino,
-                kind: if name.is_directory() { FileKind::Dir } else { FileKind::File },
-            });
+            let kind = if name.is_directory() {
+                FileKind::Dir
+            } else if name.file_attributes().intersects(NtfsFileAttributeFlags::SYSTEM | NtfsFileAttributeFlags::REPARSE_POINT) {
+                // Maybe a symbolic link: the record decides.
+                self.stat(ino).map_or(FileKind::File, |s| s.kind)
+            } else {
+                FileKind::File
+            };
+            out.push(DirEntry { name: name.name().to_string_lossy().into_bytes(), ino, kind });
             if out.len() > 1 << 22 {
                 return Err(FsError::Corrupt(format!("directory {dir} has too many entries")));
             }
@@ -234,11 +301,28 @@ impl ReadOnlyFs for NtfsFs {
         let file = self.file(&mut c, ino)?;
         let info = file.info().map_err(corrupt)?;
         let dir = file.is_directory();
-        let (size, _) = if dir { (0, false) } else { self.data_info(&mut c, &file)? };
+        let link = if dir { None } else { self.symlink_target(&mut c, &file, info.file_attributes())? };
+        let (size, _) = match &link {
+            Some(target) => (target.len() as u64, false),
+            None if dir => (0, false),
+            None => self.data_info(&mut c, &file)?,
+        };
         Ok(Stat {
             ino,
-            kind: if dir { FileKind::Dir } else { FileKind::File },
-            perm: if dir { self.owner.dir_perm } else { self.owner.file_perm },
+            kind: if dir {
+                FileKind::Dir
+            } else if link.is_some() {
+                FileKind::Symlink
+            } else {
+                FileKind::File
+            },
+            perm: if dir {
+                self.owner.dir_perm
+            } else if link.is_some() {
+                0o777
+            } else {
+                self.owner.file_perm
+            },
             // The record's link count, as ntfs-3g shows it (a DOS short name counts).
             nlink: if dir { 1 } else { u32::from(file.hard_link_count().max(1)) },
             uid: self.owner.uid,
@@ -297,8 +381,11 @@ impl ReadOnlyFs for NtfsFs {
         Ok((len - offset).min(buf.len() as u64) as usize)
     }
 
-    fn read_link(&self, _ino: u64) -> Result<Vec<u8>, FsError> {
-        Err(FsError::Invalid("reparse points are not shown as symbolic links"))
+    fn read_link(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        let mut c = self.cursor();
+        let file = self.file(&mut c, ino)?;
+        let attributes = file.info().map_err(corrupt)?.file_attributes();
+        self.symlink_target(&mut c, &file, attributes)?.ok_or(FsError::Invalid("not a symbolic link"))
     }
 
     /// Named data streams (alternate data streams), as `user.NAME`, the way ntfs-3g shows
