@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | [`service`] | the model (volumes, copies, exposed names) and every protocol operation | parses wire bytes or answers FUSE |
 //! | [`state`] | `volumes.json` and the state-directory lock | holds copy data |
+//! | [`expose`] | exposures: copies bind-mounted on folders or on read-only loop devices | decides which copies exist |
 //! | [`control`] | the socket: framing, peer credentials, dispatch | decides what an operation does |
 //! | [`fuse`] | node ids, attributes, cache policy, errno table | decides anything about copies |
 //! | [`failpoints`] | fault injection for tests (off unless enabled by the environment) | is active in normal use |
@@ -13,6 +14,7 @@
 //! and the requester sequence are the library's `coordinator`; the daemon hosts it.
 
 pub mod control;
+pub mod expose;
 pub mod failpoints;
 pub mod fuse;
 pub mod service;

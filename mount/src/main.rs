@@ -224,6 +224,7 @@ fn run(args: Args) -> Result<()> {
     tracing::info!(mount = %mount.display(), socket = %socket.display(), state_dir = %state_dir.display(), volumes = service.volumes().len(), "shadowcopyd ready");
     let sig = signals.wait().context("waiting for a signal")?;
     tracing::info!(signal = ?sig, "stopping: flushing every volume and unmounting");
+    service.exposures.undo_all();
     service.flush_all();
     let busy: Vec<String> = service.volumes().iter().filter(|v| v.live_opens.load(std::sync::atomic::Ordering::Acquire) > 0).map(|v| v.name.clone()).collect();
     if !busy.is_empty() {

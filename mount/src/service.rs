@@ -241,6 +241,8 @@ pub struct Service {
     pub writers: shadowcopy::coordinator::Writers,
     /// Backup sessions of sets taken with writers (until BackupShutdown).
     sessions: shadowcopy::coordinator::Sessions,
+    /// Copies exposed outside the mount.
+    pub exposures: crate::expose::Exposures,
 }
 
 type OpResult = Result<Answer, (ErrorKind, String)>;
@@ -327,6 +329,7 @@ impl Service {
             notify: OnceLock::new(),
             writers: shadowcopy::coordinator::Writers::default(),
             sessions: shadowcopy::coordinator::Sessions::default(),
+            exposures: crate::expose::Exposures::default(),
         };
         let records = match svc.state.load() {
             Ok(r) => r,
@@ -563,6 +566,11 @@ impl Service {
             Op::Export { id, path } => self.export(id, &path, progress),
             Op::Revert { id } => self.revert(id, progress),
             Op::Diff { id, to } => self.diff(id, to),
+            Op::Expose { id, at, device } => self.expose(id, at.as_deref(), device),
+            Op::Unexpose { path } => {
+                let _admin = self.admin.lock();
+                self.exposures.undo(&path).map(|e| Answer::Done(format!("shadow copy {} is no longer exposed at {path}", e.copy))).map_err(|e| (ErrorKind::Failed, e))
+            }
         };
         self.flush_departures();
         match r {
@@ -603,6 +611,7 @@ impl Service {
             provider: v.provider().map_or("none", |p| p.name()).into(),
             filesystem: c.tree_kind(),
             diff_area_used: v.system().map_or(0, |e| e.usage().used_bytes),
+            exposed_at: self.exposures.of(c.info.id),
             failed: c.info.failed.clone(),
         }
     }
@@ -663,6 +672,10 @@ impl Service {
         let v = self.volume(name).ok_or_else(|| (ErrorKind::NotFound, format!("no volume named `{name}` (see `shadowcopy volume list`)")))?;
         if v.live_opens.load(Ordering::Acquire) > 0 {
             return Err((ErrorKind::Busy, format!("{} is open (a loop device or program uses it); detach and close it first", self.live_path(&v).display())));
+        }
+        let exposed: Vec<String> = v.copies.read().values().flat_map(|c| self.exposures.of(c.info.id)).collect();
+        if !exposed.is_empty() {
+            return Err((ErrorKind::Busy, format!("copies of `{name}` are exposed at {}; undo that first (`shadowcopy unexpose PATH`)", exposed.join(", "))));
         }
         self.volumes.write().remove(name);
         self.by_slot.write().remove(&v.slot);
@@ -862,6 +875,10 @@ impl Service {
                 copies.into_iter().map(|c| (Arc::clone(&v), c)).collect()
             }
         };
+        if let Some((_, c)) = victims.iter().find(|(_, c)| !self.exposures.of(c.info.id).is_empty()) {
+            let at = self.exposures.of(c.info.id).join(", ");
+            return Err((ErrorKind::Busy, format!("shadow copy {} is exposed at {at}; undo that first (`shadowcopy unexpose PATH`)", c.info.id)));
+        }
         let mut views = Vec::new();
         for (v, c) in &victims {
             views.push(self.copy_view(v, c));
@@ -927,6 +944,31 @@ impl Service {
             msg += &format!("; {f}");
         }
         Ok(Answer::Done(msg))
+    }
+
+    fn expose(&self, id: Uuid, at: Option<&str>, device: bool) -> OpResult {
+        let _admin = self.admin.lock();
+        let (v, c) = self.find_copy(id).ok_or_else(|| (ErrorKind::NotFound, format!("no shadow copy {id} (see `shadowcopy list`)")))?;
+        if let Some(reason) = &c.info.failed {
+            return Err((ErrorKind::Failed, format!("shadow copy {id} cannot be read: {reason}")));
+        }
+        let dir = self.settings.mount.join(&v.name);
+        let place = match (at, device) {
+            (Some(_), true) | (None, false) => return Err((ErrorKind::BadRequest, "give a directory to expose the copy's files at, or ask for a device".into())),
+            (None, true) => self.exposures.device(id, &dir.join(".images").join(format!("{}.img", c.name))),
+            (Some(at), false) => {
+                let at = PathBuf::from(at);
+                if at.starts_with(&self.settings.mount) {
+                    return Err((ErrorKind::BadRequest, format!("{} is inside the mount; choose a directory outside it", at.display())));
+                }
+                if c.tree(self.settings.fs_owner).is_none() {
+                    return Err((ErrorKind::BadRequest, format!("no filesystem was recognized in shadow copy {id}; expose it as a device instead")));
+                }
+                self.exposures.folder(id, &dir.join(&c.name), &at)
+            }
+        }
+        .map_err(|e| (ErrorKind::Failed, e))?;
+        Ok(Answer::Done(format!("shadow copy {id} exposed at {}", place.path())))
     }
 
     fn diff(&self, id: Uuid, to: Option<Uuid>) -> OpResult {

@@ -257,3 +257,61 @@ fn a_set_of_two_volumes_shares_one_instant() {
     let distinct: std::collections::BTreeSet<u64> = seen.iter().map(|s| s.0).collect();
     assert!(distinct.len() >= 10 && seen.iter().all(|s| s.0 > 0 && s.0 <= written), "{seen:?} of {written}");
 }
+
+/// `expose` makes a copy visible outside the mount: its files on a folder (a bind mount), or
+/// its raw image as a read-only loop device the kernel mounts. An exposed copy cannot be
+/// deleted; `unexpose` undoes it, and so does stopping the daemon.
+#[test]
+fn a_copy_can_be_exposed_on_a_folder_and_as_a_device() {
+    require_commands(&["mkfs.ext4", "losetup"]);
+    let seed = TempDir::new("sc-expose-seed");
+    seed_tree(&seed.join("seed"), true, 50);
+    let mut d = Daemon::start(&[]);
+    let image = d.dir.join("vol.img");
+    mkfs_ext4(&image, "64M", Some(seed.path()), &[]);
+    d.add_volume("vol", &image);
+    let copy = d.create(&["vol"], false).copies[0].clone();
+    let folder = d.dir.join("exposed");
+    std::fs::create_dir(&folder).unwrap();
+    let call = |op: Op| d.call(op).unwrap_or_else(|e| panic!("{e}"));
+
+    call(Op::Expose { id: copy.id, at: Some(folder.display().to_string()), device: false });
+    // Unmounted on the way out even if an assertion fails (before the daemon goes).
+    let folder_guard = Mount { point: folder.clone() };
+    assert!(is_mounted(&folder));
+    assert_same(&manifest_of_dir(&folder, Fields::ALL), &manifest_of_dir(&d.tree("vol", &copy), Fields::ALL), "the exposed folder");
+    let listed = d.list();
+    assert_eq!(listed[0].exposed_at, vec![folder.display().to_string()]);
+    match d.call(Op::Delete { target: DeleteTarget::Id(copy.id) }) {
+        Err(ClientError::Daemon(e)) => assert!(e.kind == ErrorKind::Busy && e.message.contains("exposed"), "{e:?}"),
+        other => panic!("deleting an exposed copy: {other:?}"),
+    }
+
+    let device = match call(Op::Expose { id: copy.id, at: None, device: true }) {
+        Answer::Done(m) => m.rsplit(' ').next().unwrap().to_string(),
+        other => panic!("{other:?}"),
+    };
+    let device_guard = LoopDevice { device: device.clone() };
+    assert!(device.starts_with("/dev/loop"), "{device}");
+    assert!(std::fs::read(&device).unwrap() == std::fs::read(d.image("vol", &copy)).unwrap(), "the device holds the copy's image");
+    {
+        let kernel = Mount::new(&device, &d.dir.join("kernel"), Some("ext4"), "ro,noload");
+        let fields = Fields { atime: false, ..Fields::ALL };
+        assert_same(&manifest_of_dir(&kernel.point, fields), &manifest_of_dir(&d.tree("vol", &copy), fields), "the kernel on the exposed device");
+    }
+    call(Op::Unexpose { path: device.clone() });
+    std::mem::forget(device_guard);
+    assert!(!std::path::Path::new(&format!("/sys/block/{}/loop", device.trim_start_matches("/dev/"))).exists(), "{device} was detached");
+    call(Op::Unexpose { path: folder.display().to_string() });
+    std::mem::forget(folder_guard);
+    assert!(!is_mounted(&folder));
+    assert!(d.list()[0].exposed_at.is_empty());
+
+    // A daemon that stops undoes its exposures (and can unmount).
+    call(Op::Expose { id: copy.id, at: Some(folder.display().to_string()), device: false });
+    d.stop();
+    assert!(!is_mounted(&folder), "the exposure went with the daemon");
+    // After a restart nothing is exposed, and the copy can be deleted.
+    d.restart();
+    d.call(Op::Delete { target: DeleteTarget::Id(copy.id) }).expect("delete after the exposure ended");
+}

@@ -80,6 +80,18 @@ pub enum Op {
     Revert { id: Uuid },
     /// Byte ranges that differ between a copy and a later one (or the live volume).
     Diff { id: Uuid, to: Option<Uuid> },
+    /// Makes a copy visible outside the mount: its tree bind-mounted on the directory `at`, or
+    /// (`device`) its raw image on a read-only loop device. Lasts until `unexpose` or the
+    /// daemon stops.
+    Expose {
+        id: Uuid,
+        #[serde(default)]
+        at: Option<String>,
+        #[serde(default)]
+        device: bool,
+    },
+    /// Undoes the exposure at a directory or device path.
+    Unexpose { path: String },
 }
 
 impl Op {
@@ -96,7 +108,9 @@ impl Op {
             | Op::Delete { .. }
             | Op::StorageResize { .. }
             | Op::Export { .. }
-            | Op::Revert { .. } => true,
+            | Op::Revert { .. }
+            | Op::Expose { .. }
+            | Op::Unexpose { .. } => true,
         }
     }
 }
@@ -456,6 +470,9 @@ pub struct CopyView {
     pub filesystem: Option<String>,
     /// Bytes of the diff area the volume's copies use together.
     pub diff_area_used: u64,
+    /// Where the copy is exposed outside the mount (directories, loop devices).
+    #[serde(default)]
+    pub exposed_at: Vec<String>,
     pub failed: Option<String>,
 }
 

@@ -74,6 +74,21 @@ enum Command {
     Revert { id: Uuid },
     /// Byte ranges that changed between a copy and a later copy (or the live volume).
     Diff { id: Uuid, to: Option<Uuid> },
+    /// Make a copy visible outside the mount (like diskshadow's `expose`): its files on an
+    /// existing directory (a bind mount), or its raw image as a read-only loop device. Lasts
+    /// until `unexpose` or the daemon stops.
+    Expose {
+        id: Uuid,
+        /// The directory to show the copy's files at.
+        #[arg(required_unless_present = "device", conflicts_with = "device")]
+        dir: Option<PathBuf>,
+        /// Attach the copy's raw image to a read-only loop device instead (e.g. to mount it with
+        /// the kernel's own filesystem driver).
+        #[arg(long)]
+        device: bool,
+    },
+    /// Undo an exposure (a directory or a loop device).
+    Unexpose { path: PathBuf },
     /// The daemon's version, mount and state directory.
     Status,
     /// Operations on an image and its diff area without a daemon (nothing else may write the

@@ -45,6 +45,8 @@ pub fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<()> {
         Command::Export { id, file } => Op::Export { id, path: std::path::absolute(&file).unwrap_or(file).display().to_string() },
         Command::Revert { id } => Op::Revert { id },
         Command::Diff { id, to } => Op::Diff { id, to },
+        Command::Expose { id, dir, device } => Op::Expose { id, at: dir.map(|d| std::path::absolute(&d).unwrap_or(d).display().to_string()), device },
+        Command::Unexpose { path } => Op::Unexpose { path: std::path::absolute(&path).unwrap_or(path).display().to_string() },
         Command::Status => Op::Status,
         Command::Offline(_) => unreachable!("handled by main"),
     };
@@ -199,7 +201,7 @@ fn print_copies(copies: &[CopyView]) {
                 c.set_id.to_string(),
                 c.volume.clone(),
                 created(c),
-                c.exposed_name.clone(),
+                if c.exposed_at.is_empty() { c.exposed_name.clone() } else { format!("{} (also {})", c.exposed_name, c.exposed_at.join(", ")) },
                 c.context.clone().unwrap_or_else(|| "-".into()),
                 format!("{} ({:#010x})", c.attributes.join(","), c.attribute_flags),
                 c.provider.clone(),

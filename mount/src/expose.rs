@@ -1,0 +1,124 @@
+//! Exposures: a shadow copy made visible outside the mount, like diskshadow's `expose` — its
+//! tree bind-mounted on a directory, or its raw image attached to a read-only loop device (a
+//! block device the kernel's own filesystem drivers can mount).
+//!
+//! Owns the list of exposures and the system calls that make and undo them. An exposure lives
+//! until it is undone or the daemon stops (the daemon undoes them all before it unmounts).
+//! Never decides which copies exist or may be exposed: the service does.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use parking_lot::Mutex;
+use uuid::Uuid;
+
+/// Where a copy is exposed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// The copy's tree, bind-mounted on this directory.
+    Folder(PathBuf),
+    /// The copy's raw image, on this read-only loop device.
+    Device(String),
+}
+
+impl Place {
+    pub fn path(&self) -> String {
+        match self {
+            Place::Folder(p) => p.display().to_string(),
+            Place::Device(d) => d.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Exposure {
+    pub copy: Uuid,
+    pub place: Place,
+}
+
+/// The exposures made by this daemon.
+#[derive(Default)]
+pub struct Exposures {
+    list: Mutex<Vec<Exposure>>,
+}
+
+impl Exposures {
+    /// Bind-mounts `tree` on the directory `at`.
+    pub fn folder(&self, copy: Uuid, tree: &Path, at: &Path) -> Result<Place, String> {
+        let meta = std::fs::metadata(at).map_err(|e| format!("{}: {e}; give an existing directory", at.display()))?;
+        if !meta.is_dir() {
+            return Err(format!("{} is not a directory", at.display()));
+        }
+        let at = at.canonicalize().map_err(|e| format!("{}: {e}", at.display()))?;
+        if self.list.lock().iter().any(|e| e.place == Place::Folder(at.clone())) {
+            return Err(format!("a shadow copy is already exposed at {}", at.display()));
+        }
+        nix::mount::mount(Some(tree), &at, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| format!("bind-mounting {} on {}: {e}", tree.display(), at.display()))?;
+        let place = Place::Folder(at);
+        self.list.lock().push(Exposure { copy, place: place.clone() });
+        Ok(place)
+    }
+
+    /// Attaches `image` to a free read-only loop device.
+    pub fn device(&self, copy: Uuid, image: &Path) -> Result<Place, String> {
+        let out = Command::new("losetup")
+            .args(["--find", "--show", "--read-only"])
+            .arg(image)
+            .output()
+            .map_err(|e| format!("running losetup (util-linux): {e}"))?;
+        if !out.status.success() {
+            return Err(format!("losetup --read-only {}: {}", image.display(), String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        let place = Place::Device(String::from_utf8_lossy(&out.stdout).trim().to_string());
+        self.list.lock().push(Exposure { copy, place: place.clone() });
+        Ok(place)
+    }
+
+    /// Undoes the exposure at `path` (a folder or a device); returns what it was.
+    pub fn undo(&self, path: &str) -> Result<Exposure, String> {
+        let canonical = Path::new(path).canonicalize().map(|p| p.display().to_string()).unwrap_or_else(|_| path.to_string());
+        let e = self
+            .list
+            .lock()
+            .iter()
+            .find(|e| e.place.path() == path || e.place.path() == canonical)
+            .cloned()
+            .ok_or_else(|| format!("nothing is exposed at {path} (see `shadowcopy list`)"))?;
+        release(&e.place, false)?;
+        self.list.lock().retain(|x| x.place != e.place);
+        Ok(e)
+    }
+
+    /// Where `copy` is exposed.
+    pub fn of(&self, copy: Uuid) -> Vec<String> {
+        self.list.lock().iter().filter(|e| e.copy == copy).map(|e| e.place.path()).collect()
+    }
+
+    /// Undoes every exposure (at shutdown): folders still in use are detached lazily.
+    pub fn undo_all(&self) {
+        for e in std::mem::take(&mut *self.list.lock()) {
+            if let Err(err) = release(&e.place, true) {
+                tracing::warn!(at = %e.place.path(), error = %err, "undoing an exposure failed");
+            }
+        }
+    }
+}
+
+fn release(place: &Place, lazy: bool) -> Result<(), String> {
+    match place {
+        Place::Folder(at) => {
+            let flags = if lazy { nix::mount::MntFlags::MNT_DETACH } else { nix::mount::MntFlags::empty() };
+            nix::mount::umount2(at, flags).map_err(|e| match e {
+                nix::errno::Errno::EBUSY => format!("{} is in use; close what uses it and try again", at.display()),
+                e => format!("unmounting {}: {e}", at.display()),
+            })
+        }
+        // A busy loop device is detached when its last user closes it.
+        Place::Device(dev) => match Command::new("losetup").args(["-d", dev]).output() {
+            Ok(o) if o.status.success() => Ok(()),
+            Ok(o) => Err(format!("losetup -d {dev}: {}", String::from_utf8_lossy(&o.stderr).trim())),
+            Err(e) => Err(format!("running losetup: {e}")),
+        },
+    }
+}
