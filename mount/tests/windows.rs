@@ -36,7 +36,7 @@ fn windows_copies_match_vshadowmount_and_ntfs_3g() {
     let vmnt = d.dir.join("vshadow");
     std::fs::create_dir(&vmnt).unwrap();
     run("vshadowmount", &[image.to_str().unwrap(), vmnt.to_str().unwrap()]);
-    let _vshadow = Mount { point: vmnt.clone() };
+    let vshadow = Mount { point: vmnt.clone() };
     for (i, c) in copies.iter().enumerate() {
         let theirs = vmnt.join(format!("vss{}", i + 1));
         let ours = d.image("win", c);
@@ -74,6 +74,8 @@ fn windows_copies_match_vshadowmount_and_ntfs_3g() {
         other => panic!("create on a read-only volume: {other:?}"),
     }
     assert!(d.call(Op::Delete { target: DeleteTarget::Id(copies[0].id) }).is_err());
+    // vshadowmount goes first: the daemon's temp dir (dropped with `d`) holds its mount point.
+    drop(vshadow);
     // They come back after a restart, with the same names.
     let mut d = d;
     d.restart();
