@@ -63,8 +63,7 @@ pub fn serve(listener: UnixListener, service: Arc<Service>, access: Access) {
             }
         };
         if active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
-            let mut s = stream;
-            let _ = write_reply(&mut s, &Reply::error(ErrorKind::Busy, "too many connections; try again"));
+            let _ = write_reply(&stream, &Reply::error(ErrorKind::Busy, "too many connections; try again"));
             continue;
         }
         active.fetch_add(1, Ordering::AcqRel);
@@ -83,10 +82,19 @@ pub fn serve(listener: UnixListener, service: Arc<Service>, access: Access) {
     }
 }
 
-fn write_reply(s: &mut UnixStream, r: &Reply) -> std::io::Result<()> {
+fn write_reply(mut s: &UnixStream, r: &Reply) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(r).map_err(std::io::Error::other)?;
     line.push(b'\n');
     s.write_all(&line)
+}
+
+/// Writes `r` on the connection; on a writer's connection through the writer's framing lock
+/// (its events go out on the same stream from other threads).
+fn reply_on(as_writer: Option<&shadowcopy::coordinator::WriterConn>, s: &UnixStream, r: &Reply) -> std::io::Result<()> {
+    match as_writer {
+        Some(w) => w.write_reply(r),
+        None => write_reply(s, r),
+    }
 }
 
 /// Whether the peer is root or in the admin group.
@@ -127,7 +135,7 @@ impl Drop for ConnectionEnd<'_> {
 
 fn connection(stream: UnixStream, service: &Service, access: Access) -> std::io::Result<()> {
     let admin = is_admin(&stream, access);
-    let mut writer = stream.try_clone()?;
+    let writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     let mut end = ConnectionEnd { service, as_writer: None, sets: Vec::new() };
     loop {
@@ -138,7 +146,7 @@ fn connection(stream: UnixStream, service: &Service, access: Access) -> std::io:
         }
         let as_writer = &end.as_writer;
         if line.len() > MAX_MESSAGE || (line.last() != Some(&b'\n') && n as u64 > MAX_MESSAGE as u64) {
-            write_reply(&mut writer, &Reply::error(ErrorKind::BadRequest, format!("request longer than {MAX_MESSAGE} bytes")))?;
+            write_reply(&writer, &Reply::error(ErrorKind::BadRequest, format!("request longer than {MAX_MESSAGE} bytes")))?;
             return Ok(());
         }
         let reply = match serde_json::from_slice::<Request>(&line) {
@@ -167,25 +175,18 @@ fn connection(stream: UnixStream, service: &Service, access: Access) -> std::io:
                 } else {
                     let name = reg.name.clone();
                     // Replies and events share the connection: register, then answer.
-                    write_reply(&mut writer, &Reply::Ok(shadowcopy::protocol::Answer::Done(format!("writer `{name}` registered"))))?;
+                    write_reply(&writer, &Reply::Ok(shadowcopy::protocol::Answer::Done(format!("writer `{name}` registered"))))?;
                     end.as_writer = Some(service.writers.register(reg, writer.try_clone()?));
                     continue;
                 }
             }
             Ok(req) => {
                 tracing::debug!(op = ?req.op, "control request");
-                // Progress and stage lines; on a writer's connection through its framing lock.
-                let raw = parking_lot::Mutex::new(writer.try_clone()?);
-                let as_writer = end.as_writer.clone();
                 let send = |r: &Reply| {
-                    let _ = match &as_writer {
-                        Some(w) => w.write_reply(r),
-                        None => write_reply(&mut raw.lock(), r),
-                    };
+                    let _ = reply_on(as_writer.as_deref(), &writer, r);
                 };
                 // At most one progress line per percent (the engine reports every chunk).
                 let mut last = u64::MAX;
-                let peer = writer.try_clone()?;
                 let reply = service.handle(
                     req.op,
                     &mut |done, total| {
@@ -196,7 +197,7 @@ fn connection(stream: UnixStream, service: &Service, access: Access) -> std::io:
                         }
                     },
                     &mut |message| send(&Reply::Stage { message: message.to_string() }),
-                    &|| still_connected(&peer),
+                    &|| still_connected(&writer),
                 );
                 if let Reply::Ok(shadowcopy::protocol::Answer::Set(set)) = &reply {
                     end.sets.push(set.set_id);
@@ -204,11 +205,7 @@ fn connection(stream: UnixStream, service: &Service, access: Access) -> std::io:
                 reply
             }
         };
-        match &end.as_writer {
-            // Events go out on a writer's connection too: one lock frames both.
-            Some(w) => w.write_reply(&reply)?,
-            None => write_reply(&mut writer, &reply)?,
-        }
+        reply_on(end.as_writer.as_deref(), &writer, &reply)?;
     }
 }
 
