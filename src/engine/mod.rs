@@ -51,7 +51,7 @@ use crate::diffarea::slots::SlotAllocator;
 use crate::error::{DiffAreaError, Error};
 use crate::volume::{FileStorage, Storage};
 
-pub use ops::{export_copy, export_copy_to, ChangedRange, Progress};
+pub use ops::{export_copy, ChangedRange, Progress};
 use pending::Pending;
 pub use set::{create_set, CreateOptions, SetInfo};
 use stripes::Stripes;

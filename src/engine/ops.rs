@@ -54,12 +54,6 @@ impl ShadowVolume {
         Ok(out)
     }
 
-    /// Writes copy `id` into `dest` (sized to the volume), skipping all-zero chunks so that a
-    /// file destination stays sparse.
-    pub fn export_to(&self, id: Uuid, dest: &dyn Storage, progress: Progress<'_>) -> Result<(), Error> {
-        export_copy_to(self, id, dest, progress)
-    }
-
     /// Exports copy `id` to a new image file at `path`.
     pub fn export(&self, id: Uuid, path: &Path, progress: Progress<'_>) -> Result<(), Error> {
         export_copy(self, id, path, progress)
@@ -95,7 +89,7 @@ const EXPORT_BLOCK: usize = 4096;
 
 /// Writes copy `id` of any provider to `dest` (sized to the volume), leaving all-zero blocks as
 /// holes so the file stays sparse.
-pub fn export_copy_to(provider: &dyn Provider, id: Uuid, dest: &dyn Storage, progress: Progress<'_>) -> Result<(), Error> {
+fn export_copy_to(provider: &dyn Provider, id: Uuid, dest: &dyn Storage, progress: Progress<'_>) -> Result<(), Error> {
     let size = provider.volume_size();
     let io = Error::volume;
     dest.set_len(0).and_then(|()| dest.set_len(size)).map_err(io("sizing the export file"))?;

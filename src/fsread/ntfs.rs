@@ -97,22 +97,26 @@ impl NtfsFs {
             if attr.ty().map_err(corrupt)? != ty || attr.name().map_err(corrupt)?.to_string_lossy() != name {
                 continue;
             }
-            let len = attr.value_length();
-            if len > max || attr.flags().contains(NtfsAttributeFlags::COMPRESSED) {
+            if attr.value_length() > max || attr.flags().contains(NtfsAttributeFlags::COMPRESSED) {
                 return Ok(None);
             }
-            let mut data = vec![0u8; len as usize];
-            let mut value = attr.value(c).map_err(corrupt)?;
-            let mut done = 0;
-            while done < data.len() {
-                match value.read(c, &mut data[done..]).map_err(corrupt)? {
-                    0 => return Ok(None),
-                    n => done += n,
-                }
-            }
-            return Ok(Some(data));
+            return self.whole_value(c, &attr);
         }
         Ok(None)
+    }
+
+    /// Every byte of an uncompressed attribute's value; `None` if it ends before its length.
+    fn whole_value(&self, c: &mut Cursor, attr: &ntfs::NtfsAttribute<'_, '_>) -> Result<Option<Vec<u8>>, FsError> {
+        let mut data = vec![0u8; attr.value_length() as usize];
+        let mut value = attr.value(c).map_err(corrupt)?;
+        let mut done = 0;
+        while done < data.len() {
+            match value.read(c, &mut data[done..]).map_err(corrupt)? {
+                0 => return Ok(None),
+                n => done += n,
+            }
+        }
+        Ok(Some(data))
     }
 
     /// The target of a symbolic link, for the two kinds ntfs-3g shows as symlinks and that need
@@ -407,16 +411,7 @@ impl ReadOnlyFs for NtfsFs {
                 tracing::debug!(ino, stream = %name, len, "alternate data stream not shown (too long for an xattr, or compressed)");
                 continue;
             }
-            let mut data = vec![0u8; len as usize];
-            let mut value = attr.value(&mut c).map_err(corrupt)?;
-            let mut done = 0;
-            while done < data.len() {
-                let n = value.read(&mut c, &mut data[done..]).map_err(corrupt)?;
-                if n == 0 {
-                    return Err(FsError::Corrupt(format!("NTFS file {ino}: stream {name} ends before its length")));
-                }
-                done += n;
-            }
+            let data = self.whole_value(&mut c, &attr)?.ok_or_else(|| FsError::Corrupt(format!("NTFS file {ino}: stream {name} ends before its length")))?;
             out.push((format!("user.{name}").into_bytes(), data));
         }
         Ok(out)
