@@ -807,8 +807,16 @@ impl Service {
         }))
     }
 
+    /// The copies of set `set_id`, with their volumes.
+    fn set_copies(&self, set_id: Uuid) -> Vec<(Arc<Volume>, Arc<Copy>)> {
+        self.volumes()
+            .into_iter()
+            .flat_map(|v| v.copies.read().values().filter(|c| c.info.set_id == set_id).map(|c| (Arc::clone(&v), Arc::clone(c))).collect::<Vec<_>>())
+            .collect()
+    }
+
     fn backup_complete(&self, set_id: Uuid) -> OpResult {
-        if !self.volumes().iter().any(|v| v.copies.read().values().any(|c| c.info.set_id == set_id)) {
+        if self.set_copies(set_id).is_empty() {
             return Err((ErrorKind::NotFound, format!("no shadow copy set {set_id} (see `shadowcopy list`)")));
         }
         match self.sessions.backup_complete(set_id) {
@@ -821,7 +829,7 @@ impl Service {
     /// sets' backup sessions learn the requester is gone.
     pub fn requester_gone(&self, sets: &[Uuid]) {
         for &set_id in sets {
-            let auto_release = self.volumes().iter().any(|v| v.copies.read().values().any(|c| c.info.set_id == set_id && c.info.attributes & attributes::AUTO_RELEASE != 0));
+            let auto_release = self.set_copies(set_id).iter().any(|(_, c)| c.info.attributes & attributes::AUTO_RELEASE != 0);
             if auto_release {
                 match self.delete(DeleteTarget::Set(set_id)) {
                     Ok(_) => tracing::info!(set = %set_id, "auto-release set released: its requester disconnected"),
@@ -852,11 +860,7 @@ impl Service {
         let victims: Vec<(Arc<Volume>, Arc<Copy>)> = match &target {
             DeleteTarget::Id(id) => vec![self.find_copy(*id).ok_or_else(|| (ErrorKind::NotFound, format!("no shadow copy {id} (see `shadowcopy list`)")))?],
             DeleteTarget::Set(set) => {
-                let v: Vec<_> = self
-                    .volumes()
-                    .into_iter()
-                    .flat_map(|v| v.copies.read().values().filter(|c| c.info.set_id == *set).map(|c| (Arc::clone(&v), Arc::clone(c))).collect::<Vec<_>>())
-                    .collect();
+                let v = self.set_copies(*set);
                 if v.is_empty() {
                     return Err((ErrorKind::NotFound, format!("no shadow copy set {set}")));
                 }
@@ -875,9 +879,8 @@ impl Service {
                 copies.into_iter().map(|c| (Arc::clone(&v), c)).collect()
             }
         };
-        if let Some((_, c)) = victims.iter().find(|(_, c)| !self.exposures.of(c.info.id).is_empty()) {
-            let at = self.exposures.of(c.info.id).join(", ");
-            return Err((ErrorKind::Busy, format!("shadow copy {} is exposed at {at}; undo that first (`shadowcopy unexpose PATH`)", c.info.id)));
+        if let Some((id, at)) = victims.iter().map(|(_, c)| (c.info.id, self.exposures.of(c.info.id))).find(|(_, at)| !at.is_empty()) {
+            return Err((ErrorKind::Busy, format!("shadow copy {id} is exposed at {}; undo that first (`shadowcopy unexpose PATH`)", at.join(", "))));
         }
         let mut views = Vec::new();
         for (v, c) in &victims {
