@@ -11,9 +11,9 @@
 //!
 //! Any failure or timeout before the set is kept: Abort to every writer that saw
 //! PrepareForSnapshot, and an error naming the writer, the event and its message. The writers'
-//! freeze window (from the first Freeze to the last Thaw) is at most [`FREEZE_WINDOW`] ([`Limits`]
-//! hold all three). The sequence runs in the daemon, so
-//! these limits hold even if the requester disconnects.
+//! freeze window (from the first Freeze to the last Thaw) is at most [`FREEZE_WINDOW`]; [`Limits`]
+//! holds it with the event and abort timeouts. The sequence runs in the daemon, so these limits
+//! hold even if the requester disconnects.
 //!
 //! Never touches volume bytes or the engine: the hold (filesystem freeze and the engine's commit)
 //! is handed to [`run_set`] by the daemon.
@@ -27,8 +27,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use crate::protocol::{EventMessage, Reply, WriterEvent, WriterOutcome, WriterRegistration, WriterSelection, WriterState, WriterView};
 use uuid::Uuid;
+
+use crate::protocol::{EventMessage, Reply, WriterEvent, WriterOutcome, WriterRegistration, WriterSelection, WriterState, WriterView};
 
 /// How long a writer may take to answer one event.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -14,11 +14,10 @@ pub fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<()> {
     let op = match cmd {
         Command::Volume(VolumeCmd::Add { name, image, diff_area, max_size, chunk_size, read_only }) => {
             let image = image.canonicalize().with_context(|| format!("the image {} cannot be found", image.display()))?;
-            let diff_area = diff_area.map(|d| std::path::absolute(&d).unwrap_or(d));
             Op::VolumeAdd {
                 name,
                 image: image.display().to_string(),
-                diff_area: diff_area.map(|d| d.display().to_string()),
+                diff_area: diff_area.map(absolute),
                 max_size,
                 chunk_size,
                 read_only,
@@ -42,11 +41,11 @@ pub fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<()> {
         },
         Command::ShadowStorage(StorageCmd::List) => Op::StorageList,
         Command::ShadowStorage(StorageCmd::Resize { volume, max_size }) => Op::StorageResize { volume, max_size },
-        Command::Export { id, file } => Op::Export { id, path: std::path::absolute(&file).unwrap_or(file).display().to_string() },
+        Command::Export { id, file } => Op::Export { id, path: absolute(file) },
         Command::Revert { id } => Op::Revert { id },
         Command::Diff { id, to } => Op::Diff { id, to },
-        Command::Expose { id, dir, device } => Op::Expose { id, at: dir.map(|d| std::path::absolute(&d).unwrap_or(d).display().to_string()), device },
-        Command::Unexpose { path } => Op::Unexpose { path: std::path::absolute(&path).unwrap_or(path).display().to_string() },
+        Command::Expose { id, dir, device } => Op::Expose { id, at: dir.map(absolute), device },
+        Command::Unexpose { path } => Op::Unexpose { path: absolute(path) },
         Command::Status => Op::Status,
         Command::Offline(_) => unreachable!("handled by main"),
     };
@@ -65,13 +64,7 @@ pub fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<()> {
     if show_progress && last != u64::MAX {
         eprintln!();
     }
-    let answer = answer?;
-    if json {
-        println!("{}", answer_json(&answer)?);
-    } else {
-        print_table(&answer);
-    }
-    Ok(())
+    show(&answer?, json)
 }
 
 /// `shadowcopy create`: takes the set, prints it, and with `--exec` runs the command on it, tells
@@ -116,11 +109,7 @@ fn create(args: CreateArgs, socket: Option<PathBuf>, json: bool) -> Result<()> {
         eprint!("\r\x1b[K");
     }
     let answer = answer?;
-    if json {
-        println!("{}", answer_json(&answer)?);
-    } else {
-        print_table(&answer);
-    }
+    show(&answer, json)?;
     let (Some(command), Answer::Set(set)) = (args.exec, &answer) else { return Ok(()) };
     let mount = match client.call(Op::Status, &mut |_, _| {})? {
         Answer::Status(s) => PathBuf::from(s.mount),
@@ -143,6 +132,21 @@ fn create(args: CreateArgs, socket: Option<PathBuf>, json: bool) -> Result<()> {
     match client.call(Op::BackupComplete { set_id: set.set_id }, &mut |_, _| {})? {
         Answer::Done(m) if !json => eprintln!("{m}"),
         _ => {}
+    }
+    Ok(())
+}
+
+/// A path as the daemon needs it: absolute (it runs elsewhere, with another working directory).
+fn absolute(p: PathBuf) -> String {
+    std::path::absolute(&p).unwrap_or(p).display().to_string()
+}
+
+/// Prints an answer as JSON or as a table.
+fn show(a: &Answer, json: bool) -> Result<()> {
+    if json {
+        println!("{}", answer_json(a)?);
+    } else {
+        print_table(a);
     }
     Ok(())
 }
