@@ -54,6 +54,117 @@ fn a_private_file_in_a_copy_stays_private() {
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
 }
 
+/// Runs `argv` as `uid` (group `uid`, no other groups); true if it succeeded.
+fn succeeds_as(uid: u32, argv: &[&std::ffi::OsStr]) -> bool {
+    let id = uid.to_string();
+    Command::new(which("setpriv").expect("setpriv"))
+        .args([format!("--reuid={id}"), format!("--regid={id}"), "--clear-groups".into()])
+        .args(argv)
+        .output()
+        .expect("setpriv")
+        .status
+        .success()
+}
+
+/// What `uid` may do with each of the ACL test's paths under `root`: read each file, list each
+/// directory and read the file inside it.
+fn acl_access(root: &std::path::Path, uid: u32) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    for f in ["deny-file.txt", "grant-file.txt", "group-grant-file.txt", "inherits/denied-by-default.txt"] {
+        out.push((format!("read {f}"), succeeds_as(uid, &["cat".as_ref(), root.join(f).as_os_str()])));
+    }
+    for d in ["deny-dir", "grant-dir"] {
+        out.push((format!("list {d}"), succeeds_as(uid, &["ls".as_ref(), root.join(d).as_os_str()])));
+        out.push((format!("read {d}/inner.txt"), succeeds_as(uid, &["cat".as_ref(), root.join(d).join("inner.txt").as_os_str()])));
+    }
+    out
+}
+
+/// Pins the bug where the mount never asked the kernel for FUSE_POSIX_ACL, so only mode bits
+/// counted inside copies: a user an ACL denied on the live file read every copy of it
+/// (CVE-2021-36934's class), and a user an ACL granted was refused.
+#[test]
+fn posix_acls_hold_in_every_copy_as_the_kernel_enforces_them() {
+    require_commands(&["setpriv", "setfacl", "getfacl", "mkfs.ext4"]);
+    let d = Daemon::start(&["--allow-other"]);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let image = image_file(&d.dir, "vol.img", 64 << 20);
+    d.add_volume("vol", &image);
+    const NOBODY: u32 = 65534;
+    const OTHER: u32 = 65533;
+    let copy = {
+        let fs = LiveFs::new(&d.live("vol"), &d.dir.join("fs"), false);
+        let root = fs.path("acl");
+        std::fs::create_dir(&root).unwrap();
+        let setfacl = |args: &[&str], p: &str| run("setfacl", &[args, &[root.join(p).to_str().unwrap()]].concat());
+        let file = |p: &str, mode: u32| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(root.join(p), format!("{p}\n")).unwrap();
+            std::fs::set_permissions(root.join(p), std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let dir = |p: &str, mode: u32| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::create_dir(root.join(p)).unwrap();
+            std::fs::set_permissions(root.join(p), std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        run("chmod", &["0755", root.to_str().unwrap()]);
+        // Mode bits would let everyone read it; the ACL denies one user.
+        file("deny-file.txt", 0o644);
+        setfacl(&["-m", &format!("u:{NOBODY}:---")], "deny-file.txt");
+        // Mode bits would let nobody but root read it; the ACL grants one user and one group.
+        file("grant-file.txt", 0o600);
+        setfacl(&["-m", &format!("u:{NOBODY}:r--")], "grant-file.txt");
+        file("group-grant-file.txt", 0o600);
+        setfacl(&["-m", &format!("g:{OTHER}:r--")], "group-grant-file.txt");
+        dir("deny-dir", 0o755);
+        file("deny-dir/inner.txt", 0o644);
+        setfacl(&["-m", &format!("u:{NOBODY}:---")], "deny-dir");
+        dir("grant-dir", 0o700);
+        file("grant-dir/inner.txt", 0o644);
+        setfacl(&["-m", &format!("u:{NOBODY}:r-x")], "grant-dir");
+        // A default ACL: a file made in the folder afterwards inherits the denial.
+        dir("inherits", 0o755);
+        setfacl(&["-d", "-m", &format!("u:{NOBODY}:---")], "inherits");
+        std::fs::write(root.join("inherits/denied-by-default.txt"), b"inherited\n").unwrap();
+        // The live filesystem itself: the expectations below are what the kernel enforces there.
+        let live = acl_access(&root, NOBODY);
+        let expected_nobody = vec![
+            ("read deny-file.txt".to_string(), false),
+            ("read grant-file.txt".to_string(), true),
+            ("read group-grant-file.txt".to_string(), false),
+            ("read inherits/denied-by-default.txt".to_string(), false),
+            ("list deny-dir".to_string(), false),
+            ("read deny-dir/inner.txt".to_string(), false),
+            ("list grant-dir".to_string(), true),
+            ("read grant-dir/inner.txt".to_string(), true),
+        ];
+        assert_eq!(live, expected_nobody, "the kernel's own enforcement on the live filesystem");
+        d.create(&["vol"], false).copies[0].clone()
+    };
+    let ours = d.tree("vol", &copy).join("acl");
+    let lo = LoopDevice::attach_read_only(&d.image("vol", &copy));
+    let kernel = Mount::new(&lo.device, &d.dir.join("kernel"), Some("ext4"), "ro,noload");
+    let theirs = kernel.point.join("acl");
+    for uid in [NOBODY, OTHER] {
+        let (o, k) = (acl_access(&ours, uid), acl_access(&theirs, uid));
+        assert_eq!(o, k, "uid {uid}: the copy through our mount vs the kernel's read-only mount of its image");
+        // Not vacuous: each user is both denied and granted something by an ACL.
+        assert!(o.iter().any(|(_, ok)| *ok) && o.iter().any(|(_, ok)| !*ok), "uid {uid}: {o:?}");
+    }
+    let facl = |p: &std::path::Path| run_text("getfacl", &["-p", "--omit-header", p.to_str().unwrap()]);
+    for p in ["deny-file.txt", "grant-file.txt", "deny-dir", "inherits"] {
+        assert_eq!(facl(&ours.join(p)), facl(&theirs.join(p)), "getfacl {p}");
+    }
+    let granted = acl_access(&ours, NOBODY);
+    assert!(granted.contains(&("read grant-file.txt".to_string(), true)), "{granted:?}");
+    assert!(granted.contains(&("read deny-file.txt".to_string(), false)), "{granted:?}");
+    let other = acl_access(&ours, OTHER);
+    assert!(other.contains(&("read group-grant-file.txt".to_string(), true)), "{other:?}");
+}
+
 fn raw_exchange(socket: &std::path::Path, bytes: &[u8]) -> Option<Reply> {
     let mut s = UnixStream::connect(socket).expect("connect");
     s.write_all(bytes).expect("send");

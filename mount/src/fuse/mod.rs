@@ -269,6 +269,14 @@ impl Filesystem for Frontend {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
+        // POSIX ACLs: without this capability `default_permissions` checks mode bits only, and a
+        // user an ACL denies on the original file could read every copy of it (the class of bug
+        // behind CVE-2021-36934). With it, the kernel reads `system.posix_acl_*` through getxattr
+        // and enforces each copy's own ACLs. Required, not best effort: see below.
+        if config.add_capabilities(InitFlags::FUSE_POSIX_ACL).is_err() {
+            tracing::error!("the kernel lacks FUSE_POSIX_ACL: refusing to serve copies whose ACLs it would not enforce");
+            return Err(std::io::Error::other("kernel without FUSE_POSIX_ACL"));
+        }
         for cap in [
             InitFlags::FUSE_ASYNC_DIO,
             // Always readdirplus (not "auto", which falls back to plain readdir after the first
