@@ -25,8 +25,13 @@ fn main() -> Result<()> {
     let data_len: u64 = args[6].parse()?;
 
     let vol = Arc::new(
-        ShadowVolume::create_at(&image, &diff, DiffAreaOptions { chunk_size: 16384, max_size: MaxSize::Bytes(128 << 20) }, EngineOptions::default())
-            .context("creating the diff area")?,
+        ShadowVolume::create_at(
+            &image,
+            &diff,
+            DiffAreaOptions { chunk_size: 16384, max_size: MaxSize::Bytes(128 << 20) },
+            EngineOptions::default(),
+        )
+        .context("creating the diff area")?,
     );
     println!("volume {} ({} MiB), diff area {} (chunk 16 KiB, at most 128 MiB)", image.display(), vol.size() >> 20, diff.display());
 

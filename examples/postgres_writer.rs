@@ -131,13 +131,17 @@ impl Writer for PostgresWriter {
         let mut rows = 0i64;
         for t in &self.args.tables {
             locks.batch_execute(&format!("LOCK TABLE {} IN SHARE MODE", quote_ident(t))).map_err(|e| fail(&format!("locking {t}"), e))?;
-            let n: i64 = locks.query_one(&format!("SELECT count(*) FROM {}", quote_ident(t)), &[]).map_err(|e| fail(&format!("counting {t}"), e))?.get(0);
+            let n: i64 = locks
+                .query_one(&format!("SELECT count(*) FROM {}", quote_ident(t)), &[])
+                .map_err(|e| fail(&format!("counting {t}"), e))?
+                .get(0);
             rows += n;
         }
         self.locks = Some(locks);
         self.rows_at_freeze = Some(rows);
         let backup = self.backup.as_mut().ok_or_else(|| Failure::new("Freeze without PrepareForSnapshot: no backup is running"))?;
-        let row = backup.query_one("SELECT labelfile, spcmapfile FROM pg_backup_stop(false)", &[]).map_err(|e| fail("pg_backup_stop", e))?;
+        let row =
+            backup.query_one("SELECT labelfile, spcmapfile FROM pg_backup_stop(false)", &[]).map_err(|e| fail("pg_backup_stop", e))?;
         self.label = Some(Label { backup_label: row.get(0), tablespace_map: row.get::<_, Option<String>>(1).unwrap_or_default() });
         self.backup = None;
         Ok(())
@@ -169,7 +173,10 @@ impl Writer for PostgresWriter {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     std::fs::create_dir_all(&args.label_dir).with_context(|| format!("creating {}", args.label_dir.display()))?;
     let data_dir = args.data_dir.display().to_string();
@@ -177,7 +184,12 @@ fn main() -> Result<()> {
         name: "postgresql".into(),
         class_id: Uuid::new_v5(&Uuid::NAMESPACE_URL, b"shadowcopy-example:postgresql"),
         instance_id: Uuid::new_v5(&Uuid::NAMESPACE_URL, data_dir.as_bytes()),
-        components: vec![Component { name: data_dir.clone(), paths: vec![data_dir], volumes: vec![args.volume.clone()], restore_method: Some("restore the data directory, add backup_label, start the server".into()) }],
+        components: vec![Component {
+            name: data_dir.clone(),
+            paths: vec![data_dir],
+            volumes: vec![args.volume.clone()],
+            restore_method: Some("restore the data directory, add backup_label, start the server".into()),
+        }],
     };
     let socket = args.socket.clone().unwrap_or_else(default_socket_path);
     let mut w = PostgresWriter { args, backup: None, locks: None, label: None, rows_at_freeze: None };

@@ -82,7 +82,10 @@ impl Writer for SqliteWriter {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     let conn = Connection::open(&args.db).with_context(|| format!("opening {}", args.db.display()))?;
     // Under the daemon's 10 s answer limit.
@@ -91,7 +94,12 @@ fn main() -> Result<()> {
         name: "sqlite".into(),
         class_id: Uuid::new_v5(&Uuid::NAMESPACE_URL, b"shadowcopy-example:sqlite"),
         instance_id: Uuid::new_v4(),
-        components: vec![Component { name: args.db.display().to_string(), paths: vec![args.db.display().to_string()], volumes: vec![args.volume.clone()], restore_method: None }],
+        components: vec![Component {
+            name: args.db.display().to_string(),
+            paths: vec![args.db.display().to_string()],
+            volumes: vec![args.volume.clone()],
+            restore_method: None,
+        }],
     };
     let mut w = SqliteWriter { conn, table: args.table, record: args.record, rows_at_freeze: None };
     let socket = args.socket.unwrap_or_else(default_socket_path);

@@ -127,7 +127,12 @@ impl WriterConn {
             // A new set starts from a clean slate.
             Ok(()) if event == WriterEvent::Identify => *st = (WriterState::Stable, None),
             Ok(()) => *st = (waiting_state(event), st.1.clone()),
-            Err(e) if event != WriterEvent::Abort => *st = (if self.alive.load(Ordering::Acquire) { failed_state(event) } else { WriterState::Disconnected }, Some(format!("{}: {e}", event.as_str()))),
+            Err(e) if event != WriterEvent::Abort => {
+                *st = (
+                    if self.alive.load(Ordering::Acquire) { failed_state(event) } else { WriterState::Disconnected },
+                    Some(format!("{}: {e}", event.as_str())),
+                )
+            }
             Err(_) => {}
         }
         result
@@ -293,7 +298,14 @@ pub fn run_set<T>(
         }
     };
     let fail = |w: &WriterConn, event: WriterEvent, e: String| {
-        (ErrorKind::Failed, format!("writer `{}` failed at {}: {e}; the set was aborted, everything thawed, no copy kept", w.registration.name, event.as_str()))
+        (
+            ErrorKind::Failed,
+            format!(
+                "writer `{}` failed at {}: {e}; the set was aborted, everything thawed, no copy kept",
+                w.registration.name,
+                event.as_str()
+            ),
+        )
     };
     // The first writer frozen starts the window every writer's Thaw must arrive within.
     let mut frozen_at: Option<Instant> = None;
@@ -315,12 +327,21 @@ pub fn run_set<T>(
     // A requester that went away while the writers froze does not get a set: abort, thaw.
     if !requester_alive() {
         abort(&prepared, None);
-        return Err((ErrorKind::Failed, "the requester disconnected before the instant; the set was aborted and the writers thawed".into()));
+        return Err((
+            ErrorKind::Failed,
+            "the requester disconnected before the instant; the set was aborted and the writers thawed".into(),
+        ));
     }
     let frozen_at = frozen_at.unwrap_or_else(Instant::now);
     if frozen_at.elapsed() >= limits.freeze_window {
         abort(&prepared, None);
-        return Err((ErrorKind::Timeout, format!("the writers took longer than the {:?} freeze window to freeze; the set was aborted and the writers thawed", limits.freeze_window)));
+        return Err((
+            ErrorKind::Timeout,
+            format!(
+                "the writers took longer than the {:?} freeze window to freeze; the set was aborted and the writers thawed",
+                limits.freeze_window
+            ),
+        ));
     }
     stage("flush and hold: freezing filesystems, taking the set");
     let (result, set_id, copy_ids) = match hold() {
@@ -340,7 +361,8 @@ pub fn run_set<T>(
             return Err(fail(w, WriterEvent::Thaw, e));
         }
     }
-    let after: &[WriterEvent] = if defer_backup_complete { &[WriterEvent::PostSnapshot] } else { &[WriterEvent::PostSnapshot, WriterEvent::BackupComplete] };
+    let after: &[WriterEvent] =
+        if defer_backup_complete { &[WriterEvent::PostSnapshot] } else { &[WriterEvent::PostSnapshot, WriterEvent::BackupComplete] };
     for &event in after {
         // The copies are good; a writer's own bookkeeping failing is logged and kept in its state.
         let _ = tell_all(chosen, event, set_id, volumes, &copy_ids);
@@ -406,7 +428,11 @@ impl Sessions {
         } else {
             self.open.lock().insert(set_id, s);
         }
-        Ok(if failures.is_empty() { format!("BackupComplete sent to {told} writer(s) of set {set_id}") } else { format!("BackupComplete sent to {told} writer(s) of set {set_id}; {}", failures.join("; ")) })
+        Ok(if failures.is_empty() {
+            format!("BackupComplete sent to {told} writer(s) of set {set_id}")
+        } else {
+            format!("BackupComplete sent to {told} writer(s) of set {set_id}; {}", failures.join("; "))
+        })
     }
 
     /// The requester that created the set disconnected.
@@ -498,7 +524,13 @@ mod tests {
     fn a_failed_hold_aborts_every_prepared_writer() {
         let writers = Writers::default();
         let (a, b) = (fake(&writers, "a", ok), fake(&writers, "b", ok));
-        let r = run_set(&Sequence { writers: &chosen(&[&a, &b]), volumes: &["v".into()], limits: Limits::VSS, defer_backup_complete: false }, &mut |_| {}, &|| true, || Err::<((), Uuid, Vec<Uuid>), _>((ErrorKind::Timeout, "held too long".into())), |_| {});
+        let r = run_set(
+            &Sequence { writers: &chosen(&[&a, &b]), volumes: &["v".into()], limits: Limits::VSS, defer_backup_complete: false },
+            &mut |_| {},
+            &|| true,
+            || Err::<((), Uuid, Vec<Uuid>), _>((ErrorKind::Timeout, "held too long".into())),
+            |_| {},
+        );
         assert!(matches!(r, Err((ErrorKind::Timeout, _))));
         for w in [&a, &b] {
             assert_eq!(events(w), ["identify", "prepare_for_backup", "prepare_for_snapshot", "freeze", "abort"]);
@@ -508,9 +540,21 @@ mod tests {
     #[test]
     fn a_thaw_failure_undoes_the_set() {
         let writers = Writers::default();
-        let bad = fake(&writers, "bad", |e| if e == WriterEvent::Thaw { WriterOutcome::Failed { message: "lost the lock".into(), retryable: true } } else { WriterOutcome::Ok });
+        let bad = fake(&writers, "bad", |e| {
+            if e == WriterEvent::Thaw {
+                WriterOutcome::Failed { message: "lost the lock".into(), retryable: true }
+            } else {
+                WriterOutcome::Ok
+            }
+        });
         let undone = AtomicBool::new(false);
-        let r = run_set(&Sequence { writers: &chosen(&[&bad]), volumes: &["v".into()], limits: Limits::VSS, defer_backup_complete: false }, &mut |_| {}, &|| true, || Ok(((), Uuid::new_v4(), vec![])), |_| undone.store(true, Ordering::Relaxed));
+        let r = run_set(
+            &Sequence { writers: &chosen(&[&bad]), volumes: &["v".into()], limits: Limits::VSS, defer_backup_complete: false },
+            &mut |_| {},
+            &|| true,
+            || Ok(((), Uuid::new_v4(), vec![])),
+            |_| undone.store(true, Ordering::Relaxed),
+        );
         let (_, msg) = r.err().expect("the set fails");
         assert!(msg.contains("`bad` failed at thaw: lost the lock (retryable)"), "{msg}");
         assert!(undone.load(Ordering::Relaxed), "the taken set was deleted");
@@ -530,10 +574,16 @@ mod tests {
         });
         let limits = Limits { event: Duration::from_secs(5), abort: Duration::from_secs(1), freeze_window: Duration::from_millis(200) };
         let held = AtomicBool::new(false);
-        let r = run_set(&Sequence { writers: &chosen(&[&quick, &slow]), volumes: &["v".into()], limits, defer_backup_complete: false }, &mut |_| {}, &|| true, || {
-            held.store(true, Ordering::Relaxed);
-            Ok(((), Uuid::new_v4(), vec![]))
-        }, |_| {});
+        let r = run_set(
+            &Sequence { writers: &chosen(&[&quick, &slow]), volumes: &["v".into()], limits, defer_backup_complete: false },
+            &mut |_| {},
+            &|| true,
+            || {
+                held.store(true, Ordering::Relaxed);
+                Ok(((), Uuid::new_v4(), vec![]))
+            },
+            |_| {},
+        );
         let (kind, msg) = r.err().expect("the window passed before the instant");
         assert_eq!(kind, ErrorKind::Timeout, "{msg}");
         assert!(!held.load(Ordering::Relaxed), "no set is taken outside the window");
@@ -545,7 +595,14 @@ mod tests {
         let writers = Writers::default();
         let w = fake(&writers, "w", ok);
         let set = Uuid::new_v4();
-        let taken = run_set(&Sequence { writers: &chosen(&[&w]), volumes: &["v".into()], limits: Limits::VSS, defer_backup_complete: true }, &mut |_| {}, &|| true, || Ok(((), set, vec![])), |_| {}).unwrap();
+        let taken = run_set(
+            &Sequence { writers: &chosen(&[&w]), volumes: &["v".into()], limits: Limits::VSS, defer_backup_complete: true },
+            &mut |_| {},
+            &|| true,
+            || Ok(((), set, vec![])),
+            |_| {},
+        )
+        .unwrap();
         assert_eq!(taken.set_id, set);
         assert_eq!(events(&w).last(), Some(&"post_snapshot"));
         assert_eq!(w.conn.view().state, WriterState::WaitingForBackupComplete);
@@ -575,7 +632,16 @@ mod tests {
     #[test]
     fn a_refused_pre_restore_tells_the_others_post_restore() {
         let writers = Writers::default();
-        let (a, b) = (fake(&writers, "a", ok), fake(&writers, "b", |e| if e == WriterEvent::PreRestore { WriterOutcome::Failed { message: "busy".into(), retryable: false } } else { WriterOutcome::Ok }));
+        let (a, b) = (
+            fake(&writers, "a", ok),
+            fake(&writers, "b", |e| {
+                if e == WriterEvent::PreRestore {
+                    WriterOutcome::Failed { message: "busy".into(), retryable: false }
+                } else {
+                    WriterOutcome::Ok
+                }
+            }),
+        );
         let err = pre_restore(&chosen(&[&a, &b]), Uuid::new_v4(), &["v".into()], Uuid::new_v4()).unwrap_err();
         assert!(err.contains("`b` refused the restore at pre_restore: busy"), "{err}");
         assert_eq!(events(&a), ["pre_restore", "post_restore"]);

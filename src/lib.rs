@@ -29,20 +29,20 @@ pub mod cache;
 pub mod coordinator;
 pub mod diffarea;
 pub mod engine;
+mod error;
 pub mod fsread;
 pub mod hold;
 pub mod protocol;
-pub mod vss;
-pub mod writer;
-mod error;
 pub mod size;
 pub(crate) mod sys;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod volume;
+pub mod vss;
+pub mod writer;
 
 pub use engine::{
-    create_set, ChangedRange, CopyInfo, CreateOptions, DeleteReason, DiffAreaFiles, DiffAreaOptions, EngineOptions,
-    Event, MaxSize, SetInfo, ShadowVolume, Usage,
+    create_set, ChangedRange, CopyInfo, CreateOptions, DeleteReason, DiffAreaFiles, DiffAreaOptions, EngineOptions, Event, MaxSize,
+    SetInfo, ShadowVolume, Usage,
 };
 pub use error::{DiffAreaError, Error};

@@ -43,8 +43,19 @@ fn version_of(b: usize, data: &[u8]) -> u64 {
 fn volume(blocks: usize) -> ShadowVolume {
     let initial: Vec<u8> = (0..blocks).flat_map(|b| block(b, 0)).collect();
     let files = DiffAreaFiles::new(Arc::new(MemStorage::default()), [Arc::new(MemStorage::default()), Arc::new(MemStorage::default())]);
-    let engine = EngineOptions { cache_chunks: 256, pending_limit: 4 << 20, commit_interval: Duration::from_millis(2), journal_compact_bytes: Some(64 << 10) };
-    ShadowVolume::create(Arc::new(MemStorage::from_vec(initial)), files, DiffAreaOptions { chunk_size: 16384, max_size: MaxSize::Unbounded }, engine).unwrap()
+    let engine = EngineOptions {
+        cache_chunks: 256,
+        pending_limit: 4 << 20,
+        commit_interval: Duration::from_millis(2),
+        journal_compact_bytes: Some(64 << 10),
+    };
+    ShadowVolume::create(
+        Arc::new(MemStorage::from_vec(initial)),
+        files,
+        DiffAreaOptions { chunk_size: 16384, max_size: MaxSize::Unbounded },
+        engine,
+    )
+    .unwrap()
 }
 
 /// How a run of [`workload`] is shaped.
@@ -94,7 +105,8 @@ fn workload(shape: Shape) {
     let mut copies = Vec::new();
     for round in 0..sets {
         let lo: Vec<u64> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
-        let set = create_set(&[&vol], CreateOptions { volatile: volatile_every > 0 && round % volatile_every == 0, attributes: 0 }).unwrap();
+        let set =
+            create_set(&[&vol], CreateOptions { volatile: volatile_every > 0 && round % volatile_every == 0, attributes: 0 }).unwrap();
         let hi: Vec<u64> = started.iter().map(|a| a.load(Ordering::SeqCst)).collect();
         let id = set.copies[0].id;
         let mut image = vec![0u8; nblocks * BLOCK];
@@ -178,9 +190,20 @@ fn rapid_persistent_sets_over_few_chunks() {
 #[test]
 fn a_release_racing_a_preservation_read_is_never_stale() {
     let files = DiffAreaFiles::new(Arc::new(MemStorage::default()), [Arc::new(MemStorage::default()), Arc::new(MemStorage::default())]);
-    let engine = EngineOptions { cache_chunks: 16, pending_limit: 64 << 20, commit_interval: Duration::from_micros(50), journal_compact_bytes: None };
+    let engine = EngineOptions {
+        cache_chunks: 16,
+        pending_limit: 64 << 20,
+        commit_interval: Duration::from_micros(50),
+        journal_compact_bytes: None,
+    };
     let size = 1 << 20;
-    let vol = ShadowVolume::create(Arc::new(MemStorage::new(size)), files, DiffAreaOptions { chunk_size: 4096, max_size: MaxSize::Unbounded }, engine).unwrap();
+    let vol = ShadowVolume::create(
+        Arc::new(MemStorage::new(size)),
+        files,
+        DiffAreaOptions { chunk_size: 4096, max_size: MaxSize::Unbounded },
+        engine,
+    )
+    .unwrap();
     for round in 0..400u64 {
         create_set(&[&vol], CreateOptions::default()).unwrap();
         vol.write_at(&pattern(round * 2, 256 << 10), 4096 * (round % 64)).unwrap();

@@ -34,8 +34,12 @@ fn manifest_of_reader(fs: &dyn ReadOnlyFs) -> Manifest {
             FileKind::Symlink => Some(content_hash(&fs.read_link(ino).unwrap_or_else(|e| panic!("readlink {rel}: {e}")))),
             _ => None,
         };
-        let mut xattrs: Vec<(String, Vec<u8>)> =
-            fs.xattrs(ino).unwrap_or_else(|e| panic!("xattrs {rel}: {e}")).into_iter().map(|(n, v)| (String::from_utf8_lossy(&n).into_owned(), v)).collect();
+        let mut xattrs: Vec<(String, Vec<u8>)> = fs
+            .xattrs(ino)
+            .unwrap_or_else(|e| panic!("xattrs {rel}: {e}"))
+            .into_iter()
+            .map(|(n, v)| (String::from_utf8_lossy(&n).into_owned(), v))
+            .collect();
         xattrs.sort();
         let mode = st.perm as u32
             | match st.kind {

@@ -19,15 +19,34 @@ const CHUNK: u32 = 4096;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Write { offset: usize, len: usize, seed: u64 },
-    Punch { offset: usize, len: usize },
-    Create { volatile: bool },
-    Delete { pick: usize },
-    Read { pick: usize, offset: usize, len: usize },
+    Write {
+        offset: usize,
+        len: usize,
+        seed: u64,
+    },
+    Punch {
+        offset: usize,
+        len: usize,
+    },
+    Create {
+        volatile: bool,
+    },
+    Delete {
+        pick: usize,
+    },
+    Read {
+        pick: usize,
+        offset: usize,
+        len: usize,
+    },
     Flush,
     Reopen,
     /// Lose power at the `at`-th sync from now (or now, if the ops run out first).
-    Crash { at: u64, writeback: bool, seed: u64 },
+    Crash {
+        at: u64,
+        writeback: bool,
+        seed: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -178,7 +197,13 @@ fn run(ops: &[Op], max_size: MaxSize) -> Result<(), TestCaseError> {
                 if let Some(id) = pick(&model.copies, *p) {
                     let mut buf = vec![0u8; *len];
                     match v.read_copy(id, &mut buf, *offset as u64) {
-                        Ok(()) => prop_assert!(buf[..] == model.copies[&id].image[*offset..offset + len], "read of copy {} at {}+{}", id, offset, len),
+                        Ok(()) => prop_assert!(
+                            buf[..] == model.copies[&id].image[*offset..offset + len],
+                            "read of copy {} at {}+{}",
+                            id,
+                            offset,
+                            len
+                        ),
                         Err(_) if crashed_during(&disk) => break,
                         Err(e) => return Err(TestCaseError::fail(format!("read: {e}"))),
                     }

@@ -43,7 +43,11 @@ fn persistent_copies_survive_reopen_and_volatile_ones_do_not() {
     let before = std::fs::read(&img).unwrap();
     let p = create_set(&[&vol], CreateOptions::default()).unwrap().copies[0].id;
     vol.write_at(&pattern(2, 1 << 20), 12345).unwrap();
-    let mid = { let mut b = vec![0u8; SIZE]; vol.read_at(&mut b, 0).unwrap(); b };
+    let mid = {
+        let mut b = vec![0u8; SIZE];
+        vol.read_at(&mut b, 0).unwrap();
+        b
+    };
     let v = create_set(&[&vol], CreateOptions { volatile: true, attributes: 0 }).unwrap().copies[0].id;
     vol.write_at(&pattern(3, 2 << 20), 1 << 20).unwrap();
     assert_eq!(read_all(&vol, v).unwrap(), mid);
@@ -144,7 +148,11 @@ fn a_full_disk_under_the_diff_area_deletes_copies_never_fails_a_write() {
     let a = create_set(&[&vol], CreateOptions::default()).unwrap().copies[0].id;
     vol.write_at(&pattern(9, 64 << 10), 0).unwrap();
     let b = create_set(&[&vol], CreateOptions::default()).unwrap().copies[0].id;
-    let b_image = { let mut x = vec![0u8; 1 << 20]; vol.read_copy(b, &mut x, 0).unwrap(); x };
+    let b_image = {
+        let mut x = vec![0u8; 1 << 20];
+        vol.read_copy(b, &mut x, 0).unwrap();
+        x
+    };
     disk.set_write_error(STORE, Some(libc::ENOSPC));
     // Every live write succeeds; copies give way, oldest first.
     for i in 0..16u64 {

@@ -45,7 +45,8 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener> {
     let listener = UnixListener::bind(path).with_context(|| format!("binding the control socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     if let Some(gid) = group {
-        rustix::fs::chown(path, None, Some(rustix::fs::Gid::from_raw(gid))).with_context(|| format!("giving {} to group {gid}", path.display()))?;
+        rustix::fs::chown(path, None, Some(rustix::fs::Gid::from_raw(gid)))
+            .with_context(|| format!("giving {} to group {gid}", path.display()))?;
     }
     Ok(listener)
 }
@@ -151,12 +152,14 @@ fn connection(stream: UnixStream, service: &Service, access: Access) -> std::io:
         }
         let reply = match serde_json::from_slice::<Request>(&line) {
             Err(e) => Reply::error(ErrorKind::BadRequest, format!("not a valid request: {e} (see docs/protocol.md)")),
-            Ok(req) if req.v != VERSION => {
-                Reply::error(ErrorKind::Version, format!("protocol version {} is not this daemon's ({VERSION}); use a matching shadowcopy CLI", req.v))
-            }
-            Ok(req) if req.op.changes_state() && !admin => {
-                Reply::error(ErrorKind::PermissionDenied, "this request changes state: run it as root or as a member of the daemon's admin group")
-            }
+            Ok(req) if req.v != VERSION => Reply::error(
+                ErrorKind::Version,
+                format!("protocol version {} is not this daemon's ({VERSION}); use a matching shadowcopy CLI", req.v),
+            ),
+            Ok(req) if req.op.changes_state() && !admin => Reply::error(
+                ErrorKind::PermissionDenied,
+                "this request changes state: run it as root or as a member of the daemon's admin group",
+            ),
             Ok(Request { op: Op::WriterAnswer { seq, outcome }, .. }) => {
                 match &as_writer {
                     // Answers get no reply: the writer's next line from us is its next event.

@@ -104,7 +104,8 @@ fn clear_stale_mount(mnt: &Path) -> Result<()> {
     match std::fs::read_dir(mnt) {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             tracing::warn!(mount = %mnt.display(), "detaching the stale mount of a daemon that did not exit cleanly");
-            nix::mount::umount2(mnt, nix::mount::MntFlags::MNT_DETACH).with_context(|| format!("detaching the stale mount {}", mnt.display()))?;
+            nix::mount::umount2(mnt, nix::mount::MntFlags::MNT_DETACH)
+                .with_context(|| format!("detaching the stale mount {}", mnt.display()))?;
             Ok(())
         }
         _ => bail!("something is already mounted at {}; unmount it or choose another --mount", mnt.display()),
@@ -141,7 +142,13 @@ fn main() {
 
 fn run(args: Args) -> Result<()> {
     let root = rustix::process::geteuid().is_root();
-    let state_dir = args.state_dir.unwrap_or_else(|| if root { "/var/lib/shadowcopy".into() } else { user_dir("XDG_STATE_HOME", ".local/state").join("shadowcopy") });
+    let state_dir = args.state_dir.unwrap_or_else(|| {
+        if root {
+            "/var/lib/shadowcopy".into()
+        } else {
+            user_dir("XDG_STATE_HOME", ".local/state").join("shadowcopy")
+        }
+    });
     let runtime = if root { PathBuf::from("/run/shadowcopy") } else { user_dir("XDG_RUNTIME_DIR", ".cache").join("shadowcopy") };
     let mount = args.mount.unwrap_or_else(|| runtime.join("mnt"));
     let socket = args.socket.unwrap_or_else(control::default_socket);
@@ -226,7 +233,8 @@ fn run(args: Args) -> Result<()> {
     tracing::info!(signal = ?sig, "stopping: flushing every volume and unmounting");
     service.exposures.undo_all();
     service.flush_all();
-    let busy: Vec<String> = service.volumes().iter().filter(|v| v.live_opens.load(std::sync::atomic::Ordering::Acquire) > 0).map(|v| v.name.clone()).collect();
+    let busy: Vec<String> =
+        service.volumes().iter().filter(|v| v.live_opens.load(std::sync::atomic::Ordering::Acquire) > 0).map(|v| v.name.clone()).collect();
     if !busy.is_empty() {
         tracing::warn!(volumes = ?busy, "live files are still open (loop devices?); they will get I/O errors once the daemon is gone");
     }

@@ -14,9 +14,11 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context};
 use parking_lot::{Mutex, RwLock};
-use shadowcopy::fsread::{self, ByteSource, ForeignOwner, ReadOnlyFs};
 use shadowcopy::engine::provider::Provider;
-use shadowcopy::protocol::{self, attributes, Answer, CopyView, DeleteTarget, ErrorKind, Op, RangeView, Reply, SetView, StorageInfo, VolumeInfo};
+use shadowcopy::fsread::{self, ByteSource, ForeignOwner, ReadOnlyFs};
+use shadowcopy::protocol::{
+    self, attributes, Answer, CopyView, DeleteTarget, ErrorKind, Op, RangeView, Reply, SetView, StorageInfo, VolumeInfo,
+};
 use shadowcopy::volume::{FileStorage, Storage};
 use shadowcopy::vss::WindowsStores;
 use shadowcopy::{create_set, CopyInfo, CreateOptions, DiffAreaFiles, DiffAreaOptions, EngineOptions, Event, MaxSize, ShadowVolume};
@@ -105,7 +107,9 @@ impl Volume {
     pub fn read_live(&self, buf: &mut [u8], offset: u64) -> Result<(), shadowcopy::Error> {
         match &self.backend {
             Backend::System(e) => e.read_at(buf, offset),
-            Backend::ReadOnly { image, .. } => image.storage.read_at(buf, offset).map_err(|source| shadowcopy::Error::VolumeIo { what: "reading the volume", source }),
+            Backend::ReadOnly { image, .. } => {
+                image.storage.read_at(buf, offset).map_err(|source| shadowcopy::Error::VolumeIo { what: "reading the volume", source })
+            }
         }
     }
 
@@ -269,7 +273,10 @@ fn check_name(name: &str) -> Result<(), (ErrorKind, String)> {
     if ok {
         Ok(())
     } else {
-        Err((ErrorKind::BadRequest, format!("invalid volume name `{name}`: use 1-64 letters, digits, `.`, `_`, `-`, not starting with `.`, `@` or `-`")))
+        Err((
+            ErrorKind::BadRequest,
+            format!("invalid volume name `{name}`: use 1-64 letters, digits, `.`, `_`, `-`, not starting with `.`, `@` or `-`"),
+        ))
     }
 }
 
@@ -382,7 +389,9 @@ impl Service {
         } else {
             let storage = Arc::new(storage);
             let engine = match create {
-                Some(options) => ShadowVolume::create(storage, DiffAreaFiles::in_dir(&rec.diff_area, true)?, options, self.engine_options()),
+                Some(options) => {
+                    ShadowVolume::create(storage, DiffAreaFiles::in_dir(&rec.diff_area, true)?, options, self.engine_options())
+                }
                 None => ShadowVolume::open(storage, DiffAreaFiles::in_dir(&rec.diff_area, false)?, self.engine_options()),
             }
             .with_context(|| format!("opening the diff area {} of {}", rec.diff_area.display(), rec.image.display()))?;
@@ -407,7 +416,10 @@ impl Service {
                 Some(n) if !copies.contains_key(n) => n.clone(),
                 _ => unique_name(&copies, &info),
             };
-            copies.insert(name.clone(), Arc::new(Copy { slot: self.slot(), name, info, volume: Arc::downgrade(&vol), tree: OnceLock::new() }));
+            copies.insert(
+                name.clone(),
+                Arc::new(Copy { slot: self.slot(), name, info, volume: Arc::downgrade(&vol), tree: OnceLock::new() }),
+            );
         }
         drop(copies);
         Ok(vol)
@@ -541,7 +553,13 @@ impl Service {
     /// Runs one request. `progress` receives (done, total) during long operations.
     /// `requester_alive` says whether the client is still connected (a set is aborted when it
     /// is not).
-    pub fn handle(&self, op: Op, progress: &mut dyn FnMut(u64, u64), stage: &mut dyn FnMut(&str), requester_alive: &dyn Fn() -> bool) -> Reply {
+    pub fn handle(
+        &self,
+        op: Op,
+        progress: &mut dyn FnMut(u64, u64),
+        stage: &mut dyn FnMut(&str),
+        requester_alive: &dyn Fn() -> bool,
+    ) -> Reply {
         self.poll_events();
         let r = match op {
             Op::Status => Ok(Answer::Status(protocol::StatusInfo {
@@ -551,14 +569,18 @@ impl Service {
                 state_dir: self.state.path().display().to_string(),
                 volumes: self.volumes.read().len(),
             })),
-            Op::VolumeAdd { name, image, diff_area, max_size, chunk_size, read_only } => self.volume_add(name, image, diff_area, max_size, chunk_size, read_only),
+            Op::VolumeAdd { name, image, diff_area, max_size, chunk_size, read_only } => {
+                self.volume_add(name, image, diff_area, max_size, chunk_size, read_only)
+            }
             Op::VolumeList => Ok(Answer::Volumes(self.volumes().iter().map(|v| self.volume_info(v)).collect())),
             Op::VolumeRemove { name } => self.volume_remove(&name),
             Op::Create(req) => self.create(&req, stage, requester_alive),
             Op::BackupComplete { set_id } => self.backup_complete(set_id),
             Op::Writers => Ok(Answer::Writers(self.writers.views())),
             // Handled by the control server, which owns the writer's connection.
-            Op::WriterRegister(_) | Op::WriterAnswer { .. } => Err((ErrorKind::BadRequest, "writer messages are only valid on a writer's own connection".into())),
+            Op::WriterRegister(_) | Op::WriterAnswer { .. } => {
+                Err((ErrorKind::BadRequest, "writer messages are only valid on a writer's own connection".into()))
+            }
             Op::List { volume } => self.list(volume.as_deref()),
             Op::Delete { target } => self.delete(target),
             Op::StorageList => Ok(Answer::Storage(self.volumes().iter().filter_map(|v| storage_info(v)).collect())),
@@ -569,7 +591,10 @@ impl Service {
             Op::Expose { id, at, device } => self.expose(id, at.as_deref(), device),
             Op::Unexpose { path } => {
                 let _admin = self.admin.lock();
-                self.exposures.undo(&path).map(|e| Answer::Done(format!("shadow copy {} is no longer exposed at {path}", e.copy))).map_err(|e| (ErrorKind::Failed, e))
+                self.exposures
+                    .undo(&path)
+                    .map(|e| Answer::Done(format!("shadow copy {} is no longer exposed at {path}", e.copy)))
+                    .map_err(|e| (ErrorKind::Failed, e))
             }
         };
         self.flush_departures();
@@ -606,7 +631,11 @@ impl Service {
             exposed_name: c.name.clone(),
             persistent: c.info.persistent,
             context: if v.system().is_some() { attributes::context(c.info.attributes).map(|c| c.as_str().to_string()) } else { None },
-            attributes: if v.system().is_some() { attributes::names(c.info.attributes, c.info.persistent) } else { protocol::windows_attribute_names(c.info.attributes) },
+            attributes: if v.system().is_some() {
+                attributes::names(c.info.attributes, c.info.persistent)
+            } else {
+                protocol::windows_attribute_names(c.info.attributes)
+            },
             attribute_flags: c.info.attributes,
             provider: v.provider().map_or("none", |p| p.name()).into(),
             filesystem: c.tree_kind(),
@@ -616,13 +645,22 @@ impl Service {
         }
     }
 
-    fn volume_add(&self, name: String, image: String, diff_area: Option<String>, max_size: Option<String>, chunk_size: Option<u64>, read_only: bool) -> OpResult {
+    fn volume_add(
+        &self,
+        name: String,
+        image: String,
+        diff_area: Option<String>,
+        max_size: Option<String>,
+        chunk_size: Option<u64>,
+        read_only: bool,
+    ) -> OpResult {
         check_name(&name)?;
         let _admin = self.admin.lock();
         if self.volumes.read().contains_key(&name) || self.unopened.lock().iter().any(|r| r.name == name) {
             return Err((ErrorKind::AlreadyExists, format!("a volume named `{name}` is already registered")));
         }
-        let image = PathBuf::from(&image).canonicalize().map_err(|e| (ErrorKind::NotFound, format!("the image {image} cannot be opened: {e}")))?;
+        let image =
+            PathBuf::from(&image).canonicalize().map_err(|e| (ErrorKind::NotFound, format!("the image {image} cannot be opened: {e}")))?;
         if image.starts_with(&self.settings.mount) {
             return Err((ErrorKind::BadRequest, "the image lies inside the daemon's own mount".into()));
         }
@@ -630,7 +668,10 @@ impl Service {
             return Err((ErrorKind::AlreadyExists, format!("{} is already registered as volume `{}`", image.display(), other.name)));
         }
         if read_only && (diff_area.is_some() || max_size.is_some() || chunk_size.is_some()) {
-            return Err((ErrorKind::BadRequest, "a read-only volume has no diff area: drop --diff-area, --max-size and --chunk-size".into()));
+            return Err((
+                ErrorKind::BadRequest,
+                "a read-only volume has no diff area: drop --diff-area, --max-size and --chunk-size".into(),
+            ));
         }
         let diff_area = match diff_area {
             _ if read_only => PathBuf::new(),
@@ -638,10 +679,16 @@ impl Service {
             None => self.state.default_diff_area(&name),
         };
         if diff_area.starts_with(&self.settings.mount) {
-            return Err((ErrorKind::BadRequest, "the diff area must not lie inside the daemon's mount (its writes would wait on themselves)".into()));
+            return Err((
+                ErrorKind::BadRequest,
+                "the diff area must not lie inside the daemon's mount (its writes would wait on themselves)".into(),
+            ));
         }
         if !read_only && diff_area.join("journal.0").exists() {
-            return Err((ErrorKind::AlreadyExists, format!("{} already holds a diff area; choose another --diff-area or remove it", diff_area.display())));
+            return Err((
+                ErrorKind::AlreadyExists,
+                format!("{} already holds a diff area; choose another --diff-area or remove it", diff_area.display()),
+            ));
         }
         let mut options = DiffAreaOptions::default();
         if let Some(m) = max_size {
@@ -666,16 +713,25 @@ impl Service {
                 unopened.remove(i);
                 drop(unopened);
                 self.save_state();
-                return Ok(Answer::Done(format!("volume `{name}` (which could not be opened) unregistered; its diff area was left in place")));
+                return Ok(Answer::Done(format!(
+                    "volume `{name}` (which could not be opened) unregistered; its diff area was left in place"
+                )));
             }
         }
-        let v = self.volume(name).ok_or_else(|| (ErrorKind::NotFound, format!("no volume named `{name}` (see `shadowcopy volume list`)")))?;
+        let v =
+            self.volume(name).ok_or_else(|| (ErrorKind::NotFound, format!("no volume named `{name}` (see `shadowcopy volume list`)")))?;
         if v.live_opens.load(Ordering::Acquire) > 0 {
-            return Err((ErrorKind::Busy, format!("{} is open (a loop device or program uses it); detach and close it first", self.live_path(&v).display())));
+            return Err((
+                ErrorKind::Busy,
+                format!("{} is open (a loop device or program uses it); detach and close it first", self.live_path(&v).display()),
+            ));
         }
         let exposed: Vec<String> = v.copies.read().values().flat_map(|c| self.exposures.of(c.info.id)).collect();
         if !exposed.is_empty() {
-            return Err((ErrorKind::Busy, format!("copies of `{name}` are exposed at {}; undo that first (`shadowcopy unexpose PATH`)", exposed.join(", "))));
+            return Err((
+                ErrorKind::Busy,
+                format!("copies of `{name}` are exposed at {}; undo that first (`shadowcopy unexpose PATH`)", exposed.join(", ")),
+            ));
         }
         self.volumes.write().remove(name);
         self.by_slot.write().remove(&v.slot);
@@ -727,7 +783,13 @@ impl Service {
         } else if req.writers.only.is_empty() {
             &no_writers
         } else {
-            return Err((ErrorKind::BadRequest, format!("context `{}` takes no writers; choose a context with writers (backup, app_rollback, client_accessible_writers)", context.as_str())));
+            return Err((
+                ErrorKind::BadRequest,
+                format!(
+                    "context `{}` takes no writers; choose a context with writers (backup, app_rollback, client_accessible_writers)",
+                    context.as_str()
+                ),
+            ));
         };
         let chosen = self.writers.choose(names, selection).map_err(|e| (ErrorKind::NotFound, e))?;
         for s in &chosen.skipped {
@@ -760,11 +822,19 @@ impl Service {
                 for (e, c) in engines.iter().zip(&set.copies) {
                     let _ = e.delete(c.id);
                 }
-                return Err((ErrorKind::Timeout, format!("writes were held longer than the {HOLD_LIMIT:?} limit; the set was aborted and everything thawed")));
+                return Err((
+                    ErrorKind::Timeout,
+                    format!("writes were held longer than the {HOLD_LIMIT:?} limit; the set was aborted and everything thawed"),
+                ));
             }
             Ok(Held { set, held, mount_points })
         };
-        let sequence = shadowcopy::coordinator::Sequence { writers: &chosen.writers, volumes: names, limits: shadowcopy::coordinator::Limits::VSS, defer_backup_complete: req.defer_backup_complete };
+        let sequence = shadowcopy::coordinator::Sequence {
+            writers: &chosen.writers,
+            volumes: names,
+            limits: shadowcopy::coordinator::Limits::VSS,
+            defer_backup_complete: req.defer_backup_complete,
+        };
         let taken = shadowcopy::coordinator::run_set(
             &sequence,
             stage,
@@ -811,7 +881,9 @@ impl Service {
     fn set_copies(&self, set_id: Uuid) -> Vec<(Arc<Volume>, Arc<Copy>)> {
         self.volumes()
             .into_iter()
-            .flat_map(|v| v.copies.read().values().filter(|c| c.info.set_id == set_id).map(|c| (Arc::clone(&v), Arc::clone(c))).collect::<Vec<_>>())
+            .flat_map(|v| {
+                v.copies.read().values().filter(|c| c.info.set_id == set_id).map(|c| (Arc::clone(&v), Arc::clone(c))).collect::<Vec<_>>()
+            })
             .collect()
     }
 
@@ -821,7 +893,9 @@ impl Service {
         }
         match self.sessions.backup_complete(set_id) {
             Ok(m) => Ok(Answer::Done(m)),
-            Err(shadowcopy::coordinator::NoSession) => Ok(Answer::Done(format!("set {set_id} has no writers waiting for BackupComplete; nothing to tell"))),
+            Err(shadowcopy::coordinator::NoSession) => {
+                Ok(Answer::Done(format!("set {set_id} has no writers waiting for BackupComplete; nothing to tell")))
+            }
         }
     }
 
@@ -858,7 +932,9 @@ impl Service {
     fn delete(&self, target: DeleteTarget) -> OpResult {
         let _admin = self.admin.lock();
         let victims: Vec<(Arc<Volume>, Arc<Copy>)> = match &target {
-            DeleteTarget::Id(id) => vec![self.find_copy(*id).ok_or_else(|| (ErrorKind::NotFound, format!("no shadow copy {id} (see `shadowcopy list`)")))?],
+            DeleteTarget::Id(id) => {
+                vec![self.find_copy(*id).ok_or_else(|| (ErrorKind::NotFound, format!("no shadow copy {id} (see `shadowcopy list`)")))?]
+            }
             DeleteTarget::Set(set) => {
                 let v = self.set_copies(*set);
                 if v.is_empty() {
@@ -880,7 +956,10 @@ impl Service {
             }
         };
         if let Some((id, at)) = victims.iter().map(|(_, c)| (c.info.id, self.exposures.of(c.info.id))).find(|(_, at)| !at.is_empty()) {
-            return Err((ErrorKind::Busy, format!("shadow copy {id} is exposed at {}; undo that first (`shadowcopy unexpose PATH`)", at.join(", "))));
+            return Err((
+                ErrorKind::Busy,
+                format!("shadow copy {id} is exposed at {}; undo that first (`shadowcopy unexpose PATH`)", at.join(", ")),
+            ));
         }
         let mut views = Vec::new();
         for (v, c) in &victims {
@@ -930,7 +1009,10 @@ impl Service {
         let _admin = self.admin.lock();
         let (v, copy) = self.find_copy(id).ok_or_else(|| (ErrorKind::NotFound, format!("no shadow copy {id}")))?;
         if v.live_opens.load(Ordering::Acquire) > 0 {
-            return Err((ErrorKind::Busy, format!("{} is open: unmount and detach what uses it (umount, losetup -d) before reverting", self.live_path(&v).display())));
+            return Err((
+                ErrorKind::Busy,
+                format!("{} is open: unmount and detach what uses it (umount, losetup -d) before reverting", self.live_path(&v).display()),
+            ));
         }
         let engine = system_of(&v)?;
         let volumes = vec![v.name.clone()];
@@ -957,7 +1039,9 @@ impl Service {
         }
         let dir = self.settings.mount.join(&v.name);
         let place = match (at, device) {
-            (Some(_), true) | (None, false) => return Err((ErrorKind::BadRequest, "give a directory to expose the copy's files at, or ask for a device".into())),
+            (Some(_), true) | (None, false) => {
+                return Err((ErrorKind::BadRequest, "give a directory to expose the copy's files at, or ask for a device".into()))
+            }
             (None, true) => self.exposures.device(id, &dir.join(".images").join(format!("{}.img", c.name))),
             (Some(at), false) => {
                 let at = PathBuf::from(at);
@@ -965,7 +1049,10 @@ impl Service {
                     return Err((ErrorKind::BadRequest, format!("{} is inside the mount; choose a directory outside it", at.display())));
                 }
                 if c.tree(self.settings.fs_owner).is_none() {
-                    return Err((ErrorKind::BadRequest, format!("no filesystem was recognized in shadow copy {id}; expose it as a device instead")));
+                    return Err((
+                        ErrorKind::BadRequest,
+                        format!("no filesystem was recognized in shadow copy {id}; expose it as a device instead"),
+                    ));
                 }
                 self.exposures.folder(id, &dir.join(&c.name), &at)
             }

@@ -87,7 +87,8 @@ impl StateDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
         };
-        let s: StateFile = serde_json::from_str(&text).with_context(|| format!("{} is damaged; restore it from a backup or remove it and add the volumes again", p.display()))?;
+        let s: StateFile = serde_json::from_str(&text)
+            .with_context(|| format!("{} is damaged; restore it from a backup or remove it and add the volumes again", p.display()))?;
         if s.format > FORMAT {
             bail!("{} was written by a newer shadowcopyd (format {}; this one reads {FORMAT}); upgrade", p.display(), s.format);
         }

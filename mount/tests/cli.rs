@@ -16,7 +16,8 @@ fn json(d: &Daemon, args: &[&str]) -> serde_json::Value {
     all.extend_from_slice(args);
     let out = cli(d, &all);
     assert!(out.status.success(), "shadowcopy {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("shadowcopy {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("shadowcopy {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 #[test]

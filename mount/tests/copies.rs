@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use shadowcopy::protocol::{Answer, Context, CreateRequest, DeleteTarget, ErrorKind, Op};
 use shadowcopy::protocol::ClientError;
+use shadowcopy::protocol::{Answer, Context, CreateRequest, DeleteTarget, ErrorKind, Op};
 use shadowcopy::testing::system::*;
 
 /// Fields comparable between the live filesystem (read while it is being used) and a copy.
@@ -163,7 +163,9 @@ fn contexts_decide_persistence_listing_and_release() {
         Ok(Answer::Set(s)) => s.copies[0].clone(),
         other => panic!("create {context:?}: {other:?}"),
     };
-    let listed = || -> Vec<String> { std::fs::read_dir(d.mount.join("vol")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect() };
+    let listed = || -> Vec<String> {
+        std::fs::read_dir(d.mount.join("vol")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect()
+    };
 
     let shared = create(&mut d.client(), Context::ClientAccessible, false);
     let rollback = create(&mut d.client(), Context::NasRollback, false);
@@ -180,7 +182,11 @@ fn contexts_decide_persistence_listing_and_release() {
     assert!(!names.contains(&rollback.exposed_name), "{names:?}");
     assert!(d.tree("vol", &rollback).join("lost+found").is_dir());
     // A context without writers refuses a writer selection.
-    let req = CreateRequest { context: Context::NasRollback, writers: shadowcopy::protocol::WriterSelection { only: vec!["x".into()], ..Default::default() }, ..CreateRequest::new(vec!["vol".into()]) };
+    let req = CreateRequest {
+        context: Context::NasRollback,
+        writers: shadowcopy::protocol::WriterSelection { only: vec!["x".into()], ..Default::default() },
+        ..CreateRequest::new(vec!["vol".into()])
+    };
     match d.call(Op::Create(req)) {
         Err(ClientError::Daemon(e)) => assert!(e.kind == ErrorKind::BadRequest && e.message.contains("takes no writers"), "{e:?}"),
         other => panic!("{other:?}"),
@@ -297,7 +303,11 @@ fn a_copy_can_be_exposed_on_a_folder_and_as_a_device() {
     {
         let kernel = Mount::new(&device, &d.dir.join("kernel"), Some("ext4"), "ro,noload");
         let fields = Fields { atime: false, ..Fields::ALL };
-        assert_same(&manifest_of_dir(&kernel.point, fields), &manifest_of_dir(&d.tree("vol", &copy), fields), "the kernel on the exposed device");
+        assert_same(
+            &manifest_of_dir(&kernel.point, fields),
+            &manifest_of_dir(&d.tree("vol", &copy), fields),
+            "the kernel on the exposed device",
+        );
     }
     call(Op::Unexpose { path: device.clone() });
     std::mem::forget(device_guard);

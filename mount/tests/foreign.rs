@@ -102,7 +102,8 @@ fn ntfs_copies_match_ntfs_3g() {
         std::fs::write(comp.join("text.txt"), &text).unwrap();
         std::fs::write(comp.join("noise.bin"), &noise).unwrap();
         std::fs::write(comp.join("small.txt"), b"a few bytes, compressed or not\n").unwrap();
-        let mixed: Vec<u8> = [&vec![0u8; 200_000][..], &text[..500_000], &noise[..100_000], &vec![0u8; 70_000][..], &text[..123_457]].concat();
+        let mixed: Vec<u8> =
+            [&vec![0u8; 200_000][..], &text[..500_000], &noise[..100_000], &vec![0u8; 70_000][..], &text[..123_457]].concat();
         std::fs::write(comp.join("mixed.bin"), &mixed).unwrap();
         // Alternate data streams, written as xattrs through ntfs-3g.
         let streams = m.point.join("seed/streams.txt");
@@ -116,7 +117,10 @@ fn ntfs_copies_match_ntfs_3g() {
         std::os::unix::fs::symlink("/etc/hostname", m.point.join("seed/link-absolute")).unwrap();
         let winlink = m.point.join("seed/link-windows");
         std::fs::write(&winlink, b"").unwrap();
-        run("setfattr", &["-h", "-n", "system.ntfs_reparse_data", "-v", &reparse_symlink("compressed\\noise.bin"), winlink.to_str().unwrap()]);
+        run(
+            "setfattr",
+            &["-h", "-n", "system.ntfs_reparse_data", "-v", &reparse_symlink("compressed\\noise.bin"), winlink.to_str().unwrap()],
+        );
         drop(m);
         d.create(&["win"], false).copies[0].clone()
     };
@@ -132,17 +136,31 @@ fn ntfs_copies_match_ntfs_3g() {
     let ours = manifest_of_dir(&d.tree("win", &copy).join("seed"), fields);
     assert!(oracle.len() > 3000, "ntfs-3g sees the seed ({} paths)", oracle.len());
     assert_same(&ours, &oracle, "NTFS copy vs ntfs-3g");
-    let attrib = run_text("getfattr", &["-h", "-e", "hex", "-n", "system.ntfs_attrib_be", oracle_mount.point.join("seed/compressed/mixed.bin").to_str().unwrap()]);
+    let attrib = run_text(
+        "getfattr",
+        &["-h", "-e", "hex", "-n", "system.ntfs_attrib_be", oracle_mount.point.join("seed/compressed/mixed.bin").to_str().unwrap()],
+    );
     assert!(attrib.contains("=0x00000820") || attrib.contains("=0x00000800"), "mixed.bin is stored compressed: {attrib}");
     let links: Vec<(String, std::path::PathBuf)> = ["link-relative", "link-absolute", "link-windows"]
         .iter()
         .map(|l| (l.to_string(), std::fs::read_link(d.tree("win", &copy).join("seed").join(l)).unwrap_or_default()))
         .collect();
     let expect = |l: &str, t: &str| (l.to_string(), std::path::PathBuf::from(t));
-    assert_eq!(links, [expect("link-relative", "compressed/text.txt"), expect("link-absolute", "/etc/hostname"), expect("link-windows", "compressed/noise.bin")]);
+    assert_eq!(
+        links,
+        [
+            expect("link-relative", "compressed/text.txt"),
+            expect("link-absolute", "/etc/hostname"),
+            expect("link-windows", "compressed/noise.bin")
+        ]
+    );
     let streams: Vec<&str> = ours["/streams.txt"].xattrs.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(streams, ["user.summary", "user.thumbnail"], "alternate data streams as xattrs, as ntfs-3g shows them");
-    assert!(ours.keys().filter(|p| p.starts_with("/compressed/")).count() == 4, "the compressed files are compared: {:?}", ours.keys().filter(|p| p.contains("compressed")).collect::<Vec<_>>());
+    assert!(
+        ours.keys().filter(|p| p.starts_with("/compressed/")).count() == 4,
+        "the compressed files are compared: {:?}",
+        ours.keys().filter(|p| p.contains("compressed")).collect::<Vec<_>>()
+    );
     assert_eq!(std::fs::read(d.tree("win", &copy).join("seed/hello.txt")).unwrap(), b"hello, shadow copies\n");
     // Inode numbers are MFT record numbers, as ntfs-3g shows them.
     let ino = |root: &Path| std::fs::metadata(root.join("seed/big.bin")).unwrap().ino();

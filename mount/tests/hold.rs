@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use shadowcopy::protocol::{ClientError, ErrorKind, CreateRequest, Op};
+use shadowcopy::protocol::{ClientError, CreateRequest, ErrorKind, Op};
 
 #[test]
 fn a_hanging_freeze_is_abandoned_at_the_hold_limit() {

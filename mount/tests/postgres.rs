@@ -66,7 +66,13 @@ impl PgServer {
         let log = socket_dir.join("server.log");
         let opts = format!("-k {} -p {port} -c listen_addresses='' -c shared_buffers=32MB", socket_dir.display());
         let s = PgServer { bin: bin.into(), data: data.into(), socket_dir: socket_dir.into(), port, log };
-        let started = as_postgres(bin, "pg_ctl", &["-D", data.to_str().unwrap(), "-l", s.log.to_str().unwrap(), "-o", &opts, "-w", "-t", "60", "start"]).output().unwrap();
+        let started = as_postgres(
+            bin,
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "-l", s.log.to_str().unwrap(), "-o", &opts, "-w", "-t", "60", "start"],
+        )
+        .output()
+        .unwrap();
         assert!(started.status.success(), "pg_ctl start: {}\n{}", String::from_utf8_lossy(&started.stderr), s.log_text());
         s
     }
@@ -77,7 +83,11 @@ impl PgServer {
 
     /// One value from `sql`.
     fn query(&self, sql: &str) -> String {
-        let c = as_postgres(&self.bin, "psql", &["-h", self.socket_dir.to_str().unwrap(), "-p", &self.port.to_string(), "-U", "postgres", "-At", "-c", sql]);
+        let c = as_postgres(
+            &self.bin,
+            "psql",
+            &["-h", self.socket_dir.to_str().unwrap(), "-p", &self.port.to_string(), "-U", "postgres", "-At", "-c", sql],
+        );
         ok(c, sql).trim().to_string()
     }
 
@@ -88,7 +98,10 @@ impl PgServer {
 
 impl Drop for PgServer {
     fn drop(&mut self) {
-        let _ = as_postgres(&self.bin, "pg_ctl", &["-D", self.data.to_str().unwrap(), "-m", "immediate", "-w", "stop"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ = as_postgres(&self.bin, "pg_ctl", &["-D", self.data.to_str().unwrap(), "-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -120,7 +133,16 @@ fn with_the_postgres_writer_every_copy_starts_as_a_base_backup_with_the_rows_of_
     let _writer = ChildGuard(Some(
         Command::new(example_binary())
             .args(["--socket", d.socket.to_str().unwrap(), "--host", live_server.socket_dir.to_str().unwrap(), "--port", "54321"])
-            .args(["--data-dir", data.to_str().unwrap(), "--volume", "vol", "--label-dir", labels.to_str().unwrap(), "--record", record.to_str().unwrap()])
+            .args([
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--volume",
+                "vol",
+                "--label-dir",
+                labels.to_str().unwrap(),
+                "--record",
+                record.to_str().unwrap(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -187,7 +209,10 @@ fn with_the_postgres_writer_every_copy_starts_as_a_base_backup_with_the_rows_of_
         drop(server);
         drop(mounted);
     }
-    assert!(counts[0] > 0 && counts[0] < counts[1] && counts[1] < rows_at_end, "the copies were taken under load: {counts:?} of {rows_at_end}");
+    assert!(
+        counts[0] > 0 && counts[0] < counts[1] && counts[1] < rows_at_end,
+        "the copies were taken under load: {counts:?} of {rows_at_end}"
+    );
     drop(live_server);
     drop(fs);
 }

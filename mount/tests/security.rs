@@ -15,11 +15,7 @@ use shadowcopy::testing::system::*;
 /// Runs `cat FILE` as an unprivileged user; true if it could read.
 fn readable_by_nobody(path: &std::path::Path) -> bool {
     let setpriv = which("setpriv").expect("setpriv");
-    let out = Command::new(setpriv)
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
-        .arg(path)
-        .output()
-        .expect("setpriv");
+    let out = Command::new(setpriv).args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"]).arg(path).output().expect("setpriv");
     out.status.success()
 }
 
@@ -181,7 +177,11 @@ fn garbage_on_the_control_socket_gets_error_replies() {
         ("not json", b"hello daemon\n".to_vec(), ErrorKind::BadRequest),
         ("binary", vec![0xff, 0x00, 0x13, 0x37, b'\n'], ErrorKind::BadRequest),
         ("unknown op", br#"{"v":1,"op":"format_disk"}"#.iter().copied().chain(*b"\n").collect(), ErrorKind::BadRequest),
-        ("unknown field", br#"{"v":1,"op":"list","args":{"volume":null,"all":true}}"#.iter().copied().chain(*b"\n").collect(), ErrorKind::BadRequest),
+        (
+            "unknown field",
+            br#"{"v":1,"op":"list","args":{"volume":null,"all":true}}"#.iter().copied().chain(*b"\n").collect(),
+            ErrorKind::BadRequest,
+        ),
         ("future version", br#"{"v":99,"op":"status"}"#.iter().copied().chain(*b"\n").collect(), ErrorKind::Version),
         ("oversized", vec![b'x'; (1 << 20) + 100], ErrorKind::BadRequest),
     ];

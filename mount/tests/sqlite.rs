@@ -87,7 +87,16 @@ fn run(with_writer: bool, n: usize) -> (Daemon, Vec<(CopyView, Seen, Option<i64>
     let record = d.dir.join("rows.txt");
     let writer = with_writer.then(|| {
         let child = Command::new(example_binary())
-            .args(["--socket", d.socket.to_str().unwrap(), "--db", db.to_str().unwrap(), "--volume", "vol", "--record", record.to_str().unwrap()])
+            .args([
+                "--socket",
+                d.socket.to_str().unwrap(),
+                "--db",
+                db.to_str().unwrap(),
+                "--volume",
+                "vol",
+                "--record",
+                record.to_str().unwrap(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use shadowcopy::protocol::{Answer, DeleteTarget, CreateRequest, Op};
+use shadowcopy::protocol::{Answer, CreateRequest, DeleteTarget, Op};
 use shadowcopy::testing::system::*;
 
 fn vshadow_ids(image: &Path) -> Vec<String> {
@@ -31,7 +31,11 @@ fn windows_copies_match_vshadowmount_and_ntfs_3g() {
     for c in &copies {
         assert_eq!(c.provider, "windows-vss");
         assert_eq!(c.attribute_flags, 0x0042_0009, "VSS attribute flags as vshadowinfo shows them");
-        assert!(c.attributes.contains(&"persistent".to_string()) && c.attributes.contains(&"differential".to_string()), "{:?}", c.attributes);
+        assert!(
+            c.attributes.contains(&"persistent".to_string()) && c.attributes.contains(&"differential".to_string()),
+            "{:?}",
+            c.attributes
+        );
     }
     let vmnt = d.dir.join("vshadow");
     std::fs::create_dir(&vmnt).unwrap();
@@ -58,7 +62,9 @@ fn windows_copies_match_vshadowmount_and_ntfs_3g() {
                 .collect()
         };
         let (ours_links, oracle_links) = (links(&d.tree("win", c)), links(&oracle_mount.point));
-        let files_only = |v: Vec<(String, u64)>, root: &Path| -> Vec<(String, u64)> { v.into_iter().filter(|(p, _)| root.join(p.trim_start_matches('/')).is_file()).collect() };
+        let files_only = |v: Vec<(String, u64)>, root: &Path| -> Vec<(String, u64)> {
+            v.into_iter().filter(|(p, _)| root.join(p.trim_start_matches('/')).is_file()).collect()
+        };
         assert_eq!(files_only(ours_links, &d.tree("win", c)), files_only(oracle_links, &oracle_mount.point), "nlink of files");
         assert!(oracle.len() > 3, "ntfs-3g sees files in vss{} ({} paths)", i + 1, oracle.len());
         assert_same(&tree, &oracle, &format!("{} vs ntfs-3g on vshadowmount's vss{}", c.exposed_name, i + 1));

@@ -32,7 +32,18 @@ fn writers(d: &Daemon) -> Vec<WriterView> {
 /// Starts `shadowcopy writer run` and waits until the daemon lists it.
 fn start_writer(d: &Daemon, name: &str, exec: &Path, volume: &str) -> ChildGuard {
     let child = Command::new(cli_binary())
-        .args(["--socket", d.socket.to_str().unwrap(), "writer", "run", "--name", name, "--exec", exec.to_str().unwrap(), "--volume", volume])
+        .args([
+            "--socket",
+            d.socket.to_str().unwrap(),
+            "writer",
+            "run",
+            "--name",
+            name,
+            "--exec",
+            exec.to_str().unwrap(),
+            "--volume",
+            volume,
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -46,7 +57,12 @@ fn start_writer(d: &Daemon, name: &str, exec: &Path, volume: &str) -> ChildGuard
 }
 
 fn events(log: &Path, name: &str) -> Vec<String> {
-    std::fs::read_to_string(log).unwrap_or_default().lines().filter(|l| l.starts_with(&format!("{name} "))).map(|l| l.split(' ').nth(1).unwrap().to_string()).collect()
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name} ")))
+        .map(|l| l.split(' ').nth(1).unwrap().to_string())
+        .collect()
 }
 
 /// Waits (up to 10 s) until `name` logged `event`.
@@ -89,7 +105,10 @@ fn hook_writers_see_every_event_in_order() {
     let _w = start_writer(&d, "app", &hook(d.dir.path(), "app", &log, ""), "vol");
     // The requester is told what the daemon waits for, stage by stage.
     let mut stages = Vec::new();
-    let set = match d.client().call_with_stages(Op::Create(CreateRequest::new(vec!["vol".into()])), &mut |_, _| {}, &mut |s| stages.push(s.to_string())) {
+    let set = match d
+        .client()
+        .call_with_stages(Op::Create(CreateRequest::new(vec!["vol".into()])), &mut |_, _| {}, &mut |s| stages.push(s.to_string()))
+    {
         Ok(Answer::Set(s)) => s,
         other => panic!("create: {other:?}"),
     };
@@ -191,7 +210,12 @@ fn a_requester_killed_mid_sequence_gets_the_set_aborted() {
     let log = d.dir.join("events.log");
     let _w = start_writer(&d, "slow", &hook(d.dir.path(), "slow", &log, "if [ \"$1\" = freeze ]; then sleep 2; fi"), "vol");
     let mut requester = ChildGuard(Some(
-        Command::new(cli_binary()).args(["--socket", d.socket.to_str().unwrap(), "create", "vol"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
+        Command::new(cli_binary())
+            .args(["--socket", d.socket.to_str().unwrap(), "create", "vol"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
     ));
     // Kill it while the writer is freezing.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -219,14 +243,28 @@ fn a_backup_in_one_command_reads_the_copy_then_completes_and_releases_it() {
     write_live(&d, b"backup me");
     let read = d.dir.join("read.bin");
     // The command runs between PostSnapshot and BackupComplete, with the copy in its environment.
-    let exec = format!("echo \"app exec $SHADOWCOPY_SET_ID\" >> {log}; head -c 9 \"$SHADOWCOPY_IMAGE_PATH\" > {read}", log = log.display(), read = read.display());
+    let exec = format!(
+        "echo \"app exec $SHADOWCOPY_SET_ID\" >> {log}; head -c 9 \"$SHADOWCOPY_IMAGE_PATH\" > {read}",
+        log = log.display(),
+        read = read.display()
+    );
     let out = cli(&d, &["create", "vol", "--context", "backup", "--exec", &exec]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read(&read).unwrap(), b"backup me", "the command read the copy");
     wait_for_event(&log, "app", "backup_shutdown");
     assert_eq!(
         events(&log, "app"),
-        ["identify", "prepare_for_backup", "prepare_for_snapshot", "freeze", "thaw", "post_snapshot", "exec", "backup_complete", "backup_shutdown"]
+        [
+            "identify",
+            "prepare_for_backup",
+            "prepare_for_snapshot",
+            "freeze",
+            "thaw",
+            "post_snapshot",
+            "exec",
+            "backup_complete",
+            "backup_shutdown"
+        ]
     );
     // A backup-context set is volatile and auto-released: gone with the command.
     assert!(d.list().is_empty(), "released: {:?}", d.list());
@@ -283,7 +321,17 @@ fn writers_are_told_around_a_revert_and_may_refuse_it() {
     volume(&d);
     let log = d.dir.join("events.log");
     let veto = d.dir.join("veto");
-    let _w = start_writer(&d, "app", &hook(d.dir.path(), "app", &log, &format!("if [ \"$1\" = pre_restore ] && [ -e {} ]; then echo 'service still running' >&2; exit 1; fi", veto.display())), "vol");
+    let _w = start_writer(
+        &d,
+        "app",
+        &hook(
+            d.dir.path(),
+            "app",
+            &log,
+            &format!("if [ \"$1\" = pre_restore ] && [ -e {} ]; then echo 'service still running' >&2; exit 1; fi", veto.display()),
+        ),
+        "vol",
+    );
     write_live(&d, b"old");
     let set = d.create(&["vol"], false);
     write_live(&d, b"new");

@@ -233,11 +233,9 @@ impl Record {
                     attributes: r.u32().ok_or_else(bad)?,
                 }),
                 TAG_DELETED => Record::SnapshotDeleted { epoch: r.u32().ok_or_else(bad)? },
-                TAG_PRESERVED => Record::Preserved {
-                    chunk: r.u64().ok_or_else(bad)?,
-                    upper: r.u32().ok_or_else(bad)?,
-                    slot: r.u32().ok_or_else(bad)?,
-                },
+                TAG_PRESERVED => {
+                    Record::Preserved { chunk: r.u64().ok_or_else(bad)?, upper: r.u32().ok_or_else(bad)?, slot: r.u32().ok_or_else(bad)? }
+                }
                 TAG_FAILED => {
                     let epoch = r.u32().ok_or_else(bad)?;
                     let len = r.u16().ok_or_else(bad)? as usize;

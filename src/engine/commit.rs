@@ -66,14 +66,12 @@ impl Inner {
         };
         let result = match &work {
             Work::Append(p) if p.is_empty() => Ok(()),
-            _ => self
-                .store
-                .sync_data()
-                .map_err(|source| DiffAreaError::Io { what: "syncing the store", source })
-                .and_then(|()| match &work {
+            _ => self.store.sync_data().map_err(|source| DiffAreaError::Io { what: "syncing the store", source }).and_then(
+                |()| match &work {
                     Work::Append(p) => journal.append(p),
                     Work::Compact(ps) => journal.compact(ps),
-                }),
+                },
+            ),
         };
         drop(journal);
         if let Err(e) = result {

@@ -122,7 +122,12 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { cache_chunks: 4096, pending_limit: 64 << 20, commit_interval: Duration::from_millis(5), journal_compact_bytes: None }
+        EngineOptions {
+            cache_chunks: 4096,
+            pending_limit: 64 << 20,
+            commit_interval: Duration::from_millis(5),
+            journal_compact_bytes: None,
+        }
     }
 }
 
@@ -163,9 +168,8 @@ impl DiffAreaFiles {
         let lock = open("lock")?;
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
             .map_err(|_| Error::Locked(dir.display().to_string()))?;
-        let wrap = |f: File| -> Result<Arc<dyn Storage>, Error> {
-            Ok(Arc::new(FileStorage::new(f).map_err(io("opening a diff-area file"))?))
-        };
+        let wrap =
+            |f: File| -> Result<Arc<dyn Storage>, Error> { Ok(Arc::new(FileStorage::new(f).map_err(io("opening a diff-area file"))?)) };
         let files = DiffAreaFiles {
             store: wrap(open("store")?)?,
             journal: [wrap(open("journal.0")?)?, wrap(open("journal.1")?)?],
@@ -316,10 +320,7 @@ impl ShadowVolume {
     /// Creates a new, empty diff area for `volume` and opens it.
     pub fn create(volume: Arc<dyn Storage>, files: DiffAreaFiles, options: DiffAreaOptions, engine: EngineOptions) -> Result<Self, Error> {
         if !format::valid_chunk_size(options.chunk_size) {
-            return Err(Error::Config(format!(
-                "chunk size {} is not a power of two from 4 KiB to 1 MiB",
-                options.chunk_size
-            )));
+            return Err(Error::Config(format!("chunk size {} is not a power of two from 4 KiB to 1 MiB", options.chunk_size)));
         }
         let volume_size = volume.len().map_err(Error::volume("reading the volume size"))?;
         if volume_size == 0 {
@@ -337,7 +338,15 @@ impl ShadowVolume {
         };
         files.store.set_len(0).map_err(|source| DiffAreaError::Io { what: "creating the store", source })?;
         let journal = Journal::create(files.journal.clone(), header)?;
-        let vol = Self::assemble(volume, files, journal, Catalog::new(1), SlotAllocator::from_used(std::iter::empty(), capacity), max_size, engine);
+        let vol = Self::assemble(
+            volume,
+            files,
+            journal,
+            Catalog::new(1),
+            SlotAllocator::from_used(std::iter::empty(), capacity),
+            max_size,
+            engine,
+        );
         vol.inner.push_record(&Record::Config { max_size: max_size.unwrap_or(u64::MAX) });
         vol.inner.commit()?;
         tracing::info!(diff_area = %vol.inner.diff_area_id, chunk_size = options.chunk_size, max_size = ?max_size, "diff area created");
@@ -423,7 +432,10 @@ impl ShadowVolume {
             log: Mutex::new(LogBuffer { payload: Vec::new(), commit_no: 1 }),
             slots: Mutex::new(slots),
             journal: Mutex::new(journal),
-            pending: Pending::new(header.chunk_size.trailing_zeros(), (options.pending_limit / u64::from(header.chunk_size)).min(1 << 16) as usize),
+            pending: Pending::new(
+                header.chunk_size.trailing_zeros(),
+                (options.pending_limit / u64::from(header.chunk_size)).min(1 << 16) as usize,
+            ),
             cache: BlockCache::new(options.cache_chunks),
             max_size: Mutex::new(max_size),
             events: Mutex::new(Vec::new()),

@@ -111,7 +111,13 @@ fn export_copy_to(provider: &dyn Provider, id: Uuid, dest: &dyn Storage, progres
 
 /// Exports copy `id` of any provider to a new image file at `path`.
 pub fn export_copy(provider: &dyn Provider, id: Uuid, path: &Path, progress: Progress<'_>) -> Result<(), Error> {
-    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).map_err(Error::volume("creating the export file"))?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(Error::volume("creating the export file"))?;
     let dest = crate::volume::FileStorage::new(file).map_err(Error::volume("opening the export file"))?;
     export_copy_to(provider, id, &dest, progress)
 }

@@ -86,7 +86,15 @@ impl Pending {
     /// Holds `data`, written at `offset_in_chunk` of `chunk` (of `chunk_len` bytes), until
     /// commit `commit` is done. If the chunk is held already, the bytes join the held ones and
     /// the chunk waits for the later of the two commits.
-    pub fn hold(&self, chunk: u64, chunk_len: usize, commit: u64, offset_in_chunk: usize, data: &[u8], volume: VolumeRead<'_>) -> io::Result<()> {
+    pub fn hold(
+        &self,
+        chunk: u64,
+        chunk_len: usize,
+        commit: u64,
+        offset_in_chunk: usize,
+        data: &[u8],
+        volume: VolumeRead<'_>,
+    ) -> io::Result<()> {
         let mut map = self.shard(chunk).lock();
         if let Some(h) = map.get_mut(&chunk) {
             h.commit = h.commit.max(commit);

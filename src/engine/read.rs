@@ -96,7 +96,9 @@ impl Inner {
                 }
                 let hi = span(run_end).1;
                 let at = (u64::from(slot) << self.chunk_shift) + (offset + lo as u64 - (c << self.chunk_shift));
-                self.store.read_at(&mut buf[lo..hi], at).map_err(|source| DiffAreaError::Io { what: "reading a preserved chunk", source })?;
+                self.store
+                    .read_at(&mut buf[lo..hi], at)
+                    .map_err(|source| DiffAreaError::Io { what: "reading a preserved chunk", source })?;
                 c = run_end + 1;
                 continue;
             }

@@ -31,11 +31,8 @@ impl Stripes {
 
     /// The stripes of chunks `first..=last`, ascending, each once.
     fn ids(first: u64, last: u64) -> Vec<u64> {
-        let mut ids: Vec<u64> = if last - first + 1 >= STRIPES {
-            (0..STRIPES).collect()
-        } else {
-            (first..=last).map(|c| c % STRIPES).collect()
-        };
+        let mut ids: Vec<u64> =
+            if last - first + 1 >= STRIPES { (0..STRIPES).collect() } else { (first..=last).map(|c| c % STRIPES).collect() };
         ids.sort_unstable();
         ids.dedup();
         ids

@@ -55,10 +55,9 @@ impl Inner {
     fn plan(&self, first: u64, last: u64) -> (Option<Plan>, super::inflight::Ticket<'_>) {
         let cat = self.catalog.read();
         let ticket = self.inflight.enter(cat.next_epoch());
-        let plan = cat.newest_protected().map(|epoch| Plan {
-            epoch,
-            chunks: (first..=last).filter(|c| cat.needs_preserve(*c).is_some()).collect(),
-        });
+        let plan = cat
+            .newest_protected()
+            .map(|epoch| Plan { epoch, chunks: (first..=last).filter(|c| cat.needs_preserve(*c).is_some()).collect() });
         (plan, ticket)
     }
 
@@ -236,7 +235,13 @@ impl Inner {
             match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), left as usize) {
                 Ok(0) => return Ok(false),
                 Ok(n) => left -= n as u64,
-                Err(e) if left == len && matches!(e, rustix::io::Errno::XDEV | rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => {
+                Err(e)
+                    if left == len
+                        && matches!(
+                            e,
+                            rustix::io::Errno::XDEV | rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP
+                        ) =>
+                {
                     return Ok(false)
                 }
                 Err(e) => return Err(e.into()),

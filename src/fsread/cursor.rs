@@ -48,4 +48,3 @@ impl Seek for Cursor {
         Ok(self.pos)
     }
 }
-

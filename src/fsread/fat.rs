@@ -122,8 +122,11 @@ impl FatFs {
         for (i, n) in nodes.iter().enumerate() {
             let ino = i as u64 + 1;
             if n.kind == FileKind::Dir {
-                let entries: Vec<DirEntry> =
-                    n.children.iter().map(|&c| DirEntry { name: nodes[c as usize - 1].name.clone(), ino: c, kind: nodes[c as usize - 1].kind }).collect();
+                let entries: Vec<DirEntry> = n
+                    .children
+                    .iter()
+                    .map(|&c| DirEntry { name: nodes[c as usize - 1].name.clone(), ino: c, kind: nodes[c as usize - 1].kind })
+                    .collect();
                 for e in &entries {
                     by_name.insert((ino, e.name.clone()), e.ino);
                 }

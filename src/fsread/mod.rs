@@ -10,9 +10,9 @@
 //! Never writes.
 
 mod cursor;
-mod lznt1;
 pub mod ext4;
 pub mod fat;
+mod lznt1;
 pub mod ntfs;
 
 use std::io;

@@ -89,7 +89,14 @@ impl NtfsFs {
 
     /// The whole value of `file`'s first attribute of type `ty` (and name `name`), if it is
     /// at most `max` bytes.
-    fn small_value(&self, c: &mut Cursor, file: &NtfsFile<'_>, ty: NtfsAttributeType, name: &str, max: u64) -> Result<Option<Vec<u8>>, FsError> {
+    fn small_value(
+        &self,
+        c: &mut Cursor,
+        file: &NtfsFile<'_>,
+        ty: NtfsAttributeType,
+        name: &str,
+        max: u64,
+    ) -> Result<Option<Vec<u8>>, FsError> {
         let mut attrs = file.attributes();
         while let Some(item) = attrs.next(c) {
             let item = item.map_err(corrupt)?;
@@ -205,8 +212,17 @@ impl NtfsFs {
     /// Reads `out.len()` bytes at `offset` of a compressed (LZNT1) value: each compression unit
     /// is stored whole (all clusters allocated), not at all (sparse: zeros), or compressed into
     /// its first clusters.
-    fn read_compressed(&self, c: &mut Cursor, ino: u64, attr: &ntfs::NtfsAttribute<'_, '_>, offset: u64, out: &mut [u8]) -> Result<(), FsError> {
-        let cu = self.compression_unit(attr).ok_or_else(|| FsError::Corrupt(format!("NTFS file {ino}: compressed, without a valid compression unit")))?;
+    fn read_compressed(
+        &self,
+        c: &mut Cursor,
+        ino: u64,
+        attr: &ntfs::NtfsAttribute<'_, '_>,
+        offset: u64,
+        out: &mut [u8],
+    ) -> Result<(), FsError> {
+        let cu = self
+            .compression_unit(attr)
+            .ok_or_else(|| FsError::Corrupt(format!("NTFS file {ino}: compressed, without a valid compression unit")))?;
         let runs: Vec<(u64, u64, Option<u64>)> = match attr.value(c).map_err(corrupt)? {
             ntfs::attribute_value::NtfsAttributeValue::NonResident(v) => {
                 let mut runs = Vec::new();
@@ -219,7 +235,11 @@ impl NtfsFs {
                 }
                 runs
             }
-            _ => return Err(FsError::Unsupported(format!("NTFS file {ino} is compressed and spread over several file records, which this reader does not decompress"))),
+            _ => {
+                return Err(FsError::Unsupported(format!(
+                    "NTFS file {ino} is compressed and spread over several file records, which this reader does not decompress"
+                )))
+            }
         };
         let (mut unit, mut stored) = (vec![0u8; cu as usize], Vec::with_capacity(cu as usize));
         let end = offset + out.len() as u64;
@@ -411,7 +431,9 @@ impl ReadOnlyFs for NtfsFs {
                 tracing::debug!(ino, stream = %name, len, "alternate data stream not shown (too long for an xattr, or compressed)");
                 continue;
             }
-            let data = self.whole_value(&mut c, &attr)?.ok_or_else(|| FsError::Corrupt(format!("NTFS file {ino}: stream {name} ends before its length")))?;
+            let data = self
+                .whole_value(&mut c, &attr)?
+                .ok_or_else(|| FsError::Corrupt(format!("NTFS file {ino}: stream {name} ends before its length")))?;
             out.push((format!("user.{name}").into_bytes(), data));
         }
         Ok(out)
@@ -419,6 +441,13 @@ impl ReadOnlyFs for NtfsFs {
 
     fn stats(&self) -> FsStats {
         let cluster = self.ntfs.cluster_size();
-        FsStats { block_size: cluster, blocks: self.ntfs.size() / u64::from(cluster.max(1)), free_blocks: 0, files: 0, free_files: 0, name_max: 255 }
+        FsStats {
+            block_size: cluster,
+            blocks: self.ntfs.size() / u64::from(cluster.max(1)),
+            free_blocks: 0,
+            files: 0,
+            free_files: 0,
+            name_max: 255,
+        }
     }
 }

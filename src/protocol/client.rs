@@ -83,7 +83,12 @@ impl Client {
     }
 
     /// Like [`Client::call`]; `stage` also sees what the daemon is doing now.
-    pub fn call_with_stages(&mut self, op: Op, progress: &mut dyn FnMut(u64, u64), stage: &mut dyn FnMut(&str)) -> Result<Answer, ClientError> {
+    pub fn call_with_stages(
+        &mut self,
+        op: Op,
+        progress: &mut dyn FnMut(u64, u64),
+        stage: &mut dyn FnMut(&str),
+    ) -> Result<Answer, ClientError> {
         let mut line = serde_json::to_vec(&Request { v: VERSION, op }).map_err(|e| ClientError::BadReply(e.to_string()))?;
         line.push(b'\n');
         self.writer.write_all(&line)?;
@@ -96,7 +101,9 @@ impl Client {
             match serde_json::from_slice::<Reply>(&buf).map_err(|e| ClientError::BadReply(e.to_string()))? {
                 Reply::Progress { done, total } => progress(done, total),
                 Reply::Stage { message } => stage(&message),
-                Reply::Event(e) => return Err(ClientError::BadReply(format!("an event ({:?}) on a connection that is not a writer's", e.event))),
+                Reply::Event(e) => {
+                    return Err(ClientError::BadReply(format!("an event ({:?}) on a connection that is not a writer's", e.event)))
+                }
                 Reply::Ok(answer) => return Ok(answer),
                 Reply::Error(e) => return Err(ClientError::Daemon(e)),
             }

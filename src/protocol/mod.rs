@@ -53,33 +53,55 @@ pub enum Op {
     },
     VolumeList,
     /// Unregisters a volume and deletes its diff area (its copies are lost).
-    VolumeRemove { name: String },
+    VolumeRemove {
+        name: String,
+    },
     /// Takes one shadow copy set (see [`CreateRequest`]).
     Create(CreateRequest),
     /// The requester has read the set's copies: the set's writers get BackupComplete (for a set
     /// created with `defer_backup_complete`).
-    BackupComplete { set_id: Uuid },
+    BackupComplete {
+        set_id: Uuid,
+    },
     /// Registers the calling connection as a writer; the daemon then sends it [`Reply::Event`]
     /// lines, which it answers with [`Op::WriterAnswer`].
     WriterRegister(WriterRegistration),
     /// A writer's answer to event `seq`.
-    WriterAnswer { seq: u64, outcome: WriterOutcome },
+    WriterAnswer {
+        seq: u64,
+        outcome: WriterOutcome,
+    },
     /// The writers and their states.
     Writers,
     /// Lists shadow copies (of one volume, or all).
-    List { volume: Option<String> },
+    List {
+        volume: Option<String>,
+    },
     /// Deletes shadow copies.
-    Delete { target: DeleteTarget },
+    Delete {
+        target: DeleteTarget,
+    },
     /// Diff-area space per volume.
     StorageList,
     /// Changes a volume's maximum diff-area size.
-    StorageResize { volume: String, max_size: String },
+    StorageResize {
+        volume: String,
+        max_size: String,
+    },
     /// Writes a copy to a sparse image file (a path on the daemon's host).
-    Export { id: Uuid, path: String },
+    Export {
+        id: Uuid,
+        path: String,
+    },
     /// Rolls a volume back to a copy (the volume must not be in use).
-    Revert { id: Uuid },
+    Revert {
+        id: Uuid,
+    },
     /// Byte ranges that differ between a copy and a later one (or the live volume).
-    Diff { id: Uuid, to: Option<Uuid> },
+    Diff {
+        id: Uuid,
+        to: Option<Uuid>,
+    },
     /// Makes a copy visible outside the mount: its tree bind-mounted on the directory `at`, or
     /// (`device`) its raw image on a read-only loop device. Lasts until `unexpose` or the
     /// daemon stops.
@@ -91,7 +113,9 @@ pub enum Op {
         device: bool,
     },
     /// Undoes the exposure at a directory or device path.
-    Unexpose { path: String },
+    Unexpose {
+        path: String,
+    },
 }
 
 impl Op {
@@ -142,7 +166,14 @@ impl CreateRequest {
     /// A set of `volumes` with every default (context `client_accessible_writers`: persistent,
     /// with writers, listed in the mount).
     pub fn new(volumes: Vec<String>) -> CreateRequest {
-        CreateRequest { volumes, context: Context::default(), persistent: None, writers: WriterSelection::default(), keep_after_disconnect: false, defer_backup_complete: false }
+        CreateRequest {
+            volumes,
+            context: Context::default(),
+            persistent: None,
+            writers: WriterSelection::default(),
+            keep_after_disconnect: false,
+            defer_backup_complete: false,
+        }
     }
 
     /// Whether the set outlives a daemon restart.
@@ -172,8 +203,14 @@ pub enum Context {
 }
 
 impl Context {
-    pub const ALL: [Context; 6] =
-        [Context::Backup, Context::FileShareBackup, Context::NasRollback, Context::AppRollback, Context::ClientAccessible, Context::ClientAccessibleWriters];
+    pub const ALL: [Context; 6] = [
+        Context::Backup,
+        Context::FileShareBackup,
+        Context::NasRollback,
+        Context::AppRollback,
+        Context::ClientAccessible,
+        Context::ClientAccessibleWriters,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -548,7 +585,9 @@ pub mod attributes {
     /// Names of the bits set in `bits`, plus `persistent` or `volatile`.
     pub fn names(bits: u32, persistent: bool) -> Vec<String> {
         let mut v = vec![if persistent { "persistent" } else { "volatile" }.to_string()];
-        for (bit, name) in [(CLIENT_ACCESSIBLE, "client_accessible"), (NO_WRITERS, "no_writers"), (FS_FROZEN, "fs_frozen"), (AUTO_RELEASE, "auto_release")] {
+        for (bit, name) in
+            [(CLIENT_ACCESSIBLE, "client_accessible"), (NO_WRITERS, "no_writers"), (FS_FROZEN, "fs_frozen"), (AUTO_RELEASE, "auto_release")]
+        {
             if bits & bit != 0 {
                 v.push(name.to_string());
             }

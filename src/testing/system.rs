@@ -91,7 +91,10 @@ impl LoopDevice {
 impl Drop for LoopDevice {
     fn drop(&mut self) {
         for _ in 0..50 {
-            let ok = Command::new(which("losetup").unwrap_or_else(|| "losetup".into())).args(["-d", &self.device]).status().is_ok_and(|s| s.success());
+            let ok = Command::new(which("losetup").unwrap_or_else(|| "losetup".into()))
+                .args(["-d", &self.device])
+                .status()
+                .is_ok_and(|s| s.success());
             if ok {
                 return;
             }
@@ -207,7 +210,8 @@ pub struct Fields {
 
 impl Fields {
     pub const ALL: Fields = Fields { ino: true, owner_and_mode: true, nlink: true, blocks: true, times: true, atime: true, xattrs: true };
-    pub const NAMES_SIZES_CONTENT: Fields = Fields { ino: false, owner_and_mode: false, nlink: false, blocks: false, times: false, atime: false, xattrs: false };
+    pub const NAMES_SIZES_CONTENT: Fields =
+        Fields { ino: false, owner_and_mode: false, nlink: false, blocks: false, times: false, atime: false, xattrs: false };
 }
 
 /// Hashes bytes (FNV-1a, 64 bit): stable across runs.
@@ -307,7 +311,13 @@ pub fn assert_same(ours: &Manifest, oracle: &Manifest, what: &str) {
             diffs.push(format!("extra in ours: {p}"));
         }
     }
-    assert!(diffs.is_empty(), "{what}: {} differences ({} paths in the oracle):\n{}", diffs.len(), oracle.len(), diffs.iter().take(15).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "{what}: {} differences ({} paths in the oracle):\n{}",
+        diffs.len(),
+        oracle.len(),
+        diffs.iter().take(15).cloned().collect::<Vec<_>>().join("\n")
+    );
 }
 
 /// Fills `root` with a tree that exercises a filesystem reader: small, empty, large, sparse
@@ -358,7 +368,8 @@ pub fn seed_tree(root: &Path, posix: bool, many: usize) {
         std::fs::set_permissions(root.join("private.txt"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
         w("shared.txt", b"for everyone\n");
         std::fs::set_permissions(root.join("shared.txt"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        rustix::fs::chown(root.join("shared.txt"), Some(rustix::fs::Uid::from_raw(1234)), Some(rustix::fs::Gid::from_raw(4321))).expect("chown");
+        rustix::fs::chown(root.join("shared.txt"), Some(rustix::fs::Uid::from_raw(1234)), Some(rustix::fs::Gid::from_raw(4321)))
+            .expect("chown");
         std::fs::set_permissions(root.join("dir"), std::fs::Permissions::from_mode(0o1777)).expect("chmod");
         rustix::fs::setxattr(root.join("hello.txt"), "user.comment", b"greeting", rustix::fs::XattrFlags::empty()).expect("setxattr");
         rustix::fs::setxattr(root.join("big.bin"), "user.big", &vec![b'x'; 700], rustix::fs::XattrFlags::empty()).expect("setxattr");

@@ -18,11 +18,8 @@ pub struct FileStorage {
 impl FileStorage {
     /// Wraps an open file; a block device's size is asked from the kernel once.
     pub fn new(file: File) -> io::Result<Self> {
-        let block_device_len = if file.metadata()?.file_type().is_block_device() {
-            Some(crate::sys::block_device_size(&file)?)
-        } else {
-            None
-        };
+        let block_device_len =
+            if file.metadata()?.file_type().is_block_device() { Some(crate::sys::block_device_size(&file)?) } else { None };
         Ok(FileStorage { file, block_device_len })
     }
 

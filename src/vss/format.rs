@@ -127,7 +127,12 @@ pub enum CatalogEntry {
 
 pub fn catalog_entry(e: &[u8]) -> CatalogEntry {
     match le::u64(e, 0) {
-        2 => CatalogEntry::Store(StoreEntry { volume_size: le::u64(e, 8), store_id: guid(e, 16), sequence: le::u64(e, 32), created: le::u64(e, 48) }),
+        2 => CatalogEntry::Store(StoreEntry {
+            volume_size: le::u64(e, 8),
+            store_id: guid(e, 16),
+            sequence: le::u64(e, 32),
+            created: le::u64(e, 48),
+        }),
         3 => CatalogEntry::Location(StoreLocation {
             block_list: le::u64(e, 8),
             store_id: guid(e, 16),
@@ -173,7 +178,14 @@ impl BlockDescriptor {
         if b.iter().all(|&x| x == 0) {
             return None;
         }
-        Some(BlockDescriptor { original: le::u64(b, 0), relative: le::u64(b, 8), store: le::u64(b, 16), flags: le::u32(b, 24), bitmap: le::u32(b, 28), overlay: None })
+        Some(BlockDescriptor {
+            original: le::u64(b, 0),
+            relative: le::u64(b, 8),
+            store: le::u64(b, 16),
+            flags: le::u32(b, 24),
+            bitmap: le::u32(b, 28),
+            overlay: None,
+        })
     }
     pub fn is_overlay(&self) -> bool {
         self.flags & FLAG_OVERLAY != 0

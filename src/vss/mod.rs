@@ -116,7 +116,8 @@ impl WindowsStores {
             return Ok(None);
         }
         base.read_exact_at(&mut header, format::VOLUME_HEADER_OFFSET).map_err(Error::volume("reading the VSS volume header"))?;
-        let mut me = WindowsStores { base: Arc::clone(&base), cache: BlockCache::new(cache_blocks), size, stores: Vec::new(), catalog_damage: None };
+        let mut me =
+            WindowsStores { base: Arc::clone(&base), cache: BlockCache::new(cache_blocks), size, stores: Vec::new(), catalog_damage: None };
         let header = match format::VolumeHeader::parse(&header) {
             Ok(Some(h)) => h,
             Ok(None) => return Ok(None),
@@ -147,7 +148,8 @@ impl WindowsStores {
             me.catalog_damage = Some(e);
             return Ok(Some(me));
         }
-        let mut found: Vec<(StoreEntry, StoreLocation)> = entries.into_iter().filter_map(|(id, e)| locations.get(&id).map(|l| (e, *l))).collect();
+        let mut found: Vec<(StoreEntry, StoreLocation)> =
+            entries.into_iter().filter_map(|(id, e)| locations.get(&id).map(|l| (e, *l))).collect();
         found.sort_by_key(|(e, _)| (e.created, e.sequence));
         for (i, (entry, loc)) in found.into_iter().enumerate() {
             let store = Self::load_store(&*base, i as u32 + 1, entry, loc);
@@ -160,7 +162,8 @@ impl WindowsStores {
         for i in (0..me.stores.len()).rev() {
             if let Some(newer) = me.stores.get(i + 1) {
                 if newer.copy.damage.is_some() && me.stores[i].copy.damage.is_none() {
-                    me.stores[i].copy.damage = Some(format!("it reads through the newer Windows shadow copy {}, which is damaged", newer.copy.copy_id));
+                    me.stores[i].copy.damage =
+                        Some(format!("it reads through the newer Windows shadow copy {}, which is damaged", newer.copy.copy_id));
                 }
             }
         }
@@ -198,10 +201,14 @@ impl WindowsStores {
                 }
                 map.insert(d);
             }
-            walk_chain(base, loc.current_bitmap, format::RECORD_BITMAP, "current bitmap", &mut |b| current.0.extend_from_slice(&b[BLOCK_HEADER_SIZE..]))?;
+            walk_chain(base, loc.current_bitmap, format::RECORD_BITMAP, "current bitmap", &mut |b| {
+                current.0.extend_from_slice(&b[BLOCK_HEADER_SIZE..])
+            })?;
             if loc.previous_bitmap != 0 {
                 let mut p = Bitmap::default();
-                walk_chain(base, loc.previous_bitmap, format::RECORD_BITMAP, "previous bitmap", &mut |b| p.0.extend_from_slice(&b[BLOCK_HEADER_SIZE..]))?;
+                walk_chain(base, loc.previous_bitmap, format::RECORD_BITMAP, "previous bitmap", &mut |b| {
+                    p.0.extend_from_slice(&b[BLOCK_HEADER_SIZE..])
+                })?;
                 previous = Some(p);
             }
             Ok(())
@@ -309,9 +316,10 @@ impl WindowsStores {
         let mut pending: Option<(usize, u64, usize)> = None;
         let flush = |p: Option<(usize, u64, usize)>, buf: &mut [u8]| -> Result<(), Error> {
             match p {
-                Some((at, from, len)) if len > BLOCK_SIZE as usize => {
-                    self.base.read_exact_at(&mut buf[at..at + len], from).map_err(Error::volume("reading the volume under a Windows shadow copy"))
-                }
+                Some((at, from, len)) if len > BLOCK_SIZE as usize => self
+                    .base
+                    .read_exact_at(&mut buf[at..at + len], from)
+                    .map_err(Error::volume("reading the volume under a Windows shadow copy")),
                 Some((at, from, len)) => self.read_base(&mut buf[at..at + len], from),
                 None => Ok(()),
             }

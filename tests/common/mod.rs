@@ -16,7 +16,12 @@ pub const STORE: usize = 1;
 
 /// Engine options for deterministic tests: no background commits.
 pub fn quiet_engine() -> EngineOptions {
-    EngineOptions { cache_chunks: 64, pending_limit: 1 << 20, commit_interval: Duration::from_secs(3600), journal_compact_bytes: Some(6 << 10) }
+    EngineOptions {
+        cache_chunks: 64,
+        pending_limit: 1 << 20,
+        commit_interval: Duration::from_secs(3600),
+        journal_compact_bytes: Some(6 << 10),
+    }
 }
 
 fn files(disk: &Arc<SimDisk>) -> DiffAreaFiles {

@@ -295,7 +295,8 @@ impl Filesystem for Frontend {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let r = self.resolve(parent).and_then(|p| self.lookup_child(&p, name)).and_then(|child| self.getattr_of(&child).map(|a| (child, a)));
+        let r =
+            self.resolve(parent).and_then(|p| self.lookup_child(&p, name)).and_then(|child| self.getattr_of(&child).map(|a| (child, a)));
         match r {
             Ok((child, (attr, ttl))) => match Self::node_of(&child) {
                 // The node id names the object in this mount; attr.ino is what `stat` shows
@@ -378,7 +379,17 @@ impl Filesystem for Frontend {
         }
     }
 
-    fn read(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, size: u32, _flags: OpenFlags, _lock: Option<LockOwner>, reply: ReplyData) {
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
         let clamp = |total: u64| -> usize { total.saturating_sub(offset).min(u64::from(size)) as usize };
         let resolved = match self.resolve(ino) {
             Ok(r) => r,
@@ -447,7 +458,16 @@ impl Filesystem for Frontend {
         reply.ok();
     }
 
-    fn release(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, _lock: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
         if fh.0 == LIVE_FH {
             if let Some(Node::Live(s)) = Node::from_id(ino.0) {
                 if let Some(v) = self.service.volume_by_slot(s) {
@@ -629,7 +649,16 @@ impl Filesystem for Frontend {
         reply.error(self.read_only_error(parent));
     }
 
-    fn rename(&self, _req: &Request, parent: INodeNo, _name: &OsStr, _np: INodeNo, _nn: &OsStr, _flags: fuser::RenameFlags, reply: ReplyEmpty) {
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        _name: &OsStr,
+        _np: INodeNo,
+        _nn: &OsStr,
+        _flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
         reply.error(self.read_only_error(parent));
     }
 

@@ -27,7 +27,10 @@ pub enum Node {
     /// `<mnt>/<volume>/.images/@GMT-….img` (a copy's slot)
     Image(u32),
     /// A file or directory inside a copy's filesystem.
-    Tree { copy: u32, ino: u64 },
+    Tree {
+        copy: u32,
+        ino: u64,
+    },
 }
 
 impl Node {

@@ -89,7 +89,14 @@ impl Daemon {
             cmd.env("SHADOWCOPYD_FAILPOINTS_DIR", fp);
         }
         let child = cmd
-            .args(["--state-dir", self.state.to_str().unwrap(), "--mount", self.mount.to_str().unwrap(), "--socket", self.socket.to_str().unwrap()])
+            .args([
+                "--state-dir",
+                self.state.to_str().unwrap(),
+                "--mount",
+                self.mount.to_str().unwrap(),
+                "--socket",
+                self.socket.to_str().unwrap(),
+            ])
             .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -161,14 +168,28 @@ impl Daemon {
 
     /// Registers `image` as volume `name`.
     pub fn add_volume(&self, name: &str, image: &Path) {
-        self.call(Op::VolumeAdd { name: name.into(), image: image.display().to_string(), diff_area: None, max_size: Some("50%".into()), chunk_size: None, read_only: false })
-            .unwrap_or_else(|e| panic!("volume add: {e}"));
+        self.call(Op::VolumeAdd {
+            name: name.into(),
+            image: image.display().to_string(),
+            diff_area: None,
+            max_size: Some("50%".into()),
+            chunk_size: None,
+            read_only: false,
+        })
+        .unwrap_or_else(|e| panic!("volume add: {e}"));
     }
 
     /// Registers `image` read-only as volume `name` (its Windows shadow copies are served).
     pub fn add_read_only_volume(&self, name: &str, image: &Path) {
-        self.call(Op::VolumeAdd { name: name.into(), image: image.display().to_string(), diff_area: None, max_size: None, chunk_size: None, read_only: true })
-            .unwrap_or_else(|e| panic!("volume add --read-only: {e}"));
+        self.call(Op::VolumeAdd {
+            name: name.into(),
+            image: image.display().to_string(),
+            diff_area: None,
+            max_size: None,
+            chunk_size: None,
+            read_only: true,
+        })
+        .unwrap_or_else(|e| panic!("volume add --read-only: {e}"));
     }
 
     pub fn create(&self, volumes: &[&str], volatile: bool) -> SetView {

@@ -133,7 +133,12 @@ fn open_engine(img: &Path, da: &Path) -> Result<ShadowVolume> {
 
 /// Sequential 1 MiB writes over `size` bytes through `write`, then `finish` (the durable flush);
 /// returns the seconds taken.
-fn sequential_pass(size: u64, seed: u8, mut write: impl FnMut(&[u8], u64) -> Result<()>, finish: impl FnOnce() -> Result<()>) -> Result<f64> {
+fn sequential_pass(
+    size: u64,
+    seed: u8,
+    mut write: impl FnMut(&[u8], u64) -> Result<()>,
+    finish: impl FnOnce() -> Result<()>,
+) -> Result<f64> {
     let buf = pattern_block(MIB, seed);
     let t = Instant::now();
     let mut off = 0;
@@ -204,7 +209,8 @@ fn qcow2_random(dir: &Path, size: u64, offsets: &[u64], repeat: usize) -> Result
     let timed = || -> Result<f64> {
         let input = File::open(&cmds)?;
         let t = Instant::now();
-        let out = Command::new("qemu-io").args(["-f", "qcow2"]).arg(&img).stdin(input).stdout(Stdio::null()).stderr(Stdio::piped()).output()?;
+        let out =
+            Command::new("qemu-io").args(["-f", "qcow2"]).arg(&img).stdin(input).stdout(Stdio::null()).stderr(Stdio::piped()).output()?;
         if !out.status.success() {
             bail!("qemu-io failed: {}", String::from_utf8_lossy(&out.stderr));
         }

@@ -33,7 +33,13 @@ impl Writer for Hook {
         }
         let text = String::from_utf8_lossy(if out.stderr.is_empty() { &out.stdout } else { &out.stderr }).into_owned();
         let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
-        Err(Failure::new(format!("{} {} exited with {}{}", self.exec.display(), e.event.as_str(), out.status, if last.is_empty() { String::new() } else { format!(": {last}") })))
+        Err(Failure::new(format!(
+            "{} {} exited with {}{}",
+            self.exec.display(),
+            e.event.as_str(),
+            out.status,
+            if last.is_empty() { String::new() } else { format!(": {last}") }
+        )))
     }
 }
 

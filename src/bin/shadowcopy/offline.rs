@@ -58,14 +58,25 @@ fn copy_json(c: &CopyInfo) -> serde_json::Value {
 pub fn run(cmd: Offline, json: bool) -> Result<()> {
     match cmd {
         Offline::Init { image, diff_area, chunk_size, max_size } => {
-            let options = DiffAreaOptions { chunk_size: u32::try_from(chunk_size).context("chunk size too large")?, max_size: MaxSize::parse(&max_size).map_err(anyhow::Error::msg)? };
+            let options = DiffAreaOptions {
+                chunk_size: u32::try_from(chunk_size).context("chunk size too large")?,
+                max_size: MaxSize::parse(&max_size).map_err(anyhow::Error::msg)?,
+            };
             let vol = ShadowVolume::create_at(&image, &diff_area, options, EngineOptions::default())
                 .with_context(|| format!("creating a diff area in {} for {}", diff_area.display(), image.display()))?;
             let u = vol.usage();
             if json {
-                println!("{}", serde_json::json!({"diff_area_id": vol.diff_area_id(), "chunk_size": u.chunk_size, "max_bytes": u.max_bytes}));
+                println!(
+                    "{}",
+                    serde_json::json!({"diff_area_id": vol.diff_area_id(), "chunk_size": u.chunk_size, "max_bytes": u.max_bytes})
+                );
             } else {
-                println!("diff area {} created: chunk {}, maximum {}", vol.diff_area_id(), format_size(u.chunk_size.into()), u.max_bytes.map_or("unbounded".into(), format_size));
+                println!(
+                    "diff area {} created: chunk {}, maximum {}",
+                    vol.diff_area_id(),
+                    format_size(u.chunk_size.into()),
+                    u.max_bytes.map_or("unbounded".into(), format_size)
+                );
             }
             vol.close()?;
         }
@@ -83,7 +94,12 @@ pub fn run(cmd: Offline, json: bool) -> Result<()> {
                     })
                 );
             } else {
-                println!("diff area {}  volume {}  chunk {}", vol.diff_area_id(), format_size(vol.size()), format_size(u.chunk_size.into()));
+                println!(
+                    "diff area {}  volume {}  chunk {}",
+                    vol.diff_area_id(),
+                    format_size(vol.size()),
+                    format_size(u.chunk_size.into())
+                );
                 println!(
                     "space: {} used, {} allocated, maximum {}",
                     format_size(u.used_bytes),
@@ -103,7 +119,10 @@ pub fn run(cmd: Offline, json: bool) -> Result<()> {
             let vol = open(&image, &diff_area)?;
             let set = create_set(&[&vol], CreateOptions { volatile, attributes: 0 })?;
             if json {
-                println!("{}", serde_json::json!({"set_id": set.set_id, "copies": set.copies.iter().map(copy_json).collect::<Vec<_>>(), "hold_us": set.hold.as_micros() as u64}));
+                println!(
+                    "{}",
+                    serde_json::json!({"set_id": set.set_id, "copies": set.copies.iter().map(copy_json).collect::<Vec<_>>(), "hold_us": set.hold.as_micros() as u64})
+                );
             } else {
                 println!("shadow copy {} (set {}), writes held {} µs", set.copies[0].id, set.set_id, set.hold.as_micros());
             }
@@ -133,7 +152,10 @@ pub fn run(cmd: Offline, json: bool) -> Result<()> {
             let vol = open(&image, &diff_area)?;
             let ranges = vol.changed_ranges(from, to)?;
             if json {
-                println!("{}", serde_json::json!(ranges.iter().map(|r| serde_json::json!({"offset": r.offset, "len": r.len})).collect::<Vec<_>>()));
+                println!(
+                    "{}",
+                    serde_json::json!(ranges.iter().map(|r| serde_json::json!({"offset": r.offset, "len": r.len})).collect::<Vec<_>>())
+                );
             } else {
                 for r in &ranges {
                     println!("{:>14} {:>12}", r.offset, r.len);

@@ -14,14 +14,7 @@ pub fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<()> {
     let op = match cmd {
         Command::Volume(VolumeCmd::Add { name, image, diff_area, max_size, chunk_size, read_only }) => {
             let image = image.canonicalize().with_context(|| format!("the image {} cannot be found", image.display()))?;
-            Op::VolumeAdd {
-                name,
-                image: image.display().to_string(),
-                diff_area: diff_area.map(absolute),
-                max_size,
-                chunk_size,
-                read_only,
-            }
+            Op::VolumeAdd { name, image: image.display().to_string(), diff_area: diff_area.map(absolute), max_size, chunk_size, read_only }
         }
         Command::Volume(VolumeCmd::List) => Op::VolumeList,
         Command::Volume(VolumeCmd::Remove { name }) => Op::VolumeRemove { name },
@@ -117,9 +110,17 @@ fn create(args: CreateArgs, socket: Option<PathBuf>, json: bool) -> Result<()> {
     };
     let paths: Vec<String> = set.copies.iter().map(|c| mount.join(&c.volume).join(&c.exposed_name).display().to_string()).collect();
     let ids: Vec<String> = set.copies.iter().map(|c| c.id.to_string()).collect();
-    let images: Vec<String> = set.copies.iter().map(|c| mount.join(&c.volume).join(".images").join(format!("{}.img", c.exposed_name)).display().to_string()).collect();
+    let images: Vec<String> = set
+        .copies
+        .iter()
+        .map(|c| mount.join(&c.volume).join(".images").join(format!("{}.img", c.exposed_name)).display().to_string())
+        .collect();
     let mut cmd = std::process::Command::new("sh");
-    cmd.arg("-c").arg(&command).env("SHADOWCOPY_SET_ID", set.set_id.to_string()).env("SHADOWCOPY_COPY_IDS", ids.join(" ")).env("SHADOWCOPY_COPY_PATHS", paths.join("\n"))
+    cmd.arg("-c")
+        .arg(&command)
+        .env("SHADOWCOPY_SET_ID", set.set_id.to_string())
+        .env("SHADOWCOPY_COPY_IDS", ids.join(" "))
+        .env("SHADOWCOPY_COPY_PATHS", paths.join("\n"))
         .env("SHADOWCOPY_IMAGE_PATHS", images.join("\n"));
     if let ([path], [image]) = (paths.as_slice(), images.as_slice()) {
         cmd.env("SHADOWCOPY_COPY_PATH", path).env("SHADOWCOPY_IMAGE_PATH", image);
@@ -205,7 +206,11 @@ fn print_copies(copies: &[CopyView]) {
                 c.set_id.to_string(),
                 c.volume.clone(),
                 created(c),
-                if c.exposed_at.is_empty() { c.exposed_name.clone() } else { format!("{} (also {})", c.exposed_name, c.exposed_at.join(", ")) },
+                if c.exposed_at.is_empty() {
+                    c.exposed_name.clone()
+                } else {
+                    format!("{} (also {})", c.exposed_name, c.exposed_at.join(", "))
+                },
                 c.context.clone().unwrap_or_else(|| "-".into()),
                 format!("{} ({:#010x})", c.attributes.join(","), c.attribute_flags),
                 c.provider.clone(),
@@ -214,7 +219,10 @@ fn print_copies(copies: &[CopyView]) {
             ]
         })
         .collect();
-    table(&["SHADOW COPY ID", "SET ID", "VOLUME", "CREATED", "EXPOSED AS", "CONTEXT", "ATTRIBUTES", "PROVIDER", "DIFF AREA USED", "STATE"], &rows);
+    table(
+        &["SHADOW COPY ID", "SET ID", "VOLUME", "CREATED", "EXPOSED AS", "CONTEXT", "ATTRIBUTES", "PROVIDER", "DIFF AREA USED", "STATE"],
+        &rows,
+    );
 }
 
 fn print_table(a: &Answer) {
@@ -248,7 +256,14 @@ fn print_table(a: &Answer) {
             table(&["VOLUME", "SIZE", "ACCESS", "PROVIDER", "COPIES", "IMAGE", "LIVE FILE", "STATE"], &rows);
         }
         Answer::Volume(v) if v.read_only => {
-            println!("volume `{}` added read-only: {} ({}), {} shadow copies found ({})", v.name, v.image, format_size(v.size), v.copies, v.provider);
+            println!(
+                "volume `{}` added read-only: {} ({}), {} shadow copies found ({})",
+                v.name,
+                v.image,
+                format_size(v.size),
+                v.copies,
+                v.provider
+            );
             println!("read it through {}", v.live);
         }
         Answer::Volume(v) => {

@@ -73,7 +73,8 @@ impl Inode {
     }
 
     pub fn kind(&self) -> Result<FileKind, FsError> {
-        FileKind::from_mode(u32::from(self.mode)).ok_or_else(|| FsError::Corrupt(format!("inode {} has an invalid mode {:o}", self.ino, self.mode)))
+        FileKind::from_mode(u32::from(self.mode))
+            .ok_or_else(|| FsError::Corrupt(format!("inode {} has an invalid mode {:o}", self.ino, self.mode)))
     }
 
     /// 512-byte blocks, as `stat` shows them.

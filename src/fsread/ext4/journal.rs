@@ -58,7 +58,11 @@ pub fn replay(reader: &dyn JournalReader, fs_block_size: u32) -> Result<HashMap<
         16
     } else {
         let base = if incompat & INCOMPAT_CSUM_V2 != 0 { 14 } else { 12 };
-        if incompat & INCOMPAT_64BIT != 0 { base } else { base - 4 }
+        if incompat & INCOMPAT_64BIT != 0 {
+            base
+        } else {
+            base - 4
+        }
     };
     let tail = if incompat & (INCOMPAT_CSUM_V2 | INCOMPAT_CSUM_V3) != 0 { 4 } else { 0 };
 
@@ -99,7 +103,10 @@ pub fn replay(reader: &dyn JournalReader, fs_block_size: u32) -> Result<HashMap<
                         let (flags, hi) = if tag_bytes == 16 {
                             (be32(t, 4), u64::from(be32(t, 8)))
                         } else {
-                            (u32::from(u16::from_be_bytes([t[6], t[7]])), if incompat & INCOMPAT_64BIT != 0 { u64::from(be32(t, 8)) } else { 0 })
+                            (
+                                u32::from(u16::from_be_bytes([t[6], t[7]])),
+                                if incompat & INCOMPAT_64BIT != 0 { u64::from(be32(t, 8)) } else { 0 },
+                            )
                         };
                         data = wrap(data + 1);
                         tx_logged.push(Logged { seq: sequence, target: lo | hi << 32, at: data, escaped: flags & TAG_ESCAPE != 0 });
@@ -118,7 +125,8 @@ pub fn replay(reader: &dyn JournalReader, fs_block_size: u32) -> Result<HashMap<
                     let width = if incompat & INCOMPAT_64BIT != 0 { 8 } else { 4 };
                     let mut at = 16;
                     while at + width <= count {
-                        let blk = if width == 8 { u64::from(be32(&b, at)) << 32 | u64::from(be32(&b, at + 4)) } else { u64::from(be32(&b, at)) };
+                        let blk =
+                            if width == 8 { u64::from(be32(&b, at)) << 32 | u64::from(be32(&b, at + 4)) } else { u64::from(be32(&b, at)) };
                         tx_revoked.push(blk);
                         at += width;
                     }

@@ -87,10 +87,7 @@ impl Ext4 {
         let mut sb = Superblock::parse(&sbbuf)?;
         let size_blocks = source.size() / u64::from(sb.block_size);
         if sb.blocks_count > size_blocks {
-            return Err(FsError::Corrupt(format!(
-                "the superblock says {} blocks but the image holds {size_blocks}",
-                sb.blocks_count
-            )));
+            return Err(FsError::Corrupt(format!("the superblock says {} blocks but the image holds {size_blocks}", sb.blocks_count)));
         }
         let mut fs = Ext4::assemble(Arc::clone(&source), sb.clone(), HashMap::new())?;
         if sb.incompat & INCOMPAT_RECOVER != 0 && sb.journal_inum != 0 {
@@ -110,20 +107,10 @@ impl Ext4 {
 
     fn assemble(source: Arc<dyn ByteSource>, sb: Superblock, overlay: HashMap<u64, Arc<[u8]>>) -> Result<Ext4, FsError> {
         let raw = RawBlocks { source: &*source, block_size: sb.block_size, blocks_count: sb.blocks_count, overlay: Some(&overlay) };
-        let desc_blocks = group::descriptor_blocks(&sb)
-            .into_iter()
-            .map(|b| raw.block(b).map(|d| d.to_vec()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let desc_blocks =
+            group::descriptor_blocks(&sb).into_iter().map(|b| raw.block(b).map(|d| d.to_vec())).collect::<Result<Vec<_>, _>>()?;
         let inode_tables = group::inode_tables(&sb, &desc_blocks)?;
-        Ok(Ext4 {
-            source,
-            sb,
-            inode_tables,
-            overlay,
-            blocks: lru(4096),
-            maps: lru(1024),
-            dirs: lru(1024),
-        })
+        Ok(Ext4 { source, sb, inode_tables, overlay, blocks: lru(4096), maps: lru(1024), dirs: lru(1024) })
     }
 
     fn replay_journal(&self) -> Result<HashMap<u64, Arc<[u8]>>, FsError> {
@@ -156,7 +143,12 @@ impl Ext4 {
         if let Some(b) = self.blocks.lock().get(&blk) {
             return Ok(Arc::clone(b));
         }
-        let raw = RawBlocks { source: &*self.source, block_size: self.sb.block_size, blocks_count: self.sb.blocks_count, overlay: Some(&self.overlay) };
+        let raw = RawBlocks {
+            source: &*self.source,
+            block_size: self.sb.block_size,
+            blocks_count: self.sb.blocks_count,
+            overlay: Some(&self.overlay),
+        };
         let b = raw.block(blk)?;
         self.blocks.lock().put(blk, Arc::clone(&b));
         Ok(b)

@@ -70,10 +70,8 @@ impl Superblock {
         let rev = le::u32(b, 0x4C);
         let sb = Superblock {
             inodes_count: le::u32(b, 0x0),
-            blocks_count: u64::from(le::u32(b, 0x4))
-                | if incompat & INCOMPAT_64BIT != 0 { u64::from(le::u32(b, 0x150)) << 32 } else { 0 },
-            free_blocks: u64::from(le::u32(b, 0xC))
-                | if incompat & INCOMPAT_64BIT != 0 { u64::from(le::u32(b, 0x158)) << 32 } else { 0 },
+            blocks_count: u64::from(le::u32(b, 0x4)) | if incompat & INCOMPAT_64BIT != 0 { u64::from(le::u32(b, 0x150)) << 32 } else { 0 },
+            free_blocks: u64::from(le::u32(b, 0xC)) | if incompat & INCOMPAT_64BIT != 0 { u64::from(le::u32(b, 0x158)) << 32 } else { 0 },
             free_inodes: le::u32(b, 0x10),
             first_data_block: le::u32(b, 0x14),
             block_size: 1024 << log,
