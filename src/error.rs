@@ -6,8 +6,25 @@ use std::io;
 use thiserror::Error;
 use uuid::Uuid;
 
+/// Which structure of the diff area a corruption was found in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DiffAreaPart {
+    /// The header of a journal file (both copies were checked).
+    JournalHeader,
+}
+
+impl std::fmt::Display for DiffAreaPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DiffAreaPart::JournalHeader => "journal header",
+        })
+    }
+}
+
 /// Failures of the diff area itself (its files, its format).
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum DiffAreaError {
     /// An I/O call on a diff-area file failed.
     #[error("diff-area I/O failed while {what}: {source}")]
@@ -18,7 +35,14 @@ pub enum DiffAreaError {
     },
     /// A structure on disk does not decode.
     #[error("the diff area's {what} is damaged: {detail}")]
-    Corrupt { what: String, detail: String },
+    Corrupt {
+        /// Which structure.
+        what: DiffAreaPart,
+        /// Byte offset of the structure in its file, where one is known.
+        offset: Option<u64>,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// Written by a newer shadowcopy.
     #[error("the diff area was written by format version {found}; this shadowcopy reads up to version {supported} — upgrade shadowcopy to open it")]
     NewerFormat { found: u32, supported: u32 },
@@ -29,6 +53,7 @@ pub enum DiffAreaError {
 
 /// Errors of the engine's API.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum Error {
     /// An I/O call on the volume failed.
     #[error("volume I/O failed while {what}: {source}")]
@@ -63,6 +88,9 @@ pub enum Error {
     /// The directory holds no diff area.
     #[error("there is no diff area in {0}; create one first")]
     NoDiffArea(String),
+    /// The volume image could not be opened exclusively.
+    #[error(transparent)]
+    Open(#[from] crate::volume::OpenError),
     /// Another process has the diff area open.
     #[error("the diff area {0} is in use by another process")]
     Locked(String),

@@ -14,7 +14,7 @@
 
 use std::fs::File;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use thiserror::Error;
 
-use crate::sys;
+use crate::{probe, sys};
 
 /// A mounted filesystem that lives on a loop device backed by a live file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +36,7 @@ pub struct MountedFs {
 
 /// Why a hold failed.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum HoldError {
     #[error("reading {what}: {source}")]
     Probe {
@@ -56,60 +57,24 @@ pub enum HoldError {
 /// The filesystems mounted (in this mount namespace) from loop devices backed by any of `files`.
 /// Each filesystem appears once, even if mounted at several places.
 pub fn filesystems_on(files: &[PathBuf]) -> Result<Vec<MountedFs>, HoldError> {
-    let mut devices = Vec::new();
-    let sys_block = Path::new("/sys/block");
-    let entries = match std::fs::read_dir(sys_block) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(HoldError::Probe { what: "/sys/block".into(), source }),
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("loop") {
-            continue;
-        }
-        let Ok(backing) = std::fs::read_to_string(entry.path().join("loop/backing_file")) else { continue };
-        let backing = backing.trim_end_matches('\n');
-        if files.iter().any(|f| f.as_os_str() == backing) {
-            if let Ok(dev) = std::fs::read_to_string(entry.path().join("dev")) {
-                devices.push((format!("/dev/{name}"), dev.trim().to_string()));
-            }
-        }
-    }
+    let devices: Vec<probe::LoopDevice> = probe::loop_devices()
+        .map_err(|source| HoldError::Probe { what: "/sys/block".into(), source })?
+        .into_iter()
+        .filter(|l| files.iter().any(|f| *f == l.backing_file))
+        .collect();
     if devices.is_empty() {
         return Ok(Vec::new());
     }
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|source| HoldError::Probe { what: "/proc/self/mountinfo".into(), source })?;
+    let mounts = probe::mounts().map_err(|source| HoldError::Probe { what: "/proc/self/mountinfo".into(), source })?;
     let mut found: Vec<MountedFs> = Vec::new();
-    for line in mountinfo.lines() {
-        // id parent major:minor root mount-point options ... - fstype source super-options
-        let fields: Vec<&str> = line.split(' ').collect();
-        let (Some(dev), Some(mp)) = (fields.get(2), fields.get(4)) else { continue };
-        if let Some((device, dev)) = devices.iter().find(|(_, d)| d == dev) {
-            if !found.iter().any(|f| &f.dev == dev) {
-                found.push(MountedFs { device: device.clone(), dev: dev.clone(), mount_point: PathBuf::from(unescape_mountinfo(mp)) });
+    for m in mounts {
+        if let Some(l) = devices.iter().find(|l| l.dev == m.dev) {
+            if !found.iter().any(|f| f.dev == l.dev) {
+                found.push(MountedFs { device: l.device.clone(), dev: l.dev.clone(), mount_point: m.mount_point });
             }
         }
     }
     Ok(found)
-}
-
-/// Mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 struct Shared {
@@ -244,13 +209,6 @@ pub fn freeze(filesystems: &[MountedFs], limit: Duration) -> Result<Frozen, Hold
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo(r"/mnt/a\040b\134c"), "/mnt/a b\\c");
-        assert_eq!(unescape_mountinfo(r"/plain"), "/plain");
-        assert_eq!(unescape_mountinfo(r"/trailing\04"), r"/trailing\04");
-    }
 
     #[test]
     fn nothing_to_freeze_is_an_empty_hold() {

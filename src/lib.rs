@@ -32,8 +32,10 @@ pub mod engine;
 mod error;
 pub mod fsread;
 pub mod hold;
+pub mod probe;
 pub mod protocol;
 pub mod size;
+#[allow(unsafe_code)] // the one home of `unsafe` (workspace lint: denied everywhere else)
 pub(crate) mod sys;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -45,4 +47,4 @@ pub use engine::{
     create_set, ChangedRange, CopyInfo, CreateOptions, DeleteReason, DiffAreaFiles, DiffAreaOptions, EngineOptions, Event, MaxSize,
     SetInfo, ShadowVolume, Usage,
 };
-pub use error::{DiffAreaError, Error};
+pub use error::{DiffAreaError, DiffAreaPart, Error};

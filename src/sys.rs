@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 
 /// Size in bytes of a block device.
-pub fn block_device_size(file: &File) -> io::Result<u64> {
+pub(crate) fn block_device_size(file: &File) -> io::Result<u64> {
     let mut size: u64 = 0;
     // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points at a live u64;
     // the descriptor is open for the duration of the call.
@@ -27,12 +27,12 @@ const FITHAW: libc::c_ulong = 0xC004_5878;
 
 /// Freezes the filesystem mounted at the directory `dir` is open on (flushes it and blocks
 /// new writes until [`thaw_filesystem`]).
-pub fn freeze_filesystem(dir: &File) -> io::Result<()> {
+pub(crate) fn freeze_filesystem(dir: &File) -> io::Result<()> {
     fs_ioctl(dir, FIFREEZE)
 }
 
 /// Thaws a filesystem frozen by [`freeze_filesystem`].
-pub fn thaw_filesystem(dir: &File) -> io::Result<()> {
+pub(crate) fn thaw_filesystem(dir: &File) -> io::Result<()> {
     fs_ioctl(dir, FITHAW)
 }
 

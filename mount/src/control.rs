@@ -45,8 +45,7 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener> {
     let listener = UnixListener::bind(path).with_context(|| format!("binding the control socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     if let Some(gid) = group {
-        rustix::fs::chown(path, None, Some(rustix::fs::Gid::from_raw(gid)))
-            .with_context(|| format!("giving {} to group {gid}", path.display()))?;
+        std::os::unix::fs::chown(path, None, Some(gid)).with_context(|| format!("giving {} to group {gid}", path.display()))?;
     }
     Ok(listener)
 }
@@ -100,16 +99,16 @@ fn reply_on(as_writer: Option<&shadowcopy::coordinator::WriterConn>, s: &UnixStr
 
 /// Whether the peer is root or in the admin group.
 fn is_admin(stream: &UnixStream, access: Access) -> bool {
-    let Ok(cred) = rustix::net::sockopt::socket_peercred(stream) else { return false };
-    if cred.uid.is_root() {
+    let Ok(cred) = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials) else { return false };
+    if cred.uid() == 0 {
         return true;
     }
     let Some(admin) = access.admin_gid else { return false };
-    if cred.gid.as_raw() == admin {
+    if cred.gid() == admin {
         return true;
     }
     // Supplementary groups of the peer process.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", cred.pid.as_raw_nonzero())).unwrap_or_default();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", cred.pid())).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix("Groups:"))
@@ -214,11 +213,14 @@ fn connection(stream: UnixStream, service: &Service, access: Access) -> std::io:
 
 /// Whether the client on `stream` is still there (no hang-up), without blocking.
 fn still_connected(stream: &UnixStream) -> bool {
-    use rustix::event::{poll, PollFd, PollFlags};
-    let mut fds = [PollFd::new(stream, PollFlags::RDHUP)];
-    match poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 })) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    // nix names no POLLRDHUP; the kernel's bit is libc's.
+    let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
+    let mut fds = [PollFd::new(stream.as_fd(), rdhup)];
+    match poll(&mut fds, PollTimeout::ZERO) {
         Ok(0) => true,
-        Ok(_) => !fds[0].revents().intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
+        Ok(_) => !fds[0].revents().is_some_and(|r| r.intersects(rdhup | PollFlags::POLLHUP | PollFlags::POLLERR)),
         Err(_) => true,
     }
 }

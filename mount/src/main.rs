@@ -93,11 +93,8 @@ fn user_dir(var: &str, fallback: &str) -> PathBuf {
 /// A mount point left behind by a daemon that was killed answers ENOTCONN: detach it. A live
 /// mount there (another daemon) is an error.
 fn clear_stale_mount(mnt: &Path) -> Result<()> {
-    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(4).is_some_and(|p| Path::new(p) == mnt));
-    if !mounted {
+    let mnt_abs = mnt.canonicalize().unwrap_or_else(|_| mnt.to_path_buf());
+    if shadowcopy::probe::mount_at(&mnt_abs).context("reading /proc/self/mountinfo")?.is_none() {
         return Ok(());
     }
     // A directory listing is never answered from the kernel's caches here.
@@ -141,7 +138,7 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<()> {
-    let root = rustix::process::geteuid().is_root();
+    let root = nix::unistd::geteuid().is_root();
     let state_dir = args.state_dir.unwrap_or_else(|| {
         if root {
             "/var/lib/shadowcopy".into()
@@ -171,7 +168,7 @@ fn run(args: Args) -> Result<()> {
     }
     signals.thread_block().context("blocking signals")?;
 
-    let (uid, gid) = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
+    let (uid, gid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
     let (fs_uid, fs_gid) = args.fs_owner.unwrap_or((uid, gid));
     let settings = Settings {
         mount: mount.clone(),

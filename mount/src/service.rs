@@ -6,13 +6,13 @@
 //! Never parses wire bytes and never answers FUSE requests itself.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, UNIX_EPOCH};
 
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use parking_lot::{Mutex, RwLock};
 use shadowcopy::engine::provider::Provider;
 use shadowcopy::fsread::{self, ByteSource, ForeignOwner, ReadOnlyFs};
@@ -280,44 +280,6 @@ fn check_name(name: &str) -> Result<(), (ErrorKind, String)> {
     }
 }
 
-/// A loop device that already has `image` as its backing file (writes through it would bypass
-/// the engine).
-fn attached_loop(image: &Path) -> Option<String> {
-    let image = image.canonicalize().ok()?;
-    for e in std::fs::read_dir("/sys/block").ok()?.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
-            if Path::new(b.trim_end()) == image {
-                return Some(format!("/dev/{name}"));
-            }
-        }
-    }
-    None
-}
-
-/// Opens a volume image exclusively: `O_EXCL` for a block device (the kernel refuses mounts and
-/// other exclusive openers), an `flock` for an image file.
-fn open_exclusive(image: &Path, writable: bool) -> anyhow::Result<FileStorage> {
-    let md = std::fs::metadata(image).with_context(|| format!("the image {} cannot be opened", image.display()))?;
-    let is_block = std::os::unix::fs::FileTypeExt::is_block_device(&md.file_type());
-    if !is_block && !md.is_file() {
-        return Err(anyhow!("{} is neither an image file nor a block device", image.display()));
-    }
-    if let Some(dev) = attached_loop(image) {
-        return Err(anyhow!("{} is attached to {dev}: writes through it would bypass shadow copies; detach it (losetup -d {dev}) and use the volume's live file instead", image.display()));
-    }
-    let mut opts = std::fs::OpenOptions::new();
-    opts.read(true).write(writable);
-    if is_block {
-        opts.custom_flags(libc::O_EXCL);
-    }
-    let file = opts.open(image).with_context(|| format!("opening {} exclusively (is it mounted or in use?)", image.display()))?;
-    if !is_block && rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-        return Err(anyhow!("{} is locked by another process (another shadowcopyd?)", image.display()));
-    }
-    Ok(FileStorage::new(file)?)
-}
-
 impl Service {
     /// Reopens every registered volume of the state directory. A volume that cannot be opened
     /// is logged and left registered (it comes back once fixed), never a reason not to start.
@@ -372,7 +334,7 @@ impl Service {
     /// Opens a volume: its engine (creating the diff area with `create`), or for a read-only
     /// volume the image and the Windows stores on it; then builds its copies.
     fn open_volume(&self, rec: &VolumeRecord, create: Option<DiffAreaOptions>) -> anyhow::Result<Arc<Volume>> {
-        let storage = open_exclusive(&rec.image, !rec.read_only)?;
+        let storage = shadowcopy::volume::open_image(&rec.image, !rec.read_only)?;
         let md = std::fs::metadata(&rec.image)?;
         let backend = if rec.read_only {
             let size = storage.len()?;

@@ -58,7 +58,7 @@ impl StateDir {
             .write(true)
             .open(&lock_path)
             .with_context(|| format!("opening {}", lock_path.display()))?;
-        if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        if lock.try_lock().is_err() {
             let pid = std::fs::read_to_string(&lock_path).unwrap_or_default();
             bail!(
                 "another shadowcopyd (pid {}) is using the state directory {}; stop it first, or give this one another --state-dir",

@@ -76,6 +76,7 @@ pub struct Header {
 
 /// Why a header or batch does not decode.
 #[derive(Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// not a shadowcopy journal (bad magic)
     #[error("not a shadowcopy journal (bad magic)")]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::format::{self, Header, Record, BATCH_ALIGN, BATCH_HEADER_LEN, HEADER_LEN};
 use crate::volume::Storage;
-use crate::DiffAreaError;
+use crate::{DiffAreaError, DiffAreaPart};
 
 /// What replay found, in journal order.
 #[derive(Debug)]
@@ -73,7 +73,7 @@ impl Journal {
             }
         }
         let Some((active, header)) = best else {
-            return Err(DiffAreaError::Corrupt { what: "journal header".into(), detail: reasons.join("; ") });
+            return Err(DiffAreaError::Corrupt { what: DiffAreaPart::JournalHeader, offset: Some(0), detail: reasons.join("; ") });
         };
         let file = &files[active];
         let len = file.len().map_err(|e| DiffAreaError::Io { what: "reading the journal", source: e })?;

@@ -14,13 +14,13 @@ use parking_lot::{Condvar, Mutex};
 /// Counts of writes in flight, keyed by the epoch the next copy would have got when they were
 /// ordered.
 #[derive(Debug, Default)]
-pub struct InFlight {
+pub(super) struct InFlight {
     by_next_epoch: Mutex<BTreeMap<u32, usize>>,
     done: Condvar,
 }
 
 /// A write in flight; dropping it ends it.
-pub struct Ticket<'a> {
+pub(super) struct Ticket<'a> {
     owner: &'a InFlight,
     next_epoch: u32,
 }
@@ -28,13 +28,13 @@ pub struct Ticket<'a> {
 impl InFlight {
     /// Registers a write ordered while `next_epoch` was the next copy's epoch. Call it under
     /// the catalog lock the write was ordered by.
-    pub fn enter(&self, next_epoch: u32) -> Ticket<'_> {
+    pub(super) fn enter(&self, next_epoch: u32) -> Ticket<'_> {
         *self.by_next_epoch.lock().entry(next_epoch).or_insert(0) += 1;
         Ticket { owner: self, next_epoch }
     }
 
     /// Waits until every write ordered before copy `epoch` existed has finished.
-    pub fn wait_before(&self, epoch: u32) {
+    pub(super) fn wait_before(&self, epoch: u32) {
         let mut map = self.by_next_epoch.lock();
         while map.range(..=epoch).next().is_some() {
             self.done.wait(&mut map);

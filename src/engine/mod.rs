@@ -166,8 +166,7 @@ impl DiffAreaFiles {
                 .map_err(io("opening a diff-area file"))
         };
         let lock = open("lock")?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-            .map_err(|_| Error::Locked(dir.display().to_string()))?;
+        lock.try_lock().map_err(|_| Error::Locked(dir.display().to_string()))?;
         let wrap =
             |f: File| -> Result<Arc<dyn Storage>, Error> { Ok(Arc::new(FileStorage::new(f).map_err(io("opening a diff-area file"))?)) };
         let files = DiffAreaFiles {
@@ -355,13 +354,13 @@ impl ShadowVolume {
 
     /// Creates a diff area in directory `dir` for the image or block device at `volume`.
     pub fn create_at(volume: &Path, dir: &Path, options: DiffAreaOptions, engine: EngineOptions) -> Result<Self, Error> {
-        let vol = crate::volume::open_image(volume, true).map_err(Error::volume("opening the volume"))?;
+        let vol = crate::volume::open_image(volume, true)?;
         Self::create(Arc::new(vol), DiffAreaFiles::in_dir(dir, true)?, options, engine)
     }
 
     /// Opens the diff area in `dir` for the image or block device at `volume`.
     pub fn open_at(volume: &Path, dir: &Path, engine: EngineOptions) -> Result<Self, Error> {
-        let vol = crate::volume::open_image(volume, true).map_err(Error::volume("opening the volume"))?;
+        let vol = crate::volume::open_image(volume, true)?;
         Self::open(Arc::new(vol), DiffAreaFiles::in_dir(dir, false)?, engine)
     }
 

@@ -33,11 +33,11 @@ struct Held {
 }
 
 /// Reads bytes of the volume: `(byte offset, buffer)`.
-pub type VolumeRead<'a> = &'a dyn Fn(u64, &mut [u8]) -> io::Result<()>;
+pub(super) type VolumeRead<'a> = &'a dyn Fn(u64, &mut [u8]) -> io::Result<()>;
 
 /// Chunks waiting for their commit, sharded by runs of chunks.
 #[derive(Debug)]
-pub struct Pending {
+pub(super) struct Pending {
     shards: Vec<Mutex<HashMap<u64, Held>>>,
     bytes: AtomicU64,
     chunk_shift: u32,
@@ -48,7 +48,7 @@ pub struct Pending {
 
 impl Pending {
     /// Holds chunks of `1 << chunk_shift` bytes; keeps up to `spare_max` released buffers.
-    pub fn new(chunk_shift: u32, spare_max: usize) -> Self {
+    pub(super) fn new(chunk_shift: u32, spare_max: usize) -> Self {
         Pending {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             bytes: AtomicU64::new(0),
@@ -75,18 +75,18 @@ impl Pending {
     }
 
     /// Bytes held.
-    pub fn bytes(&self) -> u64 {
+    pub(super) fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Acquire)
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.bytes() == 0
     }
 
     /// Holds `data`, written at `offset_in_chunk` of `chunk` (of `chunk_len` bytes), until
     /// commit `commit` is done. If the chunk is held already, the bytes join the held ones and
     /// the chunk waits for the later of the two commits.
-    pub fn hold(
+    pub(super) fn hold(
         &self,
         chunk: u64,
         chunk_len: usize,
@@ -111,7 +111,7 @@ impl Pending {
     }
 
     /// Applies a write to a held chunk; false when the chunk is not held.
-    pub fn update(&self, chunk: u64, offset_in_chunk: usize, data: &[u8], volume: VolumeRead<'_>) -> io::Result<bool> {
+    pub(super) fn update(&self, chunk: u64, offset_in_chunk: usize, data: &[u8], volume: VolumeRead<'_>) -> io::Result<bool> {
         let mut map = self.shard(chunk).lock();
         let Some(h) = map.get_mut(&chunk) else { return Ok(false) };
         let grown = merge(h, chunk << self.chunk_shift, offset_in_chunk, data, volume)?;
@@ -120,13 +120,13 @@ impl Pending {
     }
 
     /// Whether `chunk` is held.
-    pub fn holds(&self, chunk: u64) -> bool {
+    pub(super) fn holds(&self, chunk: u64) -> bool {
         self.shard(chunk).lock().contains_key(&chunk)
     }
 
     /// Reads `buf` from `offset_in_chunk` of a held chunk — the held bytes over what the volume
     /// has — and returns true; false when the chunk is not held (then the volume has it all).
-    pub fn read(&self, chunk: u64, offset_in_chunk: usize, buf: &mut [u8], volume: VolumeRead<'_>) -> io::Result<bool> {
+    pub(super) fn read(&self, chunk: u64, offset_in_chunk: usize, buf: &mut [u8], volume: VolumeRead<'_>) -> io::Result<bool> {
         if self.is_empty() {
             return Ok(false);
         }
@@ -147,7 +147,7 @@ impl Pending {
     /// Writes every chunk held for commits `<= upto` (all of them when `None`) through `write`
     /// — `(byte offset on the volume, pieces written back to back)`, a run of consecutive whole
     /// chunks in one call — and forgets them. Chunks stay held if their write fails.
-    pub fn release(&self, upto: Option<u64>, mut write: impl FnMut(u64, &[&[u8]]) -> io::Result<()>) -> io::Result<()> {
+    pub(super) fn release(&self, upto: Option<u64>, mut write: impl FnMut(u64, &[&[u8]]) -> io::Result<()>) -> io::Result<()> {
         if self.is_empty() {
             return Ok(());
         }

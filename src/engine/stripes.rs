@@ -7,7 +7,7 @@ use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 const STRIPES: u64 = 4096;
 
 #[derive(Debug)]
-pub struct Stripes {
+pub(super) struct Stripes {
     locks: Vec<RwLock<()>>,
 }
 
@@ -19,13 +19,13 @@ impl Default for Stripes {
 
 impl Stripes {
     /// Exclusive locks on every stripe of chunks `first..=last`.
-    pub fn write_range(&self, first: u64, last: u64) -> Vec<RwLockWriteGuard<'_, ()>> {
+    pub(super) fn write_range(&self, first: u64, last: u64) -> Vec<RwLockWriteGuard<'_, ()>> {
         Self::ids(first, last).into_iter().map(|i| self.locks[i as usize].write()).collect()
     }
 
     /// Shared locks on every stripe of chunks `first..=last` (each stripe once, in the writers'
     /// order, so a reader holding several never deadlocks with a writer).
-    pub fn read_range(&self, first: u64, last: u64) -> Vec<RwLockReadGuard<'_, ()>> {
+    pub(super) fn read_range(&self, first: u64, last: u64) -> Vec<RwLockReadGuard<'_, ()>> {
         Self::ids(first, last).into_iter().map(|i| self.locks[i as usize].read()).collect()
     }
 

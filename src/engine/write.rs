@@ -232,14 +232,20 @@ impl Inner {
         let (Some(src), Some(dst)) = (self.volume.as_file(), self.store.as_file()) else { return Ok(false) };
         let (mut off_in, mut off_out, mut left) = (from, to, len);
         while left > 0 {
-            match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), left as usize) {
+            let (mut i, mut o) = (off_in as i64, off_out as i64);
+            let r = nix::fcntl::copy_file_range(src, Some(&mut i), dst, Some(&mut o), left as usize);
+            (off_in, off_out) = (i as u64, o as u64);
+            match r {
                 Ok(0) => return Ok(false),
                 Ok(n) => left -= n as u64,
                 Err(e)
                     if left == len
                         && matches!(
                             e,
-                            rustix::io::Errno::XDEV | rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP
+                            nix::errno::Errno::EXDEV
+                                | nix::errno::Errno::ENOSYS
+                                | nix::errno::Errno::EINVAL
+                                | nix::errno::Errno::EOPNOTSUPP
                         ) =>
                 {
                     return Ok(false)

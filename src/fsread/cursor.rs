@@ -7,13 +7,13 @@ use std::sync::Arc;
 use super::ByteSource;
 
 /// A read-only cursor over a [`ByteSource`]; writes are refused.
-pub struct Cursor {
+pub(super) struct Cursor {
     source: Arc<dyn ByteSource>,
     pos: u64,
 }
 
 impl Cursor {
-    pub fn new(source: Arc<dyn ByteSource>) -> Cursor {
+    pub(super) fn new(source: Arc<dyn ByteSource>) -> Cursor {
         Cursor { source, pos: 0 }
     }
 }

@@ -17,20 +17,11 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::cursor::Cursor;
-use super::{ByteSource, DirEntry, FileKind, ForeignOwner, FsError, FsStats, ReadOnlyFs, Stat, Timestamp, Xattrs};
+use super::{ByteSource, CorruptKind, DirEntry, FileKind, ForeignOwner, FsError, FsStats, ReadOnlyFs, Stat, Timestamp, Xattrs};
 
 /// Entries walked at most (a damaged FAT can loop).
 const MAX_NODES: usize = 1 << 20;
 const MAX_DEPTH: usize = 64;
-
-/// Whether a boot sector looks like FAT (jump, sector size, FAT type string or signature).
-pub fn looks_like_fat(head: &[u8]) -> bool {
-    let jump = head[0] == 0xEB || head[0] == 0xE9;
-    let bps = u16::from_le_bytes([head[11], head[12]]);
-    let sig = head[510] == 0x55 && head[511] == 0xAA;
-    let label = &head[54..59] == b"FAT12" || &head[54..59] == b"FAT16" || &head[82..87] == b"FAT32" || &head[54..57] == b"FAT";
-    jump && sig && matches!(bps, 512 | 1024 | 2048 | 4096) && label
-}
 
 struct Node {
     name: Vec<u8>,
@@ -90,7 +81,7 @@ impl FatFs {
                 let fs = match fatfs::FileSystem::new(Cursor::new(src), fatfs::FsOptions::new()) {
                     Ok(fs) => fs,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(FsError::Corrupt(format!("not a readable FAT filesystem: {e}"))));
+                        let _ = ready_tx.send(Err(FsError::corrupt(CorruptKind::Fat, None, format!("not a readable FAT filesystem: {e}"))));
                         return;
                     }
                 };
@@ -116,7 +107,8 @@ impl FatFs {
                 }
             })
             .map_err(FsError::Io)?;
-        let (nodes, stats) = ready_rx.recv().map_err(|_| FsError::Corrupt("the FAT reader stopped while opening".into()))??;
+        let (nodes, stats) =
+            ready_rx.recv().map_err(|_| FsError::corrupt(CorruptKind::Fat, None, "the FAT reader stopped while opening"))??;
         let mut by_name = HashMap::new();
         let mut listings = Vec::with_capacity(nodes.len());
         for (i, n) in nodes.iter().enumerate() {
@@ -159,13 +151,19 @@ fn walk<T: fatfs::ReadWriteSeek>(fs: &fatfs::FileSystem<T>) -> Result<Vec<Node>,
     let mut stack: Vec<(u64, fatfs::Dir<'_, T>, usize)> = vec![(1, fs.root_dir(), 0)];
     while let Some((ino, dir, depth)) = stack.pop() {
         for entry in dir.iter() {
-            let entry = entry.map_err(|e| FsError::Corrupt(format!("FAT directory {}: {e}", nodes[ino as usize - 1].path)))?;
+            let entry = entry.map_err(|e| {
+                FsError::corrupt(
+                    CorruptKind::Directory,
+                    Some(u64::from(ino)),
+                    format!("FAT directory {}: {e}", nodes[ino as usize - 1].path),
+                )
+            })?;
             let name = entry.file_name();
             if name == "." || name == ".." {
                 continue;
             }
             if nodes.len() >= MAX_NODES {
-                return Err(FsError::Corrupt("too many FAT entries (a directory loop?)".into()));
+                return Err(FsError::corrupt(CorruptKind::Directory, None, "too many FAT entries (a directory loop?)"));
             }
             let parent_path = &nodes[ino as usize - 1].path;
             let path = if parent_path.is_empty() { name.clone() } else { format!("{parent_path}/{name}") };
@@ -188,7 +186,7 @@ fn walk<T: fatfs::ReadWriteSeek>(fs: &fatfs::FileSystem<T>) -> Result<Vec<Node>,
             if kind == FileKind::Dir {
                 parent.subdirs += 1;
                 if depth + 1 > MAX_DEPTH {
-                    return Err(FsError::Corrupt("FAT directories nest too deep (a directory loop?)".into()));
+                    return Err(FsError::corrupt(CorruptKind::Directory, None, "FAT directories nest too deep (a directory loop?)"));
                 }
                 stack.push((child, entry.to_dir(), depth + 1));
             }
@@ -282,10 +280,10 @@ impl ReadOnlyFs for FatFs {
         let len = (n.size - offset).min(buf.len() as u64) as usize;
         let (tx, rx) = mpsc::sync_channel(1);
         let req = ReadRequest { ino, path: n.path.clone(), offset, len, reply: tx };
-        self.requests.lock().send(req).map_err(|_| FsError::Corrupt("the FAT reader stopped".into()))?;
-        let data = rx.recv().map_err(|_| FsError::Corrupt("the FAT reader stopped".into()))??;
+        self.requests.lock().send(req).map_err(|_| FsError::corrupt(CorruptKind::Fat, None, "the FAT reader stopped"))?;
+        let data = rx.recv().map_err(|_| FsError::corrupt(CorruptKind::Fat, None, "the FAT reader stopped"))??;
         if data.len() != len {
-            return Err(FsError::Corrupt(format!("{}: the cluster chain is shorter than the file", n.path)));
+            return Err(FsError::corrupt(CorruptKind::Fat, None, format!("{}: the cluster chain is shorter than the file", n.path)));
         }
         buf[..len].copy_from_slice(&data);
         Ok(len)

@@ -11,8 +11,11 @@
 
 mod cursor;
 pub mod ext4;
+#[cfg(feature = "fat")]
 pub mod fat;
+#[cfg(feature = "ntfs")]
 mod lznt1;
+#[cfg(feature = "ntfs")]
 pub mod ntfs;
 
 use std::io;
@@ -37,8 +40,60 @@ impl ByteSource for std::fs::File {
     }
 }
 
+/// Which on-disk structure a [`Corruption`] was found in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CorruptKind {
+    /// The superblock (ext2/3/4) or boot sector.
+    Superblock,
+    /// ext4 group descriptors.
+    GroupDescriptors,
+    /// An inode (ext4) itself.
+    Inode,
+    /// The map from a file's logical blocks to disk blocks (extents, indirect blocks).
+    BlockMap,
+    /// A directory's entries.
+    Directory,
+    /// Extended attributes.
+    Xattr,
+    /// A symbolic link's target.
+    Symlink,
+    /// The jbd2 journal.
+    Journal,
+    /// FAT structures (the allocation table, cluster chains).
+    Fat,
+    /// NTFS structures (file records, attributes, runs).
+    Ntfs,
+    /// A compressed stream (LZNT1).
+    Compression,
+}
+
+/// A damaged on-disk structure: where it is, and the message for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corruption {
+    /// What kind of structure.
+    pub kind: CorruptKind,
+    /// The inode (file record, FAT node) it belongs to, if it belongs to one.
+    pub ino: Option<u64>,
+    detail: String,
+}
+
+impl Corruption {
+    /// The message, as shown to people (it names the inode where one is known).
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+}
+
+impl std::fmt::Display for Corruption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
 /// Failures of a filesystem request.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum FsError {
     #[error("no such file or directory")]
     NotFound,
@@ -53,9 +108,16 @@ pub enum FsError {
     Unsupported(String),
     /// An on-disk structure is damaged.
     #[error("corrupt filesystem: {0}")]
-    Corrupt(String),
+    Corrupt(Corruption),
     #[error("reading the image failed: {0}")]
     Io(#[from] io::Error),
+}
+
+impl FsError {
+    /// A [`FsError::Corrupt`] of `kind`, in inode `ino` if known.
+    pub fn corrupt(kind: CorruptKind, ino: Option<u64>, detail: impl Into<String>) -> FsError {
+        FsError::Corrupt(Corruption { kind, ino, detail: detail.into() })
+    }
 }
 
 /// What kind of file an inode is.
@@ -195,24 +257,40 @@ pub fn open(source: Arc<dyn ByteSource>, owner: ForeignOwner) -> Result<Option<A
         return Ok(Some(Arc::new(ext4::Ext4::open(source)?)));
     }
     if &head[3..11] == b"NTFS    " {
+        #[cfg(feature = "ntfs")]
         return Ok(Some(Arc::new(ntfs::NtfsFs::open(source, owner)?)));
+        #[cfg(not(feature = "ntfs"))]
+        return Err(FsError::Unsupported("NTFS (this build has no `ntfs` feature)".into()));
     }
-    if fat::looks_like_fat(&head) {
+    if looks_like_fat(&head) {
+        #[cfg(feature = "fat")]
         return Ok(Some(Arc::new(fat::FatFs::open(source, owner)?)));
+        #[cfg(not(feature = "fat"))]
+        return Err(FsError::Unsupported("FAT (this build has no `fat` feature)".into()));
     }
+    let _ = owner; // used by the optional readers only
     Ok(None)
+}
+
+/// Whether the boot sector in `head` (at least 512 bytes) is a FAT12/16/32 one.
+pub fn looks_like_fat(head: &[u8]) -> bool {
+    let jump = head[0] == 0xEB || head[0] == 0xE9;
+    let bps = u16::from_le_bytes([head[11], head[12]]);
+    let sig = head[510] == 0x55 && head[511] == 0xAA;
+    let label = &head[54..59] == b"FAT12" || &head[54..59] == b"FAT16" || &head[82..87] == b"FAT32" || &head[54..57] == b"FAT";
+    jump && sig && matches!(bps, 512 | 1024 | 2048 | 4096) && label
 }
 
 /// Little-endian field readers over untrusted buffers: out-of-range reads give 0, callers
 /// validate what they get.
 pub(crate) mod le {
-    pub fn u16(b: &[u8], at: usize) -> u16 {
+    pub(crate) fn u16(b: &[u8], at: usize) -> u16 {
         b.get(at..at + 2).map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
     }
-    pub fn u32(b: &[u8], at: usize) -> u32 {
+    pub(crate) fn u32(b: &[u8], at: usize) -> u32 {
         b.get(at..at + 4).map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
     }
-    pub fn u64(b: &[u8], at: usize) -> u64 {
+    pub(crate) fn u64(b: &[u8], at: usize) -> u64 {
         b.get(at..at + 8).map_or(0, |s| u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]))
     }
 }

@@ -24,7 +24,7 @@ use ntfs::{Ntfs, NtfsAttributeFlags, NtfsAttributeType, NtfsFile, NtfsReadSeek};
 use parking_lot::Mutex;
 
 use super::cursor::Cursor;
-use super::{ByteSource, DirEntry, FileKind, ForeignOwner, FsError, FsStats, ReadOnlyFs, Stat, Timestamp, Xattrs};
+use super::{ByteSource, CorruptKind, DirEntry, FileKind, ForeignOwner, FsError, FsStats, ReadOnlyFs, Stat, Timestamp, Xattrs};
 
 const ROOT: u64 = 5;
 const FIRST_USER_RECORD: u64 = 16;
@@ -40,7 +40,7 @@ pub struct NtfsFs {
 }
 
 fn corrupt(e: ntfs::NtfsError) -> FsError {
-    FsError::Corrupt(format!("NTFS: {e}"))
+    FsError::corrupt(CorruptKind::Ntfs, None, format!("NTFS: {e}"))
 }
 
 /// 100 ns intervals since 1601 → Unix time.
@@ -220,9 +220,13 @@ impl NtfsFs {
         offset: u64,
         out: &mut [u8],
     ) -> Result<(), FsError> {
-        let cu = self
-            .compression_unit(attr)
-            .ok_or_else(|| FsError::Corrupt(format!("NTFS file {ino}: compressed, without a valid compression unit")))?;
+        let cu = self.compression_unit(attr).ok_or_else(|| {
+            FsError::corrupt(
+                CorruptKind::Compression,
+                Some(u64::from(ino)),
+                format!("NTFS file {ino}: compressed, without a valid compression unit"),
+            )
+        })?;
         let runs: Vec<(u64, u64, Option<u64>)> = match attr.value(c).map_err(corrupt)? {
             ntfs::attribute_value::NtfsAttributeValue::NonResident(v) => {
                 let mut runs = Vec::new();
@@ -258,7 +262,8 @@ impl NtfsFs {
             match stored.len() as u64 {
                 0 => unit.fill(0),
                 n if n >= cu => unit.copy_from_slice(&stored[..cu as usize]),
-                _ => super::lznt1::decompress(&stored, &mut unit).map_err(|e| FsError::Corrupt(format!("NTFS file {ino}: {e}")))?,
+                _ => super::lznt1::decompress(&stored, &mut unit)
+                    .map_err(|e| FsError::corrupt(CorruptKind::Compression, Some(u64::from(ino)), format!("NTFS file {ino}: {e}")))?,
             }
             let from = (pos - unit_start) as usize;
             let n = ((unit_start + cu).min(end) - pos) as usize;
@@ -302,7 +307,11 @@ impl NtfsFs {
             };
             out.push(DirEntry { name: name.name().to_string_lossy().into_bytes(), ino, kind });
             if out.len() > 1 << 22 {
-                return Err(FsError::Corrupt(format!("directory {dir} has too many entries")));
+                return Err(FsError::corrupt(
+                    CorruptKind::Directory,
+                    Some(u64::from(dir)),
+                    format!("directory {dir} has too many entries"),
+                ));
             }
         }
         let out = Arc::new(out);
@@ -398,7 +407,11 @@ impl ReadOnlyFs for NtfsFs {
         while done < want {
             let n = value.read(&mut c, &mut buf[done..want]).map_err(corrupt)?;
             if n == 0 {
-                return Err(FsError::Corrupt(format!("NTFS file {ino}: data ends before its length")));
+                return Err(FsError::corrupt(
+                    CorruptKind::Ntfs,
+                    Some(u64::from(ino)),
+                    format!("NTFS file {ino}: data ends before its length"),
+                ));
             }
             done += n;
         }
@@ -431,9 +444,9 @@ impl ReadOnlyFs for NtfsFs {
                 tracing::debug!(ino, stream = %name, len, "alternate data stream not shown (too long for an xattr, or compressed)");
                 continue;
             }
-            let data = self
-                .whole_value(&mut c, &attr)?
-                .ok_or_else(|| FsError::Corrupt(format!("NTFS file {ino}: stream {name} ends before its length")))?;
+            let data = self.whole_value(&mut c, &attr)?.ok_or_else(|| {
+                FsError::corrupt(CorruptKind::Ntfs, Some(u64::from(ino)), format!("NTFS file {ino}: stream {name} ends before its length"))
+            })?;
             out.push((format!("user.{name}").into_bytes(), data));
         }
         Ok(out)

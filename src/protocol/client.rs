@@ -11,6 +11,7 @@ use super::{Answer, ErrorReply, Op, Reply, Request, MAX_MESSAGE, VERSION};
 
 /// Failures of a client call.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// No daemon listens at the path.
     #[error("cannot reach shadowcopyd at {path}: {source} (is the daemon running? start it with `shadowcopyd`, or pass --socket / set SHADOWCOPY_SOCKET)")]
@@ -36,7 +37,7 @@ pub fn default_socket_path() -> PathBuf {
     if let Some(p) = std::env::var_os("SHADOWCOPY_SOCKET") {
         return PathBuf::from(p);
     }
-    let uid = rustix::process::getuid();
+    let uid = nix::unistd::getuid();
     if uid.is_root() {
         return PathBuf::from("/run/shadowcopy/control.sock");
     }

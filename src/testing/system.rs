@@ -16,7 +16,7 @@ pub fn require_commands(cmds: &[&str]) {
     for c in cmds {
         require(which(c).is_some(), &format!("the command `{c}`"));
     }
-    require(rustix::process::geteuid().is_root(), "root (loop devices and mounts)");
+    require(nix::unistd::geteuid().is_root(), "root (loop devices and mounts)");
 }
 
 /// The path of a command, searching PATH plus the sbin directories.
@@ -275,21 +275,15 @@ pub fn entry(md: &std::fs::Metadata, content: Option<u64>, xattrs: Vec<(String, 
 }
 
 fn list_xattrs(p: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut names = vec![0u8; 65536];
-    let n = match rustix::fs::llistxattr(p, &mut names) {
+    let names = match xattr::list(p) {
         Ok(n) => n,
-        Err(e) if e == rustix::io::Errno::NOTSUP => return Vec::new(),
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Vec::new(),
         Err(e) => panic!("listxattr {}: {e}", p.display()),
     };
-    let mut out: Vec<(String, Vec<u8>)> = names[..n]
-        .split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
+    let mut out: Vec<(String, Vec<u8>)> = names
         .map(|name| {
-            let name = String::from_utf8_lossy(name).into_owned();
-            let mut v = vec![0u8; 65536];
-            let len = rustix::fs::lgetxattr(p, name.as_str(), &mut v).unwrap_or_else(|e| panic!("getxattr {} {name}: {e}", p.display()));
-            v.truncate(len);
-            (name, v)
+            let v = xattr::get(p, &name).unwrap_or_else(|e| panic!("getxattr {} {name:?}: {e}", p.display())).unwrap_or_default();
+            (name.to_string_lossy().into_owned(), v)
         })
         .collect();
     out.sort();
@@ -368,11 +362,10 @@ pub fn seed_tree(root: &Path, posix: bool, many: usize) {
         std::fs::set_permissions(root.join("private.txt"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
         w("shared.txt", b"for everyone\n");
         std::fs::set_permissions(root.join("shared.txt"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        rustix::fs::chown(root.join("shared.txt"), Some(rustix::fs::Uid::from_raw(1234)), Some(rustix::fs::Gid::from_raw(4321)))
-            .expect("chown");
+        std::os::unix::fs::chown(root.join("shared.txt"), Some(1234), Some(4321)).expect("chown");
         std::fs::set_permissions(root.join("dir"), std::fs::Permissions::from_mode(0o1777)).expect("chmod");
-        rustix::fs::setxattr(root.join("hello.txt"), "user.comment", b"greeting", rustix::fs::XattrFlags::empty()).expect("setxattr");
-        rustix::fs::setxattr(root.join("big.bin"), "user.big", &vec![b'x'; 700], rustix::fs::XattrFlags::empty()).expect("setxattr");
+        xattr::set(root.join("hello.txt"), "user.comment", b"greeting").expect("setxattr");
+        xattr::set(root.join("big.bin"), "user.big", &[b'x'; 700]).expect("setxattr");
     }
 }
 

@@ -2,8 +2,10 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, FileTypeExt};
-use std::path::Path;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
 
 use super::Storage;
 
@@ -29,10 +31,67 @@ impl FileStorage {
     }
 }
 
-/// Opens an image file or block device read-write (or read-only).
-pub fn open_image(path: &Path, writable: bool) -> io::Result<FileStorage> {
-    let file = OpenOptions::new().read(true).write(writable).open(path)?;
-    FileStorage::new(file)
+/// Why a volume image could not be opened exclusively.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The path cannot be looked at (missing, no permission).
+    #[error("the image {path} cannot be opened: {source}")]
+    Missing {
+        /// The image.
+        path: PathBuf,
+        /// What the kernel said.
+        #[source]
+        source: io::Error,
+    },
+    /// A directory, socket or character device.
+    #[error("{0} is neither an image file nor a block device")]
+    NotAnImage(PathBuf),
+    /// A loop device already reads and writes the image: writes through it would bypass the engine.
+    #[error("{path} is attached to {device}: writes through it would bypass shadow copies; detach it (losetup -d {device}) and use the volume's live file instead")]
+    AttachedToLoop {
+        /// The image.
+        path: PathBuf,
+        /// `/dev/loopN`.
+        device: String,
+    },
+    /// The exclusive open failed: a block device that is mounted or held by another opener.
+    #[error("opening {path} exclusively failed (is it mounted or in use?): {source}")]
+    InUse {
+        /// The image.
+        path: PathBuf,
+        /// What the kernel said.
+        #[source]
+        source: io::Error,
+    },
+    /// Another process holds the image file's lock.
+    #[error("{0} is locked by another process (another shadowcopyd, or a `shadowcopy offline` command?)")]
+    Locked(PathBuf),
+}
+
+/// Opens a volume image the way every user of a volume must: exclusively, so that nothing else
+/// writes it behind the engine's back. A block device is opened with `O_EXCL` (the kernel then
+/// refuses mounts and other exclusive openers); an image file gets an exclusive `flock` held as
+/// long as the returned storage lives. An image already attached to a loop device is refused.
+pub fn open_image(path: &Path, writable: bool) -> Result<FileStorage, OpenError> {
+    let md = std::fs::metadata(path).map_err(|source| OpenError::Missing { path: path.to_path_buf(), source })?;
+    let is_block = md.file_type().is_block_device();
+    if !is_block && !md.is_file() {
+        return Err(OpenError::NotAnImage(path.to_path_buf()));
+    }
+    if let Some(l) = crate::probe::loop_devices_backed_by(path).unwrap_or_default().into_iter().next() {
+        return Err(OpenError::AttachedToLoop { path: path.to_path_buf(), device: l.device });
+    }
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(writable);
+    if is_block {
+        opts.custom_flags(libc::O_EXCL);
+    }
+    let file = opts.open(path).map_err(|source| OpenError::InUse { path: path.to_path_buf(), source })?;
+    if !is_block && file.try_lock().is_err() {
+        return Err(OpenError::Locked(path.to_path_buf()));
+    }
+    FileStorage::new(file).map_err(|source| OpenError::Missing { path: path.to_path_buf(), source })
 }
 
 impl Storage for FileStorage {
@@ -56,7 +115,7 @@ impl Storage for FileStorage {
         let mut rest: &mut [io::IoSlice<'_>] = &mut slices;
         let mut at = offset;
         while !rest.is_empty() {
-            let n = rustix::io::pwritev(&self.file, rest, at)?;
+            let n = nix::sys::uio::pwritev(&self.file, rest, at as i64)?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
@@ -82,10 +141,10 @@ impl Storage for FileStorage {
     }
 
     fn punch_zero(&self, offset: u64, len: u64) -> io::Result<()> {
-        use rustix::fs::{fallocate, FallocateFlags};
+        use nix::fcntl::{fallocate, FallocateFlags};
         if self.block_device_len.is_none() {
-            let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
-            if fallocate(&self.file, flags, offset, len).is_ok() {
+            let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+            if fallocate(&self.file, flags, offset as i64, len as i64).is_ok() {
                 return Ok(());
             }
         }

@@ -8,7 +8,7 @@
 
 mod file;
 
-pub use file::{open_image, FileStorage};
+pub use file::{open_image, FileStorage, OpenError};
 
 use std::fmt::Debug;
 use std::io;

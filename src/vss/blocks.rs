@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use super::format::{BlockDescriptor, BLOCK_SIZE, FLAG_NOT_USED};
 
 #[derive(Debug, Default)]
-pub struct BlockMap {
+pub(super) struct BlockMap {
     /// By original offset (16 KiB aligned).
     pub forward: HashMap<u64, BlockDescriptor>,
     /// Forwarders, by the offset they forward to.
@@ -22,7 +22,7 @@ pub struct BlockMap {
 }
 
 impl BlockMap {
-    pub fn insert(&mut self, d: BlockDescriptor) {
+    pub(super) fn insert(&mut self, d: BlockDescriptor) {
         if d.flags & FLAG_NOT_USED != 0 {
             return;
         }
@@ -61,12 +61,12 @@ impl BlockMap {
     }
 
     /// The descriptor covering `offset`.
-    pub fn at(&self, offset: u64) -> Option<&BlockDescriptor> {
+    pub(super) fn at(&self, offset: u64) -> Option<&BlockDescriptor> {
         self.forward.get(&(offset - offset % BLOCK_SIZE))
     }
 
     /// Whether a forwarder points at the block covering `offset`.
-    pub fn forwarded_to(&self, offset: u64) -> bool {
+    pub(super) fn forwarded_to(&self, offset: u64) -> bool {
         self.reverse.contains_key(&(offset - offset % BLOCK_SIZE))
     }
 }
@@ -74,10 +74,10 @@ impl BlockMap {
 /// A bitmap with one bit per 16 KiB block of the volume (LSB first); a set bit means the block
 /// was not in use.
 #[derive(Debug, Default)]
-pub struct Bitmap(pub Vec<u8>);
+pub(super) struct Bitmap(pub Vec<u8>);
 
 impl Bitmap {
-    pub fn is_set(&self, offset: u64) -> bool {
+    pub(super) fn is_set(&self, offset: u64) -> bool {
         let block = offset / BLOCK_SIZE;
         self.0.get((block / 8) as usize).is_some_and(|b| b & (1 << (block % 8)) != 0)
     }

@@ -11,11 +11,11 @@ use shadowcopy::volume::Storage;
 use shadowcopy::{DiffAreaFiles, DiffAreaOptions, EngineOptions, ShadowVolume};
 
 /// File ids on the simulated disk.
-pub const VOLUME: usize = 0;
-pub const STORE: usize = 1;
+pub(crate) const VOLUME: usize = 0;
+pub(crate) const STORE: usize = 1;
 
 /// Engine options for deterministic tests: no background commits.
-pub fn quiet_engine() -> EngineOptions {
+pub(crate) fn quiet_engine() -> EngineOptions {
     EngineOptions {
         cache_chunks: 64,
         pending_limit: 1 << 20,
@@ -30,7 +30,7 @@ fn files(disk: &Arc<SimDisk>) -> DiffAreaFiles {
 }
 
 /// A new disk holding a volume with `initial` content and an empty diff area.
-pub fn create(initial: Vec<u8>, options: DiffAreaOptions, engine: EngineOptions) -> (Arc<SimDisk>, ShadowVolume) {
+pub(crate) fn create(initial: Vec<u8>, options: DiffAreaOptions, engine: EngineOptions) -> (Arc<SimDisk>, ShadowVolume) {
     let disk = SimDisk::new();
     disk.add_file(initial);
     for _ in 0..3 {
@@ -41,12 +41,12 @@ pub fn create(initial: Vec<u8>, options: DiffAreaOptions, engine: EngineOptions)
 }
 
 /// Opens the volume and diff area on `disk`.
-pub fn open(disk: &Arc<SimDisk>, engine: EngineOptions) -> Result<ShadowVolume, shadowcopy::Error> {
+pub(crate) fn open(disk: &Arc<SimDisk>, engine: EngineOptions) -> Result<ShadowVolume, shadowcopy::Error> {
     ShadowVolume::open(disk.file(VOLUME), files(disk), engine)
 }
 
 /// Deterministic pseudo-random bytes.
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+pub(crate) fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {

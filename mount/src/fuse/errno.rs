@@ -4,17 +4,19 @@
 use fuser::Errno;
 use shadowcopy::fsread::FsError;
 
-pub fn of_fs(e: &FsError) -> Errno {
+pub(super) fn of_fs(e: &FsError) -> Errno {
     match e {
         FsError::NotFound => Errno::ENOENT,
         FsError::NotDir => Errno::ENOTDIR,
         FsError::IsDir => Errno::EISDIR,
         FsError::Invalid(_) => Errno::EINVAL,
         FsError::Unsupported(_) | FsError::Corrupt(_) | FsError::Io(_) => Errno::EIO,
+        // A kind added to the library later: an error all the same.
+        _ => Errno::EIO,
     }
 }
 
-pub fn of_engine(e: &shadowcopy::Error) -> Errno {
+pub(super) fn of_engine(e: &shadowcopy::Error) -> Errno {
     use shadowcopy::Error as E;
     match e {
         E::NoSuchCopy(_) | E::CopyDeleted(_) => Errno::ESTALE,

@@ -72,7 +72,7 @@ enum Resolved {
 
 impl Frontend {
     pub fn new(service: Arc<Service>) -> Frontend {
-        Frontend { service, uid: rustix::process::geteuid().as_raw(), gid: rustix::process::getegid().as_raw(), started: SystemTime::now() }
+        Frontend { service, uid: nix::unistd::geteuid().as_raw(), gid: nix::unistd::getegid().as_raw(), started: SystemTime::now() }
     }
 
     fn resolve(&self, id: INodeNo) -> Result<Resolved, Errno> {

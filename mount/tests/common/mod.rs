@@ -11,7 +11,7 @@ use shadowcopy::protocol::{Answer, Client, ClientError, CopyView, CreateRequest,
 use shadowcopy::testing::system::*;
 
 /// A daemon with its own state directory, mount and socket.
-pub struct Daemon {
+pub(crate) struct Daemon {
     pub dir: TempDir,
     pub mount: PathBuf,
     pub socket: PathBuf,
@@ -23,7 +23,7 @@ pub struct Daemon {
 }
 
 /// An active fail point; removed (switched off) on drop.
-pub struct FailPoint(PathBuf);
+pub(crate) struct FailPoint(PathBuf);
 
 impl Drop for FailPoint {
     fn drop(&mut self) {
@@ -31,29 +31,29 @@ impl Drop for FailPoint {
     }
 }
 
-pub fn daemon_binary() -> PathBuf {
+pub(crate) fn daemon_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_shadowcopyd"))
 }
 
 /// The `shadowcopy` CLI, built next to the daemon (`scripts/test` builds the workspace first).
-pub fn cli_binary() -> PathBuf {
+pub(crate) fn cli_binary() -> PathBuf {
     let p = daemon_binary().with_file_name("shadowcopy");
     require(p.is_file(), &format!("the CLI at {} (build the workspace first: cargo build --workspace)", p.display()));
     p
 }
 
 impl Daemon {
-    pub fn start(extra: &[&str]) -> Daemon {
+    pub(crate) fn start(extra: &[&str]) -> Daemon {
         Self::start_with(extra, false)
     }
 
     /// A daemon whose fail points (see `mount/src/failpoints.rs`) the test can switch on.
-    pub fn start_with_failpoints() -> Daemon {
+    pub(crate) fn start_with_failpoints() -> Daemon {
         Self::start_with(&[], true)
     }
 
     /// Switches a fail point on until the returned guard drops.
-    pub fn failpoint(&self, name: &str) -> FailPoint {
+    pub(crate) fn failpoint(&self, name: &str) -> FailPoint {
         let dir = self.failpoints.as_ref().expect("started with fail points");
         let p = dir.join(name);
         std::fs::write(&p, b"on").expect("fail point");
@@ -119,16 +119,16 @@ impl Daemon {
         }
     }
 
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
     }
 
-    pub fn pid(&mut self) -> u32 {
+    pub(crate) fn pid(&mut self) -> u32 {
         self.child.child().id()
     }
 
     /// SIGTERM and wait: the daemon must flush, unmount and exit 0.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let pid = self.pid();
         run("kill", &["-TERM", &pid.to_string()]);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -145,29 +145,29 @@ impl Daemon {
     }
 
     /// SIGKILL: a crash. The stale mount is left for the next start to clear.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let mut c = self.child.0.take().expect("running");
         c.kill().expect("kill");
         c.wait().expect("wait");
     }
 
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         if self.child.0.is_some() {
             self.stop();
         }
         self.spawn();
     }
 
-    pub fn client(&self) -> Client {
+    pub(crate) fn client(&self) -> Client {
         Client::connect(&self.socket).expect("connecting to the daemon")
     }
 
-    pub fn call(&self, op: Op) -> Result<Answer, ClientError> {
+    pub(crate) fn call(&self, op: Op) -> Result<Answer, ClientError> {
         self.client().call(op, &mut |_, _| {})
     }
 
     /// Registers `image` as volume `name`.
-    pub fn add_volume(&self, name: &str, image: &Path) {
+    pub(crate) fn add_volume(&self, name: &str, image: &Path) {
         self.call(Op::VolumeAdd {
             name: name.into(),
             image: image.display().to_string(),
@@ -180,7 +180,7 @@ impl Daemon {
     }
 
     /// Registers `image` read-only as volume `name` (its Windows shadow copies are served).
-    pub fn add_read_only_volume(&self, name: &str, image: &Path) {
+    pub(crate) fn add_read_only_volume(&self, name: &str, image: &Path) {
         self.call(Op::VolumeAdd {
             name: name.into(),
             image: image.display().to_string(),
@@ -192,7 +192,7 @@ impl Daemon {
         .unwrap_or_else(|e| panic!("volume add --read-only: {e}"));
     }
 
-    pub fn create(&self, volumes: &[&str], volatile: bool) -> SetView {
+    pub(crate) fn create(&self, volumes: &[&str], volatile: bool) -> SetView {
         let req = CreateRequest {
             persistent: Some(!volatile),
             // Each call is its own connection: keep volatile sets after it.
@@ -205,22 +205,22 @@ impl Daemon {
         }
     }
 
-    pub fn list(&self) -> Vec<CopyView> {
+    pub(crate) fn list(&self) -> Vec<CopyView> {
         match self.call(Op::List { volume: None }) {
             Ok(Answer::Copies(c)) => c,
             other => panic!("list: {other:?}"),
         }
     }
 
-    pub fn live(&self, volume: &str) -> PathBuf {
+    pub(crate) fn live(&self, volume: &str) -> PathBuf {
         self.mount.join(volume).join("live")
     }
 
-    pub fn tree(&self, volume: &str, c: &CopyView) -> PathBuf {
+    pub(crate) fn tree(&self, volume: &str, c: &CopyView) -> PathBuf {
         self.mount.join(volume).join(&c.exposed_name)
     }
 
-    pub fn image(&self, volume: &str, c: &CopyView) -> PathBuf {
+    pub(crate) fn image(&self, volume: &str, c: &CopyView) -> PathBuf {
         self.mount.join(volume).join(".images").join(format!("{}.img", c.exposed_name))
     }
 }
@@ -244,14 +244,14 @@ impl Drop for Daemon {
     }
 }
 
-pub fn is_mounted(p: &Path) -> bool {
+pub(crate) fn is_mounted(p: &Path) -> bool {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let p = p.to_string_lossy();
     mounts.lines().any(|l| l.split(' ').nth(4) == Some(&p))
 }
 
 /// An image file of `size` with mode 0600 (as a careful admin keeps volume images).
-pub fn image_file(dir: &TempDir, name: &str, size: u64) -> PathBuf {
+pub(crate) fn image_file(dir: &TempDir, name: &str, size: u64) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let p = dir.join(name);
     let f = std::fs::File::create(&p).expect("image");
@@ -262,26 +262,26 @@ pub fn image_file(dir: &TempDir, name: &str, size: u64) -> PathBuf {
 
 /// A loop device on a volume's live file, with an ext4 made on it and mounted. Unmounted, then
 /// detached, on drop (field order).
-pub struct LiveFs {
+pub(crate) struct LiveFs {
     pub mount: Mount,
     pub loop_dev: LoopDevice,
 }
 
 impl LiveFs {
-    pub fn new(live: &Path, at: &Path, direct_io: bool) -> LiveFs {
+    pub(crate) fn new(live: &Path, at: &Path, direct_io: bool) -> LiveFs {
         let loop_dev = LoopDevice::attach(live, direct_io);
         run("mkfs.ext4", &["-q", "-F", &loop_dev.device]);
         let mount = Mount::new(&loop_dev.device, at, None, "");
         LiveFs { mount, loop_dev }
     }
 
-    pub fn path(&self, rel: &str) -> PathBuf {
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
         self.mount.point.join(rel)
     }
 }
 
 /// Kernel log lines since `before` (a `dmesg` snapshot) that report I/O errors on `device`.
-pub fn kernel_io_errors(before: &str, device: &str) -> Vec<String> {
+pub(crate) fn kernel_io_errors(before: &str, device: &str) -> Vec<String> {
     let now = run_text("dmesg", &[]);
     let dev = device.trim_start_matches("/dev/");
     now.lines()

@@ -4,13 +4,12 @@
 //! Run through `scripts/bench engine`. Files go to `--dir` (default `target/bench`), which must not
 //! be a tmpfs if the figures are to mean anything about disks.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,28 +20,8 @@ use shadowcopy::size::{format_size, parse_size};
 use shadowcopy::{create_set, CreateOptions, DiffAreaOptions, EngineOptions, MaxSize, ShadowVolume};
 
 /// Counts live heap bytes, for the index's memory figure.
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size(), Ordering::Relaxed);
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        LIVE.fetch_add(new, Ordering::Relaxed);
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-        unsafe { System.realloc(p, l, new) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: shadowcopy::testing::alloc::CountingAlloc = shadowcopy::testing::alloc::CountingAlloc::new();
 
 #[derive(Parser)]
 #[command(about = "Benchmarks of shadowcopy against peers measured in the same run")]
@@ -420,14 +399,14 @@ fn engine(dir: &Path, size: u64, random_writes: usize, ncopies: usize, repeat: u
 
     // 7: RAM of the index per preserved chunk: the engine's own count, and a million records
     // inserted in random order measured by the allocator.
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = ALLOC.live_bytes();
     let mut idx = ChunkIndex::new();
     let mut x = 1u64;
     for i in 0..1_000_000u32 {
         x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         idx.insert(Entry { chunk: (x >> 20) % 4_000_000, upper: 1 + (x % 64) as u32, slot: i });
     }
-    let counted = (LIVE.load(Ordering::Relaxed) - before) as f64 / idx.len() as f64;
+    let counted = (ALLOC.live_bytes() - before) as f64 / idx.len() as f64;
     figures.push(Figure {
         name: "RAM of the index per preserved chunk",
         ours: format!("{counted:.1} B (1M random inserts, allocator count)"),

@@ -43,7 +43,7 @@ impl Writer for Hook {
     }
 }
 
-pub fn run(socket: Option<PathBuf>, name: String, exec: PathBuf, volumes: Vec<String>) -> Result<()> {
+pub(crate) fn run(socket: Option<PathBuf>, name: String, exec: PathBuf, volumes: Vec<String>) -> Result<()> {
     let exec = exec.canonicalize().with_context(|| format!("the hook {} cannot be found", exec.display()))?;
     let socket = socket.unwrap_or_else(default_socket_path);
     let registration = WriterRegistration {

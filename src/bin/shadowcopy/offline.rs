@@ -13,7 +13,7 @@ use shadowcopy::{create_set, CopyInfo, CreateOptions, DiffAreaOptions, EngineOpt
 use uuid::Uuid;
 
 #[derive(Subcommand)]
-pub enum Offline {
+pub(crate) enum Offline {
     /// Create a diff area for an image.
     Init {
         image: PathBuf,
@@ -55,7 +55,7 @@ fn copy_json(c: &CopyInfo) -> serde_json::Value {
     })
 }
 
-pub fn run(cmd: Offline, json: bool) -> Result<()> {
+pub(crate) fn run(cmd: Offline, json: bool) -> Result<()> {
     match cmd {
         Offline::Init { image, diff_area, chunk_size, max_size } => {
             let options = DiffAreaOptions {

@@ -10,7 +10,7 @@ use shadowcopy::size::format_size;
 
 use super::{Command, CreateArgs, DeleteArgs, StorageCmd, VolumeCmd, WriterCmd};
 
-pub fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<()> {
+pub(crate) fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<()> {
     let op = match cmd {
         Command::Volume(VolumeCmd::Add { name, image, diff_area, max_size, chunk_size, read_only }) => {
             let image = image.canonicalize().with_context(|| format!("the image {} cannot be found", image.display()))?;

@@ -2,11 +2,11 @@
 //! flattened once into sorted runs so that a read at any offset is one binary search.
 
 use crate::fsread::le;
-use crate::fsread::FsError;
+use crate::fsread::{CorruptKind, FsError};
 
 /// `len` logical blocks from `logical` live at `physical..` (never a hole; holes are gaps).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Run {
+pub(super) struct Run {
     pub logical: u64,
     pub len: u64,
     pub physical: u64,
@@ -15,7 +15,7 @@ pub struct Run {
 }
 
 /// Finds the run holding logical block `lblk`, or the index of the next run after a hole.
-pub fn find(runs: &[Run], lblk: u64) -> Result<usize, usize> {
+pub(super) fn find(runs: &[Run], lblk: u64) -> Result<usize, usize> {
     match runs.binary_search_by(|r| r.logical.cmp(&lblk)) {
         Ok(i) => Ok(i),
         Err(0) => Err(0),
@@ -33,24 +33,24 @@ pub fn find(runs: &[Run], lblk: u64) -> Result<usize, usize> {
 const EXTENT_MAGIC: u16 = 0xF30A;
 
 /// Reads a block by number (used for the tree's interior nodes and indirect blocks).
-pub trait BlockReader {
+pub(super) trait BlockReader {
     fn block(&self, blk: u64) -> Result<std::sync::Arc<[u8]>, FsError>;
     fn blocks_count(&self) -> u64;
 }
 
 /// Flattens the extent tree rooted in `i_block`.
-pub fn extent_runs(root: &[u8], reader: &dyn BlockReader, ino: u32) -> Result<Vec<Run>, FsError> {
+pub(super) fn extent_runs(root: &[u8], reader: &dyn BlockReader, ino: u32) -> Result<Vec<Run>, FsError> {
     let mut runs = Vec::new();
     walk_extent_node(root, reader, ino, 0, &mut runs)?;
     runs.sort_by_key(|r| r.logical);
     if runs.windows(2).any(|w| w[0].logical + w[0].len > w[1].logical) {
-        return Err(FsError::Corrupt(format!("inode {ino}: overlapping extents")));
+        return Err(FsError::corrupt(CorruptKind::BlockMap, Some(u64::from(ino)), format!("inode {ino}: overlapping extents")));
     }
     Ok(runs)
 }
 
 fn walk_extent_node(node: &[u8], reader: &dyn BlockReader, ino: u32, level: u32, runs: &mut Vec<Run>) -> Result<(), FsError> {
-    let bad = |what: &str| FsError::Corrupt(format!("inode {ino}: {what}"));
+    let bad = |what: &str| FsError::corrupt(CorruptKind::BlockMap, Some(u64::from(ino)), format!("inode {ino}: {what}"));
     if le::u16(node, 0) != EXTENT_MAGIC {
         return Err(bad("bad extent header magic"));
     }
@@ -89,7 +89,7 @@ fn walk_extent_node(node: &[u8], reader: &dyn BlockReader, ino: u32, level: u32,
 }
 
 /// Flattens the ext2/3 block map: 12 direct blocks, then single, double and triple indirect.
-pub fn indirect_runs(iblock: &[u8], reader: &dyn BlockReader, block_size: u32, size: u64, ino: u32) -> Result<Vec<Run>, FsError> {
+pub(super) fn indirect_runs(iblock: &[u8], reader: &dyn BlockReader, block_size: u32, size: u64, ino: u32) -> Result<Vec<Run>, FsError> {
     let per = u64::from(block_size / 4);
     let needed = size.div_ceil(u64::from(block_size));
     let mut runs: Vec<Run> = Vec::new();
@@ -104,7 +104,11 @@ pub fn indirect_runs(iblock: &[u8], reader: &dyn BlockReader, block_size: u32, s
     };
     let check = |b: u64| -> Result<u64, FsError> {
         if b >= reader.blocks_count() {
-            Err(FsError::Corrupt(format!("inode {ino}: block {b} beyond the end of the filesystem")))
+            Err(FsError::corrupt(
+                CorruptKind::BlockMap,
+                Some(u64::from(ino)),
+                format!("inode {ino}: block {b} beyond the end of the filesystem"),
+            ))
         } else {
             Ok(b)
         }

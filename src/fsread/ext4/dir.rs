@@ -3,18 +3,18 @@
 //! sees exactly the leaf entries. The metadata_csum tail (inode 0) is skipped the same way.
 
 use crate::fsread::le;
-use crate::fsread::{FileKind, FsError};
+use crate::fsread::{CorruptKind, FileKind, FsError};
 
 /// One raw entry: name, inode and the type byte (0 when the filesystem lacks `filetype`).
 #[derive(Debug, Clone)]
-pub struct RawEntry {
+pub(super) struct RawEntry {
     pub name: Vec<u8>,
     pub ino: u32,
     pub file_type: u8,
 }
 
 /// Parses the entries of one directory block (or inline-data area), appending to `out`.
-pub fn parse_block(b: &[u8], has_filetype: bool, dir_ino: u32, out: &mut Vec<RawEntry>) -> Result<(), FsError> {
+pub(super) fn parse_block(b: &[u8], has_filetype: bool, dir_ino: u32, out: &mut Vec<RawEntry>) -> Result<(), FsError> {
     let mut at = 0usize;
     while at + 8 <= b.len() {
         let ino = le::u32(b, at);
@@ -25,7 +25,11 @@ pub fn parse_block(b: &[u8], has_filetype: bool, dir_ino: u32, out: &mut Vec<Raw
         }
         let name_len = if has_filetype { usize::from(b[at + 6]) } else { usize::from(le::u16(b, at + 6)) };
         if rec_len < 8 || rec_len % 4 != 0 || at + rec_len > b.len() || 8 + name_len > rec_len {
-            return Err(FsError::Corrupt(format!("directory {dir_ino}: bad entry at byte {at}")));
+            return Err(FsError::corrupt(
+                CorruptKind::Directory,
+                Some(u64::from(dir_ino)),
+                format!("directory {dir_ino}: bad entry at byte {at}"),
+            ));
         }
         if ino != 0 && name_len > 0 {
             let name = b[at + 8..at + 8 + name_len].to_vec();
@@ -39,7 +43,7 @@ pub fn parse_block(b: &[u8], has_filetype: bool, dir_ino: u32, out: &mut Vec<Raw
 }
 
 /// The kind a directory entry's type byte names (`None`: unknown, ask the inode).
-pub fn kind_of(file_type: u8) -> Option<FileKind> {
+pub(super) fn kind_of(file_type: u8) -> Option<FileKind> {
     Some(match file_type {
         1 => FileKind::File,
         2 => FileKind::Dir,

@@ -3,10 +3,10 @@
 
 use super::superblock::{Superblock, INCOMPAT_META_BG};
 use crate::fsread::le;
-use crate::fsread::FsError;
+use crate::fsread::{CorruptKind, FsError};
 
 /// Block numbers of the group descriptor blocks, in order.
-pub fn descriptor_blocks(sb: &Superblock) -> Vec<u64> {
+pub(super) fn descriptor_blocks(sb: &Superblock) -> Vec<u64> {
     let per_block = u64::from(sb.block_size / u32::from(sb.desc_size));
     let blocks = sb.group_count().div_ceil(per_block);
     let first = u64::from(sb.first_data_block) + 1;
@@ -24,7 +24,7 @@ pub fn descriptor_blocks(sb: &Superblock) -> Vec<u64> {
 }
 
 /// The inode table's first block of each group, from the descriptor blocks' bytes.
-pub fn inode_tables(sb: &Superblock, desc_blocks: &[Vec<u8>]) -> Result<Vec<u64>, FsError> {
+pub(super) fn inode_tables(sb: &Superblock, desc_blocks: &[Vec<u8>]) -> Result<Vec<u64>, FsError> {
     let ds = usize::from(sb.desc_size);
     let groups = sb.group_count() as usize;
     let mut tables = Vec::with_capacity(groups);
@@ -37,13 +37,17 @@ pub fn inode_tables(sb: &Superblock, desc_blocks: &[Vec<u8>]) -> Result<Vec<u64>
             let hi = if ds >= 64 { u64::from(le::u32(d, 0x28)) } else { 0 };
             let t = lo | hi << 32;
             if t >= sb.blocks_count {
-                return Err(FsError::Corrupt(format!("group {} inode table at block {t}, beyond the filesystem", tables.len())));
+                return Err(FsError::corrupt(
+                    CorruptKind::GroupDescriptors,
+                    None,
+                    format!("group {} inode table at block {t}, beyond the filesystem", tables.len()),
+                ));
             }
             tables.push(t);
         }
     }
     if tables.len() != groups {
-        return Err(FsError::Corrupt("the group descriptors are truncated".into()));
+        return Err(FsError::corrupt(CorruptKind::GroupDescriptors, None, "the group descriptors are truncated"));
     }
     Ok(tables)
 }

@@ -1,14 +1,14 @@
 //! The on-disk inode: mode, owners, times, size, flags and the 60-byte `i_block` area.
 
 use crate::fsread::le;
-use crate::fsread::{FileKind, FsError, Timestamp};
+use crate::fsread::{CorruptKind, FileKind, FsError, Timestamp};
 
-pub const FLAG_HUGE_FILE: u32 = 0x4_0000;
-pub const FLAG_EXTENTS: u32 = 0x8_0000;
-pub const FLAG_INLINE_DATA: u32 = 0x1000_0000;
+pub(super) const FLAG_HUGE_FILE: u32 = 0x4_0000;
+pub(super) const FLAG_EXTENTS: u32 = 0x8_0000;
+pub(super) const FLAG_INLINE_DATA: u32 = 0x1000_0000;
 
 #[derive(Debug, Clone)]
-pub struct Inode {
+pub(super) struct Inode {
     pub ino: u32,
     pub mode: u16,
     pub uid: u32,
@@ -40,13 +40,17 @@ fn time(base: u32, extra: Option<u32>) -> Timestamp {
 }
 
 impl Inode {
-    pub fn parse(ino: u32, b: &[u8]) -> Result<Inode, FsError> {
+    pub(super) fn parse(ino: u32, b: &[u8]) -> Result<Inode, FsError> {
         if b.len() < 128 {
-            return Err(FsError::Corrupt(format!("inode {ino} is truncated")));
+            return Err(FsError::corrupt(CorruptKind::Inode, Some(u64::from(ino)), format!("inode {ino} is truncated")));
         }
         let extra_isize = if b.len() > 128 { le::u16(b, 0x80) } else { 0 };
         if 128 + usize::from(extra_isize) > b.len() || extra_isize % 4 != 0 {
-            return Err(FsError::Corrupt(format!("inode {ino} has an invalid extra size {extra_isize}")));
+            return Err(FsError::corrupt(
+                CorruptKind::Inode,
+                Some(u64::from(ino)),
+                format!("inode {ino} has an invalid extra size {extra_isize}"),
+            ));
         }
         let has = |off: usize| usize::from(extra_isize) >= off + 4 - 128;
         let ext = |off: usize| has(off).then(|| le::u32(b, off));
@@ -72,13 +76,18 @@ impl Inode {
         })
     }
 
-    pub fn kind(&self) -> Result<FileKind, FsError> {
-        FileKind::from_mode(u32::from(self.mode))
-            .ok_or_else(|| FsError::Corrupt(format!("inode {} has an invalid mode {:o}", self.ino, self.mode)))
+    pub(super) fn kind(&self) -> Result<FileKind, FsError> {
+        FileKind::from_mode(u32::from(self.mode)).ok_or_else(|| {
+            FsError::corrupt(
+                CorruptKind::Inode,
+                Some(u64::from(self.ino)),
+                format!("inode {} has an invalid mode {:o}", self.ino, self.mode),
+            )
+        })
     }
 
     /// 512-byte blocks, as `stat` shows them.
-    pub fn blocks_512(&self, huge_file_fs: bool, block_size: u32) -> u64 {
+    pub(super) fn blocks_512(&self, huge_file_fs: bool, block_size: u32) -> u64 {
         if huge_file_fs && self.flags & FLAG_HUGE_FILE != 0 {
             self.blocks_raw.saturating_mul(u64::from(block_size / 512))
         } else {
@@ -87,7 +96,7 @@ impl Inode {
     }
 
     /// The device number of a device node (kernel `new_encode_dev` form).
-    pub fn rdev(&self) -> u32 {
+    pub(super) fn rdev(&self) -> u32 {
         let b0 = le::u32(&self.block, 0);
         if b0 != 0 {
             // Old encoding: major in bits 8..16, minor in 0..8; the same number in the new form.
@@ -98,7 +107,7 @@ impl Inode {
     }
 
     /// Bytes of xattr space inside the inode (after the extra fields).
-    pub fn inline_xattr_area(&self) -> &[u8] {
+    pub(super) fn inline_xattr_area(&self) -> &[u8] {
         self.extra.get(usize::from(self.extra_isize)..).unwrap_or(&[])
     }
 }

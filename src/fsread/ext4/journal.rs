@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::fsread::FsError;
+use crate::fsread::{CorruptKind, FsError};
 
 const MAGIC: u32 = 0xC03B_3998;
 const DESCRIPTOR: u32 = 1;
@@ -31,15 +31,15 @@ fn be32(b: &[u8], at: usize) -> u32 {
 }
 
 /// Reads journal block `n` (a block number inside the journal file).
-pub trait JournalReader {
+pub(super) trait JournalReader {
     fn journal_block(&self, n: u64) -> Result<Arc<[u8]>, FsError>;
 }
 
 /// The blocks to overlay: filesystem block number → its newest committed content.
-pub fn replay(reader: &dyn JournalReader, fs_block_size: u32) -> Result<HashMap<u64, Arc<[u8]>>, FsError> {
+pub(super) fn replay(reader: &dyn JournalReader, fs_block_size: u32) -> Result<HashMap<u64, Arc<[u8]>>, FsError> {
     let sb = reader.journal_block(0)?;
     if be32(&sb, 0) != MAGIC {
-        return Err(FsError::Corrupt("the journal superblock has no jbd2 magic".into()));
+        return Err(FsError::corrupt(CorruptKind::Journal, None, "the journal superblock has no jbd2 magic"));
     }
     let block_size = be32(&sb, 0xC);
     let maxlen = u64::from(be32(&sb, 0x10));
@@ -51,7 +51,7 @@ pub fn replay(reader: &dyn JournalReader, fs_block_size: u32) -> Result<HashMap<
         return Ok(HashMap::new());
     }
     if block_size != fs_block_size || first == 0 || first >= maxlen || start < first || start >= maxlen {
-        return Err(FsError::Corrupt("the journal superblock is out of range".into()));
+        return Err(FsError::corrupt(CorruptKind::Journal, None, "the journal superblock is out of range"));
     }
     let wrap = |n: u64| if n >= maxlen { first + (n - maxlen) } else { n };
     let tag_bytes: usize = if incompat & INCOMPAT_CSUM_V3 != 0 {

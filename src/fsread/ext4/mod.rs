@@ -30,7 +30,7 @@ use parking_lot::Mutex;
 use self::blockmap::{BlockReader, Run};
 use self::inode::{Inode, FLAG_EXTENTS, FLAG_INLINE_DATA};
 use self::superblock::{Superblock, INCOMPAT_FILETYPE, INCOMPAT_RECOVER, RO_COMPAT_HUGE_FILE};
-use super::{ByteSource, DirEntry, FileKind, FsError, FsStats, ReadOnlyFs, Stat, Xattrs};
+use super::{ByteSource, CorruptKind, DirEntry, FileKind, FsError, FsStats, ReadOnlyFs, Stat, Xattrs};
 
 /// A directory's entries in order, and a name → position index.
 struct DirListing {
@@ -64,7 +64,7 @@ impl BlockReader for RawBlocks<'_> {
             return Ok(Arc::clone(b));
         }
         if blk >= self.blocks_count {
-            return Err(FsError::Corrupt(format!("block {blk} is beyond the end of the filesystem")));
+            return Err(FsError::corrupt(CorruptKind::BlockMap, None, format!("block {blk} is beyond the end of the filesystem")));
         }
         let mut buf = vec![0u8; self.block_size as usize];
         self.source.read_exact_at(&mut buf, blk * u64::from(self.block_size))?;
@@ -87,7 +87,11 @@ impl Ext4 {
         let mut sb = Superblock::parse(&sbbuf)?;
         let size_blocks = source.size() / u64::from(sb.block_size);
         if sb.blocks_count > size_blocks {
-            return Err(FsError::Corrupt(format!("the superblock says {} blocks but the image holds {size_blocks}", sb.blocks_count)));
+            return Err(FsError::corrupt(
+                CorruptKind::Superblock,
+                None,
+                format!("the superblock says {} blocks but the image holds {size_blocks}", sb.blocks_count),
+            ));
         }
         let mut fs = Ext4::assemble(Arc::clone(&source), sb.clone(), HashMap::new())?;
         if sb.incompat & INCOMPAT_RECOVER != 0 && sb.journal_inum != 0 {
@@ -127,7 +131,7 @@ impl Ext4 {
                         let r = self.runs[i];
                         self.fs.block(r.physical + (n - r.logical))
                     }
-                    Err(_) => Err(FsError::Corrupt(format!("journal block {n} is not mapped"))),
+                    Err(_) => Err(FsError::corrupt(CorruptKind::Journal, None, format!("journal block {n} is not mapped"))),
                 }
             }
         }
@@ -255,7 +259,11 @@ impl Ext4 {
         xattr::in_inode(inode.inline_xattr_area(), inode.ino, &mut out)?;
         if inode.file_acl != 0 {
             if inode.file_acl >= self.sb.blocks_count {
-                return Err(FsError::Corrupt(format!("inode {}: xattr block beyond the filesystem", inode.ino)));
+                return Err(FsError::corrupt(
+                    CorruptKind::Xattr,
+                    Some(u64::from(inode.ino)),
+                    format!("inode {}: xattr block beyond the filesystem", inode.ino),
+                ));
             }
             xattr::in_block(&self.block(inode.file_acl)?, inode.ino, &mut out)?;
         }
@@ -400,7 +408,11 @@ impl ReadOnlyFs for Ext4 {
             return Err(FsError::Invalid("not a symbolic link"));
         }
         if i.size > u64::from(self.sb.block_size) {
-            return Err(FsError::Corrupt(format!("symlink {} is longer than a block", i.ino)));
+            return Err(FsError::corrupt(
+                CorruptKind::Symlink,
+                Some(u64::from(i.ino)),
+                format!("symlink {} is longer than a block", i.ino),
+            ));
         }
         let ea_blocks = if i.file_acl != 0 { self.block_size() / 512 } else { 0 };
         let data_blocks = i.blocks_512(false, self.sb.block_size).saturating_sub(ea_blocks);

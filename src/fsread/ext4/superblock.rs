@@ -1,24 +1,24 @@
 //! The ext2/3/4 superblock (1024 bytes at byte 1024) and the features this reader accepts.
 
 use crate::fsread::le;
-use crate::fsread::FsError;
+use crate::fsread::{CorruptKind, FsError};
 
-pub const INCOMPAT_COMPRESSION: u32 = 0x1;
-pub const INCOMPAT_FILETYPE: u32 = 0x2;
-pub const INCOMPAT_RECOVER: u32 = 0x4;
-pub const INCOMPAT_JOURNAL_DEV: u32 = 0x8;
-pub const INCOMPAT_META_BG: u32 = 0x10;
-pub const INCOMPAT_EXTENTS: u32 = 0x40;
-pub const INCOMPAT_64BIT: u32 = 0x80;
-pub const INCOMPAT_MMP: u32 = 0x100;
-pub const INCOMPAT_FLEX_BG: u32 = 0x200;
-pub const INCOMPAT_EA_INODE: u32 = 0x400;
-pub const INCOMPAT_DIRDATA: u32 = 0x1000;
-pub const INCOMPAT_CSUM_SEED: u32 = 0x2000;
-pub const INCOMPAT_LARGEDIR: u32 = 0x4000;
-pub const INCOMPAT_INLINE_DATA: u32 = 0x8000;
-pub const INCOMPAT_ENCRYPT: u32 = 0x10000;
-pub const INCOMPAT_CASEFOLD: u32 = 0x20000;
+pub(super) const INCOMPAT_COMPRESSION: u32 = 0x1;
+pub(super) const INCOMPAT_FILETYPE: u32 = 0x2;
+pub(super) const INCOMPAT_RECOVER: u32 = 0x4;
+pub(super) const INCOMPAT_JOURNAL_DEV: u32 = 0x8;
+pub(super) const INCOMPAT_META_BG: u32 = 0x10;
+pub(super) const INCOMPAT_EXTENTS: u32 = 0x40;
+pub(super) const INCOMPAT_64BIT: u32 = 0x80;
+pub(super) const INCOMPAT_MMP: u32 = 0x100;
+pub(super) const INCOMPAT_FLEX_BG: u32 = 0x200;
+pub(super) const INCOMPAT_EA_INODE: u32 = 0x400;
+pub(super) const INCOMPAT_DIRDATA: u32 = 0x1000;
+pub(super) const INCOMPAT_CSUM_SEED: u32 = 0x2000;
+pub(super) const INCOMPAT_LARGEDIR: u32 = 0x4000;
+pub(super) const INCOMPAT_INLINE_DATA: u32 = 0x8000;
+pub(super) const INCOMPAT_ENCRYPT: u32 = 0x10000;
+pub(super) const INCOMPAT_CASEFOLD: u32 = 0x20000;
 
 /// Features whose on-disk layout this reader understands.
 const SUPPORTED_INCOMPAT: u32 = INCOMPAT_FILETYPE
@@ -34,12 +34,12 @@ const SUPPORTED_INCOMPAT: u32 = INCOMPAT_FILETYPE
     | INCOMPAT_INLINE_DATA
     | INCOMPAT_CASEFOLD;
 
-pub const RO_COMPAT_SPARSE_SUPER: u32 = 0x1;
-pub const RO_COMPAT_HUGE_FILE: u32 = 0x8;
-pub const COMPAT_HAS_JOURNAL: u32 = 0x4;
+pub(super) const RO_COMPAT_SPARSE_SUPER: u32 = 0x1;
+pub(super) const RO_COMPAT_HUGE_FILE: u32 = 0x8;
+pub(super) const COMPAT_HAS_JOURNAL: u32 = 0x4;
 
 #[derive(Debug, Clone)]
-pub struct Superblock {
+pub(super) struct Superblock {
     pub inodes_count: u32,
     pub blocks_count: u64,
     pub free_blocks: u64,
@@ -58,13 +58,13 @@ pub struct Superblock {
 }
 
 impl Superblock {
-    pub fn parse(b: &[u8]) -> Result<Superblock, FsError> {
+    pub(super) fn parse(b: &[u8]) -> Result<Superblock, FsError> {
         if le::u16(b, 0x38) != 0xEF53 {
-            return Err(FsError::Corrupt("no ext2/3/4 superblock magic".into()));
+            return Err(FsError::corrupt(CorruptKind::Superblock, None, "no ext2/3/4 superblock magic"));
         }
         let log = le::u32(b, 0x18);
         if log > 6 {
-            return Err(FsError::Corrupt(format!("block size 2^(10+{log}) is out of range")));
+            return Err(FsError::corrupt(CorruptKind::Superblock, None, format!("block size 2^(10+{log}) is out of range")));
         }
         let incompat = le::u32(b, 0x60);
         let rev = le::u32(b, 0x4C);
@@ -86,13 +86,13 @@ impl Superblock {
             first_meta_bg: le::u32(b, 0x104),
         };
         if sb.blocks_per_group == 0 || sb.inodes_per_group == 0 || sb.inodes_count == 0 {
-            return Err(FsError::Corrupt("zero blocks or inodes per group".into()));
+            return Err(FsError::corrupt(CorruptKind::Superblock, None, "zero blocks or inodes per group"));
         }
         if sb.inode_size < 128 || !sb.inode_size.is_power_of_two() || u32::from(sb.inode_size) > sb.block_size {
-            return Err(FsError::Corrupt(format!("inode size {} is invalid", sb.inode_size)));
+            return Err(FsError::corrupt(CorruptKind::Superblock, None, format!("inode size {} is invalid", sb.inode_size)));
         }
         if sb.desc_size < 32 || !sb.desc_size.is_power_of_two() || u32::from(sb.desc_size) > sb.block_size {
-            return Err(FsError::Corrupt(format!("group descriptor size {} is invalid", sb.desc_size)));
+            return Err(FsError::corrupt(CorruptKind::Superblock, None, format!("group descriptor size {} is invalid", sb.desc_size)));
         }
         let unsupported = sb.incompat & !SUPPORTED_INCOMPAT;
         if unsupported != 0 {
@@ -111,12 +111,12 @@ impl Superblock {
         Ok(sb)
     }
 
-    pub fn group_count(&self) -> u64 {
+    pub(super) fn group_count(&self) -> u64 {
         (self.blocks_count.saturating_sub(u64::from(self.first_data_block))).div_ceil(u64::from(self.blocks_per_group))
     }
 
     /// Whether group `g` holds a superblock backup (and so group descriptors).
-    pub fn group_has_super(&self, g: u64) -> bool {
+    pub(super) fn group_has_super(&self, g: u64) -> bool {
         if self.ro_compat & RO_COMPAT_SPARSE_SUPER == 0 || g <= 1 {
             return true;
         }
@@ -130,7 +130,7 @@ impl Superblock {
     }
 
     /// `ext4`, `ext3` or `ext2`, the way `blkid` would call it.
-    pub fn kind(&self) -> &'static str {
+    pub(super) fn kind(&self) -> &'static str {
         if self.incompat & (INCOMPAT_EXTENTS | INCOMPAT_64BIT | INCOMPAT_FLEX_BG | INCOMPAT_INLINE_DATA) != 0 {
             "ext4"
         } else if self.compat & COMPAT_HAS_JOURNAL != 0 {

@@ -3,13 +3,13 @@
 //! `system.posix_acl_*` form the kernel shows.
 
 use crate::fsread::le;
-use crate::fsread::FsError;
+use crate::fsread::{CorruptKind, FsError};
 
 const MAGIC: u32 = 0xEA02_0000;
 
 /// An entry before its value is fetched.
 #[derive(Debug, Clone)]
-pub struct RawXattr {
+pub(super) struct RawXattr {
     pub name: Vec<u8>,
     /// The value's bytes when stored in place.
     pub value: Vec<u8>,
@@ -32,7 +32,7 @@ fn prefix(index: u8) -> Option<&'static str> {
 
 /// Parses entries starting at `entries` in `area`; value offsets count from `value_base`.
 fn parse_entries(area: &[u8], entries: usize, value_base: usize, ino: u32, out: &mut Vec<RawXattr>) -> Result<(), FsError> {
-    let bad = || FsError::Corrupt(format!("inode {ino}: damaged extended attribute"));
+    let bad = || FsError::corrupt(CorruptKind::Xattr, Some(u64::from(ino)), format!("inode {ino}: damaged extended attribute"));
     let mut at = entries;
     while at + 4 <= area.len() && le::u32(area, at) != 0 {
         if at + 16 > area.len() {
@@ -62,7 +62,7 @@ fn parse_entries(area: &[u8], entries: usize, value_base: usize, ino: u32, out: 
 }
 
 /// Attributes stored inside the inode (`area` is the space after `i_extra_isize`).
-pub fn in_inode(area: &[u8], ino: u32, out: &mut Vec<RawXattr>) -> Result<(), FsError> {
+pub(super) fn in_inode(area: &[u8], ino: u32, out: &mut Vec<RawXattr>) -> Result<(), FsError> {
     if area.len() < 4 || le::u32(area, 0) != MAGIC {
         return Ok(());
     }
@@ -70,9 +70,13 @@ pub fn in_inode(area: &[u8], ino: u32, out: &mut Vec<RawXattr>) -> Result<(), Fs
 }
 
 /// Attributes of an external xattr block.
-pub fn in_block(block: &[u8], ino: u32, out: &mut Vec<RawXattr>) -> Result<(), FsError> {
+pub(super) fn in_block(block: &[u8], ino: u32, out: &mut Vec<RawXattr>) -> Result<(), FsError> {
     if le::u32(block, 0) != MAGIC {
-        return Err(FsError::Corrupt(format!("inode {ino}: its extended attribute block has no magic")));
+        return Err(FsError::corrupt(
+            CorruptKind::Xattr,
+            Some(u64::from(ino)),
+            format!("inode {ino}: its extended attribute block has no magic"),
+        ));
     }
     parse_entries(block, 32, 0, ino, out)
 }
