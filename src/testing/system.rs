@@ -369,12 +369,9 @@ pub fn seed_tree(root: &Path, posix: bool, many: usize) {
     }
 }
 
-/// `shared/testdata` beside the project (or `$SHADOWCOPY_TESTDATA`).
+/// The project's test data, `tests/data` (see its README for origins and licences).
 pub fn testdata_dir() -> PathBuf {
-    match std::env::var_os("SHADOWCOPY_TESTDATA") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata"),
-    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
 }
 
 /// The Windows NTFS volume with two VSS stores (`windows-vss-ntfs.qcow2`), converted to a raw
