@@ -60,7 +60,7 @@ pub fn filesystems_on(files: &[PathBuf]) -> Result<Vec<MountedFs>, HoldError> {
     let devices: Vec<probe::LoopDevice> = probe::loop_devices()
         .map_err(|source| HoldError::Probe { what: "/sys/block".into(), source })?
         .into_iter()
-        .filter(|l| files.iter().any(|f| *f == l.backing_file))
+        .filter(|l| files.contains(&l.backing_file))
         .collect();
     if devices.is_empty() {
         return Ok(Vec::new());

@@ -93,7 +93,7 @@ fn workload(shape: Shape) {
                         acked[b].store(v, Ordering::SeqCst);
                     }
                     n += 1;
-                    if n % 64 == 0 {
+                    if n.is_multiple_of(64) {
                         vol.flush().unwrap();
                     }
                 }

@@ -152,11 +152,7 @@ fn walk<T: fatfs::ReadWriteSeek>(fs: &fatfs::FileSystem<T>) -> Result<Vec<Node>,
     while let Some((ino, dir, depth)) = stack.pop() {
         for entry in dir.iter() {
             let entry = entry.map_err(|e| {
-                FsError::corrupt(
-                    CorruptKind::Directory,
-                    Some(u64::from(ino)),
-                    format!("FAT directory {}: {e}", nodes[ino as usize - 1].path),
-                )
+                FsError::corrupt(CorruptKind::Directory, Some(ino), format!("FAT directory {}: {e}", nodes[ino as usize - 1].path))
             })?;
             let name = entry.file_name();
             if name == "." || name == ".." {

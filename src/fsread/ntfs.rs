@@ -221,11 +221,7 @@ impl NtfsFs {
         out: &mut [u8],
     ) -> Result<(), FsError> {
         let cu = self.compression_unit(attr).ok_or_else(|| {
-            FsError::corrupt(
-                CorruptKind::Compression,
-                Some(u64::from(ino)),
-                format!("NTFS file {ino}: compressed, without a valid compression unit"),
-            )
+            FsError::corrupt(CorruptKind::Compression, Some(ino), format!("NTFS file {ino}: compressed, without a valid compression unit"))
         })?;
         let runs: Vec<(u64, u64, Option<u64>)> = match attr.value(c).map_err(corrupt)? {
             ntfs::attribute_value::NtfsAttributeValue::NonResident(v) => {
@@ -263,7 +259,7 @@ impl NtfsFs {
                 0 => unit.fill(0),
                 n if n >= cu => unit.copy_from_slice(&stored[..cu as usize]),
                 _ => super::lznt1::decompress(&stored, &mut unit)
-                    .map_err(|e| FsError::corrupt(CorruptKind::Compression, Some(u64::from(ino)), format!("NTFS file {ino}: {e}")))?,
+                    .map_err(|e| FsError::corrupt(CorruptKind::Compression, Some(ino), format!("NTFS file {ino}: {e}")))?,
             }
             let from = (pos - unit_start) as usize;
             let n = ((unit_start + cu).min(end) - pos) as usize;
@@ -307,11 +303,7 @@ impl NtfsFs {
             };
             out.push(DirEntry { name: name.name().to_string_lossy().into_bytes(), ino, kind });
             if out.len() > 1 << 22 {
-                return Err(FsError::corrupt(
-                    CorruptKind::Directory,
-                    Some(u64::from(dir)),
-                    format!("directory {dir} has too many entries"),
-                ));
+                return Err(FsError::corrupt(CorruptKind::Directory, Some(dir), format!("directory {dir} has too many entries")));
             }
         }
         let out = Arc::new(out);
@@ -407,11 +399,7 @@ impl ReadOnlyFs for NtfsFs {
         while done < want {
             let n = value.read(&mut c, &mut buf[done..want]).map_err(corrupt)?;
             if n == 0 {
-                return Err(FsError::corrupt(
-                    CorruptKind::Ntfs,
-                    Some(u64::from(ino)),
-                    format!("NTFS file {ino}: data ends before its length"),
-                ));
+                return Err(FsError::corrupt(CorruptKind::Ntfs, Some(ino), format!("NTFS file {ino}: data ends before its length")));
             }
             done += n;
         }
@@ -445,7 +433,7 @@ impl ReadOnlyFs for NtfsFs {
                 continue;
             }
             let data = self.whole_value(&mut c, &attr)?.ok_or_else(|| {
-                FsError::corrupt(CorruptKind::Ntfs, Some(u64::from(ino)), format!("NTFS file {ino}: stream {name} ends before its length"))
+                FsError::corrupt(CorruptKind::Ntfs, Some(ino), format!("NTFS file {ino}: stream {name} ends before its length"))
             })?;
             out.push((format!("user.{name}").into_bytes(), data));
         }

@@ -82,7 +82,7 @@ impl std::fmt::Debug for WindowsStores {
 }
 
 fn read_block(base: &dyn ByteSource, offset: u64) -> Result<Vec<u8>, String> {
-    if offset == 0 || offset % 512 != 0 || offset.checked_add(BLOCK_SIZE).is_none_or(|end| end > base.size()) {
+    if offset == 0 || !offset.is_multiple_of(512) || offset.checked_add(BLOCK_SIZE).is_none_or(|end| end > base.size()) {
         return Err(format!("block offset {offset:#x} is outside the volume"));
     }
     let mut b = vec![0u8; BLOCK_SIZE as usize];
