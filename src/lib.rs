@@ -15,6 +15,9 @@
 //!
 //! | module | owns | never |
 //! |---|---|---|
+//! | [`provider`] | the seam every provider implements ([`Provider`], [`CopyInfo`]) and export over any provider; the engine and `vss` are its siblings | depends on a provider |
+//! | [`probe`] | what the kernel says about loop devices and mounts (`/sys/block`, mountinfo, unescaped) | changes anything |
+//! | `bytes` | little/big-endian readers over untrusted buffers, once | panics |
 //! | [`coordinator`] | registered writers and their states, the requester sequence around a set's instant, its timeouts, backup sessions | touches volume bytes (the hold is handed in) |
 //! | [`hold`] | flush and hold: finding filesystems on live files, FIFREEZE/FITHAW with a watchdog | takes copies |
 //! | [`protocol`] | the control-socket wire types and a client | performs an operation |
@@ -22,9 +25,15 @@
 //! | [`fsread`] | read-only filesystem readers over a copy (ext2/3/4, FAT, NTFS) | writes |
 //! | [`vss`] | Windows' VSS stores on NTFS volumes, as a read-only provider | writes |
 //!
+//! Cargo features: `cli` (the `shadowcopy` command), `fat` and `ntfs` (readers beside ext2/3/4),
+//! all on by default; a writer depends on the library with `default-features = false` and
+//! compiles none of them. `testing` adds the test doubles, system-test guards and a counting
+//! allocator for benchmarks.
+//!
 //! `docs/design.md` is the specification: format, algorithms, crash-safety argument and
 //! concurrency rules.
 
+mod bytes;
 pub mod cache;
 pub mod coordinator;
 pub mod diffarea;
@@ -34,6 +43,7 @@ pub mod fsread;
 pub mod hold;
 pub mod probe;
 pub mod protocol;
+pub mod provider;
 pub mod size;
 #[allow(unsafe_code)] // the one home of `unsafe` (workspace lint: denied everywhere else)
 pub(crate) mod sys;
@@ -44,7 +54,8 @@ pub mod vss;
 pub mod writer;
 
 pub use engine::{
-    create_set, ChangedRange, CopyInfo, CreateOptions, DeleteReason, DiffAreaFiles, DiffAreaOptions, EngineOptions, Event, MaxSize,
+    create_set, ChangedRange, CreateOptions, DeleteReason, DiffAreaFiles, DiffAreaOptions, EngineOptions, Event, MaxSize,
     SetInfo, ShadowVolume, Usage,
 };
 pub use error::{DiffAreaError, DiffAreaPart, Error};
+pub use provider::{CopyInfo, Provider};

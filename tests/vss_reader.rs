@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
-use shadowcopy::engine::provider::Provider;
+use shadowcopy::provider::Provider;
 use shadowcopy::fsread::ByteSource;
 use shadowcopy::testing::system::*;
 use shadowcopy::vss::WindowsStores;

@@ -14,7 +14,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
 use parking_lot::{Mutex, RwLock};
-use shadowcopy::engine::provider::Provider;
+use shadowcopy::provider::Provider;
 use shadowcopy::fsread::{self, ByteSource, ForeignOwner, ReadOnlyFs};
 use shadowcopy::protocol::{
     self, attributes, Answer, CopyView, DeleteTarget, ErrorKind, Op, RangeView, Reply, SetView, StorageInfo, VolumeInfo,
@@ -963,7 +963,7 @@ impl Service {
         }
         // Any provider's copy can be exported (Windows copies too): it is a read of the copy.
         let provider = v.provider().ok_or_else(|| (ErrorKind::NotFound, format!("volume `{}` has no shadow copies", v.name)))?;
-        shadowcopy::engine::export_copy(provider, id, &dest, progress).map_err(engine_error)?;
+        shadowcopy::provider::export_copy(provider, id, &dest, progress).map_err(engine_error)?;
         Ok(Answer::Done(format!("exported shadow copy {id} to {path}")))
     }
 

@@ -48,6 +48,8 @@
 
 use thiserror::Error;
 
+use crate::bytes::{le, Reader};
+
 /// The format version this build writes and the newest it reads.
 pub const FORMAT_VERSION: u32 = 1;
 /// Bytes reserved for the journal header.
@@ -120,27 +122,27 @@ impl Header {
         if &b[0..8] != MAGIC {
             return Err(DecodeError::BadMagic);
         }
-        if crc32c::crc32c(&b[0..64]) != le_u32(b, 64) {
+        if crc32c::crc32c(&b[0..64]) != le::u32(b, 64) {
             return Err(DecodeError::BadChecksum);
         }
-        let version = le_u32(b, 8);
+        let version = le::u32(b, 8);
         if version > FORMAT_VERSION {
             return Err(DecodeError::NewerVersion { found: version });
         }
-        if version == 0 || u64::from(le_u32(b, 12)) != HEADER_LEN {
+        if version == 0 || u64::from(le::u32(b, 12)) != HEADER_LEN {
             return Err(DecodeError::Invalid("version or header length"));
         }
-        let chunk_size = le_u32(b, 40);
+        let chunk_size = le::u32(b, 40);
         if !valid_chunk_size(chunk_size) {
             return Err(DecodeError::Invalid("chunk size"));
         }
         Ok(Header {
             version,
-            generation: le_u64(b, 16),
+            generation: le::u64(b, 16),
             diff_area_id: b[24..40].try_into().map_err(|_| DecodeError::Invalid("id"))?,
             chunk_size,
-            volume_size: le_u64(b, 48),
-            created_ns: le_u64(b, 56),
+            volume_size: le::u64(b, 48),
+            created_ns: le::u64(b, 56),
         })
     }
 }
@@ -218,9 +220,9 @@ impl Record {
     /// Decodes every record of a payload.
     pub fn decode_all(payload: &[u8]) -> Result<Vec<Record>, DecodeError> {
         let mut records = Vec::new();
-        let mut r = Reader { b: payload, pos: 0 };
-        while r.pos < payload.len() {
-            let start = r.pos;
+        let mut r = Reader::new(payload);
+        while r.position() < payload.len() {
+            let start = r.position();
             let bad = || DecodeError::BadRecord(start);
             let tag = r.u8().ok_or_else(bad)?;
             let record = match tag {
@@ -283,14 +285,14 @@ impl BatchHeader {
 
 /// Parses a batch header; `None` when it cannot be one.
 pub fn parse_batch_header(b: &[u8]) -> Option<BatchHeader> {
-    if b.len() < BATCH_HEADER_LEN || le_u32(b, 0) != BATCH_MAGIC {
+    if b.len() < BATCH_HEADER_LEN || le::u32(b, 0) != BATCH_MAGIC {
         return None;
     }
-    let payload_len = le_u32(b, 4);
+    let payload_len = le::u32(b, 4);
     if payload_len > MAX_BATCH_PAYLOAD {
         return None;
     }
-    Some(BatchHeader { payload_len, generation: le_u64(b, 8), seq: le_u64(b, 16), crc: le_u32(b, 24) })
+    Some(BatchHeader { payload_len, generation: le::u64(b, 8), seq: le::u64(b, 16), crc: le::u32(b, 24) })
 }
 
 /// Verifies a batch's checksum over its header bytes and payload.
@@ -303,45 +305,6 @@ fn batch_crc(header: &[u8], payload: &[u8]) -> u32 {
     h.copy_from_slice(&header[..BATCH_HEADER_LEN]);
     h[24..28].fill(0);
     crc32c::crc32c_append(crc32c::crc32c(&h), payload)
-}
-
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-
-struct Reader<'a> {
-    b: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let end = self.pos.checked_add(n)?;
-        let s = self.b.get(self.pos..end)?;
-        self.pos = end;
-        Some(s)
-    }
-    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
-        self.take(N)?.try_into().ok()
-    }
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Option<u16> {
-        Some(u16::from_le_bytes(self.array()?))
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.array()?))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.array()?))
-    }
 }
 
 #[cfg(test)]

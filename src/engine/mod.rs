@@ -26,7 +26,7 @@ mod commit;
 mod inflight;
 mod ops;
 mod pending;
-pub mod provider;
+mod provider;
 mod read;
 mod set;
 mod stripes;
@@ -51,7 +51,8 @@ use crate::diffarea::slots::SlotAllocator;
 use crate::error::{DiffAreaError, Error};
 use crate::volume::{FileStorage, Storage};
 
-pub use ops::{export_copy, ChangedRange, Progress};
+use crate::provider::CopyInfo;
+pub use ops::ChangedRange;
 use pending::Pending;
 pub use set::{create_set, CreateOptions, SetInfo};
 use stripes::Stripes;
@@ -197,26 +198,8 @@ pub enum Event {
     CopyFailed { id: Uuid, reason: String },
 }
 
-/// A shadow copy as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CopyInfo {
-    pub id: Uuid,
-    pub set_id: Uuid,
-    /// Position in the volume's sequence of copies (1, 2, …); never reused while the diff area
-    /// lives, except by volatile copies after a reopen.
-    pub epoch: u32,
-    pub created: SystemTime,
-    pub persistent: bool,
-    /// Context and attribute bits, kept for the coordinator; the engine does not read them.
-    pub attributes: u32,
-    /// Copies in the set (one per volume).
-    pub set_size: u32,
-    /// Why the copy cannot be read, if it cannot.
-    pub failed: Option<String>,
-}
-
 impl CopyInfo {
-    fn from_meta(m: &CopyMeta) -> Self {
+    pub(crate) fn from_meta(m: &CopyMeta) -> Self {
         CopyInfo {
             id: Uuid::from_bytes(m.record.id),
             set_id: Uuid::from_bytes(m.record.set_id),

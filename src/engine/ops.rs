@@ -1,17 +1,13 @@
-//! Whole-volume operations over a copy: changed ranges (incremental backup), export to an image
-//! file, revert. Long ones report progress as `(bytes done, bytes total)`.
+//! Whole-volume operations of the system provider over a copy: changed ranges (incremental
+//! backup), export to an image file (through [`crate::provider::export_copy`]), revert. Long ones report progress as `(bytes done, bytes total)`.
 
 use std::path::Path;
 
 use uuid::Uuid;
 
-use super::provider::Provider;
 use super::ShadowVolume;
 use crate::error::Error;
-use crate::volume::Storage;
-
-/// Progress callback: `(done, total)` in bytes.
-pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
+use crate::provider::{export_copy, Progress};
 
 /// A byte range that may differ between two points in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +16,7 @@ pub struct ChangedRange {
     pub len: u64,
 }
 
+/// Bytes moved per step of a revert.
 const STEP: u64 = 1 << 20;
 
 impl ShadowVolume {
@@ -82,42 +79,4 @@ impl ShadowVolume {
         tracing::info!(copy = %id, bytes = total, "volume reverted to shadow copy");
         Ok(())
     }
-}
-
-/// Granularity of the holes an export leaves: all-zero blocks of this size are not written.
-const EXPORT_BLOCK: usize = 4096;
-
-/// Writes copy `id` of any provider to `dest` (sized to the volume), leaving all-zero blocks as
-/// holes so the file stays sparse.
-fn export_copy_to(provider: &dyn Provider, id: Uuid, dest: &dyn Storage, progress: Progress<'_>) -> Result<(), Error> {
-    let size = provider.volume_size();
-    let io = Error::volume;
-    dest.set_len(0).and_then(|()| dest.set_len(size)).map_err(io("sizing the export file"))?;
-    let mut buf = vec![0u8; STEP as usize];
-    let mut pos = 0;
-    while pos < size {
-        let n = (size - pos).min(STEP) as usize;
-        provider.read_copy(id, &mut buf[..n], pos)?;
-        for (i, piece) in buf[..n].chunks(EXPORT_BLOCK).enumerate() {
-            if piece.iter().any(|b| *b != 0) {
-                dest.write_at(piece, pos + (i * EXPORT_BLOCK) as u64).map_err(io("writing the export file"))?;
-            }
-        }
-        pos += n as u64;
-        progress(pos, size);
-    }
-    dest.sync_data().map_err(io("syncing the export file"))
-}
-
-/// Exports copy `id` of any provider to a new image file at `path`.
-pub fn export_copy(provider: &dyn Provider, id: Uuid, path: &Path, progress: Progress<'_>) -> Result<(), Error> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(Error::volume("creating the export file"))?;
-    let dest = crate::volume::FileStorage::new(file).map_err(Error::volume("opening the export file"))?;
-    export_copy_to(provider, id, &dest, progress)
 }

@@ -275,22 +275,9 @@ pub fn open(source: Arc<dyn ByteSource>, owner: ForeignOwner) -> Result<Option<A
 /// Whether the boot sector in `head` (at least 512 bytes) is a FAT12/16/32 one.
 pub fn looks_like_fat(head: &[u8]) -> bool {
     let jump = head[0] == 0xEB || head[0] == 0xE9;
-    let bps = u16::from_le_bytes([head[11], head[12]]);
+    let bps = crate::bytes::le::u16(head, 11);
     let sig = head[510] == 0x55 && head[511] == 0xAA;
     let label = &head[54..59] == b"FAT12" || &head[54..59] == b"FAT16" || &head[82..87] == b"FAT32" || &head[54..57] == b"FAT";
     jump && sig && matches!(bps, 512 | 1024 | 2048 | 4096) && label
 }
 
-/// Little-endian field readers over untrusted buffers: out-of-range reads give 0, callers
-/// validate what they get.
-pub(crate) mod le {
-    pub(crate) fn u16(b: &[u8], at: usize) -> u16 {
-        b.get(at..at + 2).map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
-    }
-    pub(crate) fn u32(b: &[u8], at: usize) -> u32 {
-        b.get(at..at + 4).map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-    }
-    pub(crate) fn u64(b: &[u8], at: usize) -> u64 {
-        b.get(at..at + 8).map_or(0, |s| u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]))
-    }
-}

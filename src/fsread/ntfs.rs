@@ -24,6 +24,7 @@ use ntfs::{Ntfs, NtfsAttributeFlags, NtfsAttributeType, NtfsFile, NtfsReadSeek};
 use parking_lot::Mutex;
 
 use super::cursor::Cursor;
+use crate::bytes::le;
 use super::{ByteSource, CorruptKind, DirEntry, FileKind, ForeignOwner, FsError, FsStats, ReadOnlyFs, Stat, Timestamp, Xattrs};
 
 const ROOT: u64 = 5;
@@ -140,8 +141,8 @@ impl NtfsFs {
             const IO_REPARSE_TAG_SYMLINK: u32 = 0xa000_000c;
             const SYMLINK_FLAG_RELATIVE: u32 = 1;
             let Some(r) = self.small_value(c, file, NtfsAttributeType::ReparsePoint, "", 16 << 10)? else { return Ok(None) };
-            let u16_at = |i: usize| r.get(i..i + 2).map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])));
-            let u32_at = |i: usize| r.get(i..i + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+            let u16_at = |i: usize| le::get_u16(&r, i).map(usize::from);
+            let u32_at = |i: usize| le::get_u32(&r, i);
             if u32_at(0) != Some(IO_REPARSE_TAG_SYMLINK) || u32_at(16).map(|f| f & SYMLINK_FLAG_RELATIVE) != Some(SYMLINK_FLAG_RELATIVE) {
                 return Ok(None);
             }
@@ -163,14 +164,14 @@ impl NtfsFs {
     /// `None`: resident, or the record could not be read.
     fn initialized_size(&self, attr: &ntfs::NtfsAttribute<'_, '_>) -> Option<u64> {
         let (rec, at) = self.attribute_header(attr)?;
-        rec.get(at + 0x38..at + 0x40).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        le::get_u64(&rec, at + 0x38)
     }
 
     /// The compression unit of a non-resident attribute, in bytes (header field 0x22: a power
     /// of two of clusters).
     fn compression_unit(&self, attr: &ntfs::NtfsAttribute<'_, '_>) -> Option<u64> {
         let (rec, at) = self.attribute_header(attr)?;
-        let exp = u16::from_le_bytes(rec.get(at + 0x22..at + 0x24)?.try_into().ok()?);
+        let exp = le::get_u16(&rec, at + 0x22)?;
         // NTFS compresses only with clusters up to 4 KiB and 16-cluster units; anything much
         // larger is damage (and must not make us allocate gigabytes).
         let unit = u64::from(self.ntfs.cluster_size()) << exp;
@@ -196,8 +197,8 @@ impl NtfsFs {
         }
         // Update sequence array: the last two bytes of every 512-byte sector were replaced by
         // the sequence number; the originals are in the array.
-        let usa = usize::from(u16::from_le_bytes([rec[4], rec[5]]));
-        let count = usize::from(u16::from_le_bytes([rec[6], rec[7]]));
+        let usa = usize::from(le::u16(&rec, 4));
+        let count = usize::from(le::u16(&rec, 6));
         for i in 1..count {
             let (from, to) = (usa + 2 * i, i * 512 - 2);
             if from + 2 > rec.len() || to + 2 > rec.len() {

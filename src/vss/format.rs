@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 
-use crate::fsread::le;
+use crate::bytes::le;
 
 /// The VSS identifier `3808876b-c176-4e48-b7ae-04046e6cc752` as stored.
 pub const VSS_IDENTIFIER: [u8; 16] = [0x6b, 0x87, 0x08, 0x38, 0x76, 0xc1, 0x48, 0x4e, 0xb7, 0xae, 0x04, 0x04, 0x6e, 0x6c, 0xc7, 0x52];

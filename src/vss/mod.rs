@@ -24,7 +24,7 @@ use uuid::Uuid;
 use self::blocks::{Bitmap, BlockMap};
 use self::format::{BlockDescriptor, BlockHeader, CatalogEntry, StoreEntry, StoreLocation, BLOCK_HEADER_SIZE, BLOCK_SIZE};
 use crate::cache::BlockCache;
-use crate::engine::provider::Provider;
+use crate::provider::Provider;
 use crate::error::Error;
 use crate::fsread::ByteSource;
 use crate::CopyInfo;

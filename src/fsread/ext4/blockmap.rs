@@ -1,7 +1,7 @@
 //! Where a file's blocks are: the extent tree (ext4) or the indirect block map (ext2/3),
 //! flattened once into sorted runs so that a read at any offset is one binary search.
 
-use crate::fsread::le;
+use crate::bytes::le;
 use crate::fsread::{CorruptKind, FsError};
 
 /// `len` logical blocks from `logical` live at `physical..` (never a hole; holes are gaps).

@@ -2,7 +2,7 @@
 //! index blocks look like one empty entry spanning the block, so a linear walk of every block
 //! sees exactly the leaf entries. The metadata_csum tail (inode 0) is skipped the same way.
 
-use crate::fsread::le;
+use crate::bytes::le;
 use crate::fsread::{CorruptKind, FileKind, FsError};
 
 /// One raw entry: name, inode and the type byte (0 when the filesystem lacks `filetype`).

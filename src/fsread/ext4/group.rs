@@ -2,7 +2,7 @@
 //! needs), with the `meta_bg` layout.
 
 use super::superblock::{Superblock, INCOMPAT_META_BG};
-use crate::fsread::le;
+use crate::bytes::le;
 use crate::fsread::{CorruptKind, FsError};
 
 /// Block numbers of the group descriptor blocks, in order.

@@ -1,6 +1,6 @@
 //! The on-disk inode: mode, owners, times, size, flags and the 60-byte `i_block` area.
 
-use crate::fsread::le;
+use crate::bytes::le;
 use crate::fsread::{CorruptKind, FileKind, FsError, Timestamp};
 
 pub(super) const FLAG_HUGE_FILE: u32 = 0x4_0000;

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::bytes::be;
 use crate::fsread::{CorruptKind, FsError};
 
 const MAGIC: u32 = 0xC03B_3998;
@@ -26,9 +27,6 @@ const TAG_ESCAPE: u32 = 1;
 const TAG_SAME_UUID: u32 = 2;
 const TAG_LAST: u32 = 8;
 
-fn be32(b: &[u8], at: usize) -> u32 {
-    b.get(at..at + 4).map_or(0, |s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
-}
 
 /// Reads journal block `n` (a block number inside the journal file).
 pub(super) trait JournalReader {
@@ -38,15 +36,15 @@ pub(super) trait JournalReader {
 /// The blocks to overlay: filesystem block number → its newest committed content.
 pub(super) fn replay(reader: &dyn JournalReader, fs_block_size: u32) -> Result<HashMap<u64, Arc<[u8]>>, FsError> {
     let sb = reader.journal_block(0)?;
-    if be32(&sb, 0) != MAGIC {
+    if be::u32(&sb, 0) != MAGIC {
         return Err(FsError::corrupt(CorruptKind::Journal, None, "the journal superblock has no jbd2 magic"));
     }
-    let block_size = be32(&sb, 0xC);
-    let maxlen = u64::from(be32(&sb, 0x10));
-    let first = u64::from(be32(&sb, 0x14));
-    let mut sequence = be32(&sb, 0x18);
-    let start = u64::from(be32(&sb, 0x1C));
-    let incompat = if be32(&sb, 4) == 4 { be32(&sb, 0x28) } else { 0 };
+    let block_size = be::u32(&sb, 0xC);
+    let maxlen = u64::from(be::u32(&sb, 0x10));
+    let first = u64::from(be::u32(&sb, 0x14));
+    let mut sequence = be::u32(&sb, 0x18);
+    let start = u64::from(be::u32(&sb, 0x1C));
+    let incompat = if be::u32(&sb, 4) == 4 { be::u32(&sb, 0x28) } else { 0 };
     if start == 0 {
         return Ok(HashMap::new());
     }
@@ -86,10 +84,10 @@ pub(super) fn replay(reader: &dyn JournalReader, fs_block_size: u32) -> Result<H
                 break 'transactions;
             }
             let b = reader.journal_block(pos)?;
-            if be32(&b, 0) != MAGIC || be32(&b, 8) != sequence {
+            if be::u32(&b, 0) != MAGIC || be::u32(&b, 8) != sequence {
                 break 'transactions;
             }
-            match be32(&b, 4) {
+            match be::u32(&b, 4) {
                 DESCRIPTOR => {
                     let mut at = 12usize;
                     let end = b.len() - tail;
@@ -99,13 +97,13 @@ pub(super) fn replay(reader: &dyn JournalReader, fs_block_size: u32) -> Result<H
                             break;
                         }
                         let t = &b[at..at + tag_bytes];
-                        let lo = u64::from(be32(t, 0));
+                        let lo = u64::from(be::u32(t, 0));
                         let (flags, hi) = if tag_bytes == 16 {
-                            (be32(t, 4), u64::from(be32(t, 8)))
+                            (be::u32(t, 4), u64::from(be::u32(t, 8)))
                         } else {
                             (
-                                u32::from(u16::from_be_bytes([t[6], t[7]])),
-                                if incompat & INCOMPAT_64BIT != 0 { u64::from(be32(t, 8)) } else { 0 },
+                                u32::from(be::u16(t, 6)),
+                                if incompat & INCOMPAT_64BIT != 0 { u64::from(be::u32(t, 8)) } else { 0 },
                             )
                         };
                         data = wrap(data + 1);
@@ -121,12 +119,12 @@ pub(super) fn replay(reader: &dyn JournalReader, fs_block_size: u32) -> Result<H
                     pos = wrap(data + 1);
                 }
                 REVOKE => {
-                    let count = (be32(&b, 12) as usize).min(b.len());
+                    let count = (be::u32(&b, 12) as usize).min(b.len());
                     let width = if incompat & INCOMPAT_64BIT != 0 { 8 } else { 4 };
                     let mut at = 16;
                     while at + width <= count {
                         let blk =
-                            if width == 8 { u64::from(be32(&b, at)) << 32 | u64::from(be32(&b, at + 4)) } else { u64::from(be32(&b, at)) };
+                            if width == 8 { u64::from(be::u32(&b, at)) << 32 | u64::from(be::u32(&b, at + 4)) } else { u64::from(be::u32(&b, at)) };
                         tx_revoked.push(blk);
                         at += width;
                     }

@@ -1,6 +1,6 @@
 //! The ext2/3/4 superblock (1024 bytes at byte 1024) and the features this reader accepts.
 
-use crate::fsread::le;
+use crate::bytes::le;
 use crate::fsread::{CorruptKind, FsError};
 
 pub(super) const INCOMPAT_COMPRESSION: u32 = 0x1;

@@ -2,7 +2,7 @@
 //! may live in an EA inode (`ea_inode`). POSIX ACLs are converted from ext4's compact form to the
 //! `system.posix_acl_*` form the kernel shows.
 
-use crate::fsread::le;
+use crate::bytes::le;
 use crate::fsread::{CorruptKind, FsError};
 
 const MAGIC: u32 = 0xEA02_0000;
