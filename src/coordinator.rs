@@ -20,7 +20,6 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -57,7 +56,8 @@ impl Limits {
 /// One connected writer.
 pub struct WriterConn {
     pub registration: WriterRegistration,
-    out: Mutex<UnixStream>,
+    /// Where events go: any byte stream (a Unix socket today; a named pipe on Windows later).
+    out: Mutex<Box<dyn Write + Send>>,
     pending: Mutex<HashMap<u64, mpsc::SyncSender<WriterOutcome>>>,
     next_seq: AtomicU64,
     alive: AtomicBool,
@@ -196,14 +196,13 @@ pub struct Chosen {
 }
 
 impl Writers {
-    /// Registers a writer on `stream`; a writer of the same name and instance replaces its old
-    /// (disconnected) entry.
-    pub fn register(&self, registration: WriterRegistration, stream: UnixStream) -> Arc<WriterConn> {
-        // A writer that stops reading must not block an event forever.
-        let _ = stream.set_write_timeout(Some(EVENT_TIMEOUT));
+    /// Registers a writer whose events go to `out`; a writer of the same name and instance
+    /// replaces its old (disconnected) entry. The transport's owner makes sure a writer that
+    /// stops reading cannot block a write forever (e.g. a write timeout of [`EVENT_TIMEOUT`]).
+    pub fn register(&self, registration: WriterRegistration, out: impl Write + Send + 'static) -> Arc<WriterConn> {
         let conn = Arc::new(WriterConn {
             registration,
-            out: Mutex::new(stream),
+            out: Mutex::new(Box::new(out)),
             pending: Mutex::new(HashMap::new()),
             next_seq: AtomicU64::new(1),
             alive: AtomicBool::new(true),
@@ -491,7 +490,7 @@ mod tests {
     }
 
     fn fake(writers: &Writers, name: &str, answer: fn(WriterEvent) -> WriterOutcome) -> FakeWriter {
-        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         let reg = WriterRegistration { name: name.into(), class_id: Uuid::new_v4(), instance_id: Uuid::new_v4(), components: vec![] };
         let conn = writers.register(reg, ours);
         let seen = Arc::new(Mutex::new(Vec::new()));

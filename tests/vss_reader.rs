@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
-use shadowcopy::provider::Provider;
 use shadowcopy::fsread::ByteSource;
+use shadowcopy::provider::Provider;
 use shadowcopy::testing::system::*;
 use shadowcopy::vss::WindowsStores;
 

@@ -178,7 +178,10 @@ fn connection(stream: UnixStream, service: &Service, access: Access) -> std::io:
                     let name = reg.name.clone();
                     // Replies and events share the connection: register, then answer.
                     write_reply(&writer, &Reply::Ok(shadowcopy::protocol::Answer::Done(format!("writer `{name}` registered"))))?;
-                    end.as_writer = Some(service.writers.register(reg, writer.try_clone()?));
+                    let events = writer.try_clone()?;
+                    // A writer that stops reading must not block an event forever.
+                    events.set_write_timeout(Some(shadowcopy::coordinator::EVENT_TIMEOUT))?;
+                    end.as_writer = Some(service.writers.register(reg, events));
                     continue;
                 }
             }

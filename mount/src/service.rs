@@ -14,11 +14,11 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
 use parking_lot::{Mutex, RwLock};
-use shadowcopy::provider::Provider;
 use shadowcopy::fsread::{self, ByteSource, ForeignOwner, ReadOnlyFs};
 use shadowcopy::protocol::{
     self, attributes, Answer, CopyView, DeleteTarget, ErrorKind, Op, RangeView, Reply, SetView, StorageInfo, VolumeInfo,
 };
+use shadowcopy::provider::Provider;
 use shadowcopy::volume::{FileStorage, Storage};
 use shadowcopy::vss::WindowsStores;
 use shadowcopy::{create_set, CopyInfo, CreateOptions, DiffAreaFiles, DiffAreaOptions, EngineOptions, Event, MaxSize, ShadowVolume};

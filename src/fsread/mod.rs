@@ -280,4 +280,3 @@ pub fn looks_like_fat(head: &[u8]) -> bool {
     let label = &head[54..59] == b"FAT12" || &head[54..59] == b"FAT16" || &head[82..87] == b"FAT32" || &head[54..57] == b"FAT";
     jump && sig && matches!(bps, 512 | 1024 | 2048 | 4096) && label
 }
-

@@ -24,8 +24,8 @@ use ntfs::{Ntfs, NtfsAttributeFlags, NtfsAttributeType, NtfsFile, NtfsReadSeek};
 use parking_lot::Mutex;
 
 use super::cursor::Cursor;
-use crate::bytes::le;
 use super::{ByteSource, CorruptKind, DirEntry, FileKind, ForeignOwner, FsError, FsStats, ReadOnlyFs, Stat, Timestamp, Xattrs};
+use crate::bytes::le;
 
 const ROOT: u64 = 5;
 const FIRST_USER_RECORD: u64 = 16;

@@ -47,17 +47,30 @@ pub fn default_socket_path() -> PathBuf {
     }
 }
 
-/// One connection to the daemon.
-#[derive(Debug)]
+/// One connection to the daemon, over any byte stream (a Unix socket from [`Client::connect`];
+/// another transport through [`Client::over`]).
 pub struct Client {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
+    reader: BufReader<Box<dyn Read + Send>>,
+    writer: Box<dyn Write + Send>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
 }
 
 impl Client {
+    /// Connects to the daemon's control socket at `path`.
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
         let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect { path: path.display().to_string(), source })?;
-        Ok(Client { writer: stream.try_clone()?, reader: BufReader::new(stream) })
+        Ok(Client::over(stream.try_clone()?, stream))
+    }
+
+    /// A client on an established connection: replies are read from `reader`, requests written
+    /// to `writer` (the two halves of one stream).
+    pub fn over(reader: impl Read + Send + 'static, writer: impl Write + Send + 'static) -> Client {
+        Client { reader: BufReader::new(Box::new(reader)), writer: Box::new(writer) }
     }
 
     /// Sends one request line without waiting (a writer's answer to an event).

@@ -24,9 +24,9 @@ use uuid::Uuid;
 use self::blocks::{Bitmap, BlockMap};
 use self::format::{BlockDescriptor, BlockHeader, CatalogEntry, StoreEntry, StoreLocation, BLOCK_HEADER_SIZE, BLOCK_SIZE};
 use crate::cache::BlockCache;
-use crate::provider::Provider;
 use crate::error::Error;
 use crate::fsread::ByteSource;
+use crate::provider::Provider;
 use crate::CopyInfo;
 
 /// Blocks a chain may have at most (a damaged chain can loop).

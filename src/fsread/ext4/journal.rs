@@ -27,7 +27,6 @@ const TAG_ESCAPE: u32 = 1;
 const TAG_SAME_UUID: u32 = 2;
 const TAG_LAST: u32 = 8;
 
-
 /// Reads journal block `n` (a block number inside the journal file).
 pub(super) trait JournalReader {
     fn journal_block(&self, n: u64) -> Result<Arc<[u8]>, FsError>;
@@ -101,10 +100,7 @@ pub(super) fn replay(reader: &dyn JournalReader, fs_block_size: u32) -> Result<H
                         let (flags, hi) = if tag_bytes == 16 {
                             (be::u32(t, 4), u64::from(be::u32(t, 8)))
                         } else {
-                            (
-                                u32::from(be::u16(t, 6)),
-                                if incompat & INCOMPAT_64BIT != 0 { u64::from(be::u32(t, 8)) } else { 0 },
-                            )
+                            (u32::from(be::u16(t, 6)), if incompat & INCOMPAT_64BIT != 0 { u64::from(be::u32(t, 8)) } else { 0 })
                         };
                         data = wrap(data + 1);
                         tx_logged.push(Logged { seq: sequence, target: lo | hi << 32, at: data, escaped: flags & TAG_ESCAPE != 0 });
@@ -123,8 +119,11 @@ pub(super) fn replay(reader: &dyn JournalReader, fs_block_size: u32) -> Result<H
                     let width = if incompat & INCOMPAT_64BIT != 0 { 8 } else { 4 };
                     let mut at = 16;
                     while at + width <= count {
-                        let blk =
-                            if width == 8 { u64::from(be::u32(&b, at)) << 32 | u64::from(be::u32(&b, at + 4)) } else { u64::from(be::u32(&b, at)) };
+                        let blk = if width == 8 {
+                            u64::from(be::u32(&b, at)) << 32 | u64::from(be::u32(&b, at + 4))
+                        } else {
+                            u64::from(be::u32(&b, at))
+                        };
                         tx_revoked.push(blk);
                         at += width;
                     }
