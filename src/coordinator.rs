@@ -267,6 +267,38 @@ pub struct Sequence<'a> {
     pub defer_backup_complete: bool,
 }
 
+/// Why the writers' side of a set failed; the set was aborted and nothing was kept.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetError {
+    /// A writer failed or did not answer an event before the set was kept.
+    #[error("writer `{writer}` failed at {event}: {reason}; the set was aborted, everything thawed, no copy kept")]
+    WriterFailed {
+        /// The writer's name.
+        writer: String,
+        /// The event (`freeze`, `thaw`, …).
+        event: &'static str,
+        /// What it said, or why there was no answer.
+        reason: String,
+    },
+    /// The requester disconnected while the writers were frozen.
+    #[error("the requester disconnected before the instant; the set was aborted and the writers thawed")]
+    RequesterGone,
+    /// The writers took longer than the freeze window to freeze.
+    #[error("the writers took longer than the {0:?} freeze window to freeze; the set was aborted and the writers thawed")]
+    FreezeWindow(Duration),
+}
+
+impl SetError {
+    /// The protocol's kind for it.
+    pub fn kind(&self) -> crate::protocol::ErrorKind {
+        match self {
+            SetError::FreezeWindow(_) => crate::protocol::ErrorKind::Timeout,
+            _ => crate::protocol::ErrorKind::Failed,
+        }
+    }
+}
+
 /// What [`run_set`] hands back: the hold's result and the set as the writers know it.
 pub struct Taken<T> {
     pub result: T,
@@ -278,14 +310,13 @@ pub struct Taken<T> {
 /// `defer_backup_complete`), around `hold` (which freezes filesystems and takes the set). `undo`
 /// deletes the set if the writers fail after it was taken. Returns `hold`'s result, or the error
 /// that aborted the set.
-pub fn run_set<T>(
+pub fn run_set<T, E: From<SetError>>(
     seq: &Sequence<'_>,
     stage: &mut dyn FnMut(&str),
     requester_alive: &dyn Fn() -> bool,
-    hold: impl FnOnce() -> Result<(T, Uuid, Vec<Uuid>), (crate::protocol::ErrorKind, String)>,
+    hold: impl FnOnce() -> Result<(T, Uuid, Vec<Uuid>), E>,
     undo: impl FnOnce(&T),
-) -> Result<Taken<T>, (crate::protocol::ErrorKind, String)> {
-    use crate::protocol::ErrorKind;
+) -> Result<Taken<T>, E> {
     let Sequence { writers: chosen, volumes, limits, defer_backup_complete } = *seq;
     let msg = |event, set_id: Option<Uuid>, copy_ids: &[Uuid], comps: &[String]| event_for(event, set_id, volumes, copy_ids, comps);
     let mut prepared: Vec<&Arc<WriterConn>> = Vec::new();
@@ -296,15 +327,8 @@ pub fn run_set<T>(
             }
         }
     };
-    let fail = |w: &WriterConn, event: WriterEvent, e: String| {
-        (
-            ErrorKind::Failed,
-            format!(
-                "writer `{}` failed at {}: {e}; the set was aborted, everything thawed, no copy kept",
-                w.registration.name,
-                event.as_str()
-            ),
-        )
+    let fail = |w: &WriterConn, event: WriterEvent, reason: String| {
+        E::from(SetError::WriterFailed { writer: w.registration.name.clone(), event: event.as_str(), reason })
     };
     // The first writer frozen starts the window every writer's Thaw must arrive within.
     let mut frozen_at: Option<Instant> = None;
@@ -326,21 +350,12 @@ pub fn run_set<T>(
     // A requester that went away while the writers froze does not get a set: abort, thaw.
     if !requester_alive() {
         abort(&prepared, None);
-        return Err((
-            ErrorKind::Failed,
-            "the requester disconnected before the instant; the set was aborted and the writers thawed".into(),
-        ));
+        return Err(SetError::RequesterGone.into());
     }
     let frozen_at = frozen_at.unwrap_or_else(Instant::now);
     if frozen_at.elapsed() >= limits.freeze_window {
         abort(&prepared, None);
-        return Err((
-            ErrorKind::Timeout,
-            format!(
-                "the writers took longer than the {:?} freeze window to freeze; the set was aborted and the writers thawed",
-                limits.freeze_window
-            ),
-        ));
+        return Err(SetError::FreezeWindow(limits.freeze_window).into());
     }
     stage("flush and hold: freezing filesystems, taking the set");
     let (result, set_id, copy_ids) = match hold() {
@@ -482,6 +497,15 @@ mod tests {
     use crate::protocol::ErrorKind;
     use std::io::{BufRead, BufReader};
 
+    /// The error a test's hold gives, or the sequence's own.
+    #[derive(Debug, thiserror::Error)]
+    enum TestError {
+        #[error("{0}")]
+        Hold(&'static str),
+        #[error(transparent)]
+        Set(#[from] SetError),
+    }
+
     /// A writer on the other end of a socket pair: records each event it gets and answers it
     /// with `answer(event)`.
     struct FakeWriter {
@@ -527,10 +551,10 @@ mod tests {
             &Sequence { writers: &chosen(&[&a, &b]), volumes: &["v".into()], limits: Limits::VSS, defer_backup_complete: false },
             &mut |_| {},
             &|| true,
-            || Err::<((), Uuid, Vec<Uuid>), _>((ErrorKind::Timeout, "held too long".into())),
+            || Err::<((), Uuid, Vec<Uuid>), _>(TestError::Hold("held too long")),
             |_| {},
         );
-        assert!(matches!(r, Err((ErrorKind::Timeout, _))));
+        assert!(matches!(r, Err(TestError::Hold(_))));
         for w in [&a, &b] {
             assert_eq!(events(w), ["identify", "prepare_for_backup", "prepare_for_snapshot", "freeze", "abort"]);
         }
@@ -551,10 +575,10 @@ mod tests {
             &Sequence { writers: &chosen(&[&bad]), volumes: &["v".into()], limits: Limits::VSS, defer_backup_complete: false },
             &mut |_| {},
             &|| true,
-            || Ok(((), Uuid::new_v4(), vec![])),
+            || Ok::<_, TestError>(((), Uuid::new_v4(), vec![])),
             |_| undone.store(true, Ordering::Relaxed),
         );
-        let (_, msg) = r.err().expect("the set fails");
+        let msg = r.err().expect("the set fails").to_string();
         assert!(msg.contains("`bad` failed at thaw: lost the lock (retryable)"), "{msg}");
         assert!(undone.load(Ordering::Relaxed), "the taken set was deleted");
         assert_eq!(events(&bad).last(), Some(&"abort"));
@@ -579,12 +603,12 @@ mod tests {
             &|| true,
             || {
                 held.store(true, Ordering::Relaxed);
-                Ok(((), Uuid::new_v4(), vec![]))
+                Ok::<_, TestError>(((), Uuid::new_v4(), vec![]))
             },
             |_| {},
         );
-        let (kind, msg) = r.err().expect("the window passed before the instant");
-        assert_eq!(kind, ErrorKind::Timeout, "{msg}");
+        let e = r.err().expect("the window passed before the instant");
+        assert!(matches!(&e, TestError::Set(s) if s.kind() == ErrorKind::Timeout), "{e}");
         assert!(!held.load(Ordering::Relaxed), "no set is taken outside the window");
         assert_eq!(events(&quick).last(), Some(&"abort"), "the writer frozen first is thawed by Abort");
     }
@@ -598,7 +622,7 @@ mod tests {
             &Sequence { writers: &chosen(&[&w]), volumes: &["v".into()], limits: Limits::VSS, defer_backup_complete: true },
             &mut |_| {},
             &|| true,
-            || Ok(((), set, vec![])),
+            || Ok::<_, TestError>(((), set, vec![])),
             |_| {},
         )
         .unwrap();

@@ -214,17 +214,17 @@ fn connection(stream: UnixStream, service: &Service, access: Access) -> std::io:
     }
 }
 
-/// Whether the client on `stream` is still there (no hang-up), without blocking.
+/// Whether the client on `stream` is still there (it has not closed its end), without blocking:
+/// a non-blocking peek reads 0 bytes only once the peer is gone.
 fn still_connected(stream: &UnixStream) -> bool {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
-    // nix names no POLLRDHUP; the kernel's bit is libc's.
-    let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
-    let mut fds = [PollFd::new(stream.as_fd(), rdhup)];
-    match poll(&mut fds, PollTimeout::ZERO) {
-        Ok(0) => true,
-        Ok(_) => !fds[0].revents().is_some_and(|r| r.intersects(rdhup | PollFlags::POLLHUP | PollFlags::POLLERR)),
-        Err(_) => true,
+    use nix::sys::socket::{recv, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    match recv(stream.as_raw_fd(), &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+        Ok(0) => false,
+        Ok(_) => true,
+        Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => true,
+        Err(_) => false,
     }
 }
 

@@ -195,9 +195,9 @@ fn run(args: Args) -> Result<()> {
     let _ = service.notify.set(Box::new(move |gone: &[Departure]| {
         for d in gone {
             let r = match d {
-                Departure::Copy { volume_slot, name } => {
-                    let dir = fuser::INodeNo(Node::VolumeDir(*volume_slot).id().unwrap_or(0));
-                    let images = fuser::INodeNo(Node::ImagesDir(*volume_slot).id().unwrap_or(0));
+                Departure::Copy { volume_serial, name } => {
+                    let dir = fuser::INodeNo(Node::VolumeDir(*volume_serial).id().unwrap_or(0));
+                    let images = fuser::INodeNo(Node::ImagesDir(*volume_serial).id().unwrap_or(0));
                     let _ = notifier.inval_entry(images, std::ffi::OsStr::new(&format!("{name}.img")));
                     notifier.inval_entry(dir, std::ffi::OsStr::new(name))
                 }

@@ -32,7 +32,7 @@ use fuser::{
 use shadowcopy::fsread::{FileKind, ReadOnlyFs, Stat};
 
 use self::nodes::Node;
-use crate::service::{Copy, Service, Volume};
+use crate::service::{Service, ShadowCopy, Volume};
 
 /// Entries and attributes of immutable copy trees.
 const TREE_TTL: Duration = Duration::from_secs(86400);
@@ -66,8 +66,8 @@ enum Resolved {
     VolumeDir(Arc<Volume>),
     Live(Arc<Volume>),
     ImagesDir(Arc<Volume>),
-    Image(Arc<Volume>, Arc<Copy>),
-    Tree(Arc<Copy>, Arc<dyn ReadOnlyFs>, u64),
+    Image(Arc<Volume>, Arc<ShadowCopy>),
+    Tree(Arc<ShadowCopy>, Arc<dyn ReadOnlyFs>, u64),
 }
 
 impl Frontend {
@@ -77,19 +77,19 @@ impl Frontend {
 
     fn resolve(&self, id: INodeNo) -> Result<Resolved, Errno> {
         let node = Node::from_id(id.0).ok_or(Errno::ENOENT)?;
-        let vol = |s| self.service.volume_by_slot(s).ok_or(Errno::ESTALE);
+        let vol = |s| self.service.volume_by_serial(s).ok_or(Errno::ESTALE);
         Ok(match node {
             Node::Root => Resolved::Root,
             Node::VolumeDir(s) => Resolved::VolumeDir(vol(s)?),
             Node::Live(s) => Resolved::Live(vol(s)?),
             Node::ImagesDir(s) => Resolved::ImagesDir(vol(s)?),
             Node::Image(c) => {
-                let copy = self.service.copy_by_slot(c).ok_or(Errno::ESTALE)?;
+                let copy = self.service.copy_by_serial(c).ok_or(Errno::ESTALE)?;
                 let v = copy.volume.upgrade().ok_or(Errno::ESTALE)?;
                 Resolved::Image(v, copy)
             }
             Node::Tree { copy, ino } => {
-                let c = self.service.copy_by_slot(copy).ok_or(Errno::ESTALE)?;
+                let c = self.service.copy_by_serial(copy).ok_or(Errno::ESTALE)?;
                 let fs = c.tree(self.service.settings.fs_owner).ok_or(Errno::ESTALE)?;
                 Resolved::Tree(c, fs, ino)
             }
@@ -125,17 +125,17 @@ impl Frontend {
         // Read and write bits of the image file (read bits only on a read-only volume); `live`
         // is what the image is.
         let perm = (v.owner.mode & if v.read_only() { 0o444 } else { 0o666 }) as u16;
-        self.attr(Node::Live(v.slot), FileType::RegularFile, perm, v.size(), v.owner.uid, v.owner.gid, SystemTime::now(), 1)
+        self.attr(Node::Live(v.serial), FileType::RegularFile, perm, v.size(), v.owner.uid, v.owner.gid, SystemTime::now(), 1)
     }
 
-    fn image_attr(&self, v: &Volume, c: &Copy) -> FileAttr {
+    fn image_attr(&self, v: &Volume, c: &ShadowCopy) -> FileAttr {
         // Whoever could read the original image may read its copies, nobody else.
         let perm = (v.owner.mode & 0o444) as u16;
-        self.attr(Node::Image(c.slot), FileType::RegularFile, perm, v.size(), v.owner.uid, v.owner.gid, c.info.created, 1)
+        self.attr(Node::Image(c.serial), FileType::RegularFile, perm, v.size(), v.owner.uid, v.owner.gid, c.info.created, 1)
     }
 
-    fn tree_attr(&self, copy: &Copy, st: &Stat) -> Result<FileAttr, Errno> {
-        let node = Node::Tree { copy: copy.slot, ino: st.ino };
+    fn tree_attr(&self, copy: &ShadowCopy, st: &Stat) -> Result<FileAttr, Errno> {
+        let node = Node::Tree { copy: copy.serial, ino: st.ino };
         node.id().ok_or(Errno::EOVERFLOW)?;
         Ok(FileAttr {
             ino: INodeNo(st.ino),
@@ -160,9 +160,9 @@ impl Frontend {
     fn getattr_of(&self, r: &Resolved) -> Result<(FileAttr, Duration), Errno> {
         Ok(match r {
             Resolved::Root => (self.dir_attr(Node::Root, 2 + self.service.volumes().len() as u32), DIR_TTL),
-            Resolved::VolumeDir(v) => (self.dir_attr(Node::VolumeDir(v.slot), 3 + v.copies.read().len() as u32), DIR_TTL),
+            Resolved::VolumeDir(v) => (self.dir_attr(Node::VolumeDir(v.serial), 3 + v.copies.read().len() as u32), DIR_TTL),
             Resolved::Live(v) => (self.live_attr(v), Duration::ZERO),
-            Resolved::ImagesDir(v) => (self.dir_attr(Node::ImagesDir(v.slot), 2), DIR_TTL),
+            Resolved::ImagesDir(v) => (self.dir_attr(Node::ImagesDir(v.serial), 2), DIR_TTL),
             Resolved::Image(v, c) => (self.image_attr(v, c), TREE_TTL),
             Resolved::Tree(c, fs, ino) => (self.tree_attr(c, &fs.stat(*ino).map_err(|e| errno::of_fs(&e))?)?, TREE_TTL),
         })
@@ -171,11 +171,11 @@ impl Frontend {
     fn node_of(r: &Resolved) -> Option<u64> {
         match r {
             Resolved::Root => Node::Root.id(),
-            Resolved::VolumeDir(v) => Node::VolumeDir(v.slot).id(),
-            Resolved::Live(v) => Node::Live(v.slot).id(),
-            Resolved::ImagesDir(v) => Node::ImagesDir(v.slot).id(),
-            Resolved::Image(_, c) => Node::Image(c.slot).id(),
-            Resolved::Tree(c, _, ino) => Node::Tree { copy: c.slot, ino: *ino }.id(),
+            Resolved::VolumeDir(v) => Node::VolumeDir(v.serial).id(),
+            Resolved::Live(v) => Node::Live(v.serial).id(),
+            Resolved::ImagesDir(v) => Node::ImagesDir(v.serial).id(),
+            Resolved::Image(_, c) => Node::Image(c.serial).id(),
+            Resolved::Tree(c, _, ino) => Node::Tree { copy: c.serial, ino: *ino }.id(),
         }
     }
 
@@ -213,17 +213,17 @@ impl Frontend {
         match dir {
             Resolved::Root => {
                 for v in self.service.volumes() {
-                    out.push((Node::VolumeDir(v.slot).id().unwrap_or(0), FileType::Directory, v.name.as_bytes().to_vec()));
+                    out.push((Node::VolumeDir(v.serial).id().unwrap_or(0), FileType::Directory, v.name.as_bytes().to_vec()));
                 }
             }
             Resolved::VolumeDir(v) => {
-                out.push((Node::Live(v.slot).id().unwrap_or(0), FileType::RegularFile, b"live".to_vec()));
-                out.push((Node::ImagesDir(v.slot).id().unwrap_or(0), FileType::Directory, b".images".to_vec()));
+                out.push((Node::Live(v.serial).id().unwrap_or(0), FileType::RegularFile, b"live".to_vec()));
+                out.push((Node::ImagesDir(v.serial).id().unwrap_or(0), FileType::Directory, b".images".to_vec()));
                 let windows = v.system().is_none();
-                let copies: Vec<Arc<Copy>> = v.copies.read().values().filter(|c| c.listed(windows)).cloned().collect();
+                let copies: Vec<Arc<ShadowCopy>> = v.copies.read().values().filter(|c| c.listed(windows)).cloned().collect();
                 for c in copies {
                     if let Some(fs) = c.tree(self.service.settings.fs_owner) {
-                        if let Some(id) = (Node::Tree { copy: c.slot, ino: fs.root() }).id() {
+                        if let Some(id) = (Node::Tree { copy: c.serial, ino: fs.root() }).id() {
                             out.push((id, FileType::Directory, c.name.as_bytes().to_vec()));
                         }
                     }
@@ -231,12 +231,12 @@ impl Frontend {
             }
             Resolved::ImagesDir(v) => {
                 for c in v.copies.read().values().filter(|c| c.exposed()) {
-                    out.push((Node::Image(c.slot).id().unwrap_or(0), FileType::RegularFile, format!("{}.img", c.name).into_bytes()));
+                    out.push((Node::Image(c.serial).id().unwrap_or(0), FileType::RegularFile, format!("{}.img", c.name).into_bytes()));
                 }
             }
             Resolved::Tree(c, fs, ino) => {
                 for e in fs.read_dir(*ino).map_err(|e| errno::of_fs(&e))?.iter() {
-                    match (Node::Tree { copy: c.slot, ino: e.ino }).id() {
+                    match (Node::Tree { copy: c.serial, ino: e.ino }).id() {
                         Some(id) => out.push((id, kind_to_type(e.kind), e.name.clone())),
                         None => tracing::warn!(ino = e.ino, "inode number too large to serve; entry skipped"),
                     }
@@ -470,7 +470,7 @@ impl Filesystem for Frontend {
     ) {
         if fh.0 == LIVE_FH {
             if let Some(Node::Live(s)) = Node::from_id(ino.0) {
-                if let Some(v) = self.service.volume_by_slot(s) {
+                if let Some(v) = self.service.volume_by_serial(s) {
                     v.live_opens.fetch_sub(1, Ordering::AcqRel);
                 }
             }

@@ -3,8 +3,8 @@
 //!
 //! - `1`: the mount's root (one folder per volume).
 //! - bit 63 set: a daemon-made node; bits 56..63 say which kind, the low 32 bits a volume's or a
-//!   copy's slot (slots are never reused while the daemon runs).
-//! - otherwise: a node inside a copy's filesystem: the copy's slot in bits 40..63 and the
+//!   copy's serial (serials are never reused while the daemon runs).
+//! - otherwise: a node inside a copy's filesystem: the copy's serial in bits 40..63 and the
 //!   filesystem's own inode number in bits 0..40.
 //!
 //! `stat` shows the filesystem's inode number for nodes inside a copy (as the original volume
@@ -13,7 +13,7 @@
 const SYNTHETIC: u64 = 1 << 63;
 const INO_BITS: u32 = 40;
 const INO_MASK: u64 = (1 << INO_BITS) - 1;
-const MAX_COPY_SLOT: u32 = (1 << 23) - 1;
+const MAX_COPY_SERIAL: u32 = (1 << 23) - 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Node {
@@ -24,7 +24,7 @@ pub enum Node {
     Live(u32),
     /// `<mnt>/<volume>/.images/`
     ImagesDir(u32),
-    /// `<mnt>/<volume>/.images/@GMT-….img` (a copy's slot)
+    /// `<mnt>/<volume>/.images/@GMT-….img` (a copy's serial)
     Image(u32),
     /// A file or directory inside a copy's filesystem.
     Tree {
@@ -36,7 +36,7 @@ pub enum Node {
 impl Node {
     /// The node id, or `None` when the parts do not fit (an inode number of 2^40 or more).
     pub fn id(self) -> Option<u64> {
-        let synth = |kind: u64, slot: u32| SYNTHETIC | kind << 56 | u64::from(slot);
+        let synth = |kind: u64, serial: u32| SYNTHETIC | kind << 56 | u64::from(serial);
         Some(match self {
             Node::Root => 1,
             Node::VolumeDir(s) => synth(1, s),
@@ -44,7 +44,7 @@ impl Node {
             Node::ImagesDir(s) => synth(3, s),
             Node::Image(s) => synth(4, s),
             Node::Tree { copy, ino } => {
-                if copy == 0 || copy > MAX_COPY_SLOT || ino > INO_MASK {
+                if copy == 0 || copy > MAX_COPY_SERIAL || ino > INO_MASK {
                     return None;
                 }
                 u64::from(copy) << INO_BITS | ino
@@ -57,12 +57,12 @@ impl Node {
             return Some(Node::Root);
         }
         if id & SYNTHETIC != 0 {
-            let slot = id as u32;
+            let serial = id as u32;
             return match (id >> 56) & 0x7f {
-                1 => Some(Node::VolumeDir(slot)),
-                2 => Some(Node::Live(slot)),
-                3 => Some(Node::ImagesDir(slot)),
-                4 => Some(Node::Image(slot)),
+                1 => Some(Node::VolumeDir(serial)),
+                2 => Some(Node::Live(serial)),
+                3 => Some(Node::ImagesDir(serial)),
+                4 => Some(Node::Image(serial)),
                 _ => None,
             };
         }
@@ -92,7 +92,7 @@ mod tests {
             Node::ImagesDir(1),
             Node::Image(7),
             Node::Tree { copy: 7, ino: 2 },
-            Node::Tree { copy: MAX_COPY_SLOT, ino: INO_MASK },
+            Node::Tree { copy: MAX_COPY_SERIAL, ino: INO_MASK },
         ];
         let ids: Vec<u64> = nodes.iter().map(|n| n.id().unwrap()).collect();
         for (n, id) in nodes.iter().zip(&ids) {
@@ -104,6 +104,6 @@ mod tests {
         assert_eq!(sorted.len(), ids.len());
         assert_eq!(Node::Tree { copy: 0, ino: 2 }.id(), None);
         assert_eq!(Node::Tree { copy: 1, ino: 1 << 40 }.id(), None);
-        assert_eq!(Node::from_id(2), None, "a tree id needs a copy slot");
+        assert_eq!(Node::from_id(2), None, "a tree id needs a copy serial");
     }
 }

@@ -1,0 +1,306 @@
+//! The daemon's service: the model of what it serves and every operation of the control
+//! protocol, run against the library's engine and coordinator.
+//!
+//! | module | owns | never |
+//! |---|---|---|
+//! | [`model`] | volumes, copies, exposed names, lazily opened filesystem views | changes the registry |
+//! | [`registry`] | opening volumes, serials, the state file and its saver | decides what is allowed |
+//! | [`error`] | [`ServiceError`]: each failure's message, once, and its protocol kind | decides that something fails |
+//! | [`ops`] | one file per group of operations (volume, create, copies, storage, image) | parses wire bytes |
+//!
+//! The control server calls [`Service::handle`]; the FUSE frontend reads the model through the
+//! lookups here. Never parses wire bytes and never answers FUSE requests itself.
+
+pub mod error;
+pub mod model;
+mod ops;
+mod registry;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use shadowcopy::fsread::ForeignOwner;
+use shadowcopy::protocol::{Answer, Op, Reply};
+use shadowcopy::Event;
+use uuid::Uuid;
+
+pub use self::error::ServiceError;
+pub use self::model::{Backend, ImageSource, Owner, ShadowCopy, Volume};
+use crate::state::{StateDir, VolumeRecord};
+
+/// The hard limit on holding writes (filesystems frozen) for one set, as VSS's 10 s.
+pub const HOLD_LIMIT: Duration = Duration::from_secs(10);
+
+/// Settings the daemon was started with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where the FUSE mount is.
+    pub mount: PathBuf,
+    /// Chunks of each volume's base-volume cache.
+    pub cache_chunks: usize,
+    /// Owner shown for files of filesystems without POSIX owners.
+    pub fs_owner: ForeignOwner,
+}
+
+/// Something leaving the mount: the frontend drops its entries from the kernel's caches.
+#[derive(Debug, Clone)]
+pub enum Departure {
+    /// A copy left its volume's folder.
+    Copy {
+        /// The volume's serial.
+        volume_serial: u32,
+        /// The copy's exposed name.
+        name: String,
+    },
+    /// A volume left the mount's root.
+    Volume {
+        /// Its name.
+        name: String,
+    },
+}
+
+/// Called with what left the mount, to drop it from the kernel's caches.
+pub type DepartureHook = Box<dyn Fn(&[Departure]) + Send + Sync>;
+
+/// The result of one operation.
+type OpResult = Result<Answer, ServiceError>;
+
+/// Everything the daemon serves, and the operations on it.
+pub struct Service {
+    /// Settings the daemon was started with.
+    pub settings: Settings,
+    state: StateDir,
+    volumes: RwLock<BTreeMap<String, Arc<Volume>>>,
+    volumes_by_serial: RwLock<HashMap<u32, Arc<Volume>>>,
+    copies_by_serial: RwLock<HashMap<u32, Arc<ShadowCopy>>>,
+    next_serial: AtomicU32,
+    /// Registered volumes that could not be opened at start: kept registered, shown in logs.
+    unopened: Mutex<Vec<VolumeRecord>>,
+    /// Serialises changes to the registry and the state file.
+    admin: Mutex<()>,
+    /// Set when exposed names changed and the state file should be rewritten (by the saver
+    /// thread, off the path of `create`: names can be rebuilt from the copies if lost).
+    names_dirty: (Mutex<bool>, parking_lot::Condvar),
+    /// Told about copies that leave (deleted, or gone for space).
+    departures: Mutex<Vec<Departure>>,
+    /// The frontend's cache invalidation, once the mount is up.
+    pub notify: OnceLock<DepartureHook>,
+    /// Registered writers.
+    pub writers: shadowcopy::coordinator::Writers,
+    /// Backup sessions of sets taken with writers (until BackupShutdown).
+    sessions: shadowcopy::coordinator::Sessions,
+    /// Copies exposed outside the mount.
+    pub exposures: crate::expose::Exposures,
+}
+
+impl Service {
+    /// Reopens every registered volume of the state directory. A volume that cannot be opened
+    /// is logged and left registered (it comes back once fixed), never a reason not to start.
+    pub fn start(state: StateDir, settings: Settings) -> Service {
+        let svc = Service {
+            settings,
+            state,
+            volumes: RwLock::new(BTreeMap::new()),
+            volumes_by_serial: RwLock::new(HashMap::new()),
+            copies_by_serial: RwLock::new(HashMap::new()),
+            next_serial: AtomicU32::new(1),
+            unopened: Mutex::new(Vec::new()),
+            admin: Mutex::new(()),
+            names_dirty: (Mutex::new(false), parking_lot::Condvar::new()),
+            departures: Mutex::new(Vec::new()),
+            notify: OnceLock::new(),
+            writers: shadowcopy::coordinator::Writers::default(),
+            sessions: shadowcopy::coordinator::Sessions::default(),
+            exposures: crate::expose::Exposures::default(),
+        };
+        let records = match svc.state.load() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot read the registered volumes; starting with none");
+                Vec::new()
+            }
+        };
+        for rec in records {
+            match svc.open_volume(&rec, None) {
+                Ok(v) => {
+                    tracing::info!(volume = %v.name, copies = v.copies.read().len(), "volume reopened");
+                    svc.insert_volume(v);
+                }
+                Err(e) => {
+                    tracing::error!(volume = %rec.name, error = %e, "cannot reopen the volume; fix the cause and restart the daemon");
+                    svc.unopened.lock().push(rec);
+                }
+            }
+        }
+        svc.save_state();
+        svc
+    }
+
+    // ---- lookups for the frontend ----
+
+    /// Every served volume, by name.
+    pub fn volumes(&self) -> Vec<Arc<Volume>> {
+        self.volumes.read().values().cloned().collect()
+    }
+
+    /// The volume named `name`.
+    pub fn volume(&self, name: &str) -> Option<Arc<Volume>> {
+        self.volumes.read().get(name).cloned()
+    }
+
+    /// The volume with this serial.
+    pub fn volume_by_serial(&self, serial: u32) -> Option<Arc<Volume>> {
+        self.volumes_by_serial.read().get(&serial).cloned()
+    }
+
+    /// The copy with this serial.
+    pub fn copy_by_serial(&self, serial: u32) -> Option<Arc<ShadowCopy>> {
+        self.copies_by_serial.read().get(&serial).cloned()
+    }
+
+    /// The volume named `name`, or the error that says there is none.
+    fn volume_named(&self, name: &str) -> Result<Arc<Volume>, ServiceError> {
+        self.volume(name).ok_or_else(|| ServiceError::NoVolume(name.to_string()))
+    }
+
+    /// The copy with id `id`, with its volume, or the error that says there is none.
+    fn find_copy(&self, id: Uuid) -> Result<(Arc<Volume>, Arc<ShadowCopy>), ServiceError> {
+        for v in self.volumes.read().values() {
+            if let Some(c) = v.copies.read().values().find(|c| c.info.id == id) {
+                return Ok((Arc::clone(v), Arc::clone(c)));
+            }
+        }
+        Err(ServiceError::NoCopy(id))
+    }
+
+    /// The copies of set `set_id`, with their volumes.
+    fn set_copies(&self, set_id: Uuid) -> Vec<(Arc<Volume>, Arc<ShadowCopy>)> {
+        self.volumes()
+            .into_iter()
+            .flat_map(|v| {
+                v.copies.read().values().filter(|c| c.info.set_id == set_id).map(|c| (Arc::clone(&v), Arc::clone(c))).collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Where a volume's live file is.
+    fn live_path(&self, v: &Volume) -> PathBuf {
+        self.settings.mount.join(&v.name).join("live")
+    }
+
+    // ---- engine events ----
+
+    /// Applies what the engines did on their own (copies deleted for space, copies failed).
+    pub fn poll_events(&self) {
+        let mut changed = false;
+        for v in self.volumes() {
+            let Some(engine) = v.system() else { continue };
+            for e in engine.take_events() {
+                match e {
+                    Event::CopyDeleted { id, reason } => {
+                        tracing::warn!(volume = %v.name, copy = %id, ?reason, "shadow copy deleted by the engine");
+                        changed |= self.forget_copy(&v, id);
+                    }
+                    Event::CopyFailed { id, reason } => {
+                        tracing::error!(volume = %v.name, copy = %id, %reason, "shadow copy failed");
+                    }
+                }
+            }
+        }
+        if changed {
+            self.save_names_later();
+        }
+        self.flush_departures();
+    }
+
+    /// Drops a copy from the model; true if it was there.
+    fn forget_copy(&self, v: &Volume, id: Uuid) -> bool {
+        let mut copies = v.copies.write();
+        let Some(name) = copies.iter().find(|(_, c)| c.info.id == id).map(|(n, _)| n.clone()) else { return false };
+        let Some(c) = copies.remove(&name) else { return false };
+        self.copies_by_serial.write().remove(&c.serial);
+        self.departures.lock().push(Departure::Copy { volume_serial: v.serial, name });
+        true
+    }
+
+    fn flush_departures(&self) {
+        let d = std::mem::take(&mut *self.departures.lock());
+        if !d.is_empty() {
+            if let Some(n) = self.notify.get() {
+                n(&d);
+            }
+        }
+    }
+
+    // ---- the protocol ----
+
+    /// Runs one request. `progress` receives (done, total) during long operations.
+    /// `requester_alive` says whether the client is still connected (a set is aborted when it
+    /// is not).
+    pub fn handle(
+        &self,
+        op: Op,
+        progress: &mut dyn FnMut(u64, u64),
+        stage: &mut dyn FnMut(&str),
+        requester_alive: &dyn Fn() -> bool,
+    ) -> Reply {
+        self.poll_events();
+        let r = self.run(op, progress, stage, requester_alive);
+        self.flush_departures();
+        match r {
+            Ok(a) => Reply::Ok(a),
+            Err(e) => Reply::error(e.kind(), e.to_string()),
+        }
+    }
+
+    /// Dispatch: one arm per operation, no catch-all, so a new operation forces a decision.
+    fn run(&self, op: Op, progress: &mut dyn FnMut(u64, u64), stage: &mut dyn FnMut(&str), requester_alive: &dyn Fn() -> bool) -> OpResult {
+        match op {
+            Op::Status => Ok(self.status()),
+            Op::VolumeAdd { name, image, diff_area, max_size, chunk_size, read_only } => {
+                self.volume_add(ops::volume::AddRequest { name, image, diff_area, max_size, chunk_size, read_only })
+            }
+            Op::VolumeList => Ok(Answer::Volumes(self.volumes().iter().map(|v| self.volume_info(v)).collect())),
+            Op::VolumeRemove { name } => self.volume_remove(&name),
+            Op::Create(req) => self.create(&req, stage, requester_alive),
+            Op::BackupComplete { set_id } => self.backup_complete(set_id),
+            Op::Writers => Ok(Answer::Writers(self.writers.views())),
+            // Handled by the control server, which owns the writer's connection.
+            Op::WriterRegister(_) | Op::WriterAnswer { .. } => {
+                Err(ServiceError::BadRequest("writer messages are only valid on a writer's own connection".into()))
+            }
+            Op::List { volume } => self.list(volume.as_deref()),
+            Op::Delete { target } => self.delete(target),
+            Op::StorageList => Ok(self.storage_list()),
+            Op::StorageResize { volume, max_size } => self.resize(&volume, &max_size),
+            Op::Export { id, path } => self.export(id, &path, progress),
+            Op::Revert { id } => self.revert(id, progress),
+            Op::Diff { id, to } => self.diff(id, to),
+            Op::Expose { id, at, device } => self.expose(id, at.as_deref(), device),
+            Op::Unexpose { path } => self.unexpose(&path),
+        }
+    }
+
+    /// Flushes every volume and the state file (on shutdown).
+    pub fn flush_all(&self) {
+        {
+            let _admin = self.admin.lock();
+            self.save_state();
+        }
+        for v in self.volumes() {
+            let Some(engine) = v.system() else { continue };
+            if let Err(e) = engine.flush() {
+                tracing::error!(volume = %v.name, error = %e, "flushing the volume failed");
+            }
+        }
+    }
+}
+
+/// The engine of a volume, or the error that says it has none.
+fn system_of(v: &Volume) -> Result<&shadowcopy::ShadowVolume, ServiceError> {
+    v.system().ok_or_else(|| ServiceError::ReadOnlyVolume(v.name.clone()))
+}

@@ -1,0 +1,174 @@
+//! Taking a set: the writers' sequence around the instant (the library's coordinator), flush
+//! and hold (FIFREEZE on the filesystems on the set's live files, the engine's commit, FITHAW),
+//! backup sessions, BackupComplete, and the release of auto-release sets.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use shadowcopy::coordinator::{self, Limits, Sequence};
+use shadowcopy::hold::{self, HoldError};
+use shadowcopy::protocol::{self, attributes, Answer, DeleteTarget, SetView};
+use shadowcopy::{create_set, CreateOptions, ShadowVolume};
+use uuid::Uuid;
+
+use super::super::model::unique_name;
+use super::super::{system_of, OpResult, Service, ServiceError, ShadowCopy, Volume, HOLD_LIMIT};
+
+/// A set taken under flush and hold: the set, how long filesystems were frozen, and which.
+struct Held {
+    set: shadowcopy::SetInfo,
+    held: Duration,
+    mount_points: Vec<PathBuf>,
+}
+
+impl Service {
+    pub(in crate::service) fn create(
+        &self,
+        req: &protocol::CreateRequest,
+        stage: &mut dyn FnMut(&str),
+        requester_alive: &dyn Fn() -> bool,
+    ) -> OpResult {
+        let names = &req.volumes;
+        let volatile = !req.is_persistent();
+        let context = req.context;
+        if names.is_empty() {
+            return Err(ServiceError::BadRequest("name at least one volume".into()));
+        }
+        let _admin = self.admin.lock();
+        let mut vols: Vec<Arc<Volume>> = Vec::new();
+        for n in names {
+            let v = self.volume_named(n)?;
+            if vols.iter().any(|x| x.name == v.name) {
+                return Err(ServiceError::BadRequest(format!("volume `{n}` is named twice")));
+            }
+            vols.push(v);
+        }
+        let mut engines: Vec<&ShadowVolume> = Vec::new();
+        for v in &vols {
+            engines.push(system_of(v)?);
+        }
+        let no_writers = protocol::WriterSelection { none: true, ..Default::default() };
+        let selection = if context.with_writers() {
+            &req.writers
+        } else if req.writers.only.is_empty() {
+            &no_writers
+        } else {
+            return Err(ServiceError::BadRequest(format!(
+                "context `{}` takes no writers; choose a context with writers (backup, app_rollback, client_accessible_writers)",
+                context.as_str()
+            )));
+        };
+        let chosen = self.writers.choose(names, selection).map_err(ServiceError::NoWriter)?;
+        for s in &chosen.skipped {
+            tracing::warn!(writer = %s, "writer left out of the set");
+        }
+        let lives: Vec<PathBuf> = vols.iter().map(|v| self.live_path(v)).collect();
+        let mut attrs = attributes::with_context(0, context);
+        if context.client_accessible() {
+            attrs |= attributes::CLIENT_ACCESSIBLE;
+        }
+        if chosen.writers.is_empty() {
+            attrs |= attributes::NO_WRITERS;
+        }
+        if volatile && !req.keep_after_disconnect {
+            attrs |= attributes::AUTO_RELEASE;
+        }
+        // Flush and hold, between the writers' Freeze and Thaw.
+        let hold = || -> Result<Held, ServiceError> {
+            let filesystems = hold::filesystems_on(&lives).map_err(|e| ServiceError::Failed(e.to_string()))?;
+            let frozen = hold::freeze(&filesystems, HOLD_LIMIT).map_err(|e| match e {
+                HoldError::FreezeTimeout { .. } => ServiceError::FreezeTimeout(e.to_string()),
+                _ => ServiceError::Failed(e.to_string()),
+            })?;
+            let attrs = if filesystems.is_empty() { attrs } else { attrs | attributes::FS_FROZEN };
+            let set = create_set(&engines, CreateOptions { volatile, attributes: attrs });
+            let mount_points = frozen.mount_points.clone();
+            let (held, expired) = frozen.release();
+            let set = set?;
+            if expired {
+                for (e, c) in engines.iter().zip(&set.copies) {
+                    let _ = e.delete(c.id);
+                }
+                return Err(ServiceError::HoldExpired(HOLD_LIMIT));
+            }
+            Ok(Held { set, held, mount_points })
+        };
+        let sequence =
+            Sequence { writers: &chosen.writers, volumes: names, limits: Limits::VSS, defer_backup_complete: req.defer_backup_complete };
+        let taken = coordinator::run_set(
+            &sequence,
+            stage,
+            requester_alive,
+            || {
+                hold().map(|h| {
+                    let (id, ids) = (h.set.set_id, h.set.copies.iter().map(|c| c.id).collect());
+                    (h, id, ids)
+                })
+            },
+            |h: &Held| {
+                for (e, c) in engines.iter().zip(&h.set.copies) {
+                    let _ = e.delete(c.id);
+                }
+            },
+        )?;
+        let Held { set, held, mount_points } = taken.result;
+        if !chosen.writers.is_empty() {
+            self.sessions.open(taken.set_id, chosen.writers.clone(), names.clone(), taken.copy_ids, !req.defer_backup_complete);
+        }
+        let mut views = Vec::new();
+        for (v, info) in vols.iter().zip(set.copies) {
+            let mut copies = v.copies.write();
+            let name = unique_name(&copies, &info);
+            let c = Arc::new(ShadowCopy {
+                serial: self.next_serial(),
+                name: name.clone(),
+                info,
+                volume: Arc::downgrade(v),
+                tree: OnceLock::new(),
+            });
+            copies.insert(name, Arc::clone(&c));
+            drop(copies);
+            self.copies_by_serial.write().insert(c.serial, Arc::clone(&c));
+            views.push(self.copy_view(v, &c));
+        }
+        self.save_names_later();
+        Ok(Answer::Set(SetView {
+            set_id: set.set_id,
+            copies: views,
+            hold_us: set.hold.as_micros() as u64,
+            frozen_us: if mount_points.is_empty() { 0 } else { held.as_micros() as u64 },
+            frozen: mount_points.iter().map(|p| p.display().to_string()).collect(),
+            writers: chosen.writers.iter().map(|(w, _)| w.registration.name.clone()).collect(),
+            skipped_writers: chosen.skipped,
+        }))
+    }
+
+    pub(in crate::service) fn backup_complete(&self, set_id: Uuid) -> OpResult {
+        if self.set_copies(set_id).is_empty() {
+            return Err(ServiceError::NoSet(set_id));
+        }
+        match self.sessions.backup_complete(set_id) {
+            Ok(m) => Ok(Answer::Done(m)),
+            Err(coordinator::NoSession) => {
+                Ok(Answer::Done(format!("set {set_id} has no writers waiting for BackupComplete; nothing to tell")))
+            }
+        }
+    }
+
+    /// The requester that created `sets` disconnected: auto-release sets are deleted, and the
+    /// sets' backup sessions learn the requester is gone.
+    pub fn requester_gone(&self, sets: &[Uuid]) {
+        for &set_id in sets {
+            let auto_release = self.set_copies(set_id).iter().any(|(_, c)| c.info.attributes & attributes::AUTO_RELEASE != 0);
+            if auto_release {
+                match self.delete(DeleteTarget::Set(set_id)) {
+                    Ok(_) => tracing::info!(set = %set_id, "auto-release set released: its requester disconnected"),
+                    Err(e) => tracing::warn!(set = %set_id, error = %e, "releasing an auto-release set failed"),
+                }
+                self.flush_departures();
+            }
+            self.sessions.requester_gone(set_id);
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Whole-copy operations: export to an image file, revert the live volume, changed ranges, and
+//! exposing a copy outside the mount (and undoing that).
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+use shadowcopy::coordinator;
+use shadowcopy::protocol::{self, Answer, RangeView};
+use uuid::Uuid;
+
+use super::super::{system_of, OpResult, Service, ServiceError};
+
+impl Service {
+    pub(in crate::service) fn export(&self, id: Uuid, path: &str, progress: &mut dyn FnMut(u64, u64)) -> OpResult {
+        let (v, _) = self.find_copy(id)?;
+        let dest = PathBuf::from(path);
+        if dest.exists() {
+            return Err(ServiceError::ExportExists(path.to_string()));
+        }
+        // Any provider's copy can be exported (Windows copies too): it is a read of the copy.
+        let provider = v.provider().ok_or_else(|| ServiceError::NoCopies(v.name.clone()))?;
+        shadowcopy::provider::export_copy(provider, id, &dest, progress)?;
+        Ok(Answer::Done(format!("exported shadow copy {id} to {path}")))
+    }
+
+    pub(in crate::service) fn revert(&self, id: Uuid, progress: &mut dyn FnMut(u64, u64)) -> OpResult {
+        let _admin = self.admin.lock();
+        let (v, copy) = self.find_copy(id)?;
+        if v.live_opens.load(Ordering::Acquire) > 0 {
+            return Err(ServiceError::LiveInUse { live: self.live_path(&v), action: "reverting" });
+        }
+        let engine = system_of(&v)?;
+        let volumes = vec![v.name.clone()];
+        let chosen = self.writers.choose(&volumes, &protocol::WriterSelection::default()).map_err(ServiceError::NoWriter)?;
+        coordinator::pre_restore(&chosen.writers, copy.info.set_id, &volumes, id).map_err(ServiceError::RestoreRefused)?;
+        let reverted = engine.revert(id, progress);
+        let failures = coordinator::post_restore(&chosen.writers, copy.info.set_id, &volumes, id);
+        reverted?;
+        let mut msg = format!("volume `{}` reverted to shadow copy {id}", v.name);
+        if !chosen.writers.is_empty() {
+            msg += &format!("; {} writer(s) told (pre_restore, post_restore)", chosen.writers.len());
+        }
+        for f in failures {
+            msg += &format!("; {f}");
+        }
+        Ok(Answer::Done(msg))
+    }
+
+    pub(in crate::service) fn diff(&self, id: Uuid, to: Option<Uuid>) -> OpResult {
+        let (v, _) = self.find_copy(id)?;
+        let ranges = system_of(&v)?.changed_ranges(id, to)?;
+        Ok(Answer::Ranges(ranges.iter().map(|r| RangeView { offset: r.offset, len: r.len }).collect()))
+    }
+
+    pub(in crate::service) fn expose(&self, id: Uuid, at: Option<&str>, device: bool) -> OpResult {
+        let _admin = self.admin.lock();
+        let (v, c) = self.find_copy(id)?;
+        if let Some(reason) = &c.info.failed {
+            return Err(ServiceError::CopyFailed { copy: id, reason: reason.clone() });
+        }
+        let dir = self.settings.mount.join(&v.name);
+        let place = match (at, device) {
+            (Some(_), true) | (None, false) => {
+                return Err(ServiceError::BadRequest("give a directory to expose the copy's files at, or ask for a device".into()))
+            }
+            (None, true) => self.exposures.device(id, &dir.join(".images").join(format!("{}.img", c.name))),
+            (Some(at), false) => {
+                let at = PathBuf::from(at);
+                if at.starts_with(&self.settings.mount) {
+                    return Err(ServiceError::InsideMount {
+                        what: "the directory",
+                        path: at,
+                        why: "a copy cannot be exposed inside the mount",
+                    });
+                }
+                if c.tree(self.settings.fs_owner).is_none() {
+                    return Err(ServiceError::NoFilesystem(id));
+                }
+                self.exposures.folder(id, &dir.join(&c.name), &at)
+            }
+        }
+        .map_err(ServiceError::Expose)?;
+        Ok(Answer::Done(format!("shadow copy {id} exposed at {}", place.path())))
+    }
+
+    pub(in crate::service) fn unexpose(&self, path: &str) -> OpResult {
+        let _admin = self.admin.lock();
+        let e = self.exposures.undo(path).map_err(ServiceError::Expose)?;
+        Ok(Answer::Done(format!("shadow copy {} is no longer exposed at {path}", e.copy)))
+    }
+}

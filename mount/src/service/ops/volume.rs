@@ -1,0 +1,138 @@
+//! Volumes: status, adding (registering an image and creating its diff area), listing and
+//! removing. A failed add leaves no volume registered.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use shadowcopy::protocol::{self, Answer, VolumeInfo};
+use shadowcopy::{DiffAreaOptions, MaxSize};
+
+use super::super::registry::check_name;
+use super::super::{Departure, OpResult, Service, ServiceError, Volume};
+use crate::state::VolumeRecord;
+
+/// The arguments of `volume_add`.
+pub(in crate::service) struct AddRequest {
+    pub(in crate::service) name: String,
+    pub(in crate::service) image: String,
+    pub(in crate::service) diff_area: Option<String>,
+    pub(in crate::service) max_size: Option<String>,
+    pub(in crate::service) chunk_size: Option<u64>,
+    pub(in crate::service) read_only: bool,
+}
+
+impl Service {
+    pub(in crate::service) fn status(&self) -> Answer {
+        Answer::Status(protocol::StatusInfo {
+            version: env!("CARGO_PKG_VERSION").into(),
+            protocol: protocol::VERSION,
+            mount: self.settings.mount.display().to_string(),
+            state_dir: self.state.path().display().to_string(),
+            volumes: self.volumes.read().len(),
+        })
+    }
+
+    pub(in crate::service) fn volume_info(&self, v: &Volume) -> VolumeInfo {
+        VolumeInfo {
+            name: v.name.clone(),
+            image: v.image.display().to_string(),
+            diff_area: v.diff_area.display().to_string(),
+            size: v.size(),
+            provider: v.provider().map_or("none", |p| p.name()).into(),
+            read_only: v.read_only(),
+            copies: v.copies.read().len(),
+            live: self.live_path(v).display().to_string(),
+            failure: v.system().and_then(|e| e.failure()),
+        }
+    }
+
+    pub(in crate::service) fn volume_add(&self, req: AddRequest) -> OpResult {
+        let AddRequest { name, image, diff_area, max_size, chunk_size, read_only } = req;
+        check_name(&name)?;
+        let _admin = self.admin.lock();
+        if self.volumes.read().contains_key(&name) || self.unopened.lock().iter().any(|r| r.name == name) {
+            return Err(ServiceError::VolumeNameTaken(name));
+        }
+        let image = PathBuf::from(&image).canonicalize().map_err(|source| ServiceError::ImageUnreadable { image, source })?;
+        if image.starts_with(&self.settings.mount) {
+            return Err(ServiceError::InsideMount { what: "the image", path: image, why: "the daemon would serve itself" });
+        }
+        if let Some(other) = self.volumes.read().values().find(|v| v.image == image) {
+            return Err(ServiceError::ImageRegistered { image, volume: other.name.clone() });
+        }
+        if read_only && (diff_area.is_some() || max_size.is_some() || chunk_size.is_some()) {
+            return Err(ServiceError::ReadOnlyOptions);
+        }
+        let diff_area = match diff_area {
+            _ if read_only => PathBuf::new(),
+            Some(d) => PathBuf::from(d),
+            None => self.state.default_diff_area(&name),
+        };
+        if diff_area.starts_with(&self.settings.mount) {
+            return Err(ServiceError::InsideMount { what: "the diff area", path: diff_area, why: "its writes would wait on themselves" });
+        }
+        if !read_only && diff_area.join("journal.0").exists() {
+            return Err(ServiceError::DiffAreaExists(diff_area));
+        }
+        let mut options = DiffAreaOptions::default();
+        if let Some(m) = max_size {
+            options.max_size = MaxSize::parse(&m).map_err(ServiceError::InvalidSetting)?;
+        }
+        if let Some(c) = chunk_size {
+            options.chunk_size = u32::try_from(c).map_err(|_| ServiceError::InvalidSetting("chunk size too large".into()))?;
+        }
+        let rec = VolumeRecord { name: name.clone(), image, diff_area, read_only, exposed: BTreeMap::new() };
+        let v = self.open_volume(&rec, Some(options))?;
+        self.insert_volume(Arc::clone(&v));
+        self.save_state();
+        tracing::info!(volume = %name, image = %v.image.display(), "volume added");
+        Ok(Answer::Volume(self.volume_info(&v)))
+    }
+
+    pub(in crate::service) fn volume_remove(&self, name: &str) -> OpResult {
+        let _admin = self.admin.lock();
+        {
+            let mut unopened = self.unopened.lock();
+            if let Some(i) = unopened.iter().position(|r| r.name == name) {
+                unopened.remove(i);
+                drop(unopened);
+                self.save_state();
+                return Ok(Answer::Done(format!(
+                    "volume `{name}` (which could not be opened) unregistered; its diff area was left in place"
+                )));
+            }
+        }
+        let v = self.volume_named(name)?;
+        if v.live_opens.load(Ordering::Acquire) > 0 {
+            return Err(ServiceError::LiveInUse { live: self.live_path(&v), action: "removing the volume" });
+        }
+        if let Some((copy, at)) = v.copies.read().values().map(|c| (c.info.id, self.exposures.of(c.info.id))).find(|(_, at)| !at.is_empty())
+        {
+            return Err(ServiceError::CopyExposed { copy, at: at.join(", ") });
+        }
+        self.volumes.write().remove(name);
+        self.volumes_by_serial.write().remove(&v.serial);
+        {
+            let mut serials = self.copies_by_serial.write();
+            for c in v.copies.read().values() {
+                serials.remove(&c.serial);
+                self.departures.lock().push(Departure::Copy { volume_serial: v.serial, name: c.name.clone() });
+            }
+        }
+        self.departures.lock().push(Departure::Volume { name: name.to_string() });
+        self.save_state();
+        let diff_area = v.diff_area.clone();
+        let n = v.copies.read().len();
+        let has_diff_area = v.system().is_some();
+        // Last reference: the engine closes (flushes) when the volume drops.
+        drop(v);
+        if has_diff_area {
+            if let Err(e) = std::fs::remove_dir_all(&diff_area) {
+                tracing::warn!(path = %diff_area.display(), error = %e, "could not remove the diff area");
+            }
+        }
+        Ok(Answer::Done(format!("volume `{name}` removed with its {n} shadow copies")))
+    }
+}
