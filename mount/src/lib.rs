@@ -7,7 +7,8 @@
 //! | [`state`] | `volumes.json` and the state-directory lock | holds copy data |
 //! | [`expose`] | exposures: copies bind-mounted on folders or on read-only loop devices | decides which copies exist |
 //! | [`control`] | the socket: framing, peer credentials, dispatch | decides what an operation does |
-//! | [`fuse`] | node ids, attributes, cache policy, errno table | decides anything about copies |
+//! | [`namespace`] | the mount layout in neutral types: node ids, lookups, listings, attributes, cache policy, write refusals | names a frontend's types |
+//! | [`fuse`] | the FUSE frontend: the namespace in fuser's types, INIT capabilities, the errno table | decides anything about the layout |
 //! | [`failpoints`] | fault injection for tests (off unless enabled by the environment) | is active in normal use |
 //!
 //! It never reaches into the diff-area format: it talks to the library's engine API only. Writers
@@ -17,5 +18,6 @@ pub mod control;
 pub mod expose;
 pub mod failpoints;
 pub mod fuse;
+pub mod namespace;
 pub mod service;
 pub mod state;

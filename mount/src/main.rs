@@ -12,8 +12,8 @@ use nix::sys::signal::{SigSet, Signal};
 use shadowcopy::fsread::ForeignOwner;
 use shadowcopy::size::parse_size;
 use shadowcopy_mount::control::{self, Access};
-use shadowcopy_mount::fuse::nodes::Node;
 use shadowcopy_mount::fuse::Frontend;
+use shadowcopy_mount::namespace::nodes::Node;
 use shadowcopy_mount::service::{Departure, Service, Settings};
 use shadowcopy_mount::state::StateDir;
 

@@ -1,54 +1,57 @@
-//! The FUSE frontend: presents the service's volumes and copies in the fixed layout
+//! The FUSE frontend: maps the neutral [`Namespace`] (the mount layout) to fuser's types.
 //!
-//! ```text
-//! <mnt>/<volume>/live                          read-write: the live volume
-//! <mnt>/<volume>/@GMT-YYYY.MM.DD-HH.MM.SS/      read-only tree of a shadow copy
-//! <mnt>/<volume>/.images/@GMT-….img             read-only raw image of a shadow copy
-//! ```
+//! Owns the FUSE session's settings (capabilities asked at INIT, `max_write`, readahead), the
+//! errno table ([`errno`]), and the translation of attributes, entries and cache policy into
+//! fuser's replies. A WinFsp frontend would sit beside this one over the same namespace.
 //!
-//! Owns node ids ([`nodes`]), attributes, cache policy and the errno table ([`errno`]). Cache
-//! policy: `live` is never cached by the kernel (direct I/O, zero TTL); copy trees and images are
-//! immutable, so their attributes and entries live for a day and their pages are kept; folders
-//! the daemon makes change as copies come and go, so they get a one-second TTL plus explicit
-//! invalidation when a copy leaves.
-//!
-//! Never decides anything about copies: it reads the [`Service`] model and calls the engine for
-//! bytes. Never panics on a request: every failure is an errno.
-
-mod errno;
-pub mod nodes;
+//! Never decides anything about the layout or copies: every answer comes from the namespace.
+//! Never panics on a request: every failure is an errno.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode,
     OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use shadowcopy::fsread::{FileKind, ReadOnlyFs, Stat};
+use shadowcopy::fsread::FileKind;
 
-use self::nodes::Node;
-use crate::service::{Service, ShadowCopy, Volume};
+use crate::namespace::nodes::Node;
+use crate::namespace::{Allocation, Attr, Cache, Namespace, NsError};
+use crate::service::Service;
 
-/// Entries and attributes of immutable copy trees.
-const TREE_TTL: Duration = Duration::from_secs(86400);
-/// Daemon-made folders (their entries change as copies come and go).
-const DIR_TTL: Duration = Duration::from_secs(1);
-
+/// The file handle of an open `live` file (its release is counted).
 const LIVE_FH: u64 = 1;
 
+/// The FUSE filesystem: the namespace, answered in fuser's terms.
 pub struct Frontend {
-    service: Arc<Service>,
-    uid: u32,
-    gid: u32,
-    started: SystemTime,
+    ns: Namespace,
 }
 
-fn kind_to_type(k: FileKind) -> FileType {
+/// The errno for each [`NsError`]: explicit, because converting an `io::Error` generically turns
+/// most kinds into EIO.
+fn errno(e: NsError) -> Errno {
+    match e {
+        NsError::NotFound => Errno::ENOENT,
+        NsError::Stale => Errno::ESTALE,
+        NsError::NotDir => Errno::ENOTDIR,
+        NsError::IsDir => Errno::EISDIR,
+        NsError::ReadOnly => Errno::EROFS,
+        NsError::NotPermitted => Errno::EPERM,
+        NsError::Overflow => Errno::EOVERFLOW,
+        NsError::NoSpace => Errno::ENOSPC,
+        NsError::TooBig => Errno::EFBIG,
+        NsError::Invalid => Errno::EINVAL,
+        NsError::Unsupported => Errno::EOPNOTSUPP,
+        NsError::NoData => Errno::ENODATA,
+        NsError::Io => Errno::EIO,
+    }
+}
+
+fn file_type(k: FileKind) -> FileType {
     match k {
         FileKind::File => FileType::RegularFile,
         FileKind::Dir => FileType::Directory,
@@ -60,198 +63,23 @@ fn kind_to_type(k: FileKind) -> FileType {
     }
 }
 
-/// What a resolved node is, with the objects it needs.
-enum Resolved {
-    Root,
-    VolumeDir(Arc<Volume>),
-    Live(Arc<Volume>),
-    ImagesDir(Arc<Volume>),
-    Image(Arc<Volume>, Arc<ShadowCopy>),
-    Tree(Arc<ShadowCopy>, Arc<dyn ReadOnlyFs>, u64),
-}
-
-impl Frontend {
-    pub fn new(service: Arc<Service>) -> Frontend {
-        Frontend { service, uid: nix::unistd::geteuid().as_raw(), gid: nix::unistd::getegid().as_raw(), started: SystemTime::now() }
-    }
-
-    fn resolve(&self, id: INodeNo) -> Result<Resolved, Errno> {
-        let node = Node::from_id(id.0).ok_or(Errno::ENOENT)?;
-        let vol = |s| self.service.volume_by_serial(s).ok_or(Errno::ESTALE);
-        Ok(match node {
-            Node::Root => Resolved::Root,
-            Node::VolumeDir(s) => Resolved::VolumeDir(vol(s)?),
-            Node::Live(s) => Resolved::Live(vol(s)?),
-            Node::ImagesDir(s) => Resolved::ImagesDir(vol(s)?),
-            Node::Image(c) => {
-                let copy = self.service.copy_by_serial(c).ok_or(Errno::ESTALE)?;
-                let v = copy.volume.upgrade().ok_or(Errno::ESTALE)?;
-                Resolved::Image(v, copy)
-            }
-            Node::Tree { copy, ino } => {
-                let c = self.service.copy_by_serial(copy).ok_or(Errno::ESTALE)?;
-                let fs = c.tree(self.service.settings.fs_owner).ok_or(Errno::ESTALE)?;
-                Resolved::Tree(c, fs, ino)
-            }
-        })
-    }
-
-    fn dir_attr(&self, node: Node, nlink: u32) -> FileAttr {
-        self.attr(node, FileType::Directory, 0o755, 0, self.uid, self.gid, self.started, nlink)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn attr(&self, node: Node, kind: FileType, perm: u16, size: u64, uid: u32, gid: u32, time: SystemTime, nlink: u32) -> FileAttr {
-        FileAttr {
-            ino: INodeNo(node.st_ino()),
-            size,
-            blocks: size.div_ceil(512),
-            atime: time,
-            mtime: time,
-            ctime: time,
-            crtime: time,
-            kind,
-            perm,
-            nlink,
-            uid,
-            gid,
-            rdev: 0,
-            blksize: 4096,
-            flags: 0,
-        }
-    }
-
-    fn live_attr(&self, v: &Volume) -> FileAttr {
-        // Read and write bits of the image file (read bits only on a read-only volume); `live`
-        // is what the image is.
-        let perm = (v.owner.mode & if v.read_only() { 0o444 } else { 0o666 }) as u16;
-        self.attr(Node::Live(v.serial), FileType::RegularFile, perm, v.size(), v.owner.uid, v.owner.gid, SystemTime::now(), 1)
-    }
-
-    fn image_attr(&self, v: &Volume, c: &ShadowCopy) -> FileAttr {
-        // Whoever could read the original image may read its copies, nobody else.
-        let perm = (v.owner.mode & 0o444) as u16;
-        self.attr(Node::Image(c.serial), FileType::RegularFile, perm, v.size(), v.owner.uid, v.owner.gid, c.info.created, 1)
-    }
-
-    fn tree_attr(&self, copy: &ShadowCopy, st: &Stat) -> Result<FileAttr, Errno> {
-        let node = Node::Tree { copy: copy.serial, ino: st.ino };
-        node.id().ok_or(Errno::EOVERFLOW)?;
-        Ok(FileAttr {
-            ino: INodeNo(st.ino),
-            size: st.size,
-            blocks: st.blocks,
-            atime: st.atime.to_system_time(),
-            mtime: st.mtime.to_system_time(),
-            ctime: st.ctime.to_system_time(),
-            crtime: st.crtime.to_system_time(),
-            kind: kind_to_type(st.kind),
-            perm: st.perm,
-            nlink: st.nlink,
-            uid: st.uid,
-            gid: st.gid,
-            rdev: st.rdev,
-            blksize: 4096,
-            flags: 0,
-        })
-    }
-
-    /// Attributes of a node plus its TTL.
-    fn getattr_of(&self, r: &Resolved) -> Result<(FileAttr, Duration), Errno> {
-        Ok(match r {
-            Resolved::Root => (self.dir_attr(Node::Root, 2 + self.service.volumes().len() as u32), DIR_TTL),
-            Resolved::VolumeDir(v) => (self.dir_attr(Node::VolumeDir(v.serial), 3 + v.copies.read().len() as u32), DIR_TTL),
-            Resolved::Live(v) => (self.live_attr(v), Duration::ZERO),
-            Resolved::ImagesDir(v) => (self.dir_attr(Node::ImagesDir(v.serial), 2), DIR_TTL),
-            Resolved::Image(v, c) => (self.image_attr(v, c), TREE_TTL),
-            Resolved::Tree(c, fs, ino) => (self.tree_attr(c, &fs.stat(*ino).map_err(|e| errno::of_fs(&e))?)?, TREE_TTL),
-        })
-    }
-
-    fn node_of(r: &Resolved) -> Option<u64> {
-        match r {
-            Resolved::Root => Node::Root.id(),
-            Resolved::VolumeDir(v) => Node::VolumeDir(v.serial).id(),
-            Resolved::Live(v) => Node::Live(v.serial).id(),
-            Resolved::ImagesDir(v) => Node::ImagesDir(v.serial).id(),
-            Resolved::Image(_, c) => Node::Image(c.serial).id(),
-            Resolved::Tree(c, _, ino) => Node::Tree { copy: c.serial, ino: *ino }.id(),
-        }
-    }
-
-    fn lookup_child(&self, parent: &Resolved, name: &OsStr) -> Result<Resolved, Errno> {
-        let name_s = name.to_str();
-        match parent {
-            Resolved::Root => name_s.and_then(|n| self.service.volume(n)).map(Resolved::VolumeDir).ok_or(Errno::ENOENT),
-            Resolved::VolumeDir(v) => match name_s {
-                Some("live") => Ok(Resolved::Live(Arc::clone(v))),
-                Some(".images") => Ok(Resolved::ImagesDir(Arc::clone(v))),
-                Some(n) if n.starts_with("@GMT-") => {
-                    let c = v.copies.read().get(n).filter(|c| c.exposed()).cloned().ok_or(Errno::ENOENT)?;
-                    let fs = c.tree(self.service.settings.fs_owner).ok_or(Errno::ENOENT)?;
-                    let root = fs.root();
-                    Ok(Resolved::Tree(c, fs, root))
-                }
-                _ => Err(Errno::ENOENT),
-            },
-            Resolved::ImagesDir(v) => {
-                let base = name_s.and_then(|n| n.strip_suffix(".img")).ok_or(Errno::ENOENT)?;
-                let c = v.copies.read().get(base).filter(|c| c.exposed()).cloned().ok_or(Errno::ENOENT)?;
-                Ok(Resolved::Image(Arc::clone(v), c))
-            }
-            Resolved::Tree(c, fs, ino) => {
-                let child = fs.lookup(*ino, name.as_bytes()).map_err(|e| errno::of_fs(&e))?;
-                Ok(Resolved::Tree(Arc::clone(c), Arc::clone(fs), child))
-            }
-            Resolved::Live(_) | Resolved::Image(..) => Err(Errno::ENOTDIR),
-        }
-    }
-
-    /// Every entry of a directory, `.` and `..` first: (node id, kind, name).
-    fn entries(&self, dir: &Resolved, id: INodeNo) -> Result<Vec<(u64, FileType, Vec<u8>)>, Errno> {
-        let mut out = vec![(id.0, FileType::Directory, b".".to_vec()), (id.0, FileType::Directory, b"..".to_vec())];
-        match dir {
-            Resolved::Root => {
-                for v in self.service.volumes() {
-                    out.push((Node::VolumeDir(v.serial).id().unwrap_or(0), FileType::Directory, v.name.as_bytes().to_vec()));
-                }
-            }
-            Resolved::VolumeDir(v) => {
-                out.push((Node::Live(v.serial).id().unwrap_or(0), FileType::RegularFile, b"live".to_vec()));
-                out.push((Node::ImagesDir(v.serial).id().unwrap_or(0), FileType::Directory, b".images".to_vec()));
-                let windows = v.system().is_none();
-                let copies: Vec<Arc<ShadowCopy>> = v.copies.read().values().filter(|c| c.listed(windows)).cloned().collect();
-                for c in copies {
-                    if let Some(fs) = c.tree(self.service.settings.fs_owner) {
-                        if let Some(id) = (Node::Tree { copy: c.serial, ino: fs.root() }).id() {
-                            out.push((id, FileType::Directory, c.name.as_bytes().to_vec()));
-                        }
-                    }
-                }
-            }
-            Resolved::ImagesDir(v) => {
-                for c in v.copies.read().values().filter(|c| c.exposed()) {
-                    out.push((Node::Image(c.serial).id().unwrap_or(0), FileType::RegularFile, format!("{}.img", c.name).into_bytes()));
-                }
-            }
-            Resolved::Tree(c, fs, ino) => {
-                for e in fs.read_dir(*ino).map_err(|e| errno::of_fs(&e))?.iter() {
-                    match (Node::Tree { copy: c.serial, ino: e.ino }).id() {
-                        Some(id) => out.push((id, kind_to_type(e.kind), e.name.clone())),
-                        None => tracing::warn!(ino = e.ino, "inode number too large to serve; entry skipped"),
-                    }
-                }
-            }
-            Resolved::Live(_) | Resolved::Image(..) => return Err(Errno::ENOTDIR),
-        }
-        Ok(out)
-    }
-
-    fn read_only_error(&self, parent: INodeNo) -> Errno {
-        match Node::from_id(parent.0) {
-            Some(Node::Tree { .. }) | Some(Node::ImagesDir(_)) => Errno::EROFS,
-            _ => Errno::EPERM,
-        }
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.st_ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.crtime,
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: 4096,
+        flags: 0,
     }
 }
 
@@ -265,6 +93,19 @@ fn xattr_reply(reply: ReplyXattr, data: &[u8], size: u32) {
     }
 }
 
+impl Frontend {
+    /// The frontend of `service`'s layout.
+    pub fn new(service: Arc<Service>) -> Frontend {
+        Frontend { ns: Namespace::new(service) }
+    }
+}
+
+thread_local! {
+    /// One read buffer per worker thread, reused: a fresh 1 MiB allocation is a new mapping
+    /// whose every page faults on first touch.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl Filesystem for Frontend {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(1 << 20);
@@ -272,7 +113,7 @@ impl Filesystem for Frontend {
         // POSIX ACLs: without this capability `default_permissions` checks mode bits only, and a
         // user an ACL denies on the original file could read every copy of it (the class of bug
         // behind CVE-2021-36934). With it, the kernel reads `system.posix_acl_*` through getxattr
-        // and enforces each copy's own ACLs. Required, not best effort: see below.
+        // and enforces each copy's own ACLs. Required, not best effort.
         if config.add_capabilities(InitFlags::FUSE_POSIX_ACL).is_err() {
             tracing::error!("the kernel lacks FUSE_POSIX_ACL: refusing to serve copies whose ACLs it would not enforce");
             return Err(std::io::Error::other("kernel without FUSE_POSIX_ACL"));
@@ -295,23 +136,23 @@ impl Filesystem for Frontend {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let r =
-            self.resolve(parent).and_then(|p| self.lookup_child(&p, name)).and_then(|child| self.getattr_of(&child).map(|a| (child, a)));
+        let r = self.ns.resolve(parent.0).and_then(|p| self.ns.lookup(&p, name.as_bytes())).and_then(|child| {
+            let (attr, cache) = self.ns.getattr(&child)?;
+            // The node id names the object in this mount; attr.ino is what `stat` shows (inside
+            // a copy: the original filesystem's inode number).
+            let id = Namespace::node_id(&child).ok_or(NsError::Overflow)?;
+            Ok((id, attr, cache))
+        });
         match r {
-            Ok((child, (attr, ttl))) => match Self::node_of(&child) {
-                // The node id names the object in this mount; attr.ino is what `stat` shows
-                // (inside a copy: the original filesystem's inode number).
-                Some(id) => reply.entry_with_node(INodeNo(id), &ttl, &ttl, &attr, Generation(0)),
-                None => reply.error(Errno::EOVERFLOW),
-            },
-            Err(e) => reply.error(e),
+            Ok((id, attr, cache)) => reply.entry_with_node(INodeNo(id), &cache.ttl(), &cache.ttl(), &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.resolve(ino).and_then(|r| self.getattr_of(&r)) {
-            Ok((attr, ttl)) => reply.attr(&ttl, &attr),
-            Err(e) => reply.error(e),
+        match self.ns.resolve(ino.0).and_then(|r| self.ns.getattr(&r)) {
+            Ok((attr, cache)) => reply.attr(&cache.ttl(), &file_attr(&attr)),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
@@ -334,48 +175,28 @@ impl Filesystem for Frontend {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.resolve(ino) {
-            Ok(Resolved::Live(v)) => {
-                // The live volume's size is the image's; owners and modes are the image's.
-                if size.is_some_and(|s| s != v.size()) {
-                    return reply.error(Errno::EPERM);
-                }
-                if mode.is_some() || uid.is_some() || gid.is_some() {
-                    return reply.error(Errno::EPERM);
-                }
-                reply.attr(&Duration::ZERO, &self.live_attr(&v));
-            }
-            Ok(Resolved::Tree(..)) | Ok(Resolved::Image(..)) => reply.error(Errno::EROFS),
-            Ok(_) => reply.error(Errno::EPERM),
-            Err(e) => reply.error(e),
+        let owner_or_mode = mode.is_some() || uid.is_some() || gid.is_some();
+        match self.ns.resolve(ino.0).and_then(|r| self.ns.setattr(&r, size, owner_or_mode)) {
+            Ok(attr) => reply.attr(&Cache::Never.ttl(), &file_attr(&attr)),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.resolve(ino) {
-            Ok(Resolved::Tree(_, fs, i)) => match fs.read_link(i) {
-                Ok(t) => reply.data(&t),
-                Err(e) => reply.error(errno::of_fs(&e)),
-            },
-            Ok(_) => reply.error(Errno::EINVAL),
-            Err(e) => reply.error(e),
+        match self.ns.resolve(ino.0).and_then(|r| self.ns.readlink(&r)) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let writing = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
-        match self.resolve(ino) {
-            Ok(Resolved::Live(v)) if writing && v.read_only() => reply.error(Errno::EROFS),
-            Ok(Resolved::Live(v)) => {
-                v.live_opens.fetch_add(1, Ordering::AcqRel);
-                // Direct I/O: every write reaches the engine at once (no page cache between the
-                // loop device and the copy-on-write), and writes run in parallel.
-                reply.opened(FileHandle(LIVE_FH), FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES);
-            }
-            Ok(Resolved::Image(..)) | Ok(Resolved::Tree(..)) if writing => reply.error(Errno::EROFS),
-            Ok(Resolved::Image(..)) | Ok(Resolved::Tree(..)) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-            Ok(_) => reply.error(Errno::EISDIR),
-            Err(e) => reply.error(e),
+        match self.ns.resolve(ino.0).and_then(|r| self.ns.open(&r, writing)) {
+            // Direct I/O: every write reaches the engine at once (no page cache between the
+            // loop device and the copy-on-write), and writes run in parallel.
+            Ok(Cache::Never) => reply.opened(FileHandle(LIVE_FH), FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES),
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
@@ -390,35 +211,13 @@ impl Filesystem for Frontend {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let clamp = |total: u64| -> usize { total.saturating_sub(offset).min(u64::from(size)) as usize };
-        let resolved = match self.resolve(ino) {
+        let resolved = match self.ns.resolve(ino.0) {
             Ok(r) => r,
-            Err(e) => return reply.error(e),
+            Err(e) => return reply.error(errno(e)),
         };
-        // One buffer per worker thread, reused: a fresh 1 MiB allocation is a new mapping whose
-        // every page faults on first touch.
-        READ_BUF.with_borrow_mut(|buf| {
-            let result = match &resolved {
-                Resolved::Live(v) => {
-                    let n = clamp(v.size());
-                    grow(buf, n);
-                    v.read_live(&mut buf[..n], offset).map(|()| n).map_err(|e| errno::of_engine(&e))
-                }
-                Resolved::Image(v, c) => {
-                    let n = clamp(v.size());
-                    grow(buf, n);
-                    v.read_copy(c.info.id, &mut buf[..n], offset).map(|()| n).map_err(|e| errno::of_engine(&e))
-                }
-                Resolved::Tree(_, fs, i) => {
-                    grow(buf, size as usize);
-                    fs.read(*i, offset, &mut buf[..size as usize]).map_err(|e| errno::of_fs(&e))
-                }
-                _ => Err(Errno::EISDIR),
-            };
-            match result {
-                Ok(n) => reply.data(&buf[..n]),
-                Err(e) => reply.error(e),
-            }
+        READ_BUF.with_borrow_mut(|buf| match self.ns.read(&resolved, offset, size, buf) {
+            Ok(n) => reply.data(&buf[..n]),
+            Err(e) => reply.error(errno(e)),
         });
     }
 
@@ -434,23 +233,9 @@ impl Filesystem for Frontend {
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.resolve(ino) {
-            Ok(Resolved::Live(v)) => {
-                crate::failpoints::stall_live_write();
-                let Some(engine) = v.system() else { return reply.error(Errno::EROFS) };
-                if offset.checked_add(data.len() as u64).is_none_or(|end| end > engine.size()) {
-                    return reply.error(Errno::ENOSPC);
-                }
-                match engine.write_at(data, offset) {
-                    Ok(()) => reply.written(data.len() as u32),
-                    Err(e) => {
-                        tracing::error!(volume = %v.name, offset, len = data.len(), error = %e, "live write failed");
-                        reply.error(errno::of_engine(&e))
-                    }
-                }
-            }
-            Ok(_) => reply.error(Errno::EROFS),
-            Err(e) => reply.error(e),
+        match self.ns.resolve(ino.0).and_then(|r| self.ns.write(&r, offset, data)) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
@@ -469,77 +254,52 @@ impl Filesystem for Frontend {
         reply: ReplyEmpty,
     ) {
         if fh.0 == LIVE_FH {
-            if let Some(Node::Live(s)) = Node::from_id(ino.0) {
-                if let Some(v) = self.service.volume_by_serial(s) {
-                    v.live_opens.fetch_sub(1, Ordering::AcqRel);
-                }
-            }
+            self.ns.close_live(ino.0);
         }
         reply.ok();
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        match self.resolve(ino) {
-            Ok(Resolved::Live(v)) => match v.system().map_or(Ok(()), |e| e.flush()) {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    tracing::error!(volume = %v.name, error = %e, "flush of the live volume failed");
-                    reply.error(errno::of_engine(&e))
-                }
-            },
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(e),
+        match self.ns.resolve(ino.0).and_then(|r| self.ns.fsync(&r)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
     fn fallocate(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
-        let v = match self.resolve(ino) {
-            Ok(Resolved::Live(v)) => v,
-            Ok(_) => return reply.error(Errno::EROFS),
-            Err(e) => return reply.error(e),
+        let zeroing = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        let what = if mode & zeroing != 0 {
+            if mode & !(zeroing | libc::FALLOC_FL_KEEP_SIZE) != 0 {
+                Allocation::Other
+            } else {
+                Allocation::Zero
+            }
+        } else if mode & !libc::FALLOC_FL_KEEP_SIZE == 0 {
+            Allocation::Reserve { keep_size: mode & libc::FALLOC_FL_KEEP_SIZE != 0 }
+        } else {
+            Allocation::Other
         };
-        let Some(engine) = v.system() else { return reply.error(Errno::EROFS) };
-        let size = engine.size();
-        let end = offset.saturating_add(length);
-        if mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 {
-            // Discards and WRITE_ZEROES from a loop device: the range reads as zeros afterwards,
-            // and copies keep what they need first.
-            if mode & !(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE) != 0 {
-                return reply.error(Errno::EOPNOTSUPP);
-            }
-            let end = end.min(size);
-            if offset >= end {
-                return reply.ok();
-            }
-            return match engine.punch_zero(offset, end - offset) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno::of_engine(&e)),
-            };
+        match self.ns.resolve(ino.0).and_then(|r| self.ns.allocate(&r, offset, length, what)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
         }
-        if mode & !libc::FALLOC_FL_KEEP_SIZE == 0 {
-            // Plain allocation: every byte of the volume already exists; growing it cannot.
-            return if end <= size || mode & libc::FALLOC_FL_KEEP_SIZE != 0 { reply.ok() } else { reply.error(Errno::EFBIG) };
-        }
-        reply.error(Errno::EOPNOTSUPP)
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.resolve(ino) {
-            Ok(Resolved::Tree(..)) => reply.opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE),
-            Ok(Resolved::Live(_)) | Ok(Resolved::Image(..)) => reply.error(Errno::ENOTDIR),
+        match self.ns.resolve(ino.0).and_then(|r| self.ns.opendir(&r)) {
+            Ok(Cache::Immutable) => reply.opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE),
             Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let entries = match self.resolve(ino).and_then(|r| self.entries(&r, ino)) {
+        let entries = match self.ns.resolve(ino.0).and_then(|r| self.ns.entries(&r, ino.0)) {
             Ok(e) => e,
-            Err(e) => return reply.error(e),
+            Err(e) => return reply.error(errno(e)),
         };
-        for (i, (id, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
-            let st_ino = Node::from_id(*id).map_or(*id, |n| n.st_ino());
-            if reply.add(INodeNo(st_ino), (i + 1) as u64, *kind, OsStr::from_bytes(name)) {
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(Namespace::st_ino(e.id)), (i + 1) as u64, file_type(e.kind), OsStr::from_bytes(&e.name)) {
                 break;
             }
         }
@@ -547,29 +307,30 @@ impl Filesystem for Frontend {
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let dir = match self.resolve(ino) {
+        let dir = match self.ns.resolve(ino.0) {
             Ok(d) => d,
-            Err(e) => return reply.error(e),
+            Err(e) => return reply.error(errno(e)),
         };
-        let entries = match self.entries(&dir, ino) {
+        let entries = match self.ns.entries(&dir, ino.0) {
             Ok(e) => e,
-            Err(e) => return reply.error(e),
+            Err(e) => return reply.error(errno(e)),
         };
         // `.` and `..` carry the directory's own inode number.
-        let own = self.getattr_of(&dir).ok().map(|(a, _)| a);
-        for (i, (id, _kind, name)) in entries.iter().enumerate().skip(offset as usize) {
-            let child = if name == b"." || name == b".." {
+        let own = self.ns.getattr(&dir).ok().map(|(a, _)| a);
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            let child = if e.name == b"." || e.name == b".." {
                 None
             } else {
-                self.lookup_child(&dir, OsStr::from_bytes(name)).ok().and_then(|c| self.getattr_of(&c).ok())
+                self.ns.lookup(&dir, &e.name).ok().and_then(|c| self.ns.getattr(&c).ok())
             };
+            let name = OsStr::from_bytes(&e.name);
             let full = match child {
-                Some((attr, ttl)) => reply.add(INodeNo(*id), (i + 1) as u64, OsStr::from_bytes(name), &ttl, &attr, Generation(0)),
+                Some((attr, cache)) => reply.add(INodeNo(e.id), (i + 1) as u64, name, &cache.ttl(), &file_attr(&attr), Generation(0)),
                 // `.`, `..`, or an entry whose attributes cannot be read: node id 0 tells the
                 // kernel to look it up itself (and get the error then).
                 None => {
-                    let attr = own.unwrap_or_else(|| self.dir_attr(Node::Root, 2));
-                    reply.add(INodeNo(0), (i + 1) as u64, OsStr::from_bytes(name), &Duration::ZERO, &attr, Generation(0))
+                    let attr = own.clone().unwrap_or_else(|| self.ns.dir_attr(Node::Root, 2));
+                    reply.add(INodeNo(0), (i + 1) as u64, name, &Cache::Never.ttl(), &file_attr(&attr), Generation(0))
                 }
             };
             if full {
@@ -580,73 +341,53 @@ impl Filesystem for Frontend {
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        match self.resolve(ino) {
-            Ok(Resolved::Tree(_, fs, _)) => {
-                let s = fs.stats();
-                reply.statfs(s.blocks, s.free_blocks, s.free_blocks, s.files, s.free_files, s.block_size, s.name_max, s.block_size)
-            }
-            _ => reply.statfs(0, 0, 0, 0, 0, 4096, 255, 4096),
-        }
+        let s = match self.ns.resolve(ino.0) {
+            Ok(r) => self.ns.statfs(&r),
+            Err(_) => self.ns.statfs(&crate::namespace::Resolved::Root),
+        };
+        reply.statfs(s.blocks, s.free_blocks, s.free_blocks, s.files, s.free_files, s.block_size, s.name_max, s.block_size)
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.resolve(ino) {
-            Ok(Resolved::Tree(_, fs, i)) => match fs.xattrs(i) {
-                Ok(list) => match list.iter().find(|(n, _)| n.as_slice() == name.as_bytes() && visible(req, n)) {
-                    Some((_, v)) => xattr_reply(reply, v, size),
-                    None => reply.error(Errno::ENODATA),
-                },
-                Err(e) => reply.error(errno::of_fs(&e)),
-            },
-            Ok(_) => reply.error(Errno::ENODATA),
-            Err(e) => reply.error(e),
+        match self.ns.resolve(ino.0).and_then(|r| self.ns.xattr(&r, name.as_bytes(), req.uid() == 0)) {
+            Ok(v) => xattr_reply(reply, &v, size),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.resolve(ino) {
-            Ok(Resolved::Tree(_, fs, i)) => match fs.xattrs(i) {
-                Ok(list) => {
-                    let mut names = Vec::new();
-                    for (n, _) in list.iter().filter(|(n, _)| visible(req, n)) {
-                        names.extend_from_slice(n);
-                        names.push(0);
-                    }
-                    xattr_reply(reply, &names, size)
-                }
-                Err(e) => reply.error(errno::of_fs(&e)),
-            },
-            Ok(_) => xattr_reply(reply, &[], size),
-            Err(e) => reply.error(e),
+        match self.ns.resolve(ino.0).and_then(|r| self.ns.xattr_names(&r, req.uid() == 0)) {
+            Ok(names) => xattr_reply(reply, &names, size),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
     fn setxattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, _value: &[u8], _flags: i32, _position: u32, reply: ReplyEmpty) {
-        reply.error(self.read_only_error(ino));
+        reply.error(errno(self.ns.change_refused(ino.0)));
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(self.read_only_error(ino));
+        reply.error(errno(self.ns.change_refused(ino.0)));
     }
 
     fn mknod(&self, _req: &Request, parent: INodeNo, _name: &OsStr, _mode: u32, _umask: u32, _rdev: u32, reply: ReplyEntry) {
-        reply.error(self.read_only_error(parent));
+        reply.error(errno(self.ns.change_refused(parent.0)));
     }
 
     fn mkdir(&self, _req: &Request, parent: INodeNo, _name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
-        reply.error(self.read_only_error(parent));
+        reply.error(errno(self.ns.change_refused(parent.0)));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(self.read_only_error(parent));
+        reply.error(errno(self.ns.change_refused(parent.0)));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(self.read_only_error(parent));
+        reply.error(errno(self.ns.change_refused(parent.0)));
     }
 
     fn symlink(&self, _req: &Request, parent: INodeNo, _link: &OsStr, _target: &std::path::Path, reply: ReplyEntry) {
-        reply.error(self.read_only_error(parent));
+        reply.error(errno(self.ns.change_refused(parent.0)));
     }
 
     fn rename(
@@ -659,35 +400,14 @@ impl Filesystem for Frontend {
         _flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(self.read_only_error(parent));
+        reply.error(errno(self.ns.change_refused(parent.0)));
     }
 
     fn link(&self, _req: &Request, _ino: INodeNo, newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
-        reply.error(self.read_only_error(newparent));
+        reply.error(errno(self.ns.change_refused(newparent.0)));
     }
 
     fn create(&self, _req: &Request, parent: INodeNo, _name: &OsStr, _mode: u32, _umask: u32, _flags: i32, reply: ReplyCreate) {
-        reply.error(self.read_only_error(parent));
+        reply.error(errno(self.ns.change_refused(parent.0)));
     }
-}
-
-thread_local! {
-    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Makes `buf` at least `n` bytes long (it only grows; contents are overwritten by each read).
-fn grow(buf: &mut Vec<u8>, n: usize) {
-    if buf.len() < n {
-        buf.resize(n, 0);
-    }
-}
-
-/// `trusted.*` attributes are for root only, as on the original filesystem.
-fn visible(req: &Request, name: &[u8]) -> bool {
-    !name.starts_with(b"trusted.") || req.uid() == 0
-}
-
-/// Seconds since the epoch, for logs.
-pub fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

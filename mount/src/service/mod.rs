@@ -15,6 +15,8 @@ pub mod error;
 pub mod model;
 mod ops;
 mod registry;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;

@@ -1,0 +1,264 @@
+//! The service's contract, run without root, FUSE or a daemon: the executable form of the error
+//! table in `docs/protocol.md` (one test per kind of refusal), and one message per failure
+//! whichever operation meets it.
+
+use std::path::{Path, PathBuf};
+
+use shadowcopy::fsread::ForeignOwner;
+use shadowcopy::protocol::{Answer, CreateRequest, DeleteTarget, ErrorKind, ErrorReply, Op, Reply};
+use uuid::Uuid;
+
+use super::{Service, Settings};
+use crate::expose::Place;
+use crate::state::StateDir;
+
+/// A service over a temporary state directory; the mount path is never mounted.
+struct Fixture {
+    dir: tempfile::TempDir,
+    svc: Service,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = StateDir::lock(&dir.path().join("state")).expect("state dir");
+        let settings = Settings { mount: dir.path().join("mnt"), cache_chunks: 16, fs_owner: ForeignOwner::default() };
+        Fixture { svc: Service::start(state, settings), dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A zero-filled image file of `size` bytes.
+    fn image(&self, name: &str, size: u64) -> String {
+        let p = self.path(name);
+        std::fs::File::create(&p).and_then(|f| f.set_len(size)).expect("image");
+        p.display().to_string()
+    }
+
+    fn call(&self, op: Op) -> Reply {
+        self.svc.handle(op, &mut |_, _| {}, &mut |_| {}, &|| true)
+    }
+
+    fn ok(&self, op: Op) -> Answer {
+        match self.call(op) {
+            Reply::Ok(a) => a,
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    }
+
+    fn err(&self, op: Op) -> ErrorReply {
+        match self.call(op) {
+            Reply::Error(e) => e,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    fn add(&self, name: &str, image: &str) -> Answer {
+        self.ok(add_op(name, image))
+    }
+
+    /// One persistent copy of `volume`; its id.
+    fn create(&self, volume: &str) -> Uuid {
+        let req = CreateRequest { persistent: Some(true), ..CreateRequest::new(vec![volume.into()]) };
+        match self.ok(Op::Create(req)) {
+            Answer::Set(s) => s.copies[0].id,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn add_op(name: &str, image: &str) -> Op {
+    add_op_with(name, image, None, None, false)
+}
+
+fn add_op_with(name: &str, image: &str, diff_area: Option<String>, max_size: Option<&str>, read_only: bool) -> Op {
+    Op::VolumeAdd { name: name.into(), image: image.into(), diff_area, max_size: max_size.map(Into::into), chunk_size: None, read_only }
+}
+
+#[test]
+fn a_volume_is_added_copied_listed_and_deleted() {
+    let f = Fixture::new();
+    f.add("data", &f.image("data.img", 64 << 20));
+    let id = f.create("data");
+    match f.ok(Op::List { volume: Some("data".into()) }) {
+        Answer::Copies(c) => assert_eq!(c.iter().map(|c| c.id).collect::<Vec<_>>(), [id]),
+        other => panic!("{other:?}"),
+    }
+    match f.ok(Op::Delete { target: DeleteTarget::Id(id) }) {
+        Answer::Copies(c) => assert_eq!(c[0].id, id),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(f.ok(Op::List { volume: None }), Answer::Copies(c) if c.is_empty()));
+}
+
+#[test]
+fn bad_requests() {
+    let f = Fixture::new();
+    let image = f.image("v.img", 64 << 20);
+    for bad in ["", ".hidden", "@GMT", "-x", "a/b", "with space", &"x".repeat(65)] {
+        let e = f.err(add_op(bad, &image));
+        assert_eq!(e.kind, ErrorKind::BadRequest, "{bad:?}: {}", e.message);
+        assert!(e.message.contains("invalid volume name"), "{}", e.message);
+    }
+    let e = f.err(add_op_with("ro", &image, None, Some("1G"), true));
+    assert_eq!((e.kind, e.message.contains("read-only volume has no diff area")), (ErrorKind::BadRequest, true), "{}", e.message);
+    let e = f.err(add_op_with("v", &image, None, Some("lots"), false));
+    assert_eq!(e.kind, ErrorKind::BadRequest, "{}", e.message);
+    let e = f.err(Op::WriterAnswer { seq: 1, outcome: shadowcopy::protocol::WriterOutcome::Ok });
+    assert_eq!(e.kind, ErrorKind::BadRequest, "{}", e.message);
+    let e = f.err(Op::Create(CreateRequest::new(vec![])));
+    assert_eq!((e.kind, e.message.as_str()), (ErrorKind::BadRequest, "name at least one volume"));
+}
+
+#[test]
+fn paths_inside_the_mount_are_refused() {
+    let f = Fixture::new();
+    std::fs::create_dir_all(f.path("mnt")).unwrap();
+    let inside = f.image("mnt/inside.img", 64 << 20);
+    let e = f.err(add_op("v", &inside));
+    assert_eq!(e.kind, ErrorKind::BadRequest, "{}", e.message);
+    assert!(e.message.contains("inside the daemon's mount"), "{}", e.message);
+    let outside = f.image("outside.img", 64 << 20);
+    let diff_area = f.path("mnt/diff").display().to_string();
+    let e = f.err(add_op_with("v", &outside, Some(diff_area), None, false));
+    assert!(e.kind == ErrorKind::BadRequest && e.message.contains("the diff area"), "{}", e.message);
+}
+
+#[test]
+fn names_and_images_are_taken_once() {
+    let f = Fixture::new();
+    let (a, b) = (f.image("a.img", 64 << 20), f.image("b.img", 64 << 20));
+    f.add("a", &a);
+    let e = f.err(add_op("a", &b));
+    assert_eq!((e.kind, e.message.as_str()), (ErrorKind::AlreadyExists, "a volume named `a` is already registered"));
+    let e = f.err(add_op("b", &a));
+    assert_eq!(e.kind, ErrorKind::AlreadyExists, "{}", e.message);
+    assert!(e.message.contains("already registered as volume `a`"), "{}", e.message);
+    // A diff area left where the next volume's would go.
+    let diff = f.path("used-diff");
+    f.add("c", &f.image("c.img", 64 << 20));
+    let Answer::Volumes(v) = f.ok(Op::VolumeList) else { panic!() };
+    let c_diff = v.iter().find(|v| v.name == "c").unwrap().diff_area.clone();
+    std::fs::create_dir_all(&diff).unwrap();
+    std::fs::copy(Path::new(&c_diff).join("journal.0"), diff.join("journal.0")).unwrap();
+    let e = f.err(add_op_with("d", &b, Some(diff.display().to_string()), None, false));
+    assert_eq!(e.kind, ErrorKind::AlreadyExists, "{}", e.message);
+    assert!(e.message.contains("already holds a diff area"), "{}", e.message);
+}
+
+#[test]
+fn what_is_not_there_is_not_found_with_one_message_per_thing() {
+    let f = Fixture::new();
+    f.add("empty", &f.image("e.img", 64 << 20));
+    let no_volume = "no volume named `nosuch` (see `shadowcopy volume list`)";
+    for op in [
+        Op::List { volume: Some("nosuch".into()) },
+        Op::Delete { target: DeleteTarget::Oldest("nosuch".into()) },
+        Op::Delete { target: DeleteTarget::All("nosuch".into()) },
+        Op::VolumeRemove { name: "nosuch".into() },
+        Op::StorageResize { volume: "nosuch".into(), max_size: "1G".into() },
+        Op::Create(CreateRequest::new(vec!["nosuch".into()])),
+    ] {
+        let what = format!("{op:?}");
+        let e = f.err(op);
+        assert_eq!((e.kind, e.message.as_str()), (ErrorKind::NotFound, no_volume), "{what}");
+    }
+    let id = Uuid::new_v4();
+    let no_copy = format!("no shadow copy {id} (see `shadowcopy list`)");
+    for op in [
+        Op::Delete { target: DeleteTarget::Id(id) },
+        Op::Export { id, path: f.path("x.img").display().to_string() },
+        Op::Revert { id },
+        Op::Diff { id, to: None },
+        Op::Expose { id, at: None, device: true },
+    ] {
+        let what = format!("{op:?}");
+        let e = f.err(op);
+        assert_eq!((e.kind, e.message.as_str()), (ErrorKind::NotFound, no_copy.as_str()), "{what}");
+    }
+    for op in [Op::Delete { target: DeleteTarget::Set(id) }, Op::BackupComplete { set_id: id }] {
+        let e = f.err(op);
+        assert_eq!((e.kind, e.message), (ErrorKind::NotFound, format!("no shadow copy set {id} (see `shadowcopy list`)")));
+    }
+    let e = f.err(Op::Delete { target: DeleteTarget::Oldest("empty".into()) });
+    assert_eq!((e.kind, e.message.as_str()), (ErrorKind::NotFound, "volume `empty` has no shadow copies"));
+    let e = f.err(add_op("v", &f.path("missing.img").display().to_string()));
+    assert_eq!(e.kind, ErrorKind::NotFound, "{}", e.message);
+}
+
+#[test]
+fn a_read_only_volume_serves_copies_it_found_and_takes_none() {
+    let f = Fixture::new();
+    let image = f.image("ro.img", 64 << 20);
+    f.ok(add_op_with("ro", &image, None, None, true));
+    let e = f.err(Op::Create(CreateRequest::new(vec!["ro".into()])));
+    assert_eq!(e.kind, ErrorKind::BadRequest, "{}", e.message);
+    assert!(e.message.starts_with("volume `ro` is read-only"), "{}", e.message);
+}
+
+#[test]
+fn an_open_live_file_makes_remove_and_revert_busy() {
+    let f = Fixture::new();
+    f.add("v", &f.image("v.img", 64 << 20));
+    let id = f.create("v");
+    let v = f.svc.volume("v").unwrap();
+    v.live_opens.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    for (op, action) in [(Op::VolumeRemove { name: "v".into() }, "removing the volume"), (Op::Revert { id }, "reverting")] {
+        let e = f.err(op);
+        assert_eq!(e.kind, ErrorKind::Busy, "{}", e.message);
+        assert!(e.message.contains("live is open") && e.message.ends_with(action), "{}", e.message);
+    }
+    v.live_opens.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    assert!(matches!(f.ok(Op::Revert { id }), Answer::Done(_)));
+}
+
+#[test]
+fn an_exposed_copy_cannot_be_deleted_nor_its_volume_removed() {
+    let f = Fixture::new();
+    f.add("v", &f.image("v.img", 64 << 20));
+    let id = f.create("v");
+    f.svc.exposures.record(id, Place::Device("/dev/loop99".into()));
+    let expected = format!("shadow copy {id} is exposed at /dev/loop99; undo that first (`shadowcopy unexpose PATH`)");
+    for op in [
+        Op::Delete { target: DeleteTarget::Id(id) },
+        Op::Delete { target: DeleteTarget::All("v".into()) },
+        Op::VolumeRemove { name: "v".into() },
+    ] {
+        let what = format!("{op:?}");
+        let e = f.err(op);
+        assert_eq!((e.kind, e.message.as_str()), (ErrorKind::Busy, expected.as_str()), "{what}");
+    }
+}
+
+#[test]
+fn an_export_never_overwrites() {
+    let f = Fixture::new();
+    f.add("v", &f.image("v.img", 64 << 20));
+    let id = f.create("v");
+    let existing = f.image("existing.img", 1);
+    let e = f.err(Op::Export { id, path: existing.clone() });
+    assert_eq!((e.kind, e.message), (ErrorKind::AlreadyExists, format!("{existing} exists; choose a new file name")));
+    assert_eq!(std::fs::metadata(&existing).unwrap().len(), 1, "untouched");
+}
+
+#[test]
+fn the_registry_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("v.img");
+    std::fs::File::create(&image).and_then(|f| f.set_len(64 << 20)).unwrap();
+    let settings = Settings { mount: dir.path().join("mnt"), cache_chunks: 16, fs_owner: ForeignOwner::default() };
+    let (id, name) = {
+        let svc = Service::start(StateDir::lock(&dir.path().join("state")).unwrap(), settings.clone());
+        let f = |op| svc.handle(op, &mut |_, _| {}, &mut |_| {}, &|| true);
+        assert!(matches!(f(add_op("v", image.to_str().unwrap())), Reply::Ok(_)));
+        let req = CreateRequest { persistent: Some(true), ..CreateRequest::new(vec!["v".into()]) };
+        let Reply::Ok(Answer::Set(s)) = f(Op::Create(req)) else { panic!() };
+        svc.flush_all();
+        (s.copies[0].id, s.copies[0].exposed_name.clone())
+    };
+    let svc = Service::start(StateDir::lock(&dir.path().join("state")).unwrap(), settings);
+    let Reply::Ok(Answer::Copies(c)) = svc.handle(Op::List { volume: None }, &mut |_, _| {}, &mut |_| {}, &|| true) else { panic!() };
+    assert_eq!(c.iter().map(|c| (c.id, c.exposed_name.clone())).collect::<Vec<_>>(), [(id, name)]);
+}
