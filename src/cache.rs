@@ -15,16 +15,16 @@ use parking_lot::Mutex;
 
 /// A chunk-granular LRU cache; capacity 0 disables it.
 #[derive(Debug)]
-pub struct BlockCache {
+pub struct ChunkCache {
     lru: Option<Mutex<LruCache<u64, Arc<[u8]>>>>,
     /// Entries held, read without the lock so that writes skip invalidation when empty.
     held: AtomicUsize,
 }
 
-impl BlockCache {
+impl ChunkCache {
     /// A cache of at most `capacity` chunks.
     pub fn new(capacity: usize) -> Self {
-        BlockCache { lru: NonZeroUsize::new(capacity).map(|c| Mutex::new(LruCache::new(c))), held: AtomicUsize::new(0) }
+        ChunkCache { lru: NonZeroUsize::new(capacity).map(|c| Mutex::new(LruCache::new(c))), held: AtomicUsize::new(0) }
     }
 
     pub fn get(&self, chunk: u64) -> Option<Arc<[u8]>> {

@@ -68,6 +68,17 @@ fn a_second_opener_is_refused() {
     }
 }
 
+/// Pins the bug where `shadowcopy offline` opened images without the daemon's exclusive lock:
+/// a second diff area on an image that one is already serving could write it behind the first.
+#[test]
+fn an_image_in_use_is_refused_even_with_another_diff_area() {
+    let (dir, img, _da, _vol) = fresh();
+    match ShadowVolume::create_at(&img, &dir.path().join("other-diff"), unbounded(), EngineOptions::default()) {
+        Err(Error::Open(shadowcopy::volume::OpenError::Locked(p))) => assert_eq!(p, img),
+        other => panic!("expected the image to be locked, got {other:?}"),
+    }
+}
+
 #[test]
 fn a_newer_format_is_refused_with_a_clear_error() {
     let (_dir, img, da, vol) = fresh();

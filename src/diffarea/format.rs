@@ -11,7 +11,7 @@
 //! All integers are little-endian. A journal file is one header block followed by batches:
 //!
 //! ```text
-//! header (HEADER_LEN = 4096 bytes, only the first 72 used)
+//! header (HEADER_LEN = 4096 bytes, only the first 68 used)
 //!   0  magic         [u8; 8]  "SHCPJRNL"
 //!   8  version       u32      FORMAT_VERSION
 //!  12  header_len    u32      4096

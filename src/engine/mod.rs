@@ -3,7 +3,7 @@
 //! A [`ShadowVolume`] owns one volume and its diff area. Every live write passes through it:
 //! before a chunk that the newest shadow copy still shares with the volume is overwritten, its
 //! content is copied into a diff-area slot and indexed (copy-before-write). A copy reads a chunk
-//! from its slot if one serves it, else from the volume through the [`BlockCache`].
+//! from its slot if one serves it, else from the volume through the [`ChunkCache`].
 //!
 //! Concurrency (see `docs/design.md`, "Concurrency"):
 //! - `stripes`: per-chunk locks; a write holds its chunks' stripes exclusively from before it is
@@ -13,9 +13,11 @@
 //!   instant (epoch bump). So a write is wholly before or wholly after the instant, and the hold
 //!   never waits for a write's I/O. `inflight` lets a persistent copy wait for the writes ordered
 //!   before it before it syncs the volume.
-//! - `log` (Mutex): records waiting for the next commit. Lock order: stripes → catalog → log →
-//!   slots; `journal` (one commit at a time) is taken with none of catalog/log/slots held, and
-//!   takes them only briefly.
+//! - `log` (Mutex): records waiting for the next commit.
+//!
+//! The lock order, and the full table of locks, is stated once, in `docs/design.md`
+//! ("Concurrency"): stripes → catalog → in-flight/log → slots; `journal` is taken with none of
+//! catalog/log/slots held.
 //!
 //! Durability (see "Crash safety"): records serving persistent copies are journaled by group
 //! commits; the new content of a chunk whose record is not yet durable waits in [`Pending`].
@@ -42,7 +44,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::{Condvar, Mutex, RwLock};
 use uuid::Uuid;
 
-use crate::cache::BlockCache;
+use crate::cache::ChunkCache;
 use crate::diffarea::catalog::{Catalog, CopyMeta};
 use crate::diffarea::format::{self, Header, Record};
 use crate::diffarea::journal::Journal;
@@ -251,7 +253,7 @@ struct Inner {
     slots: Mutex<SlotAllocator>,
     journal: Mutex<Journal>,
     pending: Pending,
-    cache: BlockCache,
+    cache: ChunkCache,
     max_size: Mutex<Option<u64>>,
     events: Mutex<Vec<Event>>,
     /// Set once the diff area failed: copies are gone, live writes go straight to the volume.
@@ -335,16 +337,21 @@ impl ShadowVolume {
         Ok(vol)
     }
 
-    /// Creates a diff area in directory `dir` for the image or block device at `volume`.
+    /// Creates a diff area in directory `dir` for the image or block device at `volume`, which
+    /// is opened exclusively ([`crate::volume::open_image`]), as the daemon opens it.
     pub fn create_at(volume: &Path, dir: &Path, options: DiffAreaOptions, engine: EngineOptions) -> Result<Self, Error> {
+        // The diff area's lock first: a second opener is told the diff area is in use.
+        let files = DiffAreaFiles::in_dir(dir, true)?;
         let vol = crate::volume::open_image(volume, true)?;
-        Self::create(Arc::new(vol), DiffAreaFiles::in_dir(dir, true)?, options, engine)
+        Self::create(Arc::new(vol), files, options, engine)
     }
 
-    /// Opens the diff area in `dir` for the image or block device at `volume`.
+    /// Opens the diff area in `dir` for the image or block device at `volume`, which is opened
+    /// exclusively ([`crate::volume::open_image`]), as the daemon opens it.
     pub fn open_at(volume: &Path, dir: &Path, engine: EngineOptions) -> Result<Self, Error> {
+        let files = DiffAreaFiles::in_dir(dir, false)?;
         let vol = crate::volume::open_image(volume, true)?;
-        Self::open(Arc::new(vol), DiffAreaFiles::in_dir(dir, false)?, engine)
+        Self::open(Arc::new(vol), files, engine)
     }
 
     /// Opens an existing diff area: replays its journal, drops volatile copies, marks damaged
@@ -418,7 +425,7 @@ impl ShadowVolume {
                 header.chunk_size.trailing_zeros(),
                 (options.pending_limit / u64::from(header.chunk_size)).min(1 << 16) as usize,
             ),
-            cache: BlockCache::new(options.cache_chunks),
+            cache: ChunkCache::new(options.cache_chunks),
             max_size: Mutex::new(max_size),
             events: Mutex::new(Vec::new()),
             failure: Mutex::new(None),

@@ -4,7 +4,7 @@
 //! Owns parsing the catalog and the stores ([`format`]), each store's block map ([`blocks`]), and
 //! reading a store's view of the volume: the stores are applied newest first on top of the
 //! current volume, so reading an old store can pass through every newer one. Base-volume reads go
-//! through the LRU [`BlockCache`]. A damaged store (and every older store, which reads through
+//! through the LRU [`ChunkCache`]. A damaged store (and every older store, which reads through
 //! it) is reported with its error and cannot be read; the others stay readable. Never writes.
 //!
 //! Supported: VSS versions 1 and 2 (Vista to Windows 10), block descriptors with forwarders,
@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use self::blocks::{Bitmap, BlockMap};
 use self::format::{BlockDescriptor, BlockHeader, CatalogEntry, StoreEntry, StoreLocation, BLOCK_HEADER_SIZE, BLOCK_SIZE};
-use crate::cache::BlockCache;
+use crate::cache::ChunkCache;
 use crate::error::Error;
 use crate::fsread::ByteSource;
 use crate::provider::Provider;
@@ -67,7 +67,7 @@ struct Store {
 /// The VSS stores of one volume.
 pub struct WindowsStores {
     base: Arc<dyn ByteSource>,
-    cache: BlockCache,
+    cache: ChunkCache,
     size: u64,
     /// Oldest first.
     stores: Vec<Store>,
@@ -117,7 +117,7 @@ impl WindowsStores {
         }
         base.read_exact_at(&mut header, format::VOLUME_HEADER_OFFSET).map_err(Error::volume("reading the VSS volume header"))?;
         let mut me =
-            WindowsStores { base: Arc::clone(&base), cache: BlockCache::new(cache_blocks), size, stores: Vec::new(), catalog_damage: None };
+            WindowsStores { base: Arc::clone(&base), cache: ChunkCache::new(cache_blocks), size, stores: Vec::new(), catalog_damage: None };
         let header = match format::VolumeHeader::parse(&header) {
             Ok(Some(h)) => h,
             Ok(None) => return Ok(None),
