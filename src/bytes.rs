@@ -28,14 +28,17 @@ pub(crate) mod le {
         u64::from_le_bytes(array(b, at))
     }
     /// The `u16` at `at`, or `None` when the buffer is too short.
+    #[cfg_attr(not(feature = "ntfs"), allow(dead_code))] // the NTFS reader's
     pub(crate) fn get_u16(b: &[u8], at: usize) -> Option<u16> {
         at.checked_add(2).and_then(|end| b.get(at..end)).map(|s| u16::from_le_bytes([s[0], s[1]]))
     }
     /// The `u32` at `at`, or `None` when the buffer is too short.
+    #[cfg_attr(not(feature = "ntfs"), allow(dead_code))] // the NTFS reader's
     pub(crate) fn get_u32(b: &[u8], at: usize) -> Option<u32> {
         at.checked_add(4).and_then(|end| b.get(at..end)).map(|_| u32(b, at))
     }
     /// The `u64` at `at`, or `None` when the buffer is too short.
+    #[cfg_attr(not(feature = "ntfs"), allow(dead_code))] // the NTFS reader's
     pub(crate) fn get_u64(b: &[u8], at: usize) -> Option<u64> {
         at.checked_add(8).and_then(|end| b.get(at..end)).map(|_| u64(b, at))
     }

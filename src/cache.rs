@@ -27,6 +27,7 @@ impl ChunkCache {
         ChunkCache { lru: NonZeroUsize::new(capacity).map(|c| Mutex::new(LruCache::new(c))), held: AtomicUsize::new(0) }
     }
 
+    /// The chunk's bytes, if cached (and marks it recently used).
     pub fn get(&self, chunk: u64) -> Option<Arc<[u8]>> {
         if self.held.load(Ordering::Acquire) == 0 {
             return None;
@@ -34,6 +35,7 @@ impl ChunkCache {
         self.lru.as_ref()?.lock().get(&chunk).cloned()
     }
 
+    /// Caches a chunk's bytes (evicting the least recently used).
     pub fn insert(&self, chunk: u64, data: Arc<[u8]>) {
         if let Some(lru) = &self.lru {
             let mut lru = lru.lock();

@@ -55,6 +55,7 @@ impl Limits {
 
 /// One connected writer.
 pub struct WriterConn {
+    /// What the writer said about itself when it registered.
     pub registration: WriterRegistration,
     /// Where events go: any byte stream (a Unix socket today; a named pipe on Windows later).
     out: Mutex<Box<dyn Write + Send>>,
@@ -162,6 +163,7 @@ impl WriterConn {
         tracing::warn!(writer = %self.registration.name, "writer disconnected");
     }
 
+    /// The writer as `shadowcopy writers` shows it.
     pub fn view(&self) -> WriterView {
         let st = self.state.lock();
         WriterView {
@@ -191,7 +193,9 @@ pub struct Writers {
 
 /// The writers chosen for a set, and those left out with the reason.
 pub struct Chosen {
+    /// The writers that take part, each with its components on the set's volumes.
     pub writers: Vec<ChosenWriter>,
+    /// Writers left out, with the reason.
     pub skipped: Vec<String>,
 }
 
@@ -215,6 +219,7 @@ impl Writers {
         conn
     }
 
+    /// Every registered writer as `shadowcopy writers` shows it.
     pub fn views(&self) -> Vec<WriterView> {
         self.list.lock().iter().map(|w| w.view()).collect()
     }
@@ -260,8 +265,11 @@ fn event_for(event: WriterEvent, set_id: Option<Uuid>, volumes: &[String], copy_
 /// One set's sequence: who takes part, on which volumes, within which limits.
 #[derive(Clone, Copy)]
 pub struct Sequence<'a> {
+    /// The writers that take part.
     pub writers: &'a [ChosenWriter],
+    /// The set's volumes.
     pub volumes: &'a [String],
+    /// The time limits.
     pub limits: Limits,
     /// Stop after PostSnapshot; BackupComplete comes when the requester asks.
     pub defer_backup_complete: bool,
@@ -301,8 +309,11 @@ impl SetError {
 
 /// What [`run_set`] hands back: the hold's result and the set as the writers know it.
 pub struct Taken<T> {
+    /// What the hold returned.
     pub result: T,
+    /// The set's id.
     pub set_id: Uuid,
+    /// Its copies' ids.
     pub copy_ids: Vec<Uuid>,
 }
 

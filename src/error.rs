@@ -29,7 +29,9 @@ pub enum DiffAreaError {
     /// An I/O call on a diff-area file failed.
     #[error("diff-area I/O failed while {what}: {source}")]
     Io {
+        /// What the call was doing.
         what: &'static str,
+        /// What the kernel said.
         #[source]
         source: io::Error,
     },
@@ -45,7 +47,12 @@ pub enum DiffAreaError {
     },
     /// Written by a newer shadowcopy.
     #[error("the diff area was written by format version {found}; this shadowcopy reads up to version {supported} — upgrade shadowcopy to open it")]
-    NewerFormat { found: u32, supported: u32 },
+    NewerFormat {
+        /// The version found on disk.
+        found: u32,
+        /// The newest version this build reads.
+        supported: u32,
+    },
     /// An earlier write or sync failed; the diff area refuses further use until reopened.
     #[error("the diff area stopped after an earlier failure ({0}); reopen it once the cause is fixed")]
     Stopped(String),
@@ -58,21 +65,36 @@ pub enum Error {
     /// An I/O call on the volume failed.
     #[error("volume I/O failed while {what}: {source}")]
     VolumeIo {
+        /// What the call was doing.
         what: &'static str,
+        /// What the kernel said.
         #[source]
         source: io::Error,
     },
+    /// The diff area failed.
     #[error(transparent)]
     DiffArea(#[from] DiffAreaError),
     /// A range beyond the end of the volume.
     #[error("range {offset}+{len} is beyond the end of the {size}-byte volume")]
-    OutOfRange { offset: u64, len: u64, size: u64 },
+    OutOfRange {
+        /// Start of the range.
+        offset: u64,
+        /// Its length.
+        len: u64,
+        /// The volume's size.
+        size: u64,
+    },
     /// No shadow copy with this id on this volume.
     #[error("no shadow copy {0} on this volume (list the copies to see which exist)")]
     NoSuchCopy(Uuid),
     /// The copy is marked failed and cannot be read.
     #[error("shadow copy {id} has failed and cannot be read: {reason}")]
-    CopyFailed { id: Uuid, reason: String },
+    CopyFailed {
+        /// The copy.
+        id: Uuid,
+        /// Why it failed.
+        reason: String,
+    },
     /// The copy was deleted while the call was using it.
     #[error("shadow copy {0} was deleted while it was being used")]
     CopyDeleted(Uuid),
@@ -81,7 +103,12 @@ pub enum Error {
     Config(String),
     /// The diff area belongs to a volume of another size.
     #[error("the volume is {found} bytes but this diff area was made for a {expected}-byte volume; use the diff area of this volume, or create a new one")]
-    VolumeSizeMismatch { expected: u64, found: u64 },
+    VolumeSizeMismatch {
+        /// The size the diff area was made for.
+        expected: u64,
+        /// The volume's size now.
+        found: u64,
+    },
     /// The diff area stopped after an I/O failure; live writes go on, copies cannot be made.
     #[error("shadow copies are unavailable on this volume: {0}")]
     Unavailable(String),

@@ -31,6 +31,7 @@ pub struct MountedFs {
     pub device: String,
     /// `major:minor` of the device.
     pub dev: String,
+    /// Where it is mounted (one of the places, if several).
     pub mount_point: PathBuf,
 }
 
@@ -38,20 +39,32 @@ pub struct MountedFs {
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum HoldError {
+    /// Reading what the kernel says about loop devices and mounts failed.
     #[error("reading {what}: {source}")]
     Probe {
+        /// What was read.
         what: String,
+        /// What the kernel said.
         #[source]
         source: io::Error,
     },
+    /// FIFREEZE failed.
     #[error("freezing the filesystem at {mount_point} failed: {source}")]
     Freeze {
+        /// The filesystem.
         mount_point: String,
+        /// What the kernel said.
         #[source]
         source: io::Error,
     },
+    /// FIFREEZE did not return within the hold limit.
     #[error("freezing the filesystem at {mount_point} took longer than the {limit:?} hold limit; everything was thawed")]
-    FreezeTimeout { mount_point: String, limit: Duration },
+    FreezeTimeout {
+        /// The filesystem.
+        mount_point: String,
+        /// The hold limit.
+        limit: Duration,
+    },
 }
 
 /// The filesystems mounted (in this mount namespace) from loop devices backed by any of `files`.
@@ -102,6 +115,7 @@ impl Shared {
 pub struct Frozen {
     shared: Arc<Shared>,
     started: Instant,
+    /// Where the frozen filesystems are mounted.
     pub mount_points: Vec<PathBuf>,
 }
 

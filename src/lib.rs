@@ -33,6 +33,8 @@
 //! `docs/design.md` is the specification: format, algorithms, crash-safety argument and
 //! concurrency rules.
 
+#![warn(missing_docs)]
+
 mod bytes;
 pub mod cache;
 pub mod coordinator;

@@ -23,12 +23,16 @@ pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 /// A shadow copy as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopyInfo {
+    /// The copy's id.
     pub id: Uuid,
+    /// Its set's id (shared by the copies taken at one instant).
     pub set_id: Uuid,
     /// Position in the volume's sequence of copies (1, 2, …); never reused while the diff area
     /// lives, except by volatile copies after a reopen.
     pub epoch: u32,
+    /// When it was taken.
     pub created: SystemTime,
+    /// Whether it survives a restart (volatile copies vanish).
     pub persistent: bool,
     /// Context and attribute bits, kept for the coordinator; the engine does not read them.
     pub attributes: u32,

@@ -15,12 +15,14 @@ use crate::protocol::{Answer, Client, ClientError, EventMessage, Op, Reply, Writ
 /// A writer's refusal of an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
+    /// What went wrong, for the requester and the logs.
     pub message: String,
     /// Trying again later may work (`VSS_E_WRITERERROR_RETRYABLE`).
     pub retryable: bool,
 }
 
 impl Failure {
+    /// A failure that is not worth retrying.
     pub fn new(message: impl Into<String>) -> Failure {
         Failure { message: message.into(), retryable: false }
     }
@@ -29,12 +31,15 @@ impl Failure {
 /// What a writer does at each event. Every method defaults to success.
 #[allow(unused_variables)]
 pub trait Writer {
+    /// Identify: the writer is asked what it writes.
     fn identify(&mut self, e: &EventMessage) -> Result<(), Failure> {
         Ok(())
     }
+    /// PrepareForBackup: a backup is being prepared.
     fn prepare_for_backup(&mut self, e: &EventMessage) -> Result<(), Failure> {
         Ok(())
     }
+    /// PrepareForSnapshot: get ready, Freeze follows.
     fn prepare_for_snapshot(&mut self, e: &EventMessage) -> Result<(), Failure> {
         Ok(())
     }
@@ -42,9 +47,11 @@ pub trait Writer {
     fn freeze(&mut self, e: &EventMessage) -> Result<(), Failure> {
         Ok(())
     }
+    /// Thaw: writes may go on.
     fn thaw(&mut self, e: &EventMessage) -> Result<(), Failure> {
         Ok(())
     }
+    /// PostSnapshot: the set exists.
     fn post_snapshot(&mut self, e: &EventMessage) -> Result<(), Failure> {
         Ok(())
     }
@@ -52,15 +59,19 @@ pub trait Writer {
     fn abort(&mut self, e: &EventMessage) -> Result<(), Failure> {
         Ok(())
     }
+    /// BackupComplete: the copies were read.
     fn backup_complete(&mut self, e: &EventMessage) -> Result<(), Failure> {
         Ok(())
     }
+    /// BackupShutdown: the set's backup session is over.
     fn backup_shutdown(&mut self, e: &EventMessage) -> Result<(), Failure> {
         Ok(())
     }
+    /// PreRestore: a copy is about to be restored (a failure refuses the restore).
     fn pre_restore(&mut self, e: &EventMessage) -> Result<(), Failure> {
         Ok(())
     }
+    /// PostRestore: the restore is done.
     fn post_restore(&mut self, e: &EventMessage) -> Result<(), Failure> {
         Ok(())
     }

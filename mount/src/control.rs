@@ -28,6 +28,7 @@ const MAX_CONNECTIONS: usize = 64;
 /// Who may change state besides root.
 #[derive(Debug, Clone, Copy)]
 pub struct Access {
+    /// Members of this group may change state (besides root).
     pub admin_gid: Option<u32>,
 }
 

@@ -22,6 +22,7 @@ pub enum Place {
 }
 
 impl Place {
+    /// The directory or device, as people name it.
     pub fn path(&self) -> String {
         match self {
             Place::Folder(p) => p.display().to_string(),
@@ -30,9 +31,12 @@ impl Place {
     }
 }
 
+/// A copy exposed somewhere.
 #[derive(Debug, Clone)]
 pub struct Exposure {
+    /// The copy.
     pub copy: Uuid,
+    /// Where.
     pub place: Place,
 }
 

@@ -14,6 +14,8 @@
 //! It never reaches into the diff-area format: it talks to the library's engine API only. Writers
 //! and the requester sequence are the library's `coordinator`; the daemon hosts it.
 
+#![warn(missing_docs)]
+
 pub mod control;
 pub mod expose;
 pub mod failpoints;

@@ -20,7 +20,9 @@ const FORMAT: u32 = 1;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeRecord {
+    /// The volume's name.
     pub name: String,
+    /// Its image.
     pub image: PathBuf,
     /// Empty for a read-only volume.
     pub diff_area: PathBuf,
@@ -71,6 +73,7 @@ impl StateDir {
         Ok(StateDir { dir: dir.to_path_buf(), _lock: lock })
     }
 
+    /// The directory.
     pub fn path(&self) -> &Path {
         &self.dir
     }
@@ -80,6 +83,7 @@ impl StateDir {
         self.dir.join("diffareas").join(volume)
     }
 
+    /// The registered volumes (none if the state file does not exist yet).
     pub fn load(&self) -> Result<Vec<VolumeRecord>> {
         let p = self.dir.join("volumes.json");
         let text = match std::fs::read_to_string(&p) {
@@ -95,6 +99,7 @@ impl StateDir {
         Ok(s.volumes)
     }
 
+    /// Writes the registered volumes atomically (a new file renamed over the old).
     pub fn save(&self, volumes: &[VolumeRecord]) -> Result<()> {
         let p = self.dir.join("volumes.json");
         let tmp = self.dir.join("volumes.json.tmp");

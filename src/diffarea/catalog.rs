@@ -11,7 +11,7 @@ use super::index::{ChunkIndex, Entry};
 
 /// A shadow copy as the diff area knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CopyMeta {
+pub(crate) struct CopyMeta {
     pub record: SnapshotRecord,
     /// Survives reopen (journaled); volatile copies are dropped on reopen.
     pub persistent: bool,
@@ -30,7 +30,7 @@ impl CopyMeta {
 
 /// Copies and preserved chunks.
 #[derive(Debug, Default)]
-pub struct Catalog {
+pub(crate) struct Catalog {
     copies: BTreeMap<u32, CopyMeta>,
     by_id: HashMap<[u8; 16], u32>,
     index: ChunkIndex,
@@ -38,7 +38,7 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    pub fn new(next_epoch: u32) -> Self {
+    pub(crate) fn new(next_epoch: u32) -> Self {
         Self::from_parts(BTreeMap::new(), ChunkIndex::new(), next_epoch)
     }
 
@@ -48,33 +48,33 @@ impl Catalog {
     }
 
     /// The epoch of the copy with this id.
-    pub fn epoch_of(&self, id: &[u8; 16]) -> Option<u32> {
+    pub(crate) fn epoch_of(&self, id: &[u8; 16]) -> Option<u32> {
         self.by_id.get(id).copied()
     }
 
-    pub fn copies(&self) -> &BTreeMap<u32, CopyMeta> {
+    pub(crate) fn copies(&self) -> &BTreeMap<u32, CopyMeta> {
         &self.copies
     }
 
-    pub fn copy(&self, epoch: u32) -> Option<&CopyMeta> {
+    pub(crate) fn copy(&self, epoch: u32) -> Option<&CopyMeta> {
         self.copies.get(&epoch)
     }
 
-    pub fn copy_mut(&mut self, epoch: u32) -> Option<&mut CopyMeta> {
+    pub(crate) fn copy_mut(&mut self, epoch: u32) -> Option<&mut CopyMeta> {
         self.copies.get_mut(&epoch)
     }
 
-    pub fn index(&self) -> &ChunkIndex {
+    pub(crate) fn index(&self) -> &ChunkIndex {
         &self.index
     }
 
     /// The epoch the next copy gets.
-    pub fn next_epoch(&self) -> u32 {
+    pub(crate) fn next_epoch(&self) -> u32 {
         self.next_epoch
     }
 
     /// Registers a new copy at the next epoch and returns the epoch.
-    pub fn add_copy(&mut self, mut meta: CopyMeta) -> u32 {
+    pub(crate) fn add_copy(&mut self, mut meta: CopyMeta) -> u32 {
         let epoch = self.next_epoch;
         self.next_epoch += 1;
         meta.record.epoch = epoch;
@@ -84,17 +84,17 @@ impl Catalog {
     }
 
     /// The newest copy writes must preserve chunks for.
-    pub fn newest_protected(&self) -> Option<u32> {
+    pub(crate) fn newest_protected(&self) -> Option<u32> {
         self.copies.iter().rev().find(|(_, m)| m.protected()).map(|(e, _)| *e)
     }
 
     /// The oldest copy (failed ones first: they hold space for nothing).
-    pub fn oldest(&self) -> Option<u32> {
+    pub(crate) fn oldest(&self) -> Option<u32> {
         self.copies.iter().find(|(_, m)| !m.protected()).or_else(|| self.copies.iter().next()).map(|(e, _)| *e)
     }
 
     /// The epoch a write to `chunk` must preserve the current content for, if any.
-    pub fn needs_preserve(&self, chunk: u64) -> Option<u32> {
+    pub(crate) fn needs_preserve(&self, chunk: u64) -> Option<u32> {
         let newest = self.newest_protected()?;
         match self.index.last_of(chunk) {
             Some(e) if e.upper >= newest => None,
@@ -103,7 +103,7 @@ impl Catalog {
     }
 
     /// The slot holding `chunk` as copy `epoch` saw it, or `None` when the volume still has it.
-    pub fn lookup(&self, chunk: u64, epoch: u32) -> Option<u32> {
+    pub(crate) fn lookup(&self, chunk: u64, epoch: u32) -> Option<u32> {
         self.index.covering(chunk, epoch).map(|e| e.slot)
     }
 
@@ -114,7 +114,7 @@ impl Catalog {
     /// Records the preservation of `chunk` for copies up to `upper` in `slot`. Returns whether
     /// the record must be journaled (it serves a persistent copy), or `Err(slot)` when no copy
     /// needs it any more (the copy went while the chunk was being copied).
-    pub fn insert_preserved(&mut self, chunk: u64, upper: u32, slot: u32) -> Result<bool, u32> {
+    pub(crate) fn insert_preserved(&mut self, chunk: u64, upper: u32, slot: u32) -> Result<bool, u32> {
         let lower = self.index.last_of(chunk).map_or(0, |e| e.upper);
         if !self.any_in(lower, upper, CopyMeta::protected) {
             return Err(slot);
@@ -125,7 +125,7 @@ impl Catalog {
     }
 
     /// Removes a copy. Its records become garbage; [`Catalog::collect_garbage_step`] drops them.
-    pub fn remove_copy(&mut self, epoch: u32) -> Option<CopyMeta> {
+    pub(crate) fn remove_copy(&mut self, epoch: u32) -> Option<CopyMeta> {
         let meta = self.copies.remove(&epoch)?;
         self.by_id.remove(&meta.record.id);
         Some(meta)
@@ -133,7 +133,7 @@ impl Catalog {
 
     /// Marks a copy failed: it stays listed with the reason, and no longer holds chunks (its
     /// records become garbage).
-    pub fn fail_copy(&mut self, epoch: u32, reason: String) {
+    pub(crate) fn fail_copy(&mut self, epoch: u32, reason: String) {
         if let Some(m) = self.copies.get_mut(&epoch) {
             if m.failed.is_none() {
                 m.failed = Some(reason);
@@ -142,7 +142,7 @@ impl Catalog {
     }
 
     /// Drops every record whose epoch range holds no protected copy; returns them.
-    pub fn collect_garbage(&mut self) -> Vec<Entry> {
+    pub(crate) fn collect_garbage(&mut self) -> Vec<Entry> {
         let copies = &self.copies;
         self.index.retain(|lower, e| lower < e.upper && copies.range(lower + 1..=e.upper).any(|(_, m)| m.protected()))
     }
@@ -151,7 +151,7 @@ impl Catalog {
     /// `start`, drops the garbage among them and returns it with the key to resume from.
     /// A record that is garbage stays garbage (new copies only get newer epochs), so the
     /// steps may be interleaved with any other use of the catalog.
-    pub fn collect_garbage_step(&mut self, start: (u64, u32), budget: usize) -> (Vec<Entry>, Option<(u64, u32)>) {
+    pub(crate) fn collect_garbage_step(&mut self, start: (u64, u32), budget: usize) -> (Vec<Entry>, Option<(u64, u32)>) {
         let mut lower = self.index.lower_bound(start.0, start.1);
         let mut prev_chunk = start.0;
         let mut garbage = Vec::new();
@@ -175,7 +175,7 @@ impl Catalog {
     }
 
     /// The first payload of a compaction: the configuration and the persistent copies.
-    pub fn durable_copies(&self, max_size: u64) -> Vec<u8> {
+    pub(crate) fn durable_copies(&self, max_size: u64) -> Vec<u8> {
         let mut out = Vec::new();
         Record::Config { max_size }.encode_into(&mut out);
         for (_, m) in self.copies.iter().filter(|(_, m)| m.persistent && m.journaled) {
@@ -189,7 +189,7 @@ impl Catalog {
 
     /// One bounded step of a compaction: the records from key `start` (up to `budget` of them)
     /// that serve a persistent copy, encoded, and the key to resume from.
-    pub fn durable_records_step(&self, start: (u64, u32), budget: usize) -> (Vec<u8>, Option<(u64, u32)>) {
+    pub(crate) fn durable_records_step(&self, start: (u64, u32), budget: usize) -> (Vec<u8>, Option<(u64, u32)>) {
         let mut out = Vec::new();
         let mut lower = self.index.lower_bound(start.0, start.1);
         let mut prev_chunk = start.0;

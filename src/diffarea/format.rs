@@ -51,15 +51,15 @@ use thiserror::Error;
 use crate::bytes::{le, Reader};
 
 /// The format version this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 1;
 /// Bytes reserved for the journal header.
-pub const HEADER_LEN: u64 = 4096;
+pub(crate) const HEADER_LEN: u64 = 4096;
 /// Batches start on multiples of this.
-pub const BATCH_ALIGN: u64 = 512;
+pub(crate) const BATCH_ALIGN: u64 = 512;
 /// Size of a batch header.
-pub const BATCH_HEADER_LEN: usize = 32;
+pub(crate) const BATCH_HEADER_LEN: usize = 32;
 /// Largest payload a batch may declare (bounds what a corrupt length can make us read).
-pub const MAX_BATCH_PAYLOAD: u32 = 64 << 20;
+pub(crate) const MAX_BATCH_PAYLOAD: u32 = 64 << 20;
 
 const MAGIC: &[u8; 8] = b"SHCPJRNL";
 const BATCH_MAGIC: u32 = 0x4843_5442; // "BTCH"
@@ -67,7 +67,7 @@ const HEADER_USED: usize = 68;
 
 /// The journal header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
+pub(crate) struct Header {
     pub version: u32,
     pub generation: u64,
     pub diff_area_id: [u8; 16],
@@ -79,7 +79,7 @@ pub struct Header {
 /// Why a header or batch does not decode.
 #[derive(Debug, Error, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     /// not a shadowcopy journal (bad magic)
     #[error("not a shadowcopy journal (bad magic)")]
     BadMagic,
@@ -99,7 +99,7 @@ pub enum DecodeError {
 
 impl Header {
     /// Encodes into a full header block.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; HEADER_LEN as usize];
         b[0..8].copy_from_slice(MAGIC);
         b[8..12].copy_from_slice(&self.version.to_le_bytes());
@@ -115,7 +115,7 @@ impl Header {
     }
 
     /// Decodes and validates a header block.
-    pub fn decode(b: &[u8]) -> Result<Header, DecodeError> {
+    pub(crate) fn decode(b: &[u8]) -> Result<Header, DecodeError> {
         if b.len() < HEADER_USED {
             return Err(DecodeError::Invalid("header too short"));
         }
@@ -148,13 +148,13 @@ impl Header {
 }
 
 /// Whether `size` is an allowed chunk size: a power of two from 4 KiB to 1 MiB.
-pub fn valid_chunk_size(size: u32) -> bool {
+pub(crate) fn valid_chunk_size(size: u32) -> bool {
     size.is_power_of_two() && (4096..=1 << 20).contains(&size)
 }
 
 /// One journal record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Record {
+pub(crate) enum Record {
     Config { max_size: u64 },
     SnapshotCreated(SnapshotRecord),
     SnapshotDeleted { epoch: u32 },
@@ -164,7 +164,7 @@ pub enum Record {
 
 /// What the journal keeps of a shadow copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SnapshotRecord {
+pub(crate) struct SnapshotRecord {
     pub epoch: u32,
     pub id: [u8; 16],
     pub set_id: [u8; 16],
@@ -181,7 +181,7 @@ const TAG_FAILED: u8 = 5;
 
 impl Record {
     /// Appends the encoding of this record to `out`.
-    pub fn encode_into(&self, out: &mut Vec<u8>) {
+    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
         match self {
             Record::Config { max_size } => {
                 out.push(TAG_CONFIG);
@@ -218,7 +218,7 @@ impl Record {
     }
 
     /// Decodes every record of a payload.
-    pub fn decode_all(payload: &[u8]) -> Result<Vec<Record>, DecodeError> {
+    pub(crate) fn decode_all(payload: &[u8]) -> Result<Vec<Record>, DecodeError> {
         let mut records = Vec::new();
         let mut r = Reader::new(payload);
         while r.position() < payload.len() {
@@ -254,7 +254,7 @@ impl Record {
 }
 
 /// Frames a payload as a batch, padded to [`BATCH_ALIGN`].
-pub fn encode_batch(generation: u64, seq: u64, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn encode_batch(generation: u64, seq: u64, payload: &[u8]) -> Vec<u8> {
     let total = (BATCH_HEADER_LEN + payload.len()).next_multiple_of(BATCH_ALIGN as usize);
     let mut b = vec![0u8; total];
     b[0..4].copy_from_slice(&BATCH_MAGIC.to_le_bytes());
@@ -269,7 +269,7 @@ pub fn encode_batch(generation: u64, seq: u64, payload: &[u8]) -> Vec<u8> {
 
 /// A batch header that passed its own sanity checks (the payload is checked by [`check_batch`]).
 #[derive(Debug, Clone, Copy)]
-pub struct BatchHeader {
+pub(crate) struct BatchHeader {
     pub payload_len: u32,
     pub generation: u64,
     pub seq: u64,
@@ -278,13 +278,13 @@ pub struct BatchHeader {
 
 impl BatchHeader {
     /// Bytes the whole batch takes, padding included.
-    pub fn framed_len(&self) -> u64 {
+    pub(crate) fn framed_len(&self) -> u64 {
         (BATCH_HEADER_LEN as u64 + u64::from(self.payload_len)).next_multiple_of(BATCH_ALIGN)
     }
 }
 
 /// Parses a batch header; `None` when it cannot be one.
-pub fn parse_batch_header(b: &[u8]) -> Option<BatchHeader> {
+pub(crate) fn parse_batch_header(b: &[u8]) -> Option<BatchHeader> {
     if b.len() < BATCH_HEADER_LEN || le::u32(b, 0) != BATCH_MAGIC {
         return None;
     }
@@ -296,7 +296,7 @@ pub fn parse_batch_header(b: &[u8]) -> Option<BatchHeader> {
 }
 
 /// Verifies a batch's checksum over its header bytes and payload.
-pub fn check_batch(header_bytes: &[u8], header: &BatchHeader, payload: &[u8]) -> bool {
+pub(crate) fn check_batch(header_bytes: &[u8], header: &BatchHeader, payload: &[u8]) -> bool {
     header_bytes.len() >= BATCH_HEADER_LEN && batch_crc(&header_bytes[..BATCH_HEADER_LEN], payload) == header.crc
 }
 

@@ -12,8 +12,11 @@
 /// One preserved chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
+    /// The chunk of the volume.
     pub chunk: u64,
+    /// The newest copy epoch this record serves (it serves every copy from the previous record's `upper` up to this one).
     pub upper: u32,
+    /// The store slot holding the chunk's old content.
     pub slot: u32,
 }
 
@@ -33,6 +36,7 @@ pub struct ChunkIndex {
 }
 
 impl ChunkIndex {
+    /// An empty index.
     pub fn new() -> Self {
         Self::default()
     }
@@ -42,6 +46,7 @@ impl ChunkIndex {
         self.len
     }
 
+    /// Whether it holds no record.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -14,7 +14,7 @@ use crate::{DiffAreaError, DiffAreaPart};
 
 /// What replay found, in journal order.
 #[derive(Debug)]
-pub enum ReplayItem {
+pub(crate) enum ReplayItem {
     /// A batch whose checksum and records are good.
     Batch(Vec<Record>),
     /// Bytes at `offset` of the active file that should hold batches but do not decode, while a
@@ -24,7 +24,7 @@ pub enum ReplayItem {
 
 /// The open journal.
 #[derive(Debug)]
-pub struct Journal {
+pub(crate) struct Journal {
     files: [Arc<dyn Storage>; 2],
     active: usize,
     header: Header,
@@ -35,7 +35,7 @@ pub struct Journal {
 
 impl Journal {
     /// Starts a new journal in two empty files.
-    pub fn create(files: [Arc<dyn Storage>; 2], header: Header) -> Result<Journal, DiffAreaError> {
+    pub(crate) fn create(files: [Arc<dyn Storage>; 2], header: Header) -> Result<Journal, DiffAreaError> {
         let header = Header { generation: 1, ..header };
         let io = |e| DiffAreaError::Io { what: "creating the journal", source: e };
         files[0].set_len(0).map_err(io)?;
@@ -48,7 +48,7 @@ impl Journal {
     }
 
     /// Opens the journal and replays it. A torn tail (a batch cut short by a crash) is cut off.
-    pub fn open(files: [Arc<dyn Storage>; 2]) -> Result<(Journal, Vec<ReplayItem>), DiffAreaError> {
+    pub(crate) fn open(files: [Arc<dyn Storage>; 2]) -> Result<(Journal, Vec<ReplayItem>), DiffAreaError> {
         let mut best: Option<(usize, Header)> = None;
         let mut reasons = Vec::new();
         for (i, f) in files.iter().enumerate() {
@@ -126,22 +126,22 @@ impl Journal {
     }
 
     /// The header of the active file.
-    pub fn header(&self) -> &Header {
+    pub(crate) fn header(&self) -> &Header {
         &self.header
     }
 
     /// Bytes the journal files take.
-    pub fn disk_bytes(&self) -> u64 {
+    pub(crate) fn disk_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.len().unwrap_or(0)).sum()
     }
 
     /// Bytes of the active file.
-    pub fn active_len(&self) -> u64 {
+    pub(crate) fn active_len(&self) -> u64 {
         self.end
     }
 
     /// Appends one batch and makes it durable.
-    pub fn append(&mut self, payload: &[u8]) -> Result<(), DiffAreaError> {
+    pub(crate) fn append(&mut self, payload: &[u8]) -> Result<(), DiffAreaError> {
         self.check_failed()?;
         let batch = format::encode_batch(self.header.generation, self.next_seq, payload);
         let file = &self.files[self.active];
@@ -154,7 +154,7 @@ impl Journal {
 
     /// Writes `payloads` (the whole live state) into the other file, makes it durable, then
     /// switches to it. A crash at any point leaves one complete journal.
-    pub fn compact(&mut self, payloads: &[Vec<u8>]) -> Result<(), DiffAreaError> {
+    pub(crate) fn compact(&mut self, payloads: &[Vec<u8>]) -> Result<(), DiffAreaError> {
         self.check_failed()?;
         let other = 1 - self.active;
         let header = Header { generation: self.header.generation + 1, ..self.header };
@@ -186,7 +186,7 @@ impl Journal {
     /// Invalidates both headers in place, so that the diff area refuses to open. Used when a
     /// failure cannot be recorded: an unreadable diff area is better than copies that come back
     /// wrong. Best effort; errors are ignored.
-    pub fn poison(&mut self) {
+    pub(crate) fn poison(&mut self) {
         self.failed.get_or_insert_with(|| "poisoned after a failure".into());
         for f in &self.files {
             let _ = f.write_at(&[0u8; 8], 0);

@@ -9,9 +9,9 @@
 //!
 //! The diff area never reads the base volume and never decides when to commit; the engine does.
 
-pub mod catalog;
-pub mod format;
+pub(crate) mod catalog;
+pub(crate) mod format;
 pub mod index;
-pub mod journal;
-pub mod recovery;
-pub mod slots;
+pub(crate) mod journal;
+pub(crate) mod recovery;
+pub(crate) mod slots;

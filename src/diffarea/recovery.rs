@@ -19,7 +19,7 @@ use super::journal::ReplayItem;
 
 /// What recovery produced.
 #[derive(Debug)]
-pub struct Recovered {
+pub(crate) struct Recovered {
     pub catalog: Catalog,
     /// Latest configured maximum size (`u64::MAX`: unbounded), if the journal holds one.
     pub max_size: Option<u64>,
@@ -28,7 +28,7 @@ pub struct Recovered {
 }
 
 /// Replays `items` for a volume of `volume_chunks` chunks and a store of `store_slots` slots.
-pub fn recover(items: Vec<ReplayItem>, volume_chunks: u64, store_slots: u64) -> Recovered {
+pub(crate) fn recover(items: Vec<ReplayItem>, volume_chunks: u64, store_slots: u64) -> Recovered {
     let mut copies: BTreeMap<u32, CopyMeta> = BTreeMap::new();
     let mut index = ChunkIndex::new();
     let mut slot_owner: BTreeMap<u32, (u64, u32)> = BTreeMap::new();

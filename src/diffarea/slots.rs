@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 
 #[derive(Debug)]
-pub struct SlotAllocator {
+pub(crate) struct SlotAllocator {
     /// Most slots the diff area may use (`None`: unbounded).
     capacity: Option<u32>,
     /// Slots `0..high_water` exist in the store file.
@@ -21,23 +21,23 @@ pub struct SlotAllocator {
 
 impl SlotAllocator {
     /// Builds the allocator from the slots that records name after recovery.
-    pub fn from_used(used: impl Iterator<Item = u32>, capacity: Option<u32>) -> Self {
+    pub(crate) fn from_used(used: impl Iterator<Item = u32>, capacity: Option<u32>) -> Self {
         let used: BTreeSet<u32> = used.collect();
         let high_water = used.last().map_or(0, |s| s + 1);
         let free = (0..high_water).filter(|s| !used.contains(s)).collect();
         SlotAllocator { capacity, high_water, free, pending: Vec::new(), in_use: used.len() as u32 }
     }
 
-    pub fn set_capacity(&mut self, capacity: Option<u32>) {
+    pub(crate) fn set_capacity(&mut self, capacity: Option<u32>) {
         self.capacity = capacity;
     }
 
-    pub fn capacity(&self) -> Option<u32> {
+    pub(crate) fn capacity(&self) -> Option<u32> {
         self.capacity
     }
 
     /// A free slot, or `None` when the diff area is full.
-    pub fn allocate(&mut self) -> Option<u32> {
+    pub(crate) fn allocate(&mut self) -> Option<u32> {
         let cap = self.capacity.unwrap_or(u32::MAX);
         let slot = match self.free.first().copied() {
             Some(s) if s < cap => {
@@ -55,13 +55,13 @@ impl SlotAllocator {
     }
 
     /// A slot no record needs any more; reusable once commit `after_commit` is done.
-    pub fn release(&mut self, slot: u32, after_commit: u64) {
+    pub(crate) fn release(&mut self, slot: u32, after_commit: u64) {
         self.in_use -= 1;
         self.pending.push((after_commit, slot));
     }
 
     /// Commit `n` is durable: slots released before it may be reused.
-    pub fn commit_done(&mut self, n: u64) {
+    pub(crate) fn commit_done(&mut self, n: u64) {
         let free = &mut self.free;
         self.pending.retain(|&(c, s)| {
             if c <= n {
@@ -74,24 +74,24 @@ impl SlotAllocator {
     }
 
     /// Slots in use.
-    pub fn in_use(&self) -> u32 {
+    pub(crate) fn in_use(&self) -> u32 {
         self.in_use
     }
 
     /// Slots waiting for a commit before they become free.
-    pub fn pending(&self) -> usize {
+    pub(crate) fn pending(&self) -> usize {
         self.pending.len()
     }
 
     /// Drops trailing free slots; returns the new number of slots the store needs.
-    pub fn trim(&mut self) -> u32 {
+    pub(crate) fn trim(&mut self) -> u32 {
         while self.high_water > 0 && self.free.remove(&(self.high_water - 1)) {
             self.high_water -= 1;
         }
         self.high_water
     }
 
-    pub fn high_water(&self) -> u32 {
+    pub(crate) fn high_water(&self) -> u32 {
         self.high_water
     }
 }

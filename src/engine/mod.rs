@@ -100,6 +100,7 @@ impl MaxSize {
 pub struct DiffAreaOptions {
     /// Bytes per chunk: a power of two from 4 KiB to 1 MiB (default 16 KiB, as VSS).
     pub chunk_size: u32,
+    /// The most the diff area may take; past it, the oldest copies are deleted.
     pub max_size: MaxSize,
 }
 
@@ -138,7 +139,9 @@ impl Default for EngineOptions {
 /// test doubles.
 #[derive(Debug)]
 pub struct DiffAreaFiles {
+    /// The preserved chunks.
     pub store: Arc<dyn Storage>,
+    /// The two journal files.
     pub journal: [Arc<dyn Storage>; 2],
     /// Held while open so that a second process cannot open the same diff area.
     lock: Option<File>,
@@ -196,8 +199,20 @@ pub enum DeleteReason {
 /// Something the engine did on its own that the daemon should report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    CopyDeleted { id: Uuid, reason: DeleteReason },
-    CopyFailed { id: Uuid, reason: String },
+    /// A copy was deleted by the engine (for space, or on request).
+    CopyDeleted {
+        /// The copy.
+        id: Uuid,
+        /// Why.
+        reason: DeleteReason,
+    },
+    /// A copy was found damaged and can no longer be read.
+    CopyFailed {
+        /// The copy.
+        id: Uuid,
+        /// Why it cannot be read.
+        reason: String,
+    },
 }
 
 impl CopyInfo {
@@ -222,9 +237,13 @@ pub struct Usage {
     pub used_bytes: u64,
     /// Bytes the diff-area files take (store file length plus journal).
     pub allocated_bytes: u64,
+    /// The maximum, if bounded.
     pub max_bytes: Option<u64>,
+    /// Bytes per chunk.
     pub chunk_size: u32,
+    /// Copies on the volume.
     pub copies: usize,
+    /// Chunks preserved in the store (records in the index).
     pub preserved_chunks: usize,
     /// Heap bytes of the in-memory index.
     pub index_bytes: usize,

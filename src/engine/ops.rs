@@ -12,7 +12,9 @@ use crate::provider::{export_copy, Progress};
 /// A byte range that may differ between two points in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChangedRange {
+    /// Start, in bytes.
     pub offset: u64,
+    /// Length, in bytes.
     pub len: u64,
 }
 

@@ -34,6 +34,7 @@ pub struct CreateOptions {
 /// The set that was taken.
 #[derive(Debug, Clone)]
 pub struct SetInfo {
+    /// The set's id, shared by its copies.
     pub set_id: Uuid,
     /// One copy per volume, in the order the volumes were given.
     pub copies: Vec<CopyInfo>,

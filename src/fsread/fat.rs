@@ -71,6 +71,7 @@ fn date_time(d: fatfs::Date, h: u16, m: u16, s: u16, ms: u16) -> Timestamp {
 }
 
 impl FatFs {
+    /// Opens the FAT filesystem in `source`; files show `owner`.
     pub fn open(source: Arc<dyn ByteSource>, owner: ForeignOwner) -> Result<FatFs, FsError> {
         let (tx, rx) = mpsc::channel::<ReadRequest>();
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(Vec<Node>, FsStats), FsError>>(1);

@@ -9,6 +9,7 @@
 //! damaged structure is a [`FsError::Corrupt`] for the request that met it, never a panic.
 //! Never writes.
 
+#[cfg(any(feature = "fat", feature = "ntfs"))]
 mod cursor;
 pub mod ext4;
 #[cfg(feature = "fat")]
@@ -95,12 +96,16 @@ impl std::fmt::Display for Corruption {
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum FsError {
+    /// No such file or directory.
     #[error("no such file or directory")]
     NotFound,
+    /// A directory operation on something else.
     #[error("not a directory")]
     NotDir,
+    /// A file operation on a directory.
     #[error("is a directory")]
     IsDir,
+    /// A request that cannot be valid (the reason).
     #[error("invalid request: {0}")]
     Invalid(&'static str),
     /// The filesystem uses something this reader does not support.
@@ -109,6 +114,7 @@ pub enum FsError {
     /// An on-disk structure is damaged.
     #[error("corrupt filesystem: {0}")]
     Corrupt(Corruption),
+    /// Reading the copy's bytes failed.
     #[error("reading the image failed: {0}")]
     Io(#[from] io::Error),
 }
@@ -123,12 +129,19 @@ impl FsError {
 /// What kind of file an inode is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
+    /// A regular file.
     File,
+    /// A directory.
     Dir,
+    /// A symbolic link.
     Symlink,
+    /// A character device.
     CharDevice,
+    /// A block device.
     BlockDevice,
+    /// A named pipe.
     Fifo,
+    /// A socket.
     Socket,
 }
 
@@ -154,11 +167,14 @@ pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 /// A timestamp: seconds since the Unix epoch (may be negative) and nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Timestamp {
+    /// Seconds since the epoch.
     pub secs: i64,
+    /// Nanoseconds within the second.
     pub nanos: u32,
 }
 
 impl Timestamp {
+    /// As a `SystemTime` (nanoseconds clamped to a valid value).
     pub fn to_system_time(self) -> std::time::SystemTime {
         use std::time::{Duration, UNIX_EPOCH};
         if self.secs >= 0 {
@@ -172,19 +188,29 @@ impl Timestamp {
 /// The attributes of an inode, as `stat` shows them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stat {
+    /// The filesystem's own inode number.
     pub ino: u64,
+    /// File, directory, …
     pub kind: FileKind,
     /// Permission bits including set-id and sticky (`mode & 0o7777`).
     pub perm: u16,
+    /// Hard links.
     pub nlink: u32,
+    /// Owner.
     pub uid: u32,
+    /// Group.
     pub gid: u32,
+    /// Bytes.
     pub size: u64,
     /// 512-byte blocks allocated.
     pub blocks: u64,
+    /// Last access.
     pub atime: Timestamp,
+    /// Last modification.
     pub mtime: Timestamp,
+    /// Last change of the inode.
     pub ctime: Timestamp,
+    /// Creation (zero where the filesystem does not keep it).
     pub crtime: Timestamp,
     /// Device number of a device node, in the kernel's `new_encode_dev` form.
     pub rdev: u32,
@@ -193,19 +219,28 @@ pub struct Stat {
 /// One directory entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {
+    /// The entry's name.
     pub name: Vec<u8>,
+    /// Its inode number.
     pub ino: u64,
+    /// What it is.
     pub kind: FileKind,
 }
 
 /// Space figures for `statfs`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FsStats {
+    /// Bytes per block.
     pub block_size: u32,
+    /// Blocks in all.
     pub blocks: u64,
+    /// Free blocks.
     pub free_blocks: u64,
+    /// Inodes in all.
     pub files: u64,
+    /// Free inodes.
     pub free_files: u64,
+    /// Longest name.
     pub name_max: u32,
 }
 
@@ -215,6 +250,7 @@ pub trait ReadOnlyFs: Send + Sync {
     fn kind(&self) -> &'static str;
     /// The root directory's inode number.
     fn root(&self) -> u64;
+    /// The attributes of inode `ino`.
     fn stat(&self, ino: u64) -> Result<Stat, FsError>;
     /// The inode of `name` in directory `dir`.
     fn lookup(&self, dir: u64, name: &[u8]) -> Result<u64, FsError>;
@@ -222,9 +258,11 @@ pub trait ReadOnlyFs: Send + Sync {
     fn read_dir(&self, dir: u64) -> Result<Arc<Vec<DirEntry>>, FsError>;
     /// Reads file data at `offset`; returns the bytes read (short only at end of file).
     fn read(&self, ino: u64, offset: u64, buf: &mut [u8]) -> Result<usize, FsError>;
+    /// The target of symbolic link `ino`.
     fn read_link(&self, ino: u64) -> Result<Vec<u8>, FsError>;
     /// Extended attributes as `(full name, value)`, e.g. `user.comment`.
     fn xattrs(&self, ino: u64) -> Result<Xattrs, FsError>;
+    /// Sizes and counts, as `statfs` shows them.
     fn stats(&self) -> FsStats;
 }
 
@@ -232,10 +270,13 @@ pub trait ReadOnlyFs: Send + Sync {
 /// permission bits files and directories get (always read-only).
 #[derive(Debug, Clone, Copy)]
 pub struct ForeignOwner {
+    /// Owner shown for every file.
     pub uid: u32,
+    /// Group shown for every file.
     pub gid: u32,
     /// Permission bits of files (e.g. 0o444) and directories (e.g. 0o555).
     pub file_perm: u16,
+    /// Permission bits shown for directories.
     pub dir_perm: u16,
 }
 

@@ -52,6 +52,7 @@ fn nt_time(t: ntfs::NtfsTime) -> Timestamp {
 }
 
 impl NtfsFs {
+    /// Opens the NTFS filesystem in `source`; files show `owner`.
     pub fn open(source: Arc<dyn ByteSource>, owner: ForeignOwner) -> Result<NtfsFs, FsError> {
         let mut c = Cursor::new(Arc::clone(&source));
         let mut ntfs = Ntfs::new(&mut c).map_err(corrupt)?;

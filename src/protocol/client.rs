@@ -16,7 +16,9 @@ pub enum ClientError {
     /// No daemon listens at the path.
     #[error("cannot reach shadowcopyd at {path}: {source} (is the daemon running? start it with `shadowcopyd`, or pass --socket / set SHADOWCOPY_SOCKET)")]
     Connect {
+        /// The socket's path.
         path: String,
+        /// What the kernel said.
         #[source]
         source: io::Error,
     },

@@ -28,6 +28,7 @@ pub const MAX_MESSAGE: usize = 1 << 20;
 pub struct Request {
     /// Protocol version ([`VERSION`]).
     pub v: u32,
+    /// The operation and its arguments (`op`, `args`).
     #[serde(flatten)]
     pub op: Op,
 }
@@ -40,20 +41,26 @@ pub enum Op {
     Status,
     /// Registers a volume (an image file or block device) and creates its diff area.
     VolumeAdd {
+        /// The volume's name: its folder in the mount.
         name: String,
+        /// An image file or block device (absolute path on the daemon's host).
         image: String,
+        /// Where the diff area goes (default: under the state directory).
         diff_area: Option<String>,
         /// `10%`, `2G`, `unbounded`.
         max_size: Option<String>,
+        /// Chunk size in bytes: a power of two from 4 KiB to 1 MiB (default 16 KiB).
         chunk_size: Option<u64>,
         /// Expose the image read-only (no diff area; `live` refuses writes) and serve the
         /// Windows shadow copies found on it.
         #[serde(default)]
         read_only: bool,
     },
+    /// The registered volumes.
     VolumeList,
     /// Unregisters a volume and deletes its diff area (its copies are lost).
     VolumeRemove {
+        /// The volume.
         name: String,
     },
     /// Takes one shadow copy set (see [`CreateRequest`]).
@@ -61,6 +68,7 @@ pub enum Op {
     /// The requester has read the set's copies: the set's writers get BackupComplete (for a set
     /// created with `defer_backup_complete`).
     BackupComplete {
+        /// The set.
         set_id: Uuid,
     },
     /// Registers the calling connection as a writer; the daemon then sends it [`Reply::Event`]
@@ -68,52 +76,67 @@ pub enum Op {
     WriterRegister(WriterRegistration),
     /// A writer's answer to event `seq`.
     WriterAnswer {
+        /// The event's sequence number.
         seq: u64,
+        /// Whether the writer succeeded.
         outcome: WriterOutcome,
     },
     /// The writers and their states.
     Writers,
     /// Lists shadow copies (of one volume, or all).
     List {
+        /// Only this volume's copies.
         volume: Option<String>,
     },
     /// Deletes shadow copies.
     Delete {
+        /// Which copies.
         target: DeleteTarget,
     },
     /// Diff-area space per volume.
     StorageList,
     /// Changes a volume's maximum diff-area size.
     StorageResize {
+        /// The volume.
         volume: String,
+        /// `10%`, `2G`, `unbounded`.
         max_size: String,
     },
     /// Writes a copy to a sparse image file (a path on the daemon's host).
     Export {
+        /// The copy.
         id: Uuid,
+        /// A new file on the daemon's host.
         path: String,
     },
     /// Rolls a volume back to a copy (the volume must not be in use).
     Revert {
+        /// The copy to go back to.
         id: Uuid,
     },
     /// Byte ranges that differ between a copy and a later one (or the live volume).
     Diff {
+        /// The earlier copy.
         id: Uuid,
+        /// The later copy, or `None` for the live volume.
         to: Option<Uuid>,
     },
     /// Makes a copy visible outside the mount: its tree bind-mounted on the directory `at`, or
     /// (`device`) its raw image on a read-only loop device. Lasts until `unexpose` or the
     /// daemon stops.
     Expose {
+        /// The copy.
         id: Uuid,
+        /// An existing directory outside the mount.
         #[serde(default)]
         at: Option<String>,
+        /// Attach the raw image to a read-only loop device instead.
         #[serde(default)]
         device: bool,
     },
     /// Undoes the exposure at a directory or device path.
     Unexpose {
+        /// The directory or device it is exposed at.
         path: String,
     },
 }
@@ -143,6 +166,7 @@ impl Op {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
+    /// The volumes, by name (one copy of each, at one instant).
     pub volumes: Vec<String>,
     /// What the set is for; decides persistence, writers and visibility.
     #[serde(default)]
@@ -150,6 +174,7 @@ pub struct CreateRequest {
     /// Overrides the context's persistence (`VSS_VOLSNAP_ATTR_PERSISTENT`).
     #[serde(default)]
     pub persistent: Option<bool>,
+    /// Which writers take part.
     #[serde(default)]
     pub writers: WriterSelection,
     /// Keep a non-persistent set after the requester's connection ends (until it is deleted or
@@ -203,6 +228,7 @@ pub enum Context {
 }
 
 impl Context {
+    /// Every context, in the order the CLI lists them.
     pub const ALL: [Context; 6] = [
         Context::Backup,
         Context::FileShareBackup,
@@ -212,6 +238,7 @@ impl Context {
         Context::ClientAccessibleWriters,
     ];
 
+    /// The context's wire name (`client_accessible_writers`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             Context::Backup => "backup",
@@ -258,6 +285,7 @@ pub struct WriterSelection {
     /// Only these writers (by name); empty: those with components on the set's volumes.
     #[serde(default)]
     pub only: Vec<String>,
+    /// Writers to leave out.
     #[serde(default)]
     pub exclude: Vec<String>,
 }
@@ -266,9 +294,13 @@ pub struct WriterSelection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WriterRegistration {
+    /// The writer's name (unique among connected writers).
     pub name: String,
+    /// Identifies the kind of writer (VSS: writer class id).
     pub class_id: Uuid,
+    /// Identifies this instance of it.
     pub instance_id: Uuid,
+    /// What it writes.
     #[serde(default)]
     pub components: Vec<Component>,
 }
@@ -277,12 +309,15 @@ pub struct WriterRegistration {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Component {
+    /// The component's name.
     pub name: String,
+    /// Files or folders it covers (informational).
     #[serde(default)]
     pub paths: Vec<String>,
     /// Volumes (names) the component's files live on.
     #[serde(default)]
     pub volumes: Vec<String>,
+    /// How a restore of it is done (informational).
     #[serde(default)]
     pub restore_method: Option<String>,
 }
@@ -291,20 +326,32 @@ pub struct Component {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum WriterEvent {
+    /// Who are you and what do you write (always sent first).
     Identify,
+    /// A backup is being prepared.
     PrepareForBackup,
+    /// Get ready: flush what can be flushed, the freeze follows.
     PrepareForSnapshot,
+    /// Hold writes: the instant follows within the freeze window.
     Freeze,
+    /// The instant is over: writes may go on.
     Thaw,
+    /// The set exists (its ids are in the event).
     PostSnapshot,
+    /// The set was given up: undo what was prepared.
     Abort,
+    /// The copies were read (the backup is complete).
     BackupComplete,
+    /// The set's backup session is over.
     BackupShutdown,
+    /// A copy is about to be restored onto the volume (may refuse it).
     PreRestore,
+    /// The restore is done.
     PostRestore,
 }
 
 impl WriterEvent {
+    /// The event's wire name (`prepare_for_snapshot`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             WriterEvent::Identify => "identify",
@@ -326,10 +373,15 @@ impl WriterEvent {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventMessage {
+    /// Sequence number; the answer carries it back.
     pub seq: u64,
+    /// Which event.
     pub event: WriterEvent,
+    /// The set, once it exists (from Thaw on).
     pub set_id: Option<Uuid>,
+    /// The set's volumes.
     pub volumes: Vec<String>,
+    /// The set's copies, once they exist.
     pub copy_ids: Vec<Uuid>,
     /// The writer's components selected for the set.
     pub components: Vec<String>,
@@ -339,8 +391,11 @@ pub struct EventMessage {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum WriterOutcome {
+    /// Done.
     Ok,
+    /// Failed; the set is aborted (before the instant).
     Failed {
+        /// What went wrong.
         message: String,
         /// Like `VSS_E_WRITERERROR_RETRYABLE`: trying again later may work.
         #[serde(default)]
@@ -352,20 +407,35 @@ pub enum WriterOutcome {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum WriterState {
+    /// Idle, or done with the last event.
     Stable,
+    /// Prepared; Freeze comes next.
     WaitingForFreeze,
+    /// Frozen; Thaw comes next.
     WaitingForThaw,
+    /// Thawed; PostSnapshot comes next.
     WaitingForPostSnapshot,
+    /// Waiting for the requester's BackupComplete.
     WaitingForBackupComplete,
+    /// Failed at Identify.
     FailedAtIdentify,
+    /// Failed at PrepareForBackup.
     FailedAtPrepareBackup,
+    /// Failed at PrepareForSnapshot.
     FailedAtPrepareSnapshot,
+    /// Failed at Freeze.
     FailedAtFreeze,
+    /// Failed at Thaw.
     FailedAtThaw,
+    /// Failed at PostSnapshot.
     FailedAtPostSnapshot,
+    /// Failed at BackupComplete (or Abort).
     FailedAtBackupComplete,
+    /// Failed at BackupShutdown.
     FailedAtBackupShutdown,
+    /// Failed at PreRestore.
     FailedAtPreRestore,
+    /// Failed at PostRestore.
     FailedAtPostRestore,
     /// The writer's connection ended (it exited or crashed).
     Disconnected,
@@ -375,11 +445,17 @@ pub enum WriterState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WriterView {
+    /// Its name.
     pub name: String,
+    /// Its class id.
     pub class_id: Uuid,
+    /// Its instance id.
     pub instance_id: Uuid,
+    /// Where it is in the sequence (`VSS_WS_*`).
     pub state: WriterState,
+    /// The last failure, as it said it.
     pub last_error: Option<String>,
+    /// What it writes.
     pub components: Vec<Component>,
 }
 
@@ -387,9 +463,13 @@ pub struct WriterView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum DeleteTarget {
+    /// One copy, by id.
     Id(Uuid),
+    /// Every copy of a set.
     Set(Uuid),
+    /// The oldest copy of a volume.
     Oldest(String),
+    /// Every copy of a volume.
     All(String),
 }
 
@@ -398,9 +478,17 @@ pub enum DeleteTarget {
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Reply {
     /// Work in progress (long operations only).
-    Progress { done: u64, total: u64 },
+    Progress {
+        /// Bytes done.
+        done: u64,
+        /// Bytes in all.
+        total: u64,
+    },
     /// What a long request is doing now (for `create`: which event which writer is answering).
-    Stage { message: String },
+    Stage {
+        /// What it is doing now.
+        message: String,
+    },
     /// An event for a registered writer (on its own connection only).
     Event(EventMessage),
     /// The request succeeded.
@@ -413,6 +501,7 @@ pub enum Reply {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorReply {
+    /// The kind, for scripts.
     pub kind: ErrorKind,
     /// What went wrong and what to do about it.
     pub message: String,
@@ -444,37 +533,59 @@ pub enum ErrorKind {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Answer {
+    /// The daemon's status.
     Status(StatusInfo),
+    /// The registered volumes.
     Volumes(Vec<VolumeInfo>),
+    /// One volume (the one just added).
     Volume(VolumeInfo),
+    /// Shadow copies (listed, or deleted).
     Copies(Vec<CopyView>),
+    /// A set just taken.
     Set(SetView),
+    /// Diff-area space.
     Storage(Vec<StorageInfo>),
+    /// Changed byte ranges.
     Ranges(Vec<RangeView>),
+    /// Writers and their states.
     Writers(Vec<WriterView>),
     /// Done; the message says what happened.
     Done(String),
 }
 
+/// The daemon's version and where it keeps things.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatusInfo {
+    /// shadowcopyd's version.
     pub version: String,
+    /// The protocol version it speaks.
     pub protocol: u32,
+    /// The mount point.
     pub mount: String,
+    /// The state directory.
     pub state_dir: String,
+    /// Registered volumes that are served.
     pub volumes: usize,
 }
 
+/// A registered volume.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeInfo {
+    /// Its name.
     pub name: String,
+    /// The image file or block device.
     pub image: String,
+    /// Its diff area (empty for a read-only volume).
     pub diff_area: String,
+    /// Bytes.
     pub size: u64,
+    /// Who keeps its copies (`system`, `windows-vss`, `none`).
     pub provider: String,
+    /// Whether `live` refuses writes.
     pub read_only: bool,
+    /// How many copies it has.
     pub copies: usize,
     /// The live file in the mount.
     pub live: String,
@@ -486,13 +597,17 @@ pub struct VolumeInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CopyView {
+    /// The copy's id.
     pub id: Uuid,
+    /// Its set's id.
     pub set_id: Uuid,
+    /// Its volume.
     pub volume: String,
     /// Creation time, seconds since the Unix epoch (UTC).
     pub created_unix: f64,
     /// The folder name in the mount, `@GMT-YYYY.MM.DD-HH.MM.SS`.
     pub exposed_name: String,
+    /// Whether it survives a restart.
     pub persistent: bool,
     /// The set's context (`backup`, `client_accessible_writers`, …), if recorded.
     #[serde(default)]
@@ -510,13 +625,17 @@ pub struct CopyView {
     /// Where the copy is exposed outside the mount (directories, loop devices).
     #[serde(default)]
     pub exposed_at: Vec<String>,
+    /// Why it cannot be read, if it cannot.
     pub failed: Option<String>,
 }
 
+/// A set just taken.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SetView {
+    /// The set's id.
     pub set_id: Uuid,
+    /// One copy per volume.
     pub copies: Vec<CopyView>,
     /// Microseconds live writes were held by the engine.
     pub hold_us: u64,
@@ -532,27 +651,38 @@ pub struct SetView {
     pub skipped_writers: Vec<String>,
 }
 
+/// A volume's diff area.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageInfo {
+    /// The volume.
     pub volume: String,
+    /// The diff area's directory.
     pub diff_area: String,
+    /// Bytes of preserved chunks.
     pub used_bytes: u64,
+    /// Bytes the store file takes.
     pub allocated_bytes: u64,
     /// `None`: unbounded.
     pub max_bytes: Option<u64>,
+    /// Chunk size in bytes.
     pub chunk_size: u32,
+    /// Copies it serves.
     pub copies: usize,
 }
 
+/// A byte range of the volume.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RangeView {
+    /// Start.
     pub offset: u64,
+    /// Length.
     pub len: u64,
 }
 
 impl Reply {
+    /// An error reply.
     pub fn error(kind: ErrorKind, message: impl Into<String>) -> Reply {
         Reply::Error(ErrorReply { kind, message: message.into() })
     }

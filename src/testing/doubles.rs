@@ -25,14 +25,17 @@ pub struct MemStorage {
 }
 
 impl MemStorage {
+    /// A disk of `len` zero bytes.
     pub fn new(len: usize) -> Self {
         MemStorage { data: Mutex::new(vec![0; len]) }
     }
 
+    /// A disk holding `v`.
     pub fn from_vec(v: Vec<u8>) -> Self {
         MemStorage { data: Mutex::new(v) }
     }
 
+    /// A copy of its bytes.
     pub fn snapshot(&self) -> Vec<u8> {
         self.data.lock().clone()
     }
@@ -79,7 +82,10 @@ pub enum PowerLoss {
     /// Nothing: only synced bytes survive.
     DropUnsynced,
     /// Any subset, in order, with one write possibly torn at a 512-byte boundary.
-    Writeback { seed: u64 },
+    Writeback {
+        /// Seed of the random choice.
+        seed: u64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +128,7 @@ fn power_lost() -> io::Error {
 }
 
 impl SimDisk {
+    /// A disk with nothing written.
     pub fn new() -> Arc<Self> {
         Arc::new(SimDisk::default())
     }

@@ -50,14 +50,17 @@ pub fn run_text(cmd: &str, args: &[&str]) -> String {
 pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
+    /// A new temporary directory named `prefix…` (under /var/tmp when it exists).
     pub fn new(prefix: &str) -> TempDir {
         let base = Path::new("/var/tmp");
         let d = tempfile::Builder::new().prefix(prefix).tempdir_in(if base.is_dir() { base } else { Path::new("/tmp") });
         TempDir(d.expect("creating a temporary directory"))
     }
+    /// Its path.
     pub fn path(&self) -> &Path {
         self.0.path()
     }
+    /// A path inside it.
     pub fn join(&self, p: &str) -> PathBuf {
         self.0.path().join(p)
     }
@@ -65,6 +68,7 @@ impl TempDir {
 
 /// A loop device attached to a file; detached on drop.
 pub struct LoopDevice {
+    /// `/dev/loopN`.
     pub device: String,
 }
 
@@ -106,6 +110,7 @@ impl Drop for LoopDevice {
 
 /// A mounted filesystem; unmounted on drop (lazily if busy).
 pub struct Mount {
+    /// Where it is mounted.
     pub point: PathBuf,
 }
 
@@ -145,6 +150,7 @@ impl Drop for Mount {
 pub struct ChildGuard(pub Option<Child>);
 
 impl ChildGuard {
+    /// The child (panics if it was taken).
     pub fn child(&mut self) -> &mut Child {
         self.0.as_mut().expect("the child is running")
     }
@@ -179,19 +185,31 @@ pub type Manifest = std::collections::BTreeMap<String, Entry>;
 /// One path of a [`Manifest`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
+    /// Inode number.
     pub ino: u64,
+    /// Type and permission bits.
     pub mode: u32,
+    /// Hard links.
     pub nlink: u64,
+    /// Owner.
     pub uid: u32,
+    /// Group.
     pub gid: u32,
+    /// Bytes.
     pub size: u64,
+    /// 512-byte blocks.
     pub blocks: u64,
+    /// Modification time (seconds, nanoseconds).
     pub mtime: (i64, i64),
+    /// Change time (seconds, nanoseconds).
     pub ctime: (i64, i64),
+    /// Access time (seconds, nanoseconds).
     pub atime: (i64, i64),
+    /// Device number.
     pub rdev: u64,
     /// Hash of a file's content, a symlink's target.
     pub content: Option<u64>,
+    /// Extended attributes, sorted.
     pub xattrs: Vec<(String, Vec<u8>)>,
 }
 
@@ -199,17 +217,26 @@ pub struct Entry {
 /// the POSIX sense; their oracles differ there).
 #[derive(Debug, Clone, Copy)]
 pub struct Fields {
+    /// Compare inode numbers.
     pub ino: bool,
+    /// Compare owners and modes.
     pub owner_and_mode: bool,
+    /// Compare link counts.
     pub nlink: bool,
+    /// Compare block counts.
     pub blocks: bool,
+    /// Compare mtime and ctime.
     pub times: bool,
+    /// Compare atime.
     pub atime: bool,
+    /// Compare extended attributes.
     pub xattrs: bool,
 }
 
 impl Fields {
+    /// Every field.
     pub const ALL: Fields = Fields { ino: true, owner_and_mode: true, nlink: true, blocks: true, times: true, atime: true, xattrs: true };
+    /// Names, sizes and content only (filesystems without POSIX metadata).
     pub const NAMES_SIZES_CONTENT: Fields =
         Fields { ino: false, owner_and_mode: false, nlink: false, blocks: false, times: false, atime: false, xattrs: false };
 }

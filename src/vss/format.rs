@@ -20,24 +20,25 @@ use uuid::Uuid;
 use crate::bytes::le;
 
 /// The VSS identifier `3808876b-c176-4e48-b7ae-04046e6cc752` as stored.
-pub const VSS_IDENTIFIER: [u8; 16] = [0x6b, 0x87, 0x08, 0x38, 0x76, 0xc1, 0x48, 0x4e, 0xb7, 0xae, 0x04, 0x04, 0x6e, 0x6c, 0xc7, 0x52];
+pub(super) const VSS_IDENTIFIER: [u8; 16] =
+    [0x6b, 0x87, 0x08, 0x38, 0x76, 0xc1, 0x48, 0x4e, 0xb7, 0xae, 0x04, 0x04, 0x6e, 0x6c, 0xc7, 0x52];
 
-pub const VOLUME_HEADER_OFFSET: u64 = 0x1e00;
+pub(super) const VOLUME_HEADER_OFFSET: u64 = 0x1e00;
 /// Catalog, block list and bitmap blocks, and store data blocks.
-pub const BLOCK_SIZE: u64 = 0x4000;
-pub const BLOCK_HEADER_SIZE: usize = 128;
+pub(super) const BLOCK_SIZE: u64 = 0x4000;
+pub(super) const BLOCK_HEADER_SIZE: usize = 128;
 
-pub const RECORD_VOLUME_HEADER: u32 = 1;
-pub const RECORD_CATALOG: u32 = 2;
-pub const RECORD_BLOCK_LIST: u32 = 3;
-pub const RECORD_STORE_HEADER: u32 = 4;
-pub const RECORD_BITMAP: u32 = 6;
+pub(super) const RECORD_VOLUME_HEADER: u32 = 1;
+pub(super) const RECORD_CATALOG: u32 = 2;
+pub(super) const RECORD_BLOCK_LIST: u32 = 3;
+pub(super) const RECORD_STORE_HEADER: u32 = 4;
+pub(super) const RECORD_BITMAP: u32 = 6;
 
-pub const FLAG_FORWARDER: u32 = 0x1;
-pub const FLAG_OVERLAY: u32 = 0x2;
-pub const FLAG_NOT_USED: u32 = 0x4;
+pub(super) const FLAG_FORWARDER: u32 = 0x1;
+pub(super) const FLAG_OVERLAY: u32 = 0x2;
+pub(super) const FLAG_NOT_USED: u32 = 0x4;
 
-pub fn guid(b: &[u8], at: usize) -> Uuid {
+pub(super) fn guid(b: &[u8], at: usize) -> Uuid {
     let mut g = [0u8; 16];
     if let Some(s) = b.get(at..at + 16) {
         g.copy_from_slice(s);
@@ -45,7 +46,7 @@ pub fn guid(b: &[u8], at: usize) -> Uuid {
     Uuid::from_bytes_le(g)
 }
 
-pub fn filetime(t: u64) -> SystemTime {
+pub(super) fn filetime(t: u64) -> SystemTime {
     const EPOCH_DIFF_100NS: u64 = 116_444_736_000_000_000;
     match t.checked_sub(EPOCH_DIFF_100NS) {
         Some(since) => UNIX_EPOCH + Duration::from_nanos(since.saturating_mul(100)),
@@ -53,16 +54,16 @@ pub fn filetime(t: u64) -> SystemTime {
     }
 }
 
-/// The 128-byte header of a VSS block: record type and the next block of its chain.
+/// The 128-byte header of a VSS block: the next block of its chain (the record type is checked
+/// when it is parsed).
 #[derive(Debug, Clone, Copy)]
-pub struct BlockHeader {
-    pub record_type: u32,
+pub(super) struct BlockHeader {
     pub next: u64,
 }
 
 impl BlockHeader {
     /// Parses and checks the identifier; `expected` is the record type the chain must carry.
-    pub fn parse(b: &[u8], expected: u32) -> Result<BlockHeader, String> {
+    pub(super) fn parse(b: &[u8], expected: u32) -> Result<BlockHeader, String> {
         if b.len() < BLOCK_HEADER_SIZE || b[..16] != VSS_IDENTIFIER {
             return Err("the block has no VSS identifier".into());
         }
@@ -70,20 +71,20 @@ impl BlockHeader {
         if record_type != expected {
             return Err(format!("the block has record type {record_type}, expected {expected}"));
         }
-        Ok(BlockHeader { record_type, next: le::u64(b, 40) })
+        Ok(BlockHeader { next: le::u64(b, 40) })
     }
 }
 
-/// The volume header at 0x1e00.
+/// The volume header at 0x1e00: where the catalog is (the version, 1 or 2, is checked when it is
+/// parsed).
 #[derive(Debug, Clone, Copy)]
-pub struct VolumeHeader {
-    pub version: u32,
+pub(super) struct VolumeHeader {
     pub catalog_offset: u64,
 }
 
 impl VolumeHeader {
     /// `None`: the volume has no VSS header (no shadow copies were ever kept).
-    pub fn parse(b: &[u8]) -> Result<Option<VolumeHeader>, String> {
+    pub(super) fn parse(b: &[u8]) -> Result<Option<VolumeHeader>, String> {
         if b.len() < 64 || b[..16] != VSS_IDENTIFIER {
             return Ok(None);
         }
@@ -94,13 +95,13 @@ impl VolumeHeader {
         if !(1..=2).contains(&version) {
             return Err(format!("VSS version {version} is not supported (1 and 2 are)"));
         }
-        Ok(Some(VolumeHeader { version, catalog_offset: le::u64(b, 48) }))
+        Ok(Some(VolumeHeader { catalog_offset: le::u64(b, 48) }))
     }
 }
 
 /// A catalog entry of type 2: what a store is.
 #[derive(Debug, Clone, Copy)]
-pub struct StoreEntry {
+pub(super) struct StoreEntry {
     pub volume_size: u64,
     pub store_id: Uuid,
     pub sequence: u64,
@@ -109,7 +110,7 @@ pub struct StoreEntry {
 
 /// A catalog entry of type 3: where a store's structures are.
 #[derive(Debug, Clone, Copy)]
-pub struct StoreLocation {
+pub(super) struct StoreLocation {
     pub block_list: u64,
     pub store_id: Uuid,
     pub header: u64,
@@ -119,13 +120,13 @@ pub struct StoreLocation {
 
 /// One 128-byte catalog entry.
 #[derive(Debug, Clone, Copy)]
-pub enum CatalogEntry {
+pub(super) enum CatalogEntry {
     Store(StoreEntry),
     Location(StoreLocation),
     Other,
 }
 
-pub fn catalog_entry(e: &[u8]) -> CatalogEntry {
+pub(super) fn catalog_entry(e: &[u8]) -> CatalogEntry {
     match le::u64(e, 0) {
         2 => CatalogEntry::Store(StoreEntry {
             volume_size: le::u64(e, 8),
@@ -146,20 +147,20 @@ pub fn catalog_entry(e: &[u8]) -> CatalogEntry {
 
 /// The store information after the store header.
 #[derive(Debug, Clone, Copy)]
-pub struct StoreInfo {
+pub(super) struct StoreInfo {
     pub copy_id: Uuid,
     pub set_id: Uuid,
     pub attributes: u32,
 }
 
-pub fn store_info(b: &[u8]) -> StoreInfo {
+pub(super) fn store_info(b: &[u8]) -> StoreInfo {
     let i = BLOCK_HEADER_SIZE;
     StoreInfo { copy_id: guid(b, i + 16), set_id: guid(b, i + 32), attributes: le::u32(b, i + 56) }
 }
 
 /// A 32-byte block descriptor of a store's block list.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlockDescriptor {
+pub(super) struct BlockDescriptor {
     /// Where the block lives in the original volume.
     pub original: u64,
     /// For a forwarder: the original offset of the block in the next store.
@@ -174,7 +175,7 @@ pub struct BlockDescriptor {
 }
 
 impl BlockDescriptor {
-    pub fn parse(b: &[u8]) -> Option<BlockDescriptor> {
+    pub(super) fn parse(b: &[u8]) -> Option<BlockDescriptor> {
         if b.iter().all(|&x| x == 0) {
             return None;
         }
@@ -187,10 +188,10 @@ impl BlockDescriptor {
             overlay: None,
         })
     }
-    pub fn is_overlay(&self) -> bool {
+    pub(super) fn is_overlay(&self) -> bool {
         self.flags & FLAG_OVERLAY != 0
     }
-    pub fn is_forwarder(&self) -> bool {
+    pub(super) fn is_forwarder(&self) -> bool {
         self.flags & FLAG_FORWARDER != 0
     }
 }

@@ -13,7 +13,7 @@
 //! block range list (not needed for reading), and writing.
 
 mod blocks;
-pub mod format;
+mod format;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,12 +37,17 @@ const MAX_CHAIN: usize = 1 << 16;
 pub struct WindowsCopy {
     /// 1 = oldest.
     pub index: u32,
+    /// The store's id.
     pub store_id: Uuid,
+    /// The copy's id (as Windows shows it).
     pub copy_id: Uuid,
+    /// Its set's id.
     pub set_id: Uuid,
+    /// When Windows took it.
     pub created: SystemTime,
     /// `VSS_VOLSNAP_ATTR_*` flags.
     pub attributes: u32,
+    /// The volume's size the store was made for.
     pub volume_size: u64,
     /// Why it cannot be read, if it cannot.
     pub damage: Option<String>,

@@ -15,8 +15,10 @@ const INO_BITS: u32 = 40;
 const INO_MASK: u64 = (1 << INO_BITS) - 1;
 const MAX_COPY_SERIAL: u32 = (1 << 23) - 1;
 
+/// An object of the mount, as its node id encodes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Node {
+    /// The mount's root.
     Root,
     /// `<mnt>/<volume>/`
     VolumeDir(u32),
@@ -28,7 +30,9 @@ pub enum Node {
     Image(u32),
     /// A file or directory inside a copy's filesystem.
     Tree {
+        /// The copy's serial.
         copy: u32,
+        /// The inode number in the copy's filesystem.
         ino: u64,
     },
 }
@@ -52,6 +56,7 @@ impl Node {
         })
     }
 
+    /// The object node `id` names; `None` for an id this encoding never gives.
     pub fn from_id(id: u64) -> Option<Node> {
         if id == 1 {
             return Some(Node::Root);

@@ -21,19 +21,27 @@ use uuid::Uuid;
 /// Ownership of the image file, copied onto `live` and the raw copy images.
 #[derive(Debug, Clone, Copy)]
 pub struct Owner {
+    /// The image's owner.
     pub uid: u32,
+    /// The image's group.
     pub gid: u32,
+    /// The image's mode bits.
     pub mode: u32,
 }
 
 /// A registered volume.
 pub struct Volume {
+    /// Its name (its folder in the mount).
     pub name: String,
     /// A serial never reused while the daemon runs (part of FUSE node ids; not a diff-area slot).
     pub serial: u32,
+    /// The image file or block device.
     pub image: PathBuf,
+    /// Its diff area (empty for a read-only volume).
     pub diff_area: PathBuf,
+    /// What serves its bytes and copies.
     pub backend: Backend,
+    /// The image's owner and mode.
     pub owner: Owner,
     /// Copies by exposed name.
     pub copies: RwLock<BTreeMap<String, Arc<ShadowCopy>>>,
@@ -46,7 +54,12 @@ pub enum Backend {
     /// Read-write, through our copy-on-write engine (the system provider).
     System(ShadowVolume),
     /// Read-only: the image as it is, and the Windows shadow copies found on it (if any).
-    ReadOnly { image: Arc<ImageSource>, windows: Option<WindowsStores> },
+    ReadOnly {
+        /// The image.
+        image: Arc<ImageSource>,
+        /// Windows' shadow copies on it, if any.
+        windows: Option<WindowsStores>,
+    },
 }
 
 /// A read-only image as a byte source (block devices sized by the kernel).
@@ -65,6 +78,7 @@ impl ByteSource for ImageSource {
 }
 
 impl Volume {
+    /// Bytes of the volume.
     pub fn size(&self) -> u64 {
         match &self.backend {
             Backend::System(e) => e.size(),
@@ -88,6 +102,7 @@ impl Volume {
         }
     }
 
+    /// Whether `live` refuses writes.
     pub fn read_only(&self) -> bool {
         matches!(self.backend, Backend::ReadOnly { .. })
     }
@@ -119,8 +134,11 @@ impl Volume {
 pub struct ShadowCopy {
     /// A serial never reused while the daemon runs (part of FUSE node ids).
     pub serial: u32,
+    /// Its exposed name (`@GMT-…`).
     pub name: String,
+    /// What the provider says about it.
     pub info: CopyInfo,
+    /// Its volume (a copy does not keep a removed volume alive).
     pub volume: Weak<Volume>,
     /// The filesystem inside, once looked at (`None` inside: raw only).
     pub(super) tree: OnceLock<Option<Arc<dyn ReadOnlyFs>>>,
