@@ -14,6 +14,7 @@ mod cursor;
 pub mod ext4;
 #[cfg(feature = "fat")]
 pub mod fat;
+pub mod guard;
 #[cfg(feature = "ntfs")]
 mod lznt1;
 #[cfg(feature = "ntfs")]
@@ -67,6 +68,11 @@ pub enum CorruptKind {
     Ntfs,
     /// A compressed stream (LZNT1).
     Compression,
+    /// A reader panicked on the data (caught at the request boundary).
+    Panic,
+    /// A request needed more work or memory than the filesystem can legitimately ask for (a
+    /// loop in its structures, a size no real file has).
+    Budget,
 }
 
 /// A damaged on-disk structure: where it is, and the message for people.
@@ -160,6 +166,10 @@ impl FileKind {
         })
     }
 }
+
+/// The largest extended attribute value the kernel hands out (`XATTR_SIZE_MAX`): no legitimate
+/// value is larger, so a reader never builds one that is.
+pub const XATTR_SIZE_MAX: usize = 64 << 10;
 
 /// Extended attributes as `(full name, value)` pairs.
 pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
@@ -262,8 +272,20 @@ pub trait ReadOnlyFs: Send + Sync {
     fn read_link(&self, ino: u64) -> Result<Vec<u8>, FsError>;
     /// Extended attributes as `(full name, value)`, e.g. `user.comment`.
     fn xattrs(&self, ino: u64) -> Result<Xattrs, FsError>;
+    /// The names of the extended attributes, without building their values.
+    fn xattr_names(&self, ino: u64) -> Result<Vec<Vec<u8>>, FsError> {
+        Ok(self.xattrs(ino)?.into_iter().map(|(n, _)| n).collect())
+    }
+    /// The value of one extended attribute (`None`: no such attribute), building only that one.
+    fn xattr(&self, ino: u64, name: &[u8]) -> Result<Option<Vec<u8>>, FsError> {
+        Ok(self.xattrs(ino)?.into_iter().find(|(n, _)| n.as_slice() == name).map(|(_, v)| v))
+    }
     /// Sizes and counts, as `statfs` shows them.
     fn stats(&self) -> FsStats;
+    /// Why the tree is damaged, once a request found it so (a reader panicked on it).
+    fn damage(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Ownership for filesystems without POSIX owners (FAT, NTFS): who owns every file and the
@@ -287,8 +309,15 @@ impl Default for ForeignOwner {
 }
 
 /// Recognises the filesystem in `source` and opens it. `Ok(None)`: no filesystem this build
-/// reads (the raw image is still served).
+/// reads (the raw image is still served). The reader comes wrapped in [`guard::Guarded`]: its
+/// panics are errors.
 pub fn open(source: Arc<dyn ByteSource>, owner: ForeignOwner) -> Result<Option<Arc<dyn ReadOnlyFs>>, FsError> {
+    let fs = guard::contain("opening the filesystem", None, || open_unguarded(source, owner))?;
+    Ok(fs.map(|fs| Arc::new(guard::Guarded::new(fs)) as Arc<dyn ReadOnlyFs>))
+}
+
+/// [`open`] without the panic guard.
+fn open_unguarded(source: Arc<dyn ByteSource>, owner: ForeignOwner) -> Result<Option<Arc<dyn ReadOnlyFs>>, FsError> {
     let mut head = vec![0u8; 2048];
     if source.size() < head.len() as u64 {
         return Ok(None);

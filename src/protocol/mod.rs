@@ -627,6 +627,10 @@ pub struct CopyView {
     pub exposed_at: Vec<String>,
     /// Why it cannot be read, if it cannot.
     pub failed: Option<String>,
+    /// Why the filesystem in it is damaged, once a request found it so (its raw image and the
+    /// rest of its tree stay readable; the damaged parts give EIO).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree_damage: Option<String>,
 }
 
 /// A set just taken.

@@ -532,9 +532,8 @@ impl Namespace {
     /// attributes are for root only, as on the original filesystem).
     pub fn xattr(&self, r: &Resolved, name: &[u8], privileged: bool) -> Result<Vec<u8>, NsError> {
         match r {
-            Resolved::Tree(_, fs, i) => {
-                let list = fs.xattrs(*i).map_err(|e| NsError::from_fs(&e))?;
-                list.into_iter().find(|(n, _)| n.as_slice() == name && visible(n, privileged)).map(|(_, v)| v).ok_or(NsError::NoData)
+            Resolved::Tree(_, fs, i) if visible(name, privileged) => {
+                fs.xattr(*i, name).map_err(|e| NsError::from_fs(&e))?.ok_or(NsError::NoData)
             }
             _ => Err(NsError::NoData),
         }
@@ -544,9 +543,9 @@ impl Namespace {
     pub fn xattr_names(&self, r: &Resolved, privileged: bool) -> Result<Vec<u8>, NsError> {
         match r {
             Resolved::Tree(_, fs, i) => {
-                let list = fs.xattrs(*i).map_err(|e| NsError::from_fs(&e))?;
+                let list = fs.xattr_names(*i).map_err(|e| NsError::from_fs(&e))?;
                 let mut names = Vec::new();
-                for (n, _) in list.iter().filter(|(n, _)| visible(n, privileged)) {
+                for n in list.iter().filter(|n| visible(n, privileged)) {
                     names.extend_from_slice(n);
                     names.push(0);
                 }

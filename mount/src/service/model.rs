@@ -181,6 +181,14 @@ impl ShadowCopy {
         self.exposed() && (windows || self.info.attributes & attributes::CLIENT_ACCESSIBLE != 0)
     }
 
+    /// Why its filesystem is damaged, once a request found it so.
+    pub fn tree_damage(&self) -> Option<String> {
+        match self.tree.get() {
+            Some(Some(fs)) => fs.damage(),
+            _ => None,
+        }
+    }
+
     /// The filesystem's kind if it was already looked at.
     pub fn tree_kind(&self) -> Option<String> {
         match self.tree.get() {

@@ -215,7 +215,11 @@ fn print_copies(copies: &[CopyView]) {
                 format!("{} ({:#010x})", c.attributes.join(","), c.attribute_flags),
                 c.provider.clone(),
                 format_size(c.diff_area_used),
-                c.failed.clone().map_or("ok".into(), |r| format!("FAILED: {r}")),
+                match (&c.failed, &c.tree_damage) {
+                    (Some(r), _) => format!("FAILED: {r}"),
+                    (None, Some(d)) => format!("files damaged: {d}"),
+                    (None, None) => "ok".into(),
+                },
             ]
         })
         .collect();

@@ -39,9 +39,14 @@ pub(super) trait BlockReader {
 }
 
 /// Flattens the extent tree rooted in `i_block`.
+///
+/// Bounded by the tree itself: every interior node is a distinct block (a node reached twice is
+/// a loop or a shared subtree, i.e. damage), so the walk reads each block of the filesystem at
+/// most once, whatever the entry counts say.
 pub(super) fn extent_runs(root: &[u8], reader: &dyn BlockReader, ino: u32) -> Result<Vec<Run>, FsError> {
     let mut runs = Vec::new();
-    walk_extent_node(root, reader, ino, 0, &mut runs)?;
+    let mut visited = std::collections::HashSet::new();
+    walk_extent_node(root, reader, ino, 0, &mut Walk { runs: &mut runs, visited: &mut visited })?;
     runs.sort_by_key(|r| r.logical);
     if runs.windows(2).any(|w| w[0].logical + w[0].len > w[1].logical) {
         return Err(FsError::corrupt(CorruptKind::BlockMap, Some(u64::from(ino)), format!("inode {ino}: overlapping extents")));
@@ -49,7 +54,14 @@ pub(super) fn extent_runs(root: &[u8], reader: &dyn BlockReader, ino: u32) -> Re
     Ok(runs)
 }
 
-fn walk_extent_node(node: &[u8], reader: &dyn BlockReader, ino: u32, level: u32, runs: &mut Vec<Run>) -> Result<(), FsError> {
+/// What a walk of an extent tree has found so far.
+struct Walk<'a> {
+    runs: &'a mut Vec<Run>,
+    /// Interior nodes already read.
+    visited: &'a mut std::collections::HashSet<u64>,
+}
+
+fn walk_extent_node(node: &[u8], reader: &dyn BlockReader, ino: u32, level: u32, walk: &mut Walk<'_>) -> Result<(), FsError> {
     let bad = |what: &str| FsError::corrupt(CorruptKind::BlockMap, Some(u64::from(ino)), format!("inode {ino}: {what}"));
     if le::u16(node, 0) != EXTENT_MAGIC {
         return Err(bad("bad extent header magic"));
@@ -72,16 +84,19 @@ fn walk_extent_node(node: &[u8], reader: &dyn BlockReader, ino: u32, level: u32,
             if physical.checked_add(u64::from(len)).is_none_or(|end| end > reader.blocks_count()) {
                 return Err(bad("extent beyond the end of the filesystem"));
             }
-            runs.push(Run { logical, len: u64::from(len), physical, uninit });
+            walk.runs.push(Run { logical, len: u64::from(len), physical, uninit });
         } else {
             let child = u64::from(le::u16(e, 8)) << 32 | u64::from(le::u32(e, 4));
             if child >= reader.blocks_count() {
                 return Err(bad("extent index beyond the end of the filesystem"));
             }
+            if !walk.visited.insert(child) {
+                return Err(bad("an extent tree node is reached twice (a loop in the tree)"));
+            }
             let block = reader.block(child)?;
-            walk_extent_node(&block, reader, ino, level + 1, runs)?;
+            walk_extent_node(&block, reader, ino, level + 1, walk)?;
         }
-        if runs.len() > 1 << 24 {
+        if walk.runs.len() > 1 << 24 {
             return Err(bad("too many extents"));
         }
     }

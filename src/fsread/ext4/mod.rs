@@ -270,12 +270,21 @@ impl Ext4 {
         Ok(out)
     }
 
-    fn xattr_value(&self, x: &xattr::RawXattr) -> Result<Vec<u8>, FsError> {
+    /// The value of one attribute. A value in an EA inode is read only up to the kernel's
+    /// `XATTR_SIZE_MAX`: a larger one is damage, whatever size the entry claims.
+    fn xattr_value(&self, owner: u32, x: &xattr::RawXattr) -> Result<Vec<u8>, FsError> {
         match x.value_inode {
             None => Ok(x.value.clone()),
             Some((ino, size)) => {
+                if size as usize > crate::fsread::XATTR_SIZE_MAX {
+                    return Err(FsError::corrupt(
+                        CorruptKind::Xattr,
+                        Some(u64::from(owner)),
+                        format!("inode {owner}: an extended attribute claims {size} bytes, more than any attribute can hold"),
+                    ));
+                }
                 let vi = self.inode(ino)?;
-                let mut v = vec![0u8; size.min(64 << 20) as usize];
+                let mut v = vec![0u8; size as usize];
                 self.read_data(&vi, 0, &mut v)?;
                 Ok(v)
             }
@@ -286,7 +295,7 @@ impl Ext4 {
     fn inline_data(&self, inode: &Inode) -> Result<Vec<u8>, FsError> {
         let mut data = inode.block.to_vec();
         if let Some(x) = self.raw_xattrs(inode)?.into_iter().find(|x| x.name == b"system.data") {
-            data.extend(self.xattr_value(&x)?);
+            data.extend(self.xattr_value(inode.ino, &x)?);
         }
         data.truncate(inode.size.min(data.len() as u64) as usize);
         Ok(data)
@@ -310,12 +319,16 @@ impl Ext4 {
             dir::parse_block(data.get(4..split).unwrap_or(&[]), filetype, ino, &mut raw)?;
             dir::parse_block(data.get(60..).unwrap_or(&[]), filetype, ino, &mut raw)?;
         } else {
+            // Only the blocks the directory really has: its size is untrusted (a hostile 2^50
+            // would otherwise be walked block by block as holes), its mapped blocks are not.
             let bs = self.block_size();
             let blocks = inode.size.div_ceil(bs);
             let mut buf = vec![0u8; bs as usize];
-            for lblk in 0..blocks {
-                self.read_data(&inode, lblk * bs, &mut buf)?;
-                dir::parse_block(&buf, filetype, ino, &mut raw)?;
+            for r in self.block_map(&inode)?.iter().filter(|r| !r.uninit) {
+                for lblk in r.logical..(r.logical + r.len).min(blocks) {
+                    self.read_physical(r.physical + (lblk - r.logical), 0, &mut buf)?;
+                    dir::parse_block(&buf, filetype, ino, &mut raw)?;
+                }
             }
         }
         let mut entries = Vec::with_capacity(raw.len());
@@ -429,7 +442,23 @@ impl ReadOnlyFs for Ext4 {
         let i = self.inode(ino32(ino)?)?;
         let raw = self.raw_xattrs(&i)?;
         // `system.data` holds inline file data; the kernel does not list it.
-        raw.iter().filter(|x| x.name != b"system.data").map(|x| Ok((x.name.clone(), self.xattr_value(x)?))).collect()
+        raw.iter().filter(|x| x.name != b"system.data").map(|x| Ok((x.name.clone(), self.xattr_value(i.ino, x)?))).collect()
+    }
+
+    fn xattr_names(&self, ino: u64) -> Result<Vec<Vec<u8>>, FsError> {
+        let i = self.inode(ino32(ino)?)?;
+        Ok(self.raw_xattrs(&i)?.into_iter().filter(|x| x.name != b"system.data").map(|x| x.name).collect())
+    }
+
+    fn xattr(&self, ino: u64, name: &[u8]) -> Result<Option<Vec<u8>>, FsError> {
+        if name == b"system.data" {
+            return Ok(None);
+        }
+        let i = self.inode(ino32(ino)?)?;
+        match self.raw_xattrs(&i)?.into_iter().find(|x| x.name == name) {
+            Some(x) => self.xattr_value(i.ino, &x).map(Some),
+            None => Ok(None),
+        }
     }
 
     fn stats(&self) -> FsStats {
