@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::cursor::Cursor;
+use super::cursor::{Cursor, ReadBudget};
 use super::{ByteSource, CorruptKind, DirEntry, FileKind, ForeignOwner, FsError, FsStats, ReadOnlyFs, Stat, Timestamp, Xattrs};
 
 /// Entries walked at most (a damaged FAT can loop).
@@ -79,7 +79,10 @@ impl FatFs {
         std::thread::Builder::new()
             .name("shadowcopy-fat".into())
             .spawn(move || {
-                let fs = match fatfs::FileSystem::new(Cursor::new(src), fatfs::FsOptions::new()) {
+                // Opening walks every directory once: the volume's bytes at most, twice over.
+                let budget = ReadBudget::new(ReadBudget::per_request(src.size()));
+                let per_request = ReadBudget::per_request(src.size());
+                let fs = match fatfs::FileSystem::new(Cursor::with_budget(src, budget.clone()), fatfs::FsOptions::new()) {
                     Ok(fs) => fs,
                     Err(e) => {
                         let _ = ready_tx.send(Err(FsError::corrupt(CorruptKind::Fat, None, format!("not a readable FAT filesystem: {e}"))));
@@ -104,7 +107,7 @@ impl FatFs {
                 let ok = walked.is_ok();
                 let _ = ready_tx.send(walked);
                 if ok {
-                    serve(&fs, rx);
+                    serve(&fs, rx, &budget, per_request);
                 }
             })
             .map_err(FsError::Io)?;
@@ -193,10 +196,11 @@ fn walk<T: fatfs::ReadWriteSeek>(fs: &fatfs::FileSystem<T>) -> Result<Vec<Node>,
 }
 
 /// The reader thread: answers reads, keeping a few files open.
-fn serve<T: fatfs::ReadWriteSeek>(fs: &fatfs::FileSystem<T>, rx: mpsc::Receiver<ReadRequest>) {
+fn serve<T: fatfs::ReadWriteSeek>(fs: &fatfs::FileSystem<T>, rx: mpsc::Receiver<ReadRequest>, budget: &ReadBudget, per_request: u64) {
     let root = fs.root_dir();
     let mut open: HashMap<u64, fatfs::File<'_, T>> = HashMap::new();
     for req in rx {
+        budget.reset(per_request);
         if open.len() > 64 {
             open.clear();
         }

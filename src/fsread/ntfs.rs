@@ -23,7 +23,7 @@ use ntfs::structured_values::{NtfsFileAttributeFlags, NtfsFileNamespace};
 use ntfs::{Ntfs, NtfsAttributeFlags, NtfsAttributeType, NtfsFile, NtfsReadSeek};
 use parking_lot::Mutex;
 
-use super::cursor::Cursor;
+use super::cursor::{Cursor, ReadBudget};
 use super::{ByteSource, CorruptKind, DirEntry, FileKind, ForeignOwner, FsError, FsStats, ReadOnlyFs, Stat, Timestamp, Xattrs};
 use crate::bytes::le;
 
@@ -54,7 +54,7 @@ fn nt_time(t: ntfs::NtfsTime) -> Timestamp {
 impl NtfsFs {
     /// Opens the NTFS filesystem in `source`; files show `owner`.
     pub fn open(source: Arc<dyn ByteSource>, owner: ForeignOwner) -> Result<NtfsFs, FsError> {
-        let mut c = Cursor::new(Arc::clone(&source));
+        let mut c = Cursor::with_budget(Arc::clone(&source), ReadBudget::new(ReadBudget::per_request(source.size())));
         let mut ntfs = Ntfs::new(&mut c).map_err(corrupt)?;
         ntfs.read_upcase_table(&mut c).map_err(corrupt)?;
         let fs = NtfsFs { ntfs, source, owner, dirs: Mutex::new(LruCache::new(NonZeroUsize::new(1024).expect("non-zero"))) };
@@ -63,8 +63,9 @@ impl NtfsFs {
         Ok(fs)
     }
 
+    /// A cursor for one request, with that request's read budget.
     fn cursor(&self) -> Cursor {
-        Cursor::new(Arc::clone(&self.source))
+        Cursor::with_budget(Arc::clone(&self.source), ReadBudget::new(ReadBudget::per_request(self.source.size())))
     }
 
     fn file(&self, c: &mut Cursor, ino: u64) -> Result<NtfsFile<'_>, FsError> {
