@@ -7,13 +7,19 @@
 //! unauthorised request gets an error reply; the connection and the daemon carry on. A line
 //! longer than the limit closes the connection after the reply (its end cannot be found safely).
 //!
+//! Limits, so that no client can lock others out: connections that are neither root's nor the
+//! admin group's share [`SHARED_SLOTS`], at most [`SLOTS_PER_USER`] per user; root and the admin
+//! group may also take [`ADMIN_SLOTS`] more that nobody else can. A connection that sends nothing
+//! for [`IDLE_TIMEOUT`] is closed, unless it is a registered writer (which waits for events) or
+//! owns sets that live as long as it does. A refused connection gets a `busy` reply that says
+//! why.
+//!
 //! Never interprets an operation itself.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,8 +28,68 @@ use shadowcopy::protocol::{ErrorKind, Op, Reply, Request, MAX_MESSAGE, VERSION};
 
 use crate::service::Service;
 
-/// Connections served at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 64;
+/// Connections of users who are not admins, together.
+pub const SHARED_SLOTS: usize = 48;
+/// Connections of one user who is not an admin.
+pub const SLOTS_PER_USER: usize = 16;
+/// Connections only root and the admin group may take (besides the shared ones).
+pub const ADMIN_SLOTS: usize = 16;
+/// How long a connection may wait between requests (writers and set owners excepted).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Who holds which connection slots.
+#[derive(Default)]
+struct Slots {
+    /// Shared slots in use, per user.
+    shared_by_user: std::collections::HashMap<u32, usize>,
+    shared: usize,
+    admin_only: usize,
+}
+
+/// Which pool a connection's slot came from.
+#[derive(Clone, Copy)]
+enum Slot {
+    Shared(u32),
+    AdminOnly,
+}
+
+impl Slots {
+    /// A slot for a connection of `uid`, or why there is none.
+    fn take(&mut self, uid: u32, admin: bool) -> Result<Slot, String> {
+        let mine = self.shared_by_user.get(&uid).copied().unwrap_or(0);
+        if self.shared < SHARED_SLOTS && (admin || mine < SLOTS_PER_USER) {
+            self.shared += 1;
+            *self.shared_by_user.entry(uid).or_default() += 1;
+            return Ok(Slot::Shared(uid));
+        }
+        if admin && self.admin_only < ADMIN_SLOTS {
+            self.admin_only += 1;
+            return Ok(Slot::AdminOnly);
+        }
+        Err(if admin {
+            format!("shadowcopyd is busy: all {} connections are in use; try again", SHARED_SLOTS + ADMIN_SLOTS)
+        } else if mine >= SLOTS_PER_USER {
+            format!("shadowcopyd is busy: user {uid} already has {SLOTS_PER_USER} connections open; close some and try again")
+        } else {
+            format!("shadowcopyd is busy: all {SHARED_SLOTS} connections for users outside the admin group are in use; try again")
+        })
+    }
+
+    fn give_back(&mut self, slot: Slot) {
+        match slot {
+            Slot::Shared(uid) => {
+                self.shared -= 1;
+                if let Some(n) = self.shared_by_user.get_mut(&uid) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.shared_by_user.remove(&uid);
+                    }
+                }
+            }
+            Slot::AdminOnly => self.admin_only -= 1,
+        }
+    }
+}
 
 /// Who may change state besides root.
 #[derive(Debug, Clone, Copy)]
@@ -53,7 +119,7 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener> {
 
 /// Serves connections until the listener is shut down.
 pub fn serve(listener: UnixListener, service: Arc<Service>, access: Access) {
-    let active = Arc::new(AtomicUsize::new(0));
+    let slots = Arc::new(parking_lot::Mutex::new(Slots::default()));
     for conn in listener.incoming() {
         let stream = match conn {
             Ok(s) => s,
@@ -63,21 +129,28 @@ pub fn serve(listener: UnixListener, service: Arc<Service>, access: Access) {
                 continue;
             }
         };
-        if active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
-            let _ = write_reply(&stream, &Reply::error(ErrorKind::Busy, "too many connections; try again"));
+        let Ok(cred) = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials) else {
             continue;
-        }
-        active.fetch_add(1, Ordering::AcqRel);
+        };
+        let admin = is_admin(&stream, access);
+        let slot = match slots.lock().take(cred.uid(), admin) {
+            Ok(s) => s,
+            Err(why) => {
+                tracing::warn!(uid = cred.uid(), pid = cred.pid(), "control connection refused: {why}");
+                let _ = write_reply(&stream, &Reply::error(ErrorKind::Busy, why));
+                continue;
+            }
+        };
         let svc = Arc::clone(&service);
-        let active2 = Arc::clone(&active);
+        let slots2 = Arc::clone(&slots);
         let spawned = std::thread::Builder::new().name("shadowcopyd-conn".into()).spawn(move || {
-            if let Err(e) = connection(stream, &svc, access) {
+            if let Err(e) = connection(stream, &svc, admin) {
                 tracing::debug!(error = %e, "control connection ended");
             }
-            active2.fetch_sub(1, Ordering::AcqRel);
+            slots2.lock().give_back(slot);
         });
         if let Err(e) = spawned {
-            active.fetch_sub(1, Ordering::AcqRel);
+            slots.lock().give_back(slot);
             tracing::error!(error = %e, "cannot start a thread for a control connection");
         }
     }
@@ -134,14 +207,23 @@ impl Drop for ConnectionEnd<'_> {
     }
 }
 
-fn connection(stream: UnixStream, service: &Service, access: Access) -> std::io::Result<()> {
-    let admin = is_admin(&stream, access);
+fn connection(stream: UnixStream, service: &Service, admin: bool) -> std::io::Result<()> {
     let writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     let mut end = ConnectionEnd { service, as_writer: None, sets: Vec::new() };
     loop {
+        // Idle connections are closed; writers wait for events and set owners keep their sets.
+        let idle_limit = if end.as_writer.is_none() && end.sets.is_empty() { Some(IDLE_TIMEOUT) } else { None };
+        reader.get_ref().set_read_timeout(idle_limit)?;
         let mut line = Vec::new();
-        let n = Read::take(&mut reader, MAX_MESSAGE as u64 + 1).read_until(b'\n', &mut line)?;
+        let n = match Read::take(&mut reader, MAX_MESSAGE as u64 + 1).read_until(b'\n', &mut line) {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                let _ = write_reply(&writer, &Reply::error(ErrorKind::Busy, format!("closed after {IDLE_TIMEOUT:?} without a request")));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             return Ok(());
         }

@@ -33,6 +33,10 @@ pub struct VolumeRecord {
     /// when two copies were taken within one second.
     #[serde(default)]
     pub exposed: BTreeMap<Uuid, String>,
+    /// The newest exposed name ever given on this volume, as seconds since the epoch: a name,
+    /// once used, is never given to another copy (Samba clients and people keep names).
+    #[serde(default)]
+    pub last_name_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

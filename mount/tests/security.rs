@@ -263,3 +263,110 @@ fn an_unknown_filesystem_gets_the_raw_image_only() {
     assert_eq!(std::fs::read(d.image("vol", &copy)).unwrap(), vec![0x42u8; 8 << 20]);
     assert!(d.log().contains("no known filesystem"), "the daemon says why");
 }
+
+/// Not a test on its own: the idle client that `idle_connections_cannot_lock_root_out` runs as
+/// other users (through `setpriv`). Opens `SC_IDLE_COUNT` connections to `SC_IDLE_SOCKET`,
+/// sends nothing, prints how many the daemon refused (a `busy` line arrives on those), and
+/// keeps the rest open until its stdin closes.
+#[test]
+#[ignore = "a helper process of idle_connections_cannot_lock_root_out"]
+fn idle_client_helper() {
+    let socket = std::env::var("SC_IDLE_SOCKET").expect("run by idle_connections_cannot_lock_root_out");
+    let count: usize = std::env::var("SC_IDLE_COUNT").unwrap().parse().unwrap();
+    let conns: Vec<UnixStream> = (0..count).map(|_| UnixStream::connect(&socket).expect("connect")).collect();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let mut refused = Vec::new();
+    for c in &conns {
+        c.set_nonblocking(true).unwrap();
+        let mut line = String::new();
+        if BufReader::new(c).read_line(&mut line).is_ok() && !line.is_empty() {
+            refused.push(line.trim().to_string());
+        }
+    }
+    // On a line of its own (libtest has printed "test idle_client_helper ... " before it).
+    println!("\nREFUSED {} {}", refused.len(), serde_json::to_string(&refused).unwrap());
+    let mut buf = String::new();
+    let _ = std::io::stdin().read_line(&mut buf);
+}
+
+/// `idle_client_helper` as `uid`, holding `count` connections; returns the guard and what the
+/// daemon refused.
+fn idle_clients(d: &Daemon, uid: u32, count: usize) -> (ChildGuard, Vec<String>) {
+    use std::io::Read;
+    let mut child = ChildGuard(Some(
+        Command::new(which("setpriv").unwrap())
+            .args([format!("--reuid={uid}"), format!("--regid={uid}"), "--clear-groups".into()])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "idle_client_helper", "--nocapture", "--test-threads", "1"])
+            .env("SC_IDLE_SOCKET", &d.socket)
+            .env("SC_IDLE_COUNT", count.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let mut out = BufReader::new(child.child().stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("REFUSED ") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the idle helper ended early");
+    }
+    // Keep draining its output so it never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let _ = out.read_to_end(&mut Vec::new());
+    });
+    let json = line.trim().splitn(3, ' ').nth(2).unwrap();
+    (child, serde_json::from_str(json).unwrap())
+}
+
+/// Pins F7: with a 64-connection cap and no per-user limit or idle timeout, a read-only member
+/// of the socket's group holding 64 idle connections locked root out of `create`, `delete`,
+/// `status` and writer registration, and the CLI said "Broken pipe" instead of "busy".
+#[test]
+fn idle_connections_cannot_lock_root_out() {
+    require_commands(&["setpriv"]);
+    let d = Daemon::start(&[]);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let image = image_file(&d.dir, "vol.img", 64 << 20);
+    d.add_volume("vol", &image);
+    // Three users fill the shared slots; each is capped on its own.
+    let mut helpers = Vec::new();
+    for uid in [65534, 65533, 65532] {
+        let (guard, refused) = idle_clients(&d, uid, 20);
+        assert_eq!(refused.len(), 4, "uid {uid}: 16 connections are one user's share: {refused:?}");
+        assert!(refused.iter().all(|r| r.contains("busy") && r.contains(&format!("user {uid} already has 16"))), "{refused:?}");
+        helpers.push(guard);
+    }
+    let (_fourth, refused) = idle_clients(&d, 65531, 1);
+    assert_eq!(refused.len(), 1, "the shared slots are all taken");
+    assert!(refused[0].contains("all 48 connections"), "{refused:?}");
+    // Root still gets through, for reading and for changes.
+    assert!(matches!(d.call(Op::Status), Ok(Answer::Status(_))));
+    let set = d.create(&["vol"], false);
+    assert_eq!(set.copies.len(), 1);
+    // The CLI of a refused user says the daemon is busy, not "Broken pipe".
+    let cli = |uid: u32| {
+        Command::new(which("setpriv").unwrap())
+            .args([format!("--reuid={uid}"), format!("--regid={uid}"), "--clear-groups".into()])
+            .arg(cli_binary())
+            .args(["--socket", d.socket.to_str().unwrap(), "list"])
+            .output()
+            .unwrap()
+    };
+    let out = cli(65531);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("busy") && !err.contains("Broken pipe"), "{err}");
+    // Once the idle clients go, the slots come back.
+    drop(helpers);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = cli(65531);
+        if out.status.success() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "slots were not given back: {}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

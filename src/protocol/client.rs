@@ -107,7 +107,16 @@ impl Client {
     ) -> Result<Answer, ClientError> {
         let mut line = serde_json::to_vec(&Request { v: VERSION, op }).map_err(|e| ClientError::BadReply(e.to_string()))?;
         line.push(b'\n');
-        self.writer.write_all(&line)?;
+        if let Err(e) = self.writer.write_all(&line) {
+            // A daemon that refused the connection (busy) said why before closing it: report
+            // that, not the broken pipe.
+            if matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset) {
+                if let Ok(Some(Reply::Error(reply))) = self.next_reply() {
+                    return Err(ClientError::Daemon(reply));
+                }
+            }
+            return Err(e.into());
+        }
         loop {
             let mut buf = Vec::new();
             let n = Read::take(&mut self.reader, MAX_MESSAGE as u64).read_until(b'\n', &mut buf)?;

@@ -214,7 +214,9 @@ impl Service {
             }
         }
         if changed {
-            self.save_names_later();
+            // At once (see `delete`): the deleted copies' names must stay retired.
+            let _admin = self.admin.lock();
+            self.save_state();
         }
         self.flush_departures();
     }

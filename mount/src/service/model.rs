@@ -47,6 +47,9 @@ pub struct Volume {
     pub copies: RwLock<BTreeMap<String, Arc<ShadowCopy>>>,
     /// Open handles on `live` (revert refuses while any is open).
     pub live_opens: AtomicUsize,
+    /// The newest exposed name ever given on this volume (seconds since the epoch); new names
+    /// come after it, so a deleted copy's name is never reused.
+    pub(super) last_name_secs: parking_lot::Mutex<Option<u64>>,
 }
 
 /// What serves a volume's bytes and copies: one provider per volume.
@@ -216,16 +219,23 @@ impl ByteSource for CopySource {
     }
 }
 
-/// The exposed name for a copy: its creation second, or, if a copy of the volume already has
-/// that name, the next free second after it (names stay unique and valid `@GMT` tokens; the
-/// real creation time is in `list`).
-pub(super) fn unique_name(existing: &BTreeMap<String, Arc<ShadowCopy>>, info: &CopyInfo) -> String {
+/// The exposed name for a new copy of `volume`: its creation second, or, if that name was ever
+/// given on the volume (to a copy still there or one deleted since), the next second after the
+/// newest name ever given (names stay unique, valid `@GMT` tokens and never reused; the real
+/// creation time is in `list`). Records the name as the volume's newest.
+pub(super) fn unique_name(volume: &Volume, existing: &BTreeMap<String, Arc<ShadowCopy>>, info: &CopyInfo) -> String {
+    let mut last = volume.last_name_secs.lock();
     let mut secs = info.created.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    loop {
+    if let Some(l) = *last {
+        secs = secs.max(l + 1);
+    }
+    let name = loop {
         let name = protocol::gmt_name(secs);
         if !existing.contains_key(&name) {
-            return name;
+            break name;
         }
         secs += 1;
-    }
+    };
+    *last = Some(secs.max(last.unwrap_or(0)));
+    name
 }

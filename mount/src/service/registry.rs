@@ -12,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use parking_lot::RwLock;
 use shadowcopy::fsread::ByteSource;
+use shadowcopy::protocol;
 use shadowcopy::volume::Storage;
 use shadowcopy::vss::WindowsStores;
 use shadowcopy::{DiffAreaFiles, DiffAreaOptions, EngineOptions, ShadowVolume};
@@ -89,12 +90,20 @@ impl Service {
             owner: Owner { uid: md.uid(), gid: md.gid(), mode: md.mode() },
             copies: RwLock::new(BTreeMap::new()),
             live_opens: AtomicUsize::new(0),
+            last_name_secs: parking_lot::Mutex::new(rec.last_name_secs),
         });
         let mut copies = vol.copies.write();
-        for info in vol.copies_now() {
+        // Names kept from before come back first; they raise the high-water mark too.
+        for n in rec.exposed.values().filter_map(|n| protocol::parse_gmt_name(n)) {
+            let mut last = vol.last_name_secs.lock();
+            *last = Some(last.map_or(n, |l| l.max(n)));
+        }
+        let mut infos = vol.copies_now();
+        infos.sort_by_key(|i| !rec.exposed.contains_key(&i.id));
+        for info in infos {
             let name = match rec.exposed.get(&info.id) {
                 Some(n) if !copies.contains_key(n) => n.clone(),
-                _ => unique_name(&copies, &info),
+                _ => unique_name(&vol, &copies, &info),
             };
             copies.insert(
                 name.clone(),
@@ -148,6 +157,7 @@ impl Service {
                 diff_area: v.diff_area.clone(),
                 read_only: v.read_only(),
                 exposed: v.copies.read().values().map(|c| (c.info.id, c.name.clone())).collect(),
+                last_name_secs: *v.last_name_secs.lock(),
             })
             .collect();
         // Volumes that failed to open stay registered.

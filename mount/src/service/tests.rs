@@ -262,3 +262,39 @@ fn the_registry_survives_a_restart() {
     let Reply::Ok(Answer::Copies(c)) = svc.handle(Op::List { volume: None }, &mut |_, _| {}, &mut |_| {}, &|| true) else { panic!() };
     assert_eq!(c.iter().map(|c| (c.id, c.exposed_name.clone())).collect::<Vec<_>>(), [(id, name)]);
 }
+
+/// Pins the bug where the `@GMT` name of a deleted copy could be given to a later copy (Samba
+/// clients and people who noted the name were then shown other data under it), also across a
+/// restart.
+#[test]
+fn a_name_once_used_on_a_volume_is_never_given_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("v.img");
+    std::fs::File::create(&image).and_then(|f| f.set_len(64 << 20)).unwrap();
+    let settings = Settings { mount: dir.path().join("mnt"), cache_chunks: 16, fs_owner: ForeignOwner::default() };
+    let call = |svc: &Service, op| svc.handle(op, &mut |_, _| {}, &mut |_| {}, &|| true);
+    let create = |svc: &Service| {
+        let req = CreateRequest { persistent: Some(true), ..CreateRequest::new(vec!["v".into()]) };
+        match call(svc, Op::Create(req)) {
+            Reply::Ok(Answer::Set(s)) => (s.copies[0].id, s.copies[0].exposed_name.clone()),
+            other => panic!("{other:?}"),
+        }
+    };
+    let mut used = Vec::new();
+    {
+        let svc = Service::start(StateDir::lock(&dir.path().join("state")).unwrap(), settings.clone());
+        assert!(matches!(call(&svc, add_op("v", image.to_str().unwrap())), Reply::Ok(_)));
+        // Taken and deleted within one second: the next copy must not get the same name.
+        for _ in 0..3 {
+            let (id, name) = create(&svc);
+            assert!(matches!(call(&svc, Op::Delete { target: DeleteTarget::Id(id) }), Reply::Ok(_)));
+            assert!(!used.contains(&name), "{name} was given twice: {used:?}");
+            used.push(name);
+        }
+        // No flush_all: the deletes alone must have made the names durable.
+    }
+    let svc = Service::start(StateDir::lock(&dir.path().join("state")).unwrap(), settings);
+    let (_, name) = create(&svc);
+    assert!(!used.contains(&name), "after a restart, {name} was given again: {used:?}");
+    assert!(used.iter().all(|u| u < &name), "names only grow: {used:?} then {name}");
+}

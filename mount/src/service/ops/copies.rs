@@ -97,7 +97,9 @@ impl Service {
             self.forget_copy(v, c.info.id);
             self.sessions.released(c.info.set_id);
         }
-        self.save_names_later();
+        // Now, not later: the state file's name high-water mark must cover the deleted copies'
+        // names before anyone could be given one of them again (after a crash and restart).
+        self.save_state();
         Ok(Answer::Copies(views))
     }
 }

@@ -119,7 +119,7 @@ impl Service {
         let mut views = Vec::new();
         for (v, info) in vols.iter().zip(set.copies) {
             let mut copies = v.copies.write();
-            let name = unique_name(&copies, &info);
+            let name = unique_name(v, &copies, &info);
             let c = Arc::new(ShadowCopy {
                 serial: self.next_serial(),
                 name: name.clone(),

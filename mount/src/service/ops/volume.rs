@@ -83,7 +83,7 @@ impl Service {
         if let Some(c) = chunk_size {
             options.chunk_size = u32::try_from(c).map_err(|_| ServiceError::InvalidSetting("chunk size too large".into()))?;
         }
-        let rec = VolumeRecord { name: name.clone(), image, diff_area, read_only, exposed: BTreeMap::new() };
+        let rec = VolumeRecord { name: name.clone(), image, diff_area, read_only, exposed: BTreeMap::new(), last_name_secs: None };
         let v = self.open_volume(&rec, Some(options))?;
         self.insert_volume(Arc::clone(&v));
         self.save_state();
