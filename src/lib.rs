@@ -42,6 +42,8 @@ pub mod diffarea;
 pub mod engine;
 mod error;
 pub mod fsread;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod hold;
 pub mod probe;
 pub mod protocol;

@@ -68,6 +68,10 @@ impl Read for Cursor {
         // Every byte asked for is spent, buffered or not: a loop over one cached cluster runs
         // the budget out as surely as one over the disk.
         self.budget.spend(n as u64)?;
+        if n == 0 {
+            // At or past the end (a crate may seek anywhere).
+            return Ok(0);
+        }
         if n as u64 >= WINDOW {
             self.source.read_exact_at(&mut buf[..n], self.pos)?;
             self.pos += n as u64;
@@ -107,5 +111,50 @@ impl Seek for Cursor {
         };
         self.pos = u64::try_from(new).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
         Ok(self.pos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Bytes(Vec<u8>);
+    impl ByteSource for Bytes {
+        fn size(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            let s = self.0.get(offset as usize..offset as usize + buf.len()).ok_or(io::ErrorKind::UnexpectedEof)?;
+            buf.copy_from_slice(s);
+            Ok(())
+        }
+    }
+
+    /// Pins a panic the FAT and NTFS fuzz targets found (corpus `regression-cursor-past-end`):
+    /// a crate that seeks past the end and reads indexed the window out of range.
+    #[test]
+    fn reads_past_the_end_give_nothing_and_reads_inside_are_exact() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let mut c = Cursor::with_budget(Arc::new(Bytes(data.clone())), ReadBudget::new(1 << 20));
+        for at in [10_000u64, 10_001, 12_289, 1 << 40] {
+            c.seek(SeekFrom::Start(at)).unwrap();
+            assert_eq!(c.read(&mut [0u8; 32]).unwrap(), 0, "at {at}");
+        }
+        for (at, len) in [(0u64, 32usize), (4090, 20), (8191, 2), (9_990, 32), (100, 9000)] {
+            c.seek(SeekFrom::Start(at)).unwrap();
+            let mut buf = vec![0u8; len];
+            let n = c.read(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &data[at as usize..at as usize + n], "at {at}");
+            assert_eq!(n, len.min(10_000 - at as usize));
+        }
+    }
+
+    #[test]
+    fn a_spent_budget_is_an_error() {
+        let mut c = Cursor::with_budget(Arc::new(Bytes(vec![7u8; 4096])), ReadBudget::new(100));
+        assert_eq!(c.read(&mut [0u8; 64]).unwrap(), 64);
+        c.seek(SeekFrom::Start(0)).unwrap();
+        let e = c.read(&mut [0u8; 64]).unwrap_err();
+        assert!(e.to_string().contains("loop"), "{e}");
     }
 }

@@ -89,7 +89,9 @@ impl FatFs {
                         return;
                     }
                 };
-                let walked = walk(&fs).map(|nodes| {
+                // The reader thread has its own panic guard: the request guard runs on the
+                // caller's thread.
+                let walked = super::guard::contain("opening the FAT filesystem", None, || walk(&fs)).map(|nodes| {
                     let cluster = fs.cluster_size();
                     let stats = fs.stats().ok();
                     (
@@ -204,7 +206,7 @@ fn serve<T: fatfs::ReadWriteSeek>(fs: &fatfs::FileSystem<T>, rx: mpsc::Receiver<
         if open.len() > 64 {
             open.clear();
         }
-        let result = (|| -> io::Result<Vec<u8>> {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> io::Result<Vec<u8>> {
             let file = match open.entry(req.ino) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => v.insert(root.open_file(&req.path)?),
@@ -221,7 +223,8 @@ fn serve<T: fatfs::ReadWriteSeek>(fs: &fatfs::FileSystem<T>, rx: mpsc::Receiver<
             }
             buf.truncate(done);
             Ok(buf)
-        })();
+        }))
+        .unwrap_or_else(|_| Err(io::Error::other("the FAT reader failed on damaged data (a panic, caught)")));
         if result.is_err() {
             open.remove(&req.ino);
         }

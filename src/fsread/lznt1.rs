@@ -12,7 +12,7 @@ const CHUNK: usize = 4096;
 
 /// Decompresses `input` (the stored clusters of one compression unit) into `out`, which is
 /// filled completely: what the unit does not produce reads as zeros. Errors name what is wrong.
-pub(super) fn decompress(input: &[u8], out: &mut [u8]) -> Result<(), &'static str> {
+pub(crate) fn decompress(input: &[u8], out: &mut [u8]) -> Result<(), &'static str> {
     out.fill(0);
     let (mut i, mut o) = (0usize, 0usize);
     while i + 2 <= input.len() && o < out.len() {

@@ -16,7 +16,7 @@ pub mod ext4;
 pub mod fat;
 pub mod guard;
 #[cfg(feature = "ntfs")]
-mod lznt1;
+pub(crate) mod lznt1;
 #[cfg(feature = "ntfs")]
 pub mod ntfs;
 

@@ -1,0 +1,6 @@
+//! The ext4 reader on arbitrary images (seeds: small images made with mkfs, in corpus/ext4).
+#![no_main]
+
+mod walk;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| walk::walk(data));

@@ -1,0 +1,6 @@
+//! The ntfs reader on arbitrary images (seeds: small images made with mkfs, in corpus/ntfs).
+#![no_main]
+
+mod walk;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| walk::walk(data));
