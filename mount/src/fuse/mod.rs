@@ -4,8 +4,15 @@
 //! errno table ([`errno`]), and the translation of attributes, entries and cache policy into
 //! fuser's replies. A WinFsp frontend would sit beside this one over the same namespace.
 //!
+//! Isolation between volumes: requests that may parse a copy's filesystem (anything inside a
+//! volume's folder but its `live` file) run on that volume's own small pool of threads
+//! ([`pool`]), never on the kernel-facing threads. A hostile image can only keep its own
+//! volume's pool busy: other volumes' copies and every `live` file are served meanwhile.
+//!
 //! Never decides anything about the layout or copies: every answer comes from the namespace.
 //! Never panics on a request: every failure is an errno.
+
+mod pool;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -28,7 +35,8 @@ const LIVE_FH: u64 = 1;
 
 /// The FUSE filesystem: the namespace, answered in fuser's terms.
 pub struct Frontend {
-    ns: Namespace,
+    ns: Arc<Namespace>,
+    pools: pool::VolumePools,
 }
 
 /// The errno for each [`NsError`]: explicit, because converting an `io::Error` generically turns
@@ -96,7 +104,29 @@ fn xattr_reply(reply: ReplyXattr, data: &[u8], size: u32) {
 impl Frontend {
     /// The frontend of `service`'s layout.
     pub fn new(service: Arc<Service>) -> Frontend {
-        Frontend { ns: Namespace::new(service) }
+        Frontend { ns: Arc::new(Namespace::new(service)), pools: pool::VolumePools::default() }
+    }
+
+    /// Runs `job` for a request on node `id`: on the pool of the volume the node belongs to when
+    /// answering may parse a copy's filesystem, else here (the mount's root, `live`, a node
+    /// whose volume is gone).
+    fn on_volume(&self, id: u64, job: impl FnOnce(&Namespace) + Send + 'static) {
+        match self.volume_of(id) {
+            Some(volume) => {
+                let ns = Arc::clone(&self.ns);
+                self.pools.run(volume, Box::new(move || job(&ns)));
+            }
+            None => job(&self.ns),
+        }
+    }
+
+    /// The serial of the volume whose pool serves node `id`.
+    fn volume_of(&self, id: u64) -> Option<u32> {
+        match Node::from_id(id)? {
+            Node::Root | Node::Live(_) => None,
+            Node::VolumeDir(s) | Node::ImagesDir(s) => Some(s),
+            Node::Image(c) | Node::Tree { copy: c, .. } => self.ns.service().copy_by_serial(c)?.volume.upgrade().map(|v| v.serial),
+        }
     }
 }
 
@@ -104,6 +134,37 @@ thread_local! {
     /// One read buffer per worker thread, reused: a fresh 1 MiB allocation is a new mapping
     /// whose every page faults on first touch.
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A directory's entries with their attributes, from `offset` on.
+fn readdirplus(ns: &Namespace, ino: INodeNo, offset: u64, mut reply: ReplyDirectoryPlus) {
+    let dir = match ns.resolve(ino.0) {
+        Ok(d) => d,
+        Err(e) => return reply.error(errno(e)),
+    };
+    let entries = match ns.entries(&dir, ino.0) {
+        Ok(e) => e,
+        Err(e) => return reply.error(errno(e)),
+    };
+    // `.` and `..` carry the directory's own inode number.
+    let own = ns.getattr(&dir).ok().map(|(a, _)| a);
+    for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+        let child = if e.name == b"." || e.name == b".." { None } else { ns.lookup(&dir, &e.name).ok().and_then(|c| ns.getattr(&c).ok()) };
+        let name = OsStr::from_bytes(&e.name);
+        let full = match child {
+            Some((attr, cache)) => reply.add(INodeNo(e.id), (i + 1) as u64, name, &cache.ttl(), &file_attr(&attr), Generation(0)),
+            // `.`, `..`, or an entry whose attributes cannot be read: node id 0 tells the kernel
+            // to look it up itself (and get the error then).
+            None => {
+                let attr = own.clone().unwrap_or_else(|| ns.dir_attr(Node::Root, 2));
+                reply.add(INodeNo(0), (i + 1) as u64, name, &Cache::Never.ttl(), &file_attr(&attr), Generation(0))
+            }
+        };
+        if full {
+            break;
+        }
+    }
+    reply.ok();
 }
 
 impl Filesystem for Frontend {
@@ -136,24 +197,27 @@ impl Filesystem for Frontend {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let r = self.ns.resolve(parent.0).and_then(|p| self.ns.lookup(&p, name.as_bytes())).and_then(|child| {
-            let (attr, cache) = self.ns.getattr(&child)?;
-            // The node id names the object in this mount; attr.ino is what `stat` shows (inside
-            // a copy: the original filesystem's inode number).
-            let id = Namespace::node_id(&child).ok_or(NsError::Overflow)?;
-            Ok((id, attr, cache))
+        let name = name.as_bytes().to_vec();
+        self.on_volume(parent.0, move |ns| {
+            let r = ns.resolve(parent.0).and_then(|p| ns.lookup(&p, &name)).and_then(|child| {
+                let (attr, cache) = ns.getattr(&child)?;
+                // The node id names the object in this mount; attr.ino is what `stat` shows
+                // (inside a copy: the original filesystem's inode number).
+                let id = Namespace::node_id(&child).ok_or(NsError::Overflow)?;
+                Ok((id, attr, cache))
+            });
+            match r {
+                Ok((id, attr, cache)) => reply.entry_with_node(INodeNo(id), &cache.ttl(), &cache.ttl(), &file_attr(&attr), Generation(0)),
+                Err(e) => reply.error(errno(e)),
+            }
         });
-        match r {
-            Ok((id, attr, cache)) => reply.entry_with_node(INodeNo(id), &cache.ttl(), &cache.ttl(), &file_attr(&attr), Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.ns.resolve(ino.0).and_then(|r| self.ns.getattr(&r)) {
+        self.on_volume(ino.0, move |ns| match ns.resolve(ino.0).and_then(|r| ns.getattr(&r)) {
             Ok((attr, cache)) => reply.attr(&cache.ttl(), &file_attr(&attr)),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -183,21 +247,21 @@ impl Filesystem for Frontend {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.ns.resolve(ino.0).and_then(|r| self.ns.readlink(&r)) {
+        self.on_volume(ino.0, move |ns| match ns.resolve(ino.0).and_then(|r| ns.readlink(&r)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let writing = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
-        match self.ns.resolve(ino.0).and_then(|r| self.ns.open(&r, writing)) {
+        self.on_volume(ino.0, move |ns| match ns.resolve(ino.0).and_then(|r| ns.open(&r, writing)) {
             // Direct I/O: every write reaches the engine at once (no page cache between the
             // loop device and the copy-on-write), and writes run in parallel.
             Ok(Cache::Never) => reply.opened(FileHandle(LIVE_FH), FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES),
             Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn read(
@@ -211,13 +275,15 @@ impl Filesystem for Frontend {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let resolved = match self.ns.resolve(ino.0) {
-            Ok(r) => r,
-            Err(e) => return reply.error(errno(e)),
-        };
-        READ_BUF.with_borrow_mut(|buf| match self.ns.read(&resolved, offset, size, buf) {
-            Ok(n) => reply.data(&buf[..n]),
-            Err(e) => reply.error(errno(e)),
+        self.on_volume(ino.0, move |ns| {
+            let resolved = match ns.resolve(ino.0) {
+                Ok(r) => r,
+                Err(e) => return reply.error(errno(e)),
+            };
+            READ_BUF.with_borrow_mut(|buf| match ns.read(&resolved, offset, size, buf) {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => reply.error(errno(e)),
+            });
         });
     }
 
@@ -286,80 +352,56 @@ impl Filesystem for Frontend {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.ns.resolve(ino.0).and_then(|r| self.ns.opendir(&r)) {
+        self.on_volume(ino.0, move |ns| match ns.resolve(ino.0).and_then(|r| ns.opendir(&r)) {
             Ok(Cache::Immutable) => reply.opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE),
             Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let entries = match self.ns.resolve(ino.0).and_then(|r| self.ns.entries(&r, ino.0)) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno(e)),
-        };
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(Namespace::st_ino(e.id)), (i + 1) as u64, file_type(e.kind), OsStr::from_bytes(&e.name)) {
-                break;
+        self.on_volume(ino.0, move |ns| {
+            let entries = match ns.resolve(ino.0).and_then(|r| ns.entries(&r, ino.0)) {
+                Ok(e) => e,
+                Err(e) => return reply.error(errno(e)),
+            };
+            for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+                if reply.add(INodeNo(Namespace::st_ino(e.id)), (i + 1) as u64, file_type(e.kind), OsStr::from_bytes(&e.name)) {
+                    break;
+                }
             }
-        }
-        reply.ok();
+            reply.ok();
+        });
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let dir = match self.ns.resolve(ino.0) {
-            Ok(d) => d,
-            Err(e) => return reply.error(errno(e)),
-        };
-        let entries = match self.ns.entries(&dir, ino.0) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno(e)),
-        };
-        // `.` and `..` carry the directory's own inode number.
-        let own = self.ns.getattr(&dir).ok().map(|(a, _)| a);
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            let child = if e.name == b"." || e.name == b".." {
-                None
-            } else {
-                self.ns.lookup(&dir, &e.name).ok().and_then(|c| self.ns.getattr(&c).ok())
-            };
-            let name = OsStr::from_bytes(&e.name);
-            let full = match child {
-                Some((attr, cache)) => reply.add(INodeNo(e.id), (i + 1) as u64, name, &cache.ttl(), &file_attr(&attr), Generation(0)),
-                // `.`, `..`, or an entry whose attributes cannot be read: node id 0 tells the
-                // kernel to look it up itself (and get the error then).
-                None => {
-                    let attr = own.clone().unwrap_or_else(|| self.ns.dir_attr(Node::Root, 2));
-                    reply.add(INodeNo(0), (i + 1) as u64, name, &Cache::Never.ttl(), &file_attr(&attr), Generation(0))
-                }
-            };
-            if full {
-                break;
-            }
-        }
-        reply.ok();
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, reply: ReplyDirectoryPlus) {
+        self.on_volume(ino.0, move |ns| readdirplus(ns, ino, offset, reply));
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        let s = match self.ns.resolve(ino.0) {
-            Ok(r) => self.ns.statfs(&r),
-            Err(_) => self.ns.statfs(&crate::namespace::Resolved::Root),
-        };
-        reply.statfs(s.blocks, s.free_blocks, s.free_blocks, s.files, s.free_files, s.block_size, s.name_max, s.block_size)
+        self.on_volume(ino.0, move |ns| {
+            let s = match ns.resolve(ino.0) {
+                Ok(r) => ns.statfs(&r),
+                Err(_) => ns.statfs(&crate::namespace::Resolved::Root),
+            };
+            reply.statfs(s.blocks, s.free_blocks, s.free_blocks, s.files, s.free_files, s.block_size, s.name_max, s.block_size)
+        });
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.ns.resolve(ino.0).and_then(|r| self.ns.xattr(&r, name.as_bytes(), req.uid() == 0)) {
+        let (name, privileged) = (name.as_bytes().to_vec(), req.uid() == 0);
+        self.on_volume(ino.0, move |ns| match ns.resolve(ino.0).and_then(|r| ns.xattr(&r, &name, privileged)) {
             Ok(v) => xattr_reply(reply, &v, size),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.ns.resolve(ino.0).and_then(|r| self.ns.xattr_names(&r, req.uid() == 0)) {
+        let privileged = req.uid() == 0;
+        self.on_volume(ino.0, move |ns| match ns.resolve(ino.0).and_then(|r| ns.xattr_names(&r, privileged)) {
             Ok(names) => xattr_reply(reply, &names, size),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn setxattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, _value: &[u8], _flags: i32, _position: u32, reply: ReplyEmpty) {
