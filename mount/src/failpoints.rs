@@ -4,6 +4,9 @@
 //!
 //! - `stall-live-writes`: writes to any `live` file wait until the file is removed (a device that
 //!   stops answering; lets a test make a filesystem freeze hang).
+//! - `stall-tree-open-<volume>`: opening the filesystem in a copy of that volume waits until the
+//!   file is removed (a copy whose parsing never ends; lets a test check that other volumes are
+//!   served meanwhile).
 //!
 //! Never active in normal use: without the variable every check is one relaxed atomic load.
 
@@ -32,6 +35,14 @@ fn active(name: &str) -> bool {
 /// Waits while `stall-live-writes` is active.
 pub fn stall_live_write() {
     while active("stall-live-writes") {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits while `stall-tree-open-<volume>` is active.
+pub fn stall_tree_open(volume: &str) {
+    let name = format!("stall-tree-open-{volume}");
+    while active(&name) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }

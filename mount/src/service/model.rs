@@ -154,6 +154,7 @@ impl ShadowCopy {
         self.tree
             .get_or_init(|| {
                 let volume = self.volume.upgrade()?;
+                crate::failpoints::stall_tree_open(&volume.name);
                 let source: Arc<dyn ByteSource> = Arc::new(CopySource { volume: Arc::downgrade(&volume), id: self.info.id, size: volume.size() });
                 match fsread::open(source, fs_owner) {
                     Ok(Some(fs)) => {
