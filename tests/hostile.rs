@@ -109,3 +109,21 @@ fn f5_an_xattr_claiming_four_gigabytes_is_refused_without_allocating_it() {
         other => panic!("expected damage, got {:?}", other.map(|v| v.map(|v| v.len()))),
     }
 }
+
+#[test]
+fn f6_an_ntfs_index_entry_shorter_than_its_header_is_damage_not_a_panic() {
+    // Pins F6: a damaged NTFS index made the `ntfs` crate panic (index_entry.rs:205, a slice
+    // out of range), and the FUSE worker thread that ran the request died with it. The vendored
+    // crate now refuses the entry (third_party/ntfs), and any reader panic is contained.
+    require_commands(&["mkntfs"]);
+    let dir = TempDir::new("sc-hostile-");
+    let image = ntfs_short_index_entry(&dir);
+    let r = within(Duration::from_secs(10), "listing the damaged NTFS root", move || {
+        let fs = open_image(&image)?.expect("ntfs");
+        fs.read_dir(fs.root()).map(|e| e.len())
+    });
+    match r {
+        Err(FsError::Corrupt(c)) => assert_ne!(c.kind, CorruptKind::Panic, "refused by the reader, not caught as a panic: {c}"),
+        other => panic!("expected damage, got {other:?}"),
+    }
+}

@@ -179,3 +179,34 @@ pub fn ext4_huge_xattr(dir: &TempDir) -> (PathBuf, u64) {
     patch(&image, area_at + name_at as u64 - 16 + 8, &0xFFFF_FFFFu32.to_le_bytes());
     (image, ino)
 }
+
+/// F6: an NTFS image whose root directory index (`$I30` of MFT record 5, resident in its
+/// INDEX_ROOT) starts with an entry claiming 4 bytes, shorter than an entry's own header.
+pub fn ntfs_short_index_entry(dir: &TempDir) -> PathBuf {
+    let image = dir.join("ntfs.img");
+    File::create(&image).expect("image").set_len(4 << 20).expect("size");
+    run("mkntfs", &["-q", "-F", "-f", "-H", "1", "-S", "1", "-p", "0", image.to_str().expect("utf-8")]);
+    let boot = read_at(&image, 0, 512);
+    let cluster = u64::from(u16::from_le_bytes([boot[11], boot[12]])) * u64::from(boot[13]);
+    let mft = u64::from_le_bytes(boot[0x30..0x38].try_into().expect("8 bytes")) * cluster;
+    let per = boot[0x40] as i8;
+    let record_size = if per < 0 { 1u64 << (-per) } else { per as u64 * cluster };
+    let at = mft + 5 * record_size;
+    let rec = read_at(&image, at, record_size as usize);
+    let mut a = usize::from(u16::from_le_bytes([rec[0x14], rec[0x15]]));
+    loop {
+        let ty = u32::from_le_bytes(rec[a..a + 4].try_into().expect("4 bytes"));
+        let len = u32::from_le_bytes(rec[a + 4..a + 8].try_into().expect("4 bytes")) as usize;
+        assert!(ty != 0xFFFF_FFFF && len > 0, "no INDEX_ROOT in the root directory's record");
+        if ty == 0x90 {
+            let value = a + usize::from(u16::from_le_bytes([rec[a + 0x14], rec[a + 0x15]]));
+            let node = value + 16;
+            let first = node + u32::from_le_bytes(rec[node..node + 4].try_into().expect("4 bytes")) as usize;
+            // The first entry's length (offset 8 of the entry); away from the sector ends the
+            // update sequence guards.
+            patch(&image, at + first as u64 + 8, &4u16.to_le_bytes());
+            return image;
+        }
+        a += len;
+    }
+}
