@@ -14,9 +14,7 @@ use shadowcopy::testing::system::*;
 
 /// Runs `cat FILE` as an unprivileged user; true if it could read.
 fn readable_by_nobody(path: &std::path::Path) -> bool {
-    let setpriv = which("setpriv").expect("setpriv");
-    let out = Command::new(setpriv).args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"]).arg(path).output().expect("setpriv");
-    out.status.success()
+    succeeds_as(65534, &["cat".as_ref(), path.as_os_str()])
 }
 
 #[test]
@@ -50,16 +48,16 @@ fn a_private_file_in_a_copy_stays_private() {
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
 }
 
-/// Runs `argv` as `uid` (group `uid`, no other groups); true if it succeeded.
+/// A command that runs as `uid` (group `uid`, no other groups): `setpriv … PROGRAM`.
+fn as_user(uid: u32, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new(which("setpriv").expect("setpriv"));
+    c.args([format!("--reuid={uid}"), format!("--regid={uid}"), "--clear-groups".into()]).arg(program);
+    c
+}
+
+/// Runs `argv` as `uid`; true if it succeeded.
 fn succeeds_as(uid: u32, argv: &[&std::ffi::OsStr]) -> bool {
-    let id = uid.to_string();
-    Command::new(which("setpriv").expect("setpriv"))
-        .args([format!("--reuid={id}"), format!("--regid={id}"), "--clear-groups".into()])
-        .args(argv)
-        .output()
-        .expect("setpriv")
-        .status
-        .success()
+    as_user(uid, argv[0]).args(&argv[1..]).output().expect("setpriv").status.success()
 }
 
 /// What `uid` may do with each of the ACL test's paths under `root`: read each file, list each
@@ -205,15 +203,7 @@ fn unprivileged_clients_may_read_but_not_change() {
     std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     let cli = cli_binary();
-    let run_as_nobody = |args: &[&str]| {
-        Command::new(which("setpriv").unwrap())
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(&cli)
-            .args(["--socket", d.socket.to_str().unwrap()])
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let run_as_nobody = |args: &[&str]| as_user(65534, &cli).args(["--socket", d.socket.to_str().unwrap()]).args(args).output().unwrap();
     let list = run_as_nobody(&["--json", "list"]);
     assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
     let add = run_as_nobody(&["volume", "add", "x", "/etc/hostname"]);
@@ -294,9 +284,7 @@ fn idle_client_helper() {
 fn idle_clients(d: &Daemon, uid: u32, count: usize) -> (ChildGuard, Vec<String>) {
     use std::io::Read;
     let mut child = ChildGuard(Some(
-        Command::new(which("setpriv").unwrap())
-            .args([format!("--reuid={uid}"), format!("--regid={uid}"), "--clear-groups".into()])
-            .arg(std::env::current_exe().unwrap())
+        as_user(uid, std::env::current_exe().unwrap())
             .args(["--ignored", "--exact", "idle_client_helper", "--nocapture", "--test-threads", "1"])
             .env("SC_IDLE_SOCKET", &d.socket)
             .env("SC_IDLE_COUNT", count.to_string())
@@ -347,14 +335,7 @@ fn idle_connections_cannot_lock_root_out() {
     let set = d.create(&["vol"], false);
     assert_eq!(set.copies.len(), 1);
     // The CLI of a refused user says the daemon is busy, not "Broken pipe".
-    let cli = |uid: u32| {
-        Command::new(which("setpriv").unwrap())
-            .args([format!("--reuid={uid}"), format!("--regid={uid}"), "--clear-groups".into()])
-            .arg(cli_binary())
-            .args(["--socket", d.socket.to_str().unwrap(), "list"])
-            .output()
-            .unwrap()
-    };
+    let cli = |uid: u32| as_user(uid, cli_binary()).args(["--socket", d.socket.to_str().unwrap(), "list"]).output().unwrap();
     let out = cli(65531);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("busy") && !err.contains("Broken pipe"), "{err}");

@@ -306,7 +306,7 @@ impl Namespace {
             Resolved::Live(v) => (self.live_attr(v), Cache::Never),
             Resolved::ImagesDir(v) => (self.dir_attr(Node::ImagesDir(v.serial), 2), Cache::Brief),
             Resolved::Image(v, c) => (self.image_attr(v, c), Cache::Immutable),
-            Resolved::Tree(c, fs, ino) => (Self::tree_attr(c, &fs.stat(*ino).map_err(|e| NsError::from_fs(&e))?)?, Cache::Immutable),
+            Resolved::Tree(c, fs, ino) => (Self::tree_attr(c, &fs.stat(*ino).map_err(|e| tree_error(c, &e))?)?, Cache::Immutable),
         })
     }
 
@@ -332,7 +332,7 @@ impl Namespace {
                 Ok(Resolved::Image(Arc::clone(v), c))
             }
             Resolved::Tree(c, fs, ino) => {
-                let child = fs.lookup(*ino, name).map_err(|e| NsError::from_fs(&e))?;
+                let child = fs.lookup(*ino, name).map_err(|e| tree_error(c, &e))?;
                 Ok(Resolved::Tree(Arc::clone(c), Arc::clone(fs), child))
             }
             Resolved::Live(_) | Resolved::Image(..) => Err(NsError::NotDir),
@@ -368,7 +368,7 @@ impl Namespace {
                 }
             }
             Resolved::Tree(c, fs, ino) => {
-                for e in fs.read_dir(*ino).map_err(|e| NsError::from_fs(&e))?.iter() {
+                for e in fs.read_dir(*ino).map_err(|e| tree_error(c, &e))?.iter() {
                     match (Node::Tree { copy: c.serial, ino: e.ino }).id() {
                         Some(id) => out.push(entry(Some(id), e.kind, &e.name)),
                         None => tracing::warn!(ino = e.ino, "inode number too large to serve; entry skipped"),
@@ -407,7 +407,7 @@ impl Namespace {
     /// A symbolic link's target.
     pub fn readlink(&self, r: &Resolved) -> Result<Vec<u8>, NsError> {
         match r {
-            Resolved::Tree(_, fs, i) => fs.read_link(*i).map_err(|e| NsError::from_fs(&e)),
+            Resolved::Tree(c, fs, i) => fs.read_link(*i).map_err(|e| tree_error(c, &e)),
             _ => Err(NsError::Invalid),
         }
     }
@@ -459,9 +459,9 @@ impl Namespace {
                 grow(buf, n);
                 v.read_copy(c.info.id, &mut buf[..n], offset).map(|()| n).map_err(|e| NsError::from_engine(&e))
             }
-            Resolved::Tree(_, fs, i) => {
+            Resolved::Tree(c, fs, i) => {
                 grow(buf, size as usize);
-                fs.read(*i, offset, &mut buf[..size as usize]).map_err(|e| NsError::from_fs(&e))
+                fs.read(*i, offset, &mut buf[..size as usize]).map_err(|e| tree_error(c, &e))
             }
             _ => Err(NsError::IsDir),
         }
@@ -532,8 +532,8 @@ impl Namespace {
     /// attributes are for root only, as on the original filesystem).
     pub fn xattr(&self, r: &Resolved, name: &[u8], privileged: bool) -> Result<Vec<u8>, NsError> {
         match r {
-            Resolved::Tree(_, fs, i) if visible(name, privileged) => {
-                fs.xattr(*i, name).map_err(|e| NsError::from_fs(&e))?.ok_or(NsError::NoData)
+            Resolved::Tree(c, fs, i) if visible(name, privileged) => {
+                fs.xattr(*i, name).map_err(|e| tree_error(c, &e))?.ok_or(NsError::NoData)
             }
             _ => Err(NsError::NoData),
         }
@@ -542,8 +542,8 @@ impl Namespace {
     /// The names of the extended attributes, each followed by a NUL.
     pub fn xattr_names(&self, r: &Resolved, privileged: bool) -> Result<Vec<u8>, NsError> {
         match r {
-            Resolved::Tree(_, fs, i) => {
-                let list = fs.xattr_names(*i).map_err(|e| NsError::from_fs(&e))?;
+            Resolved::Tree(c, fs, i) => {
+                let list = fs.xattr_names(*i).map_err(|e| tree_error(c, &e))?;
                 let mut names = Vec::new();
                 for n in list.iter().filter(|n| visible(n, privileged)) {
                     names.extend_from_slice(n);
@@ -554,6 +554,19 @@ impl Namespace {
             _ => Ok(Vec::new()),
         }
     }
+}
+
+/// The error for a failed request inside copy `c`. Damage is logged once per copy and inode,
+/// naming the volume, the copy and the inode (a walker that keeps meeting it does not flood the
+/// log).
+fn tree_error(c: &ShadowCopy, e: &FsError) -> NsError {
+    if let FsError::Corrupt(damage) = e {
+        if c.first_report_of_damage(damage.ino) {
+            let volume = c.volume.upgrade().map(|v| v.name.clone()).unwrap_or_default();
+            tracing::warn!(%volume, copy = %c.name, ino = ?damage.ino, kind = ?damage.kind, %damage, "damaged data in a shadow copy: the request gets EIO");
+        }
+    }
+    NsError::from_fs(e)
 }
 
 /// `trusted.*` attributes are for root only, as on the original filesystem.

@@ -145,7 +145,12 @@ pub struct ShadowCopy {
     pub volume: Weak<Volume>,
     /// The filesystem inside, once looked at (`None` inside: raw only).
     pub(super) tree: OnceLock<Option<Arc<dyn ReadOnlyFs>>>,
+    /// Inodes whose damage was logged already (at most [`DAMAGE_LOG_LIMIT`]).
+    pub(super) damage_logged: parking_lot::Mutex<std::collections::HashSet<Option<u64>>>,
 }
+
+/// Damaged inodes logged per copy; past that, damage is still an error but no longer logged.
+const DAMAGE_LOG_LIMIT: usize = 1024;
 
 impl ShadowCopy {
     /// The filesystem in the copy, detected on first use. A damaged or unknown filesystem gives
@@ -183,6 +188,13 @@ impl ShadowCopy {
     /// Windows copies); other exposed copies are reachable by their path only.
     pub fn listed(&self, windows: bool) -> bool {
         self.exposed() && (windows || self.info.attributes & attributes::CLIENT_ACCESSIBLE != 0)
+    }
+
+    /// Whether damage at inode `ino` should be logged: the first time for each inode, up to
+    /// [`DAMAGE_LOG_LIMIT`] inodes.
+    pub fn first_report_of_damage(&self, ino: Option<u64>) -> bool {
+        let mut seen = self.damage_logged.lock();
+        seen.len() < DAMAGE_LOG_LIMIT && seen.insert(ino)
     }
 
     /// Why its filesystem is damaged, once a request found it so.

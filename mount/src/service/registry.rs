@@ -107,7 +107,14 @@ impl Service {
             };
             copies.insert(
                 name.clone(),
-                Arc::new(ShadowCopy { serial: self.next_serial(), name, info, volume: Arc::downgrade(&vol), tree: OnceLock::new() }),
+                Arc::new(ShadowCopy {
+                    serial: self.next_serial(),
+                    name,
+                    info,
+                    volume: Arc::downgrade(&vol),
+                    tree: OnceLock::new(),
+                    damage_logged: Default::default(),
+                }),
             );
         }
         drop(copies);

@@ -126,6 +126,7 @@ impl Service {
                 info,
                 volume: Arc::downgrade(v),
                 tree: OnceLock::new(),
+                damage_logged: Default::default(),
             });
             copies.insert(name, Arc::clone(&c));
             drop(copies);
