@@ -83,3 +83,39 @@ fn errors_say_what_to_do() {
     let out = cli(&d, &["volume", "add", "bad/name", "/etc/hostname"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid volume name"));
 }
+
+/// Pins two scripting bugs (issue 12): errors stayed plain text under `--json`, and
+/// `shadowcopy create … | head -1` panicked (exit 101) after the set was made.
+#[test]
+fn json_errors_are_json_and_a_closed_stdout_ends_quietly() {
+    let d = Daemon::start(&[]);
+    let out = cli(&d, &["--json", "list", "nosuch"]);
+    assert!(!out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON error on stdout");
+    assert_eq!(v["error"]["kind"], "not_found", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("no volume named `nosuch`"), "{v}");
+    let out = Command::new(cli_binary()).args(["--socket", "/nonexistent/control.sock", "--json", "status"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON error on stdout");
+    assert_eq!(v["error"]["kind"], "unavailable", "{v}");
+    // A reader that goes away before the answer is printed: the set is made, the CLI ends
+    // quietly with SIGPIPE's status.
+    let image = image_file(&d.dir, "vol.img", 32 << 20);
+    d.add_volume("vol", &image);
+    let mut child = Command::new(cli_binary())
+        .args(["--socket", d.socket.to_str().unwrap(), "create", "vol"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(d.list().len(), 1, "the set was made");
+    // Nothing to delete is not an error.
+    let out = cli(&d, &["delete", "--all", "vol"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&d, &["delete", "--all", "vol"]);
+    assert!(out.status.success(), "delete --all on a volume without copies: {}", String::from_utf8_lossy(&out.stderr));
+}

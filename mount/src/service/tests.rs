@@ -182,8 +182,10 @@ fn what_is_not_there_is_not_found_with_one_message_per_thing() {
         let e = f.err(op);
         assert_eq!((e.kind, e.message), (ErrorKind::NotFound, format!("no shadow copy set {id} (see `shadowcopy list`)")));
     }
-    let e = f.err(Op::Delete { target: DeleteTarget::Oldest("empty".into()) });
-    assert_eq!((e.kind, e.message.as_str()), (ErrorKind::NotFound, "volume `empty` has no shadow copies"));
+    // Nothing to delete is done, not an error (issue 12: `delete --all` on an empty volume).
+    for target in [DeleteTarget::Oldest("empty".into()), DeleteTarget::All("empty".into())] {
+        assert!(matches!(f.ok(Op::Delete { target }), Answer::Copies(c) if c.is_empty()));
+    }
     let e = f.err(add_op("v", &f.path("missing.img").display().to_string()));
     assert_eq!(e.kind, ErrorKind::NotFound, "{}", e.message);
 }
@@ -297,4 +299,19 @@ fn a_name_once_used_on_a_volume_is_never_given_again() {
     let (_, name) = create(&svc);
     assert!(!used.contains(&name), "after a restart, {name} was given again: {used:?}");
     assert!(used.iter().all(|u| u < &name), "names only grow: {used:?} then {name}");
+}
+
+/// Pins a bug (issue 12): a failed `volume add` (an invalid chunk size) left its diff area
+/// behind, and every retry was refused with "already holds a diff area".
+#[test]
+fn a_failed_volume_add_leaves_nothing_behind() {
+    let f = Fixture::new();
+    let image = f.image("v.img", 64 << 20);
+    let bad =
+        Op::VolumeAdd { name: "v".into(), image: image.clone(), diff_area: None, max_size: None, chunk_size: Some(3000), read_only: false };
+    let e = f.err(bad);
+    assert_eq!(e.kind, ErrorKind::Failed, "{}", e.message);
+    assert!(e.message.contains("chunk"), "{}", e.message);
+    assert!(matches!(f.ok(Op::VolumeList), Answer::Volumes(v) if v.is_empty()), "nothing registered");
+    f.add("v", &image);
 }

@@ -4,6 +4,14 @@
 //! `SHADOWCOPY_SOCKET`, else the default path) and prints tables like `vssadmin`, or JSON with
 //! `--json`. `shadowcopy offline …` works on an image and its diff area without a daemon.
 
+/// Prints a line on stdout; a closed stdout (`shadowcopy list | head -1`) ends the program
+/// quietly with the status a SIGPIPE would give, instead of a panic after the work was done.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::print_line(format_args!($($arg)*))
+    };
+}
+
 mod hook;
 mod offline;
 mod online;
@@ -232,18 +240,49 @@ enum StorageCmd {
     Resize { volume: String, max_size: String },
 }
 
+/// [`out!`]'s work.
+fn print_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            // 128 + SIGPIPE, as a program killed by the signal would report.
+            std::process::exit(141);
+        }
+        eprintln!("shadowcopy: writing to stdout failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// The kind and message of a failure, as `--json` reports it: the daemon's own kind, or
+/// `unavailable` when it cannot be reached, or `failed`.
+fn error_json(e: &anyhow::Error) -> serde_json::Value {
+    use shadowcopy::protocol::ClientError;
+    let kind = match e.chain().find_map(|c| c.downcast_ref::<ClientError>()) {
+        Some(ClientError::Daemon(reply)) => serde_json::to_value(reply.kind).unwrap_or_else(|_| "failed".into()),
+        Some(ClientError::Connect { .. }) => "unavailable".into(),
+        _ => "failed".into(),
+    };
+    serde_json::json!({ "error": { "kind": kind, "message": format!("{e:#}") } })
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let json = cli.json;
     let r: Result<()> = match cli.command {
         Command::Offline(cmd) => offline::run(cmd, cli.json),
         cmd => online::run(cmd, cli.socket, cli.json),
     };
     if let Err(e) = r {
-        eprintln!("shadowcopy: {e:#}");
+        if json {
+            // Scripts read one JSON document on stdout, error or not.
+            out!("{}", error_json(&e));
+        } else {
+            eprintln!("shadowcopy: {e:#}");
+        }
         std::process::exit(1);
     }
 }

@@ -66,12 +66,9 @@ pub(crate) fn run(cmd: Offline, json: bool) -> Result<()> {
                 .with_context(|| format!("creating a diff area in {} for {}", diff_area.display(), image.display()))?;
             let u = vol.usage();
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"diff_area_id": vol.diff_area_id(), "chunk_size": u.chunk_size, "max_bytes": u.max_bytes})
-                );
+                out!("{}", serde_json::json!({"diff_area_id": vol.diff_area_id(), "chunk_size": u.chunk_size, "max_bytes": u.max_bytes}));
             } else {
-                println!(
+                out!(
                     "diff area {} created: chunk {}, maximum {}",
                     vol.diff_area_id(),
                     format_size(u.chunk_size.into()),
@@ -85,7 +82,7 @@ pub(crate) fn run(cmd: Offline, json: bool) -> Result<()> {
             let u = vol.usage();
             let copies = vol.copies();
             if json {
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({
                         "diff_area_id": vol.diff_area_id(), "volume_size": vol.size(), "chunk_size": u.chunk_size,
@@ -94,23 +91,18 @@ pub(crate) fn run(cmd: Offline, json: bool) -> Result<()> {
                     })
                 );
             } else {
-                println!(
-                    "diff area {}  volume {}  chunk {}",
-                    vol.diff_area_id(),
-                    format_size(vol.size()),
-                    format_size(u.chunk_size.into())
-                );
-                println!(
+                out!("diff area {}  volume {}  chunk {}", vol.diff_area_id(), format_size(vol.size()), format_size(u.chunk_size.into()));
+                out!(
                     "space: {} used, {} allocated, maximum {}",
                     format_size(u.used_bytes),
                     format_size(u.allocated_bytes),
                     u.max_bytes.map_or("unbounded".into(), format_size)
                 );
-                println!("{:<36}  {:>5}  {:<24}  state", "copy id", "epoch", "created (UTC)");
+                out!("{:<36}  {:>5}  {:<24}  state", "copy id", "epoch", "created (UTC)");
                 for c in &copies {
                     let secs = c.created.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
                     let state = c.failed.as_deref().map_or("ok".to_string(), |r| format!("FAILED: {r}"));
-                    println!("{:<36}  {:>5}  {:<24}  {state}", c.id, c.epoch, gmt_name(secs));
+                    out!("{:<36}  {:>5}  {:<24}  {state}", c.id, c.epoch, gmt_name(secs));
                 }
             }
             vol.close()?;
@@ -119,12 +111,12 @@ pub(crate) fn run(cmd: Offline, json: bool) -> Result<()> {
             let vol = open(&image, &diff_area)?;
             let set = create_set(&[&vol], CreateOptions { volatile, attributes: 0 })?;
             if json {
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({"set_id": set.set_id, "copies": set.copies.iter().map(copy_json).collect::<Vec<_>>(), "hold_us": set.hold.as_micros() as u64})
                 );
             } else {
-                println!("shadow copy {} (set {}), writes held {} µs", set.copies[0].id, set.set_id, set.hold.as_micros());
+                out!("shadow copy {} (set {}), writes held {} µs", set.copies[0].id, set.set_id, set.hold.as_micros());
             }
             vol.close()?;
         }
@@ -144,7 +136,7 @@ pub(crate) fn run(cmd: Offline, json: bool) -> Result<()> {
                 eprintln!();
             }
             if !json {
-                println!("exported {id} to {}", output.display());
+                out!("exported {id} to {}", output.display());
             }
             vol.close()?;
         }
@@ -152,13 +144,13 @@ pub(crate) fn run(cmd: Offline, json: bool) -> Result<()> {
             let vol = open(&image, &diff_area)?;
             let ranges = vol.changed_ranges(from, to)?;
             if json {
-                println!(
+                out!(
                     "{}",
                     serde_json::json!(ranges.iter().map(|r| serde_json::json!({"offset": r.offset, "len": r.len})).collect::<Vec<_>>())
                 );
             } else {
                 for r in &ranges {
-                    println!("{:>14} {:>12}", r.offset, r.len);
+                    out!("{:>14} {:>12}", r.offset, r.len);
                 }
                 eprintln!("{} ranges, {}", ranges.len(), format_size(ranges.iter().map(|r| r.len).sum()));
             }
@@ -168,9 +160,9 @@ pub(crate) fn run(cmd: Offline, json: bool) -> Result<()> {
             let vol = open(&image, &diff_area)?;
             let c = vol.delete(id)?;
             if json {
-                println!("{}", copy_json(&c));
+                out!("{}", copy_json(&c));
             } else {
-                println!("deleted shadow copy {}", c.id);
+                out!("deleted shadow copy {}", c.id);
             }
             vol.close()?;
         }

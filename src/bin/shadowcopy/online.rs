@@ -145,7 +145,7 @@ fn absolute(p: PathBuf) -> String {
 /// Prints an answer as JSON or as a table.
 fn show(a: &Answer, json: bool) -> Result<()> {
     if json {
-        println!("{}", answer_json(a)?);
+        out!("{}", answer_json(a)?);
     } else {
         print_table(a);
     }
@@ -177,7 +177,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
     }
     let line = |cells: Vec<String>| {
         let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect();
-        println!("{}", s.join("  ").trim_end());
+        out!("{}", s.join("  ").trim_end());
     };
     line(header.iter().map(|s| s.to_string()).collect());
     for r in rows {
@@ -195,7 +195,7 @@ fn created(c: &CopyView) -> String {
 
 fn print_copies(copies: &[CopyView]) {
     if copies.is_empty() {
-        println!("No shadow copies.");
+        out!("No shadow copies.");
         return;
     }
     let rows: Vec<Vec<String>> = copies
@@ -232,14 +232,14 @@ fn print_copies(copies: &[CopyView]) {
 fn print_table(a: &Answer) {
     match a {
         Answer::Status(s) => {
-            println!("shadowcopyd {} (protocol {})", s.version, s.protocol);
-            println!("mount:     {}", s.mount);
-            println!("state dir: {}", s.state_dir);
-            println!("volumes:   {}", s.volumes);
+            out!("shadowcopyd {} (protocol {})", s.version, s.protocol);
+            out!("mount:     {}", s.mount);
+            out!("state dir: {}", s.state_dir);
+            out!("volumes:   {}", s.volumes);
         }
         Answer::Volumes(vs) => {
             if vs.is_empty() {
-                println!("No volumes. Add one with `shadowcopy volume add NAME IMAGE`.");
+                out!("No volumes. Add one with `shadowcopy volume add NAME IMAGE`.");
                 return;
             }
             let rows: Vec<Vec<String>> = vs
@@ -260,7 +260,7 @@ fn print_table(a: &Answer) {
             table(&["VOLUME", "SIZE", "ACCESS", "PROVIDER", "COPIES", "IMAGE", "LIVE FILE", "STATE"], &rows);
         }
         Answer::Volume(v) if v.read_only => {
-            println!(
+            out!(
                 "volume `{}` added read-only: {} ({}), {} shadow copies found ({})",
                 v.name,
                 v.image,
@@ -268,28 +268,28 @@ fn print_table(a: &Answer) {
                 v.copies,
                 v.provider
             );
-            println!("read it through {}", v.live);
+            out!("read it through {}", v.live);
         }
         Answer::Volume(v) => {
-            println!("volume `{}` added: {} ({}), diff area {}", v.name, v.image, format_size(v.size), v.diff_area);
-            println!("write to it through {}", v.live);
+            out!("volume `{}` added: {} ({}), diff area {}", v.name, v.image, format_size(v.size), v.diff_area);
+            out!("write to it through {}", v.live);
         }
         Answer::Copies(c) => print_copies(c),
         Answer::Set(s) => {
-            println!("shadow copy set {} created", s.set_id);
+            out!("shadow copy set {} created", s.set_id);
             if s.frozen.is_empty() {
-                println!("no mounted filesystem on these volumes was found to freeze (crash-consistent copy)");
+                out!("no mounted filesystem on these volumes was found to freeze (crash-consistent copy)");
             } else {
-                println!("froze {} for {:.1} ms", s.frozen.join(", "), s.frozen_us as f64 / 1000.0);
+                out!("froze {} for {:.1} ms", s.frozen.join(", "), s.frozen_us as f64 / 1000.0);
             }
-            println!("writes held {} µs", s.hold_us);
+            out!("writes held {} µs", s.hold_us);
             if s.writers.is_empty() {
-                println!("no writers took part");
+                out!("no writers took part");
             } else {
-                println!("writers: {}", s.writers.join(", "));
+                out!("writers: {}", s.writers.join(", "));
             }
             if !s.skipped_writers.is_empty() {
-                println!("left out: {}", s.skipped_writers.join(", "));
+                out!("left out: {}", s.skipped_writers.join(", "));
             }
             print_copies(&s.copies);
         }
@@ -313,11 +313,11 @@ fn print_table(a: &Answer) {
         Answer::Ranges(r) => {
             let rows: Vec<Vec<String>> = r.iter().map(|x| vec![x.offset.to_string(), x.len.to_string()]).collect();
             table(&["OFFSET", "LENGTH"], &rows);
-            println!("{} ranges, {}", r.len(), format_size(r.iter().map(|x| x.len).sum()));
+            out!("{} ranges, {}", r.len(), format_size(r.iter().map(|x| x.len).sum()));
         }
         Answer::Writers(ws) => {
             if ws.is_empty() {
-                println!("No writers. Start one with `shadowcopy writer run --name NAME --exec PATH --volume VOLUME`.");
+                out!("No writers. Start one with `shadowcopy writer run --name NAME --exec PATH --volume VOLUME`.");
                 return;
             }
             let rows: Vec<Vec<String>> = ws
@@ -336,6 +336,6 @@ fn print_table(a: &Answer) {
                 .collect();
             table(&["WRITER", "STATE", "LAST ERROR", "COMPONENTS (VOLUMES)", "CLASS ID", "INSTANCE ID"], &rows);
         }
-        Answer::Done(m) => println!("{m}"),
+        Answer::Done(m) => out!("{m}"),
     }
 }

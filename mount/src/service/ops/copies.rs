@@ -70,9 +70,8 @@ impl Service {
                 if matches!(target, DeleteTarget::Oldest(_)) {
                     copies.truncate(1);
                 }
-                if copies.is_empty() {
-                    return Err(ServiceError::NoCopies(name.clone()));
-                }
+                // A volume without copies has nothing to delete: that is done, not an error
+                // (scripts that clean up run on empty volumes too).
                 copies.into_iter().map(|c| (Arc::clone(&v), c)).collect()
             }
         };

@@ -83,8 +83,21 @@ impl Service {
         if let Some(c) = chunk_size {
             options.chunk_size = u32::try_from(c).map_err(|_| ServiceError::InvalidSetting("chunk size too large".into()))?;
         }
+        let fresh_dir = !read_only && !diff_area.exists();
         let rec = VolumeRecord { name: name.clone(), image, diff_area, read_only, exposed: BTreeMap::new(), last_name_secs: None };
-        let v = self.open_volume(&rec, Some(options))?;
+        let v = match self.open_volume(&rec, Some(options)) {
+            Ok(v) => v,
+            Err(e) => {
+                // A failed add leaves nothing behind: a half-made diff area would block every
+                // retry ("already holds a diff area").
+                if fresh_dir {
+                    if let Err(rm) = std::fs::remove_dir_all(&rec.diff_area) {
+                        tracing::warn!(path = %rec.diff_area.display(), error = %rm, "could not remove the diff area of a failed volume add");
+                    }
+                }
+                return Err(e);
+            }
+        };
         self.insert_volume(Arc::clone(&v));
         self.save_state();
         tracing::info!(volume = %name, image = %v.image.display(), "volume added");
