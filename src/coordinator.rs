@@ -219,6 +219,15 @@ impl Writers {
         conn
     }
 
+    /// Whether another connected writer (another instance) already has this registration's
+    /// name. The same instance registering again (after a reconnect) is not another.
+    pub fn name_taken(&self, registration: &WriterRegistration) -> bool {
+        self.list
+            .lock()
+            .iter()
+            .any(|w| w.connected() && w.registration.name == registration.name && w.registration.instance_id != registration.instance_id)
+    }
+
     /// Every registered writer as `shadowcopy writers` shows it.
     pub fn views(&self) -> Vec<WriterView> {
         self.list.lock().iter().map(|w| w.view()).collect()

@@ -257,6 +257,16 @@ fn connection(stream: UnixStream, service: &Service, admin: bool) -> std::io::Re
                     Reply::error(ErrorKind::BadRequest, "this connection is already a registered writer")
                 } else if reg.name.is_empty() || reg.name.len() > 128 {
                     Reply::error(ErrorKind::BadRequest, "a writer needs a name of 1-128 characters")
+                } else if service.writers.name_taken(&reg) {
+                    Reply::error(
+                        ErrorKind::AlreadyExists,
+                        format!("a writer named `{}` is connected already; stop it, or give this one another name", reg.name),
+                    )
+                } else if let Some(v) = reg.components.iter().flat_map(|c| &c.volumes).find(|v| service.volume(v).is_none()) {
+                    Reply::error(
+                        ErrorKind::NotFound,
+                        format!("writer `{}` names volume `{v}`, which is not registered (see `shadowcopy volume list`)", reg.name),
+                    )
                 } else {
                     let name = reg.name.clone();
                     // Replies and events share the connection: register, then answer.

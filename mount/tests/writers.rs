@@ -358,3 +358,41 @@ fn writers_are_told_around_a_revert_and_may_refuse_it() {
     let ev = events(&log, "app");
     assert_eq!(ev[ev.len() - 2..], ["pre_restore", "post_restore"]);
 }
+
+/// Pins a bug (issue 12): two writers could register under one name, or name a volume that is
+/// not registered (their events then went to the wrong one, or to none).
+#[test]
+fn a_writer_name_is_taken_once_and_its_volumes_must_exist() {
+    let d = Daemon::start(&[]);
+    volume(&d);
+    let log = d.dir.join("events.log");
+    let exec = hook(d.dir.path(), "app", &log, "");
+    let _w = start_writer(&d, "app", &exec, "vol");
+    let run = |name: &str, volume: &str| {
+        Command::new("timeout")
+            .arg("20")
+            .arg(cli_binary())
+            .args([
+                "--socket",
+                d.socket.to_str().unwrap(),
+                "writer",
+                "run",
+                "--name",
+                name,
+                "--exec",
+                exec.to_str().unwrap(),
+                "--volume",
+                volume,
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = run("app", "vol");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("`app` is connected already"), "{err}");
+    let out = run("other", "nosuch");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("volume `nosuch`, which is not registered"), "{err}");
+    let names: Vec<String> = writers(&d).into_iter().map(|w| w.name).collect();
+    assert_eq!(names, ["app"], "only the first writer is registered");
+}
