@@ -48,6 +48,13 @@ fn a_private_file_in_a_copy_stays_private() {
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
 }
 
+/// Lets every user reach the daemon's folder and connect to its socket.
+fn open_to_everyone(d: &Daemon) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+}
+
 /// A command that runs as `uid` (group `uid`, no other groups): `setpriv … PROGRAM`.
 fn as_user(uid: u32, program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut c = Command::new(which("setpriv").expect("setpriv"));
@@ -199,9 +206,7 @@ fn garbage_on_the_control_socket_gets_error_replies() {
 fn unprivileged_clients_may_read_but_not_change() {
     require_commands(&["setpriv"]);
     let d = Daemon::start(&[]);
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    open_to_everyone(&d);
     let cli = cli_binary();
     let run_as_nobody = |args: &[&str]| as_user(65534, &cli).args(["--socket", d.socket.to_str().unwrap()]).args(args).output().unwrap();
     let list = run_as_nobody(&["--json", "list"]);
@@ -254,57 +259,32 @@ fn an_unknown_filesystem_gets_the_raw_image_only() {
     assert!(d.log().contains("no known filesystem"), "the daemon says why");
 }
 
-/// Not a test on its own: the idle client that `idle_connections_cannot_lock_root_out` runs as
-/// other users (through `setpriv`). Opens `SC_IDLE_COUNT` connections to `SC_IDLE_SOCKET`,
-/// sends nothing, prints how many the daemon refused (a `busy` line arrives on those), and
-/// keeps the rest open until its stdin closes.
-#[test]
-#[ignore = "a helper process of idle_connections_cannot_lock_root_out"]
-fn idle_client_helper() {
-    let socket = std::env::var("SC_IDLE_SOCKET").expect("run by idle_connections_cannot_lock_root_out");
-    let count: usize = std::env::var("SC_IDLE_COUNT").unwrap().parse().unwrap();
-    let conns: Vec<UnixStream> = (0..count).map(|_| UnixStream::connect(&socket).expect("connect")).collect();
+/// `count` idle clients of user `uid` (`socat` reading the socket, sending nothing), held until
+/// the guards drop; and what the daemon said to those it refused (a `busy` line, then close).
+fn idle_clients(d: &Daemon, uid: u32, count: usize) -> (Vec<ChildGuard>, Vec<String>) {
+    use std::io::Read;
+    let mut clients: Vec<ChildGuard> = (0..count)
+        .map(|_| {
+            ChildGuard(Some(
+                as_user(uid, "socat")
+                    .args(["-u", &format!("UNIX-CONNECT:{}", d.socket.display()), "STDOUT"])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("socat"),
+            ))
+        })
+        .collect();
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let mut refused = Vec::new();
-    for c in &conns {
-        c.set_nonblocking(true).unwrap();
-        let mut line = String::new();
-        if BufReader::new(c).read_line(&mut line).is_ok() && !line.is_empty() {
+    for c in &mut clients {
+        if c.child().try_wait().unwrap().is_some() {
+            let mut line = String::new();
+            c.child().stdout.take().unwrap().read_to_string(&mut line).unwrap();
             refused.push(line.trim().to_string());
         }
     }
-    // On a line of its own (libtest has printed "test idle_client_helper ... " before it).
-    println!("\nREFUSED {} {}", refused.len(), serde_json::to_string(&refused).unwrap());
-    let mut buf = String::new();
-    let _ = std::io::stdin().read_line(&mut buf);
-}
-
-/// `idle_client_helper` as `uid`, holding `count` connections; returns the guard and what the
-/// daemon refused.
-fn idle_clients(d: &Daemon, uid: u32, count: usize) -> (ChildGuard, Vec<String>) {
-    use std::io::Read;
-    let mut child = ChildGuard(Some(
-        as_user(uid, std::env::current_exe().unwrap())
-            .args(["--ignored", "--exact", "idle_client_helper", "--nocapture", "--test-threads", "1"])
-            .env("SC_IDLE_SOCKET", &d.socket)
-            .env("SC_IDLE_COUNT", count.to_string())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    ));
-    let mut out = BufReader::new(child.child().stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.starts_with("REFUSED ") {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "the idle helper ended early");
-    }
-    // Keep draining its output so it never blocks on a full pipe.
-    std::thread::spawn(move || {
-        let _ = out.read_to_end(&mut Vec::new());
-    });
-    let json = line.trim().splitn(3, ' ').nth(2).unwrap();
-    (child, serde_json::from_str(json).unwrap())
+    (clients, refused)
 }
 
 /// Pins F7: with a 64-connection cap and no per-user limit or idle timeout, a read-only member
@@ -312,11 +292,9 @@ fn idle_clients(d: &Daemon, uid: u32, count: usize) -> (ChildGuard, Vec<String>)
 /// `status` and writer registration, and the CLI said "Broken pipe" instead of "busy".
 #[test]
 fn idle_connections_cannot_lock_root_out() {
-    require_commands(&["setpriv"]);
+    require_commands(&["setpriv", "socat"]);
     let d = Daemon::start(&[]);
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    open_to_everyone(&d);
     let image = image_file(&d.dir, "vol.img", 64 << 20);
     d.add_volume("vol", &image);
     // Three users fill the shared slots; each is capped on its own.
