@@ -30,20 +30,16 @@ fn writers(d: &Daemon) -> Vec<WriterView> {
 }
 
 /// Starts `shadowcopy writer run` and waits until the daemon lists it.
+/// The arguments of `shadowcopy writer run` for a hook writer `name` on `volume`.
+fn writer_run_args(d: &Daemon, name: &str, exec: &Path, volume: &str) -> Vec<String> {
+    ["--socket", d.socket.to_str().unwrap(), "writer", "run", "--name", name, "--exec", exec.to_str().unwrap(), "--volume", volume]
+        .map(String::from)
+        .to_vec()
+}
+
 fn start_writer(d: &Daemon, name: &str, exec: &Path, volume: &str) -> ChildGuard {
     let child = Command::new(cli_binary())
-        .args([
-            "--socket",
-            d.socket.to_str().unwrap(),
-            "writer",
-            "run",
-            "--name",
-            name,
-            "--exec",
-            exec.to_str().unwrap(),
-            "--volume",
-            volume,
-        ])
+        .args(writer_run_args(d, name, exec, volume))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -368,24 +364,9 @@ fn a_writer_name_is_taken_once_and_its_volumes_must_exist() {
     let log = d.dir.join("events.log");
     let exec = hook(d.dir.path(), "app", &log, "");
     let _w = start_writer(&d, "app", &exec, "vol");
+    // A refused registration ends the writer at once; `timeout` guards against one that would not.
     let run = |name: &str, volume: &str| {
-        Command::new("timeout")
-            .arg("20")
-            .arg(cli_binary())
-            .args([
-                "--socket",
-                d.socket.to_str().unwrap(),
-                "writer",
-                "run",
-                "--name",
-                name,
-                "--exec",
-                exec.to_str().unwrap(),
-                "--volume",
-                volume,
-            ])
-            .output()
-            .unwrap()
+        Command::new("timeout").arg("20").arg(cli_binary()).args(writer_run_args(&d, name, &exec, volume)).output().unwrap()
     };
     let out = run("app", "vol");
     let err = String::from_utf8_lossy(&out.stderr);
