@@ -53,6 +53,12 @@ enum What {
         #[arg(long)]
         json: bool,
     },
+    /// Writes the hostile images of the daemon's isolation figure (`scripts/bench mount`) into
+    /// a directory, one `NAME.img` each, built as the attacks on the readers built them.
+    HostileImages {
+        /// Directory to write the images to (created if missing).
+        dir: PathBuf,
+    },
 }
 
 struct Figure {
@@ -68,10 +74,33 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.what {
         What::Engine { dir, size, random_writes, copies, repeat, json } => engine(&dir, size, random_writes, copies, repeat, json),
+        What::HostileImages { dir } => hostile_images(&dir),
     }
 }
 
 const MIB: usize = 1 << 20;
+
+/// The hostile images beside which `scripts/bench mount` measures a healthy volume.
+fn hostile_images(dir: &Path) -> Result<()> {
+    use shadowcopy::testing::hostile::*;
+    use shadowcopy::testing::system::TempDir;
+    type Builder = fn(&TempDir) -> PathBuf;
+    let builders: [(&str, Builder); 5] = [
+        ("f1-huge-dir", ext4_huge_directory),
+        ("f2-looping-extents", ext4_looping_extent_tree),
+        ("f3-looping-journal", ext4_looping_journal),
+        ("f4-looping-fat", fat_looping_directory),
+        ("f5-huge-xattr", |dir| ext4_huge_xattr(dir).0),
+    ];
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, build) in builders {
+        let scratch = TempDir::new("sc-bench-hostile-");
+        let built = build(&scratch);
+        let to = dir.join(format!("{name}.img"));
+        std::fs::copy(&built, &to).with_context(|| format!("writing {}", to.display()))?;
+    }
+    Ok(())
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
