@@ -1,8 +1,9 @@
 //! What the kernel says about loop devices and mounts, read once and unescaped.
 //!
-//! Owns the parsing of `/sys/block/loop*/loop/backing_file` and `/proc/self/mountinfo`. Every
-//! caller (flush and hold, the exclusive open of images, the daemon's stale-mount check) asks
-//! here instead of reading those files itself.
+//! Owns the parsing of `/sys/block/loop*/loop/backing_file`, `/proc/self/mountinfo` and the
+//! open-file links under `/proc/*/fd`. Every caller (flush and hold, the exclusive open of
+//! images, the daemon's stale-mount check, the daemon's refusal to stop under a user) asks here
+//! instead of reading those files itself.
 //!
 //! Never changes anything: no attach, detach, mount or unmount.
 
@@ -74,6 +75,68 @@ pub fn mounts() -> io::Result<Vec<Mount>> {
 /// The mount at exactly `point`, if any (the last one, which is what a path resolves to).
 pub fn mount_at(point: &Path) -> io::Result<Option<Mount>> {
     Ok(mounts()?.into_iter().rev().find(|m| m.mount_point == point))
+}
+
+/// Who holds a file open, as far as this mount and process namespace shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileUsers {
+    /// Loop devices backed by the file, each with where its filesystem is mounted.
+    pub loop_devices: Vec<(LoopDevice, Vec<PathBuf>)>,
+    /// Processes with the file open: pid and command name.
+    pub processes: Vec<(u32, String)>,
+}
+
+impl FileUsers {
+    /// Whether nothing visible holds the file.
+    pub fn is_empty(&self) -> bool {
+        self.loop_devices.is_empty() && self.processes.is_empty()
+    }
+}
+
+impl std::fmt::Display for FileUsers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        for (l, mounts) in &self.loop_devices {
+            if mounts.is_empty() {
+                parts.push(format!("loop device {} (not mounted)", l.device));
+            } else {
+                let at: Vec<String> = mounts.iter().map(|m| m.display().to_string()).collect();
+                parts.push(format!("loop device {} mounted at {}", l.device, at.join(", ")));
+            }
+        }
+        for (pid, comm) in &self.processes {
+            parts.push(format!("process {pid} ({comm})"));
+        }
+        if parts.is_empty() {
+            return f.write_str("a user this daemon cannot see (another mount or process namespace?)");
+        }
+        f.write_str(&parts.join("; "))
+    }
+}
+
+/// Who holds `file` open: the loop devices backed by it (with their mounts) and the processes
+/// with a descriptor on it. Processes whose descriptors cannot be read are skipped.
+pub fn users_of(file: &Path) -> io::Result<FileUsers> {
+    let devices = loop_devices_backed_by(file)?;
+    let mounts = if devices.is_empty() { Vec::new() } else { mounts()? };
+    let loop_devices = devices
+        .into_iter()
+        .map(|l| {
+            let at = mounts.iter().filter(|m| m.dev == l.dev).map(|m| m.mount_point.clone()).collect();
+            (l, at)
+        })
+        .collect();
+    let file = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
+    let mut processes = Vec::new();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
+        if fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == file)) {
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            processes.push((pid, comm.trim_end().to_string()));
+        }
+    }
+    Ok(FileUsers { loop_devices, processes })
 }
 
 /// Parses mountinfo: `id parent major:minor root mount-point options [optional…] - fstype source super-options`.

@@ -1,5 +1,6 @@
 //! `shadowcopyd`: runs in the foreground with logs on stderr (`RUST_LOG`), until SIGTERM or
-//! SIGINT, then flushes every volume, unmounts and exits 0.
+//! SIGINT with no `live` file in use (or `shadowcopy daemon stop`), then flushes every volume,
+//! unmounts and exits 0. SIGHUP is ignored. See [`shadowcopy_mount::lifecycle`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use shadowcopy::fsread::ForeignOwner;
 use shadowcopy::size::parse_size;
 use shadowcopy_mount::control::{self, Access};
 use shadowcopy_mount::fuse::Frontend;
+use shadowcopy_mount::lifecycle::{self, WhenInUse};
 use shadowcopy_mount::namespace::nodes::Node;
 use shadowcopy_mount::service::{Departure, Service, Settings};
 use shadowcopy_mount::state::StateDir;
@@ -26,7 +28,9 @@ use shadowcopy_mount::state::StateDir;
                   (used by the `shadowcopy` CLI) and mounts\n\n  <mnt>/<volume>/live                        the live volume (read-write)\n  \
                   <mnt>/<volume>/@GMT-YYYY.MM.DD-HH.MM.SS/    a shadow copy's files (read-only)\n  \
                   <mnt>/<volume>/.images/@GMT-….img           a shadow copy's raw image (read-only)\n\n\
-                  Runs in the foreground; stop it with SIGTERM or Ctrl-C. Logs: RUST_LOG=shadowcopy=debug."
+                  Runs in the foreground; stop it with SIGTERM, Ctrl-C or `shadowcopy daemon stop`. It does not stop \
+                  while a `live` file is in use (a loop device, a program): it says by what and keeps serving; \
+                  `shadowcopy daemon stop --force` stops anyway. SIGHUP is ignored. Logs: RUST_LOG=shadowcopy=debug."
 )]
 struct Args {
     /// Where registered volumes and (by default) diff areas are kept.
@@ -63,6 +67,10 @@ struct Args {
     /// Readahead of the mount in KiB (the kernel's default for FUSE is 128); 0 leaves it.
     #[arg(long, default_value_t = 1024)]
     readahead_kb: u32,
+    /// On SIGTERM/SIGINT while a `live` file is in use, stop by itself once it no longer is
+    /// (instead of only saying what uses it and carrying on).
+    #[arg(long)]
+    stop_when_unused: bool,
 }
 
 fn parse_owner(s: &str) -> Result<(u32, u32), String> {
@@ -225,15 +233,19 @@ fn run(args: Args) -> Result<()> {
         svc.poll_events();
     })?;
 
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+    lifecycle::forward_signals(signals, stop_tx.clone()).context("starting the signal thread")?;
+    let _ = service.stop_requests.set(parking_lot::Mutex::new(stop_tx));
+
     tracing::info!(mount = %mount.display(), socket = %socket.display(), state_dir = %state_dir.display(), volumes = service.volumes().len(), "shadowcopyd ready");
-    let sig = signals.wait().context("waiting for a signal")?;
-    tracing::info!(signal = ?sig, "stopping: flushing every volume and unmounting");
+    let when_in_use = if args.stop_when_unused { WhenInUse::StopWhenUnused } else { WhenInUse::KeepServing };
+    let reason = lifecycle::wait_for_stop(&service, &stop_rx, when_in_use);
+    tracing::info!(?reason, "stopping: flushing every volume and unmounting");
     service.exposures.undo_all();
     service.flush_all();
-    let busy: Vec<String> =
-        service.volumes().iter().filter(|v| v.live_opens.load(std::sync::atomic::Ordering::Acquire) > 0).map(|v| v.name.clone()).collect();
-    if !busy.is_empty() {
-        tracing::warn!(volumes = ?busy, "live files are still open (loop devices?); they will get I/O errors once the daemon is gone");
+    let in_use = service.live_in_use();
+    if !in_use.is_empty() {
+        tracing::warn!("stopping by force while {}: their filesystems get I/O errors from now on", shadowcopy_mount::service::describe_in_use(&in_use));
     }
     if let Err(e) = fuse.umount_and_join() {
         tracing::warn!(error = %e, "unmounting failed; detaching the mount lazily");

@@ -139,6 +139,13 @@ pub enum Op {
         /// The directory or device it is exposed at.
         path: String,
     },
+    /// Stops the daemon: refused while any `live` file is open (a loop device, a program),
+    /// unless `force`.
+    DaemonStop {
+        /// Stop even though users of `live` then get I/O errors.
+        #[serde(default)]
+        force: bool,
+    },
 }
 
 impl Op {
@@ -157,7 +164,8 @@ impl Op {
             | Op::Export { .. }
             | Op::Revert { .. }
             | Op::Expose { .. }
-            | Op::Unexpose { .. } => true,
+            | Op::Unexpose { .. }
+            | Op::DaemonStop { .. } => true,
         }
     }
 }

@@ -77,6 +77,11 @@ pub enum ServiceError {
     /// An operation only the system provider has, asked of a read-only volume.
     #[error("volume `{0}` is read-only (it serves the shadow copies Windows left on it); shadowcopy takes, exports, reverts and diffs copies of read-write volumes only")]
     ReadOnlyVolume(String),
+    /// A stop asked while `live` files are open.
+    #[error(
+        "not stopping: {0}. Unmount and detach what uses them (umount, losetup -d) and ask again, or stop anyway with `shadowcopy daemon stop --force` (their filesystems then fail)"
+    )]
+    InUseAtStop(String),
     /// `live` is open (a loop device, a program) and the operation needs it closed.
     #[error("{live} is open (a loop device or program uses it): unmount and detach what uses it (umount, losetup -d) before {action}")]
     LiveInUse {
@@ -149,7 +154,7 @@ impl ServiceError {
                 ErrorKind::NotFound
             }
             E::VolumeNameTaken(_) | E::ImageRegistered { .. } | E::DiffAreaExists(_) | E::ExportExists(_) => ErrorKind::AlreadyExists,
-            E::LiveInUse { .. } | E::CopyExposed { .. } => ErrorKind::Busy,
+            E::LiveInUse { .. } | E::CopyExposed { .. } | E::InUseAtStop(_) => ErrorKind::Busy,
             E::HoldExpired(_) | E::FreezeTimeout(_) => ErrorKind::Timeout,
             E::Engine(e) => match e {
                 shadowcopy::Error::NoSuchCopy(_) => ErrorKind::NotFound,

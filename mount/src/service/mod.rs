@@ -6,7 +6,7 @@
 //! | [`model`] | volumes, copies, exposed names, lazily opened filesystem views | changes the registry |
 //! | [`registry`] | opening volumes, serials, the state file and its saver | decides what is allowed |
 //! | [`error`] | [`ServiceError`]: each failure's message, once, and its protocol kind | decides that something fails |
-//! | [`ops`] | one file per group of operations (volume, create, copies, storage, image) | parses wire bytes |
+//! | [`ops`] | one file per group of operations (volume, create, copies, storage, image, daemon) | parses wire bytes |
 //!
 //! The control server calls [`Service::handle`]; the FUSE frontend reads the model through the
 //! lookups here. Never parses wire bytes and never answers FUSE requests itself.
@@ -32,6 +32,7 @@ use uuid::Uuid;
 
 pub use self::error::ServiceError;
 pub use self::model::{Backend, ImageSource, Owner, ShadowCopy, Volume};
+pub use self::ops::daemon::describe_in_use;
 use crate::state::{StateDir, VolumeRecord};
 
 /// The hard limit on holding writes (filesystems frozen) for one set, as VSS's 10 s.
@@ -97,6 +98,8 @@ pub struct Service {
     sessions: shadowcopy::coordinator::Sessions,
     /// Copies exposed outside the mount.
     pub exposures: crate::expose::Exposures,
+    /// Where `daemon stop` goes: the main thread's wait ([`crate::lifecycle`]).
+    pub stop_requests: OnceLock<Mutex<std::sync::mpsc::Sender<crate::lifecycle::StopRequest>>>,
 }
 
 impl Service {
@@ -118,6 +121,7 @@ impl Service {
             writers: shadowcopy::coordinator::Writers::default(),
             sessions: shadowcopy::coordinator::Sessions::default(),
             exposures: crate::expose::Exposures::default(),
+            stop_requests: OnceLock::new(),
         };
         let records = match svc.state.load() {
             Ok(r) => r,
@@ -286,6 +290,7 @@ impl Service {
             Op::Diff { id, to } => self.diff(id, to),
             Op::Expose { id, at, device } => self.expose(id, at.as_deref(), device),
             Op::Unexpose { path } => self.unexpose(&path),
+            Op::DaemonStop { force } => self.daemon_stop(force),
         }
     }
 

@@ -144,6 +144,30 @@ impl Daemon {
         assert!(!is_mounted(&self.mount), "the mount is still there after the daemon stopped");
     }
 
+    /// Whether the daemon process is still running.
+    pub(crate) fn running(&mut self) -> bool {
+        self.child.child().try_wait().expect("waiting").is_none()
+    }
+
+    /// Waits up to `limit` for the daemon to exit by itself; its exit status, or `None` if it
+    /// is still running.
+    pub(crate) fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.child().try_wait().expect("waiting") {
+                self.child.0 = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Runs the CLI against this daemon.
+    pub(crate) fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(cli_binary()).arg("--socket").arg(&self.socket).args(args).output().expect("running the CLI")
+    }
+
     /// SIGKILL: a crash. The stale mount is left for the next start to clear.
     pub(crate) fn kill(&mut self) {
         let mut c = self.child.0.take().expect("running");

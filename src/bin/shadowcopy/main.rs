@@ -99,6 +99,9 @@ enum Command {
     Unexpose { path: PathBuf },
     /// The daemon's version, mount and state directory.
     Status,
+    /// The daemon itself.
+    #[command(subcommand)]
+    Daemon(DaemonCmd),
     /// Operations on an image and its diff area without a daemon (nothing else may write the
     /// image meanwhile).
     #[command(subcommand)]
@@ -229,6 +232,21 @@ struct DeleteArgs {
     /// Every copy of a volume.
     #[arg(long, value_name = "VOLUME")]
     all: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum DaemonCmd {
+    /// Stop shadowcopyd: it flushes every volume, unmounts and exits. Refused while any
+    /// volume's `live` is in use (a loop device, a mounted filesystem, a program): the error
+    /// says by what. Waits until the daemon is gone.
+    Stop {
+        /// Stop even though `live` is in use: the filesystems on it then fail (I/O errors).
+        #[arg(long)]
+        force: bool,
+        /// Return once the daemon accepted, without waiting for it to be gone.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 #[derive(Subcommand)]

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use shadowcopy::protocol::{default_socket_path, Answer, Client, CopyView, CreateRequest, DeleteTarget, Op, WriterSelection};
 use shadowcopy::size::format_size;
 
-use super::{Command, CreateArgs, DeleteArgs, StorageCmd, VolumeCmd, WriterCmd};
+use super::{Command, CreateArgs, DaemonCmd, DeleteArgs, StorageCmd, VolumeCmd, WriterCmd};
 
 pub(crate) fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<()> {
     let op = match cmd {
@@ -40,6 +40,7 @@ pub(crate) fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<(
         Command::Expose { id, dir, device } => Op::Expose { id, at: dir.map(absolute), device },
         Command::Unexpose { path } => Op::Unexpose { path: absolute(path) },
         Command::Status => Op::Status,
+        Command::Daemon(DaemonCmd::Stop { force, no_wait }) => return daemon_stop(force, no_wait, socket, json),
         Command::Offline(_) => unreachable!("handled by main"),
     };
     let socket = socket.unwrap_or_else(default_socket_path);
@@ -143,6 +144,23 @@ fn absolute(p: PathBuf) -> String {
 }
 
 /// Prints an answer as JSON or as a table.
+/// Asks the daemon to stop, then (unless `no_wait`) waits until its socket is gone.
+fn daemon_stop(force: bool, no_wait: bool, socket: Option<PathBuf>, json: bool) -> Result<()> {
+    let socket = socket.unwrap_or_else(default_socket_path);
+    let answer = Client::connect(&socket)?.call(Op::DaemonStop { force }, &mut |_, _| {})?;
+    if !no_wait {
+        const PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+        let started = std::time::Instant::now();
+        while socket.exists() {
+            if started.elapsed() > PATIENCE {
+                bail!("shadowcopyd accepted to stop but its socket {} is still there after {PATIENCE:?}; see its log", socket.display());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    show(&answer, json)
+}
+
 fn show(a: &Answer, json: bool) -> Result<()> {
     if json {
         out!("{}", answer_json(a)?);

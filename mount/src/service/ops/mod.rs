@@ -8,9 +8,11 @@
 //! | `copies` | list, delete |
 //! | `storage` | storage list, resize |
 //! | `image` | export, revert, diff, expose, unexpose |
+//! | [`daemon`] | daemon stop, and who uses each `live` file |
 
 mod copies;
 mod create;
+pub(super) mod daemon;
 mod image;
 mod storage;
 pub(super) mod volume;

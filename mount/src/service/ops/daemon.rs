@@ -1,0 +1,40 @@
+//! `daemon stop`, and who uses each volume's `live` file (what a stop would pull the disk from).
+
+use std::sync::atomic::Ordering;
+
+use shadowcopy::probe::{self, FileUsers};
+use shadowcopy::protocol::Answer;
+
+use super::super::{OpResult, Service, ServiceError};
+use crate::lifecycle::StopRequest;
+
+impl Service {
+    /// Every volume whose `live` file is open, with who holds it (as far as this namespace
+    /// shows: loop devices and their mounts, processes).
+    pub fn live_in_use(&self) -> Vec<(String, FileUsers)> {
+        self.volumes()
+            .iter()
+            .filter(|v| v.live_opens.load(Ordering::Acquire) > 0)
+            .map(|v| (v.name.clone(), probe::users_of(&self.live_path(v)).unwrap_or_default()))
+            .collect()
+    }
+
+    pub(in crate::service) fn daemon_stop(&self, force: bool) -> OpResult {
+        if !force {
+            let in_use = self.live_in_use();
+            if !in_use.is_empty() {
+                return Err(ServiceError::InUseAtStop(describe_in_use(&in_use)));
+            }
+        }
+        let sent = self.stop_requests.get().is_some_and(|tx| tx.lock().send(StopRequest::Asked { force }).is_ok());
+        if !sent {
+            return Err(ServiceError::Failed("this daemon takes no stop requests (it is stopping already)".into()));
+        }
+        Ok(Answer::Done(if force { "stopping (forced)".into() } else { "stopping".into() }))
+    }
+}
+
+/// `volume `a` is used by …; volume `b` is used by …`.
+pub fn describe_in_use(in_use: &[(String, FileUsers)]) -> String {
+    in_use.iter().map(|(volume, users)| format!("volume `{volume}`'s live is used by {users}")).collect::<Vec<_>>().join("; ")
+}
