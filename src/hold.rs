@@ -90,6 +90,16 @@ pub fn filesystems_on(files: &[PathBuf]) -> Result<Vec<MountedFs>, HoldError> {
     Ok(found)
 }
 
+/// Thaws the filesystem the open directory `dir` is on: `true` if it was frozen, `false` if it
+/// was not (the kernel's `EINVAL`).
+pub fn thaw(dir: &File) -> io::Result<bool> {
+    match sys::thaw_filesystem(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 struct Shared {
     /// Open directories of the frozen filesystems.
     frozen: Mutex<Vec<(PathBuf, File)>>,

@@ -7,6 +7,11 @@
 //! - `stall-tree-open-<volume>`: opening the filesystem in a copy of that volume waits until the
 //!   file is removed (a copy whose parsing never ends; lets a test check that other volumes are
 //!   served meanwhile).
+//! - `stall-after-freeze`: a set's filesystems stay frozen (after `FIFREEZE`, before the
+//!   instant) until the file is removed (lets a test kill the daemon mid-hold).
+//!
+//! A stalled fail point `NAME` creates `NAME.reached` in the directory, so a test can wait
+//! until the daemon is there.
 //!
 //! Never active in normal use: without the variable every check is one relaxed atomic load.
 
@@ -32,17 +37,25 @@ fn active(name: &str) -> bool {
     }
 }
 
-/// Waits while `stall-live-writes` is active.
-pub fn stall_live_write() {
-    while active("stall-live-writes") {
+/// Waits while fail point `name` is active; says it was reached (`NAME.reached`).
+pub fn stall(name: &str) {
+    if !active(name) {
+        return;
+    }
+    if let Some(Some(dir)) = DIR.get() {
+        let _ = std::fs::write(dir.join(format!("{name}.reached")), b"");
+    }
+    while active(name) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
+/// Waits while `stall-live-writes` is active.
+pub fn stall_live_write() {
+    stall("stall-live-writes");
+}
+
 /// Waits while `stall-tree-open-<volume>` is active.
 pub fn stall_tree_open(volume: &str) {
-    let name = format!("stall-tree-open-{volume}");
-    while active(&name) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    stall(&format!("stall-tree-open-{volume}"));
 }

@@ -14,6 +14,7 @@ use shadowcopy::fsread::ForeignOwner;
 use shadowcopy::size::parse_size;
 use shadowcopy_mount::control::{self, Access};
 use shadowcopy_mount::fuse::Frontend;
+use shadowcopy_mount::keeper::{self, ThawKeeper};
 use shadowcopy_mount::lifecycle::{self, WhenInUse};
 use shadowcopy_mount::namespace::nodes::Node;
 use shadowcopy_mount::service::{Departure, Service, Settings};
@@ -139,6 +140,13 @@ fn main() {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
+    if std::env::args_os().nth(1).is_some_and(|a| a == keeper::KEEPER_ARG) {
+        if let Err(e) = keeper::run_keeper() {
+            eprintln!("shadowcopyd thaw keeper: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if let Err(e) = run(Args::parse()) {
         eprintln!("shadowcopyd: {e:#}");
         std::process::exit(1);
@@ -162,6 +170,15 @@ fn run(args: Args) -> Result<()> {
 
     shadowcopy_mount::failpoints::init();
     let state = StateDir::lock(&state_dir)?;
+    // A daemon and keeper that both died mid-hold (a whole cgroup killed) left filesystems on
+    // `live` files frozen: thaw them first, while their backing files still name this mount.
+    let mount_abs = match (mount.parent(), mount.file_name()) {
+        (Some(parent), Some(name)) => parent.canonicalize().map(|p| p.join(name)).unwrap_or_else(|_| mount.clone()),
+        _ => mount.clone(),
+    };
+    for mount_point in keeper::thaw_leftovers(&mount_abs) {
+        tracing::warn!(mount_point = %mount_point.display(), "thawed a filesystem left frozen by a daemon that died mid-hold");
+    }
     clear_stale_mount(&mount)?;
     std::fs::create_dir_all(&mount).with_context(|| format!("creating the mount point {}", mount.display()))?;
     let mount = mount.canonicalize()?;
@@ -184,6 +201,9 @@ fn run(args: Args) -> Result<()> {
         fs_owner: ForeignOwner { uid: fs_uid, gid: fs_gid, ..ForeignOwner::default() },
     };
     let service = Arc::new(Service::start(state, settings));
+    let keeper = ThawKeeper::new(std::env::current_exe().context("finding this program, to run its thaw keeper")?);
+    keeper.start().context("starting the thaw keeper")?;
+    let _ = service.keeper.set(keeper);
 
     let listener = control::bind(&socket, socket_gid)?;
     let mut config = Config::default();
@@ -245,7 +265,10 @@ fn run(args: Args) -> Result<()> {
     service.flush_all();
     let in_use = service.live_in_use();
     if !in_use.is_empty() {
-        tracing::warn!("stopping by force while {}: their filesystems get I/O errors from now on", shadowcopy_mount::service::describe_in_use(&in_use));
+        tracing::warn!(
+            "stopping by force while {}: their filesystems get I/O errors from now on",
+            shadowcopy_mount::service::describe_in_use(&in_use)
+        );
     }
     if let Err(e) = fuse.umount_and_join() {
         tracing::warn!(error = %e, "unmounting failed; detaching the mount lazily");

@@ -7,7 +7,8 @@
 mod common;
 
 use std::io::Read;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use common::*;
 use shadowcopy::protocol::Op;
@@ -42,7 +43,10 @@ fn stop_signals_under_a_mounted_filesystem_are_refused_and_say_by_what() {
     let refusals: Vec<&str> = log.lines().filter(|l| l.contains("not stopping")).collect();
     assert_eq!(refusals.len(), 2, "SIGTERM and SIGINT were each refused:\n{log}");
     for r in &refusals {
-        assert!(r.contains(&device) && r.contains(&mount_point) && r.contains("`vol`"), "the refusal names the loop device and mount point: {r}");
+        assert!(
+            r.contains(&device) && r.contains(&mount_point) && r.contains("`vol`"),
+            "the refusal names the loop device and mount point: {r}"
+        );
     }
     // The CLI says the same, as an error, and as a `busy` JSON error.
     let out = d.cli(&["daemon", "stop"]);
@@ -122,4 +126,92 @@ fn daemon_stop_of_an_unused_daemon_returns_once_it_is_gone() {
     let status = d.wait_exit(Duration::from_secs(10)).expect("the daemon exited");
     assert!(status.success(), "{status}");
     assert!(!is_mounted(&d.mount));
+}
+
+/// Thaws a filesystem on drop (`fsfreeze -u`, errors ignored), so that a failing test never
+/// leaves one frozen; declared after the [`LiveFs`], it runs before the unmount.
+struct ThawOnDrop(PathBuf);
+
+impl Drop for ThawOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fsfreeze").arg("-u").arg(&self.0).stderr(std::process::Stdio::null()).status();
+    }
+}
+
+/// Starts `shadowcopy create vol` and waits until the daemon holds the volume's filesystem
+/// frozen (the `stall-after-freeze` fail point reached); a write to `probe` started then must
+/// block. Returns the CLI and the write's outcome channel.
+fn create_and_hold_frozen(d: &Daemon, probe: PathBuf) -> (ChildGuard, std::sync::mpsc::Receiver<std::io::Result<()>>) {
+    let create = ChildGuard(Some(
+        std::process::Command::new(cli_binary())
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(["create", "vol"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("running the CLI"),
+    ));
+    let reached = d.dir.join("failpoints/stall-after-freeze.reached");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !reached.exists() {
+        assert!(Instant::now() < deadline, "the create never reached the frozen state:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::write(probe, b"written after the freeze"));
+    });
+    assert!(rx.recv_timeout(Duration::from_millis(500)).is_err(), "a write to the filesystem blocks while it is frozen");
+    (create, rx)
+}
+
+#[test]
+fn a_daemon_killed_while_filesystems_are_frozen_leaves_nothing_frozen_and_no_copy() {
+    require_commands(&["mkfs.ext4", "losetup", "mount", "fsfreeze"]);
+    let mut d = Daemon::start_with_failpoints();
+    let image = image_file(&d.dir, "vol.img", 64 << 20);
+    d.add_volume("vol", &image);
+    let fs = LiveFs::new(&d.live("vol"), &d.dir.join("fs"), false);
+    let _thaw = ThawOnDrop(fs.mount.point.clone());
+    let stall = d.failpoint("stall-after-freeze");
+    let (mut create, write) = create_and_hold_frozen(&d, fs.path("probe"));
+    let killed = Instant::now();
+    d.kill();
+    // A frozen filesystem blocks writes, it never fails them: the write returning at all is the
+    // thaw. (It may fail with EIO: the killed daemon took the loop device's backing file along.)
+    let r = write.recv_timeout(Duration::from_secs(10)).expect("the filesystem was thawed within 10 s of the kill");
+    eprintln!("the blocked write returned {:?} after the daemon was killed: {r:?}", killed.elapsed());
+    assert!(d.log().contains("thaw keeper: thawed the filesystem because the daemon went away mid-hold"), "{}", d.log());
+    assert!(!create.child().wait().unwrap().success(), "the interrupted create failed");
+    drop(stall);
+    drop(fs);
+    d.restart();
+    assert!(d.list().is_empty(), "no copy of the interrupted set is kept: {:?}", d.list());
+}
+
+#[test]
+fn a_restarted_daemon_thaws_what_a_killed_daemon_and_keeper_left_frozen() {
+    require_commands(&["mkfs.ext4", "losetup", "mount", "pgrep", "fsfreeze"]);
+    let mut d = Daemon::start_with_failpoints();
+    let image = image_file(&d.dir, "vol.img", 64 << 20);
+    d.add_volume("vol", &image);
+    let fs = LiveFs::new(&d.live("vol"), &d.dir.join("fs"), false);
+    let _thaw = ThawOnDrop(fs.mount.point.clone());
+    let stall = d.failpoint("stall-after-freeze");
+    let (_create, write) = create_and_hold_frozen(&d, fs.path("probe"));
+    // The whole service is killed at once (as a cgroup kill would): keeper first, then daemon.
+    let keeper = run_text("pgrep", &["-P", &d.pid().to_string(), "-f", "thaw-keeper"]);
+    let keeper = keeper.trim();
+    assert!(!keeper.is_empty(), "the daemon runs a thaw keeper");
+    run("kill", &["-KILL", keeper]);
+    d.kill();
+    assert!(write.recv_timeout(Duration::from_secs(1)).is_err(), "with daemon and keeper dead, the filesystem stays frozen");
+    drop(stall);
+    d.restart();
+    // The write returning at all is the thaw (see above; EIO is the dead device's).
+    let r = write.recv_timeout(Duration::from_secs(10)).expect("the restarted daemon thawed the filesystem");
+    eprintln!("the blocked write returned after the restart: {r:?}");
+    assert!(d.log().contains("thawed a filesystem left frozen by a daemon that died mid-hold"), "{}", d.log());
+    drop(fs);
 }

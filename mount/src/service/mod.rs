@@ -98,6 +98,9 @@ pub struct Service {
     sessions: shadowcopy::coordinator::Sessions,
     /// Copies exposed outside the mount.
     pub exposures: crate::expose::Exposures,
+    /// Keeps frozen filesystems from staying frozen if the daemon dies mid-hold (set by `main`;
+    /// a hold that has filesystems to freeze refuses to run without it).
+    pub keeper: OnceLock<crate::keeper::ThawKeeper>,
     /// Where `daemon stop` goes: the main thread's wait ([`crate::lifecycle`]).
     pub stop_requests: OnceLock<Mutex<std::sync::mpsc::Sender<crate::lifecycle::StopRequest>>>,
 }
@@ -122,6 +125,7 @@ impl Service {
             sessions: shadowcopy::coordinator::Sessions::default(),
             exposures: crate::expose::Exposures::default(),
             stop_requests: OnceLock::new(),
+            keeper: OnceLock::new(),
         };
         let records = match svc.state.load() {
             Ok(r) => r,

@@ -77,10 +77,22 @@ impl Service {
         // Flush and hold, between the writers' Freeze and Thaw.
         let hold = || -> Result<Held, ServiceError> {
             let filesystems = hold::filesystems_on(&lives).map_err(|e| ServiceError::Failed(e.to_string()))?;
+            // Armed before the first freeze, disarmed after the thaw (dropped last): a daemon
+            // that dies in between leaves the thawing to the keeper.
+            let _keeper = if filesystems.is_empty() {
+                None
+            } else {
+                let keeper = self.keeper.get().ok_or_else(|| ServiceError::Failed("no thaw keeper: refusing to freeze".into()))?;
+                let mount_points: Vec<PathBuf> = filesystems.iter().map(|f| f.mount_point.clone()).collect();
+                Some(keeper.arm(&mount_points, HOLD_LIMIT).map_err(|e| ServiceError::Failed(e.to_string()))?)
+            };
             let frozen = hold::freeze(&filesystems, HOLD_LIMIT).map_err(|e| match e {
                 HoldError::FreezeTimeout { .. } => ServiceError::FreezeTimeout(e.to_string()),
                 _ => ServiceError::Failed(e.to_string()),
             })?;
+            if !filesystems.is_empty() {
+                crate::failpoints::stall("stall-after-freeze");
+            }
             let attrs = if filesystems.is_empty() { attrs } else { attrs | attributes::FS_FROZEN };
             let set = create_set(&engines, CreateOptions { volatile, attributes: attrs });
             let mount_points = frozen.mount_points.clone();
