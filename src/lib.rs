@@ -58,8 +58,8 @@ pub mod vss;
 pub mod writer;
 
 pub use engine::{
-    create_set, ChangedRange, CreateOptions, DeleteReason, DiffAreaFiles, DiffAreaOptions, EngineOptions, Event, MaxSize, SetInfo,
-    ShadowVolume, Usage,
+    create_set, set_hooks, ChangedRange, CreateOptions, DeleteReason, DiffAreaFiles, DiffAreaOptions, EngineOptions, Event, MaxSize,
+    SetInfo, SetStep, ShadowVolume, Usage,
 };
 pub use error::{DiffAreaError, DiffAreaPart, Error};
 pub use provider::{CopyInfo, Provider};

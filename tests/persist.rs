@@ -207,3 +207,95 @@ fn a_broken_diff_area_sacrifices_copies_never_live_writes() {
     let vol = open(&disk, quiet_engine()).unwrap();
     assert!(vol.copies().iter().all(|c| c.failed.is_some()));
 }
+
+thread_local! {
+    /// Where this thread's `create_set` is cut short (a panic, standing for a crash).
+    static CUT_AT: std::cell::Cell<Option<shadowcopy::SetStep>> = const { std::cell::Cell::new(None) };
+}
+
+/// Takes a persistent set of `volumes`, cut short at `cut` (a panic at that step, as if the
+/// process died there), or whole with `None`.
+fn set_cut_at(volumes: &[&ShadowVolume], cut: Option<shadowcopy::SetStep>) {
+    shadowcopy::set_hooks::install(|step| {
+        if CUT_AT.with(|c| c.get()) == Some(step) {
+            panic!("cut short at {step:?}");
+        }
+    });
+    CUT_AT.with(|c| c.set(cut));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| create_set(volumes, CreateOptions::default())));
+    CUT_AT.with(|c| c.set(None));
+    assert_eq!(r.is_err(), cut.is_some(), "the set was cut short exactly when asked");
+}
+
+/// Two volumes with diff areas, reopened from disk by `reopen`.
+struct Two {
+    _dir: tempfile::TempDir,
+    paths: Vec<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl Two {
+    fn new() -> (Two, Vec<ShadowVolume>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut paths = Vec::new();
+        let mut vols = Vec::new();
+        for name in ["a", "b"] {
+            let sub = dir.path().join(name);
+            std::fs::create_dir(&sub).unwrap();
+            let img = image(&sub);
+            let da = sub.join("diff");
+            // A tiny compaction threshold: every commit compacts, so the marks must survive it.
+            let options = EngineOptions { journal_compact_bytes: Some(4096), ..EngineOptions::default() };
+            vols.push(ShadowVolume::create_at(&img, &da, unbounded(), options).unwrap());
+            paths.push((img, da));
+        }
+        (Two { _dir: dir, paths }, vols)
+    }
+
+    fn reopen(&self) -> Vec<ShadowVolume> {
+        self.paths.iter().map(|(img, da)| ShadowVolume::open_at(img, da, EngineOptions::default()).unwrap()).collect()
+    }
+}
+
+#[test]
+fn a_whole_set_of_two_volumes_is_marked_complete_and_the_mark_survives_compaction_and_reopen() {
+    let (two, vols) = Two::new();
+    set_cut_at(&[&vols[0], &vols[1]], None);
+    for v in &vols {
+        v.write_at(&pattern(5, 1 << 20), 0).unwrap();
+        v.flush().unwrap();
+    }
+    drop(vols);
+    let vols = two.reopen();
+    for v in &vols {
+        assert_eq!(v.copies().len(), 1);
+        assert!(v.unfinished_set_copies().is_empty(), "the set's completion was journaled and kept");
+    }
+}
+
+#[test]
+fn a_set_cut_short_after_every_copy_was_durable_is_left_for_the_caller_to_complete() {
+    let (two, vols) = Two::new();
+    set_cut_at(&[&vols[0], &vols[1]], Some(shadowcopy::SetStep::BeforeComplete));
+    drop(vols);
+    let vols = two.reopen();
+    let unfinished: Vec<_> = vols.iter().map(|v| v.unfinished_set_copies()).collect();
+    assert_eq!(unfinished.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 1], "both copies exist, neither is marked");
+    assert_eq!(unfinished[0][0].set_id, unfinished[1][0].set_id);
+    for (v, u) in vols.iter().zip(&unfinished) {
+        v.complete_set(u[0].id).unwrap();
+    }
+    drop(vols);
+    for v in two.reopen() {
+        assert!(v.unfinished_set_copies().is_empty(), "completed for good");
+    }
+}
+
+#[test]
+fn a_set_cut_short_between_volumes_is_on_the_first_volume_only_and_unfinished_there() {
+    let (two, vols) = Two::new();
+    set_cut_at(&[&vols[0], &vols[1]], Some(shadowcopy::SetStep::BetweenVolumes));
+    drop(vols);
+    let vols = two.reopen();
+    assert_eq!(vols[0].unfinished_set_copies().len(), 1, "the first volume's copy was durable, unmarked");
+    assert!(vols[1].copies().is_empty(), "the second volume's copy never became durable");
+}

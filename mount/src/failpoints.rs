@@ -10,6 +10,10 @@
 //! - `stall-after-freeze`: a set's filesystems stay frozen (after `FIFREEZE`, before the
 //!   instant) until the file is removed (lets a test kill the daemon mid-hold).
 //!
+//! - `stall-set-between-volumes`, `stall-set-before-complete`: a persistent set of several
+//!   volumes stops after its first copy is durable, or once every copy is durable but none is
+//!   marked complete (lets a test kill the daemon there; see `shadowcopy::SetStep`).
+//!
 //! A stalled fail point `NAME` creates `NAME.reached` in the directory, so a test can wait
 //! until the daemon is there.
 //!
@@ -26,6 +30,12 @@ pub fn init() {
     let dir = std::env::var_os("SHADOWCOPYD_FAILPOINTS_DIR").map(PathBuf::from);
     if let Some(d) = &dir {
         tracing::warn!(dir = %d.display(), "fail points are enabled (tests only)");
+    }
+    if dir.is_some() {
+        shadowcopy::set_hooks::install(|step| match step {
+            shadowcopy::SetStep::BetweenVolumes => stall("stall-set-between-volumes"),
+            shadowcopy::SetStep::BeforeComplete => stall("stall-set-before-complete"),
+        });
     }
     let _ = DIR.set(dir);
 }

@@ -19,6 +19,8 @@ pub(crate) struct CopyMeta {
     pub journaled: bool,
     /// Why the copy can no longer be read, if it cannot.
     pub failed: Option<String>,
+    /// Every copy of its set was durable (always true for a set of one; see `SetComplete`).
+    pub set_complete: bool,
 }
 
 impl CopyMeta {
@@ -182,6 +184,9 @@ impl Catalog {
             Record::SnapshotCreated(m.record).encode_into(&mut out);
             if let Some(reason) = &m.failed {
                 Record::SnapshotFailed { epoch: m.record.epoch, reason: reason.clone() }.encode_into(&mut out);
+            }
+            if m.set_complete && m.record.set_size > 1 {
+                Record::SetComplete { epoch: m.record.epoch }.encode_into(&mut out);
             }
         }
         out

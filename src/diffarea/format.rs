@@ -42,6 +42,7 @@
 //! | 3 | `SnapshotDeleted` | `epoch u32` |
 //! | 4 | `Preserved` | `chunk u64, upper u32, slot u32`: slot holds the chunk's content for every copy with epoch in `(previous upper of this chunk, upper]` |
 //! | 5 | `SnapshotFailed` | `epoch u32, len u16, reason [len]` (UTF-8) |
+//! | 6 | `SetComplete` | `epoch u32`: every copy of this copy's set (`set_size` > 1) was durable on its volume; without it, such a copy is of a set a crash may have cut short, and the daemon decides at open (all copies there: complete it; some missing: drop them) |
 //!
 //! A reader that finds a `version` above [`FORMAT_VERSION`] refuses the diff area; an unknown tag
 //! inside a batch whose checksum is good is corruption.
@@ -160,6 +161,7 @@ pub(crate) enum Record {
     SnapshotDeleted { epoch: u32 },
     Preserved { chunk: u64, upper: u32, slot: u32 },
     SnapshotFailed { epoch: u32, reason: String },
+    SetComplete { epoch: u32 },
 }
 
 /// What the journal keeps of a shadow copy.
@@ -178,6 +180,7 @@ const TAG_CREATED: u8 = 2;
 const TAG_DELETED: u8 = 3;
 const TAG_PRESERVED: u8 = 4;
 const TAG_FAILED: u8 = 5;
+const TAG_SET_COMPLETE: u8 = 6;
 
 impl Record {
     /// Appends the encoding of this record to `out`.
@@ -214,6 +217,10 @@ impl Record {
                 out.extend_from_slice(&(len as u16).to_le_bytes());
                 out.extend_from_slice(&bytes[..len]);
             }
+            Record::SetComplete { epoch } => {
+                out.push(TAG_SET_COMPLETE);
+                out.extend_from_slice(&epoch.to_le_bytes());
+            }
         }
     }
 
@@ -245,6 +252,7 @@ impl Record {
                     let bytes = r.take(len).ok_or_else(bad)?;
                     Record::SnapshotFailed { epoch, reason: String::from_utf8_lossy(bytes).into_owned() }
                 }
+                TAG_SET_COMPLETE => Record::SetComplete { epoch: r.u32().ok_or_else(bad)? },
                 _ => return Err(bad()),
             };
             records.push(record);
@@ -330,6 +338,7 @@ mod tests {
             Record::Preserved { chunk: 1 << 40, upper: 9, slot: 77 },
             Record::SnapshotDeleted { epoch: 9 },
             Record::SnapshotFailed { epoch: 4, reason: "journal batch 3 damaged".into() },
+            Record::SetComplete { epoch: 9 },
         ];
         let mut payload = Vec::new();
         records.iter().for_each(|r| r.encode_into(&mut payload));

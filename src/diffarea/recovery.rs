@@ -59,7 +59,10 @@ pub(crate) fn recover(items: Vec<ReplayItem>, volume_chunks: u64, store_slots: u
                 Record::Config { max_size: m } => max_size = Some(m),
                 Record::SnapshotCreated(rec) => {
                     max_epoch = max_epoch.max(rec.epoch);
-                    copies.insert(rec.epoch, CopyMeta { record: rec, persistent: true, journaled: true, failed: None });
+                    copies.insert(
+                        rec.epoch,
+                        CopyMeta { record: rec, persistent: true, journaled: true, failed: None, set_complete: rec.set_size <= 1 },
+                    );
                 }
                 Record::SnapshotDeleted { epoch } => {
                     copies.remove(&epoch);
@@ -67,6 +70,11 @@ pub(crate) fn recover(items: Vec<ReplayItem>, volume_chunks: u64, store_slots: u
                 Record::SnapshotFailed { epoch, reason } => {
                     if let Some(m) = copies.get_mut(&epoch) {
                         m.failed = Some(reason);
+                    }
+                }
+                Record::SetComplete { epoch } => {
+                    if let Some(m) = copies.get_mut(&epoch) {
+                        m.set_complete = true;
                     }
                 }
                 Record::Preserved { chunk, upper, slot } => {

@@ -56,7 +56,7 @@ use crate::volume::{FileStorage, Storage};
 use crate::provider::CopyInfo;
 pub use ops::ChangedRange;
 use pending::Pending;
-pub use set::{create_set, CreateOptions, SetInfo};
+pub use set::{create_set, set_hooks, CreateOptions, SetInfo, SetStep};
 use stripes::Stripes;
 
 /// The maximum size of a diff area.

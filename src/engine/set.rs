@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use super::{now_ns, CopyInfo, DeleteReason, ShadowVolume};
+use super::{now_ns, CopyInfo, DeleteReason, Inner, ShadowVolume};
 use crate::diffarea::catalog::CopyMeta;
 use crate::diffarea::format::{Record, SnapshotRecord};
 use crate::error::Error;
@@ -80,6 +80,8 @@ pub fn create_set(volumes: &[&ShadowVolume], options: CreateOptions) -> Result<S
                 persistent: !options.volatile,
                 journaled: false,
                 failed: None,
+                // Marked (and journaled) once every copy of the set is durable.
+                set_complete: volumes.len() == 1,
             })
         })
         .collect();
@@ -87,12 +89,32 @@ pub fn create_set(volumes: &[&ShadowVolume], options: CreateOptions) -> Result<S
     let hold = asked.elapsed();
 
     if !options.volatile {
-        for (v, epoch) in volumes.iter().zip(&epochs) {
+        for (i, (v, epoch)) in volumes.iter().zip(&epochs).enumerate() {
+            if i > 0 {
+                set_hooks::reached(SetStep::BetweenVolumes);
+            }
             if let Err(e) = v.make_durable(*epoch) {
                 for (v, epoch) in volumes.iter().zip(&epochs) {
                     let _ = v.inner.delete_epoch(*epoch, DeleteReason::Requested);
                 }
                 return Err(e);
+            }
+        }
+        // Phase two: every copy is durable, so the set is whole. A crash before every volume
+        // has its mark leaves copies that all exist: the daemon completes them at open.
+        if volumes.len() > 1 {
+            set_hooks::reached(SetStep::BeforeComplete);
+            for (v, epoch) in volumes.iter().zip(&epochs) {
+                if let Err(e) = v.inner.mark_set_complete(*epoch) {
+                    tracing::warn!(set = %set_id, error = %e, "could not mark the set complete on a volume; it is completed at the next open");
+                }
+            }
+        }
+    } else {
+        let mut cats: Vec<_> = volumes.iter().map(|v| v.inner.catalog.write()).collect();
+        for (cat, epoch) in cats.iter_mut().zip(&epochs) {
+            if let Some(m) = cat.copy_mut(*epoch) {
+                m.set_complete = true;
             }
         }
     }
@@ -101,7 +123,50 @@ pub fn create_set(volumes: &[&ShadowVolume], options: CreateOptions) -> Result<S
     Ok(SetInfo { set_id, copies, hold })
 }
 
+/// Points inside [`create_set`] where a test may stop the process (a daemon's fail points).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetStep {
+    /// One volume's copy is durable, the next one's is not yet.
+    BetweenVolumes,
+    /// Every copy is durable; no volume has its `SetComplete` mark yet.
+    BeforeComplete,
+}
+
+/// The hook a daemon may install to be told of each [`SetStep`] (fault injection in tests).
+pub mod set_hooks {
+    use std::sync::OnceLock;
+
+    use super::SetStep;
+
+    static HOOK: OnceLock<fn(SetStep)> = OnceLock::new();
+
+    /// Installs the hook (once per process).
+    pub fn install(hook: fn(SetStep)) {
+        let _ = HOOK.set(hook);
+    }
+
+    pub(super) fn reached(step: SetStep) {
+        if let Some(h) = HOOK.get() {
+            h(step);
+        }
+    }
+}
+
 impl ShadowVolume {
+    /// The persistent copies of sets of several volumes that a crash may have cut short: durable
+    /// here, but the set's completion was never recorded. The caller looks for their siblings on
+    /// the other volumes and either completes ([`ShadowVolume::complete_set`]) or deletes them.
+    pub fn unfinished_set_copies(&self) -> Vec<CopyInfo> {
+        let cat = self.inner.catalog.read();
+        cat.copies().values().filter(|m| m.persistent && m.journaled && !m.set_complete).map(CopyInfo::from_meta).collect()
+    }
+
+    /// Records that copy `id`'s set is whole (every copy of it is durable on its volume).
+    pub fn complete_set(&self, id: Uuid) -> Result<(), Error> {
+        let epoch = super::find_epoch(&self.inner.catalog.read(), id)?;
+        self.inner.mark_set_complete(epoch)
+    }
+
     /// Makes copy `epoch` durable: earlier data first, then its own record.
     fn make_durable(&self, epoch: u32) -> Result<(), Error> {
         let inner = &self.inner;
@@ -122,6 +187,29 @@ impl ShadowVolume {
         }
         inner.commit()?;
         if let Some(reason) = inner.failure.lock().clone() {
+            return Err(Error::Unavailable(reason));
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// Marks copy `epoch`'s set complete and makes the mark durable.
+    pub(super) fn mark_set_complete(&self, epoch: u32) -> Result<(), Error> {
+        {
+            let mut cat = self.catalog.write();
+            let Some(meta) = cat.copy_mut(epoch) else {
+                return Err(Error::Unavailable("the copy was deleted before its set was complete".into()));
+            };
+            if meta.set_complete {
+                return Ok(());
+            }
+            meta.set_complete = true;
+            // Under the catalog lock, like every record, so the log follows the catalog's order.
+            self.push_record(&Record::SetComplete { epoch });
+        }
+        self.commit()?;
+        if let Some(reason) = self.failure.lock().clone() {
             return Err(Error::Unavailable(reason));
         }
         Ok(())

@@ -146,6 +146,7 @@ impl Service {
                 }
             }
         }
+        svc.resolve_unfinished_sets();
         svc.save_state();
         svc
     }

@@ -185,3 +185,55 @@ impl Service {
         }
     }
 }
+
+impl Service {
+    /// Sets of several volumes that a crash cut short (no `SetComplete` mark; see the diff-area
+    /// format): a set whose copies all exist, or one of whose copies was marked complete, had
+    /// every copy durable, and is completed; any other is dropped whole, so that a set is never
+    /// kept on some of its volumes only. Runs at start, before anyone can ask for anything.
+    pub(in crate::service) fn resolve_unfinished_sets(&self) {
+        let mut unfinished: std::collections::BTreeMap<Uuid, Vec<Uuid>> = Default::default();
+        for v in self.volumes() {
+            let Some(engine) = v.system() else { continue };
+            for c in engine.unfinished_set_copies() {
+                unfinished.entry(c.set_id).or_default().push(c.id);
+            }
+        }
+        for (set_id, ids) in unfinished {
+            let copies = self.set_copies(set_id);
+            let set_size = copies.first().map_or(0, |(_, c)| c.info.set_size as usize);
+            let one_marked = copies.iter().any(|(_, c)| !ids.contains(&c.info.id));
+            if copies.len() == set_size || one_marked {
+                for (v, c) in copies.iter().filter(|(_, c)| ids.contains(&c.info.id)) {
+                    match v.system().map(|e| e.complete_set(c.info.id)) {
+                        Some(Ok(())) => {}
+                        Some(Err(e)) => {
+                            tracing::error!(set = %set_id, volume = %v.name, error = %e, "cannot mark an interrupted set complete")
+                        }
+                        None => {}
+                    }
+                }
+                tracing::info!(set = %set_id, copies = copies.len(), "completed a set that a crash interrupted after every copy was durable");
+            } else if !self.unopened.lock().is_empty() {
+                tracing::warn!(
+                    set = %set_id,
+                    found = copies.len(),
+                    set_size,
+                    "a set that a crash may have cut short has copies on volumes that could not be opened; it is decided once they open"
+                );
+            } else {
+                let volumes: Vec<String> = copies.iter().map(|(v, _)| v.name.clone()).collect();
+                match self.delete(DeleteTarget::Set(set_id)) {
+                    Ok(_) => tracing::warn!(
+                        set = %set_id,
+                        found = copies.len(),
+                        set_size,
+                        ?volumes,
+                        "dropped a set that a crash cut short: only some of its volumes had their copy"
+                    ),
+                    Err(e) => tracing::error!(set = %set_id, error = %e, "cannot drop the copies of a set that a crash cut short"),
+                }
+            }
+        }
+    }
+}
