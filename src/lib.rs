@@ -9,6 +9,7 @@
 //! | [`cache`] | the LRU chunk cache in front of the base volume | caches diff-area slots |
 //! | [`diffarea`] | the diff area: on-disk format, journal, index, slots, recovery | reads the base volume |
 //! | [`volume`] | raw bytes: the [`volume::Storage`] seam and its file backend | knows copies exist |
+//! | `fingerprint` | checksums of where filesystems record being mounted or written (edges, NTFS system records), to notice writes made while nobody served the volume | writes, or reads more than those regions |
 //! | `sys` | the only `unsafe`: kernel ioctls | grows beyond single calls |
 //!
 //! Beside the engine, for the daemon and the CLI:
@@ -41,6 +42,7 @@ pub mod coordinator;
 pub mod diffarea;
 pub mod engine;
 mod error;
+mod fingerprint;
 pub mod fsread;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

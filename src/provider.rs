@@ -40,6 +40,9 @@ pub struct CopyInfo {
     pub set_size: u32,
     /// Why the copy cannot be read, if it cannot.
     pub failed: Option<String>,
+    /// Why the copy is stale, if it is: the volume was written while nobody served it, after
+    /// the copy was taken, so blocks changed then were not preserved and the copy may show them.
+    pub stale: Option<String>,
 }
 
 /// A source of shadow copies of one volume.

@@ -149,7 +149,13 @@ fn a_torn_journal_tail_is_cut_off() {
     let vol = ShadowVolume::open_at(&img, &da, EngineOptions::default()).unwrap();
     assert_eq!(read_all(&vol, a).unwrap(), a_image);
     vol.close().unwrap();
-    assert_eq!(std::fs::metadata(da.join("journal.0")).unwrap().len(), len);
+    // The torn tail was cut off before anything was appended (the open's and the close's
+    // batches now follow the last good one), and the journal reopens clean.
+    let journal = std::fs::read(da.join("journal.0")).unwrap();
+    assert!(!journal.windows(8).any(|w| w == b"garbage "), "the torn batch is gone");
+    assert!(journal.len() as u64 > len, "new batches were written where the torn one was");
+    let vol = ShadowVolume::open_at(&img, &da, EngineOptions::default()).unwrap();
+    assert_eq!(read_all(&vol, a).unwrap(), a_image);
 }
 
 #[test]
@@ -298,4 +304,26 @@ fn a_set_cut_short_between_volumes_is_on_the_first_volume_only_and_unfinished_th
     let vols = two.reopen();
     assert_eq!(vols[0].unfinished_set_copies().len(), 1, "the first volume's copy was durable, unmarked");
     assert!(vols[1].copies().is_empty(), "the second volume's copy never became durable");
+}
+
+#[test]
+fn a_write_behind_the_back_after_a_clean_close_marks_earlier_copies_stale_durably() {
+    let (_dir, img, da, vol) = fresh();
+    let a = create_set(&[&vol], CreateOptions::default()).unwrap().copies[0].id;
+    vol.close().unwrap();
+    // Reopened untouched: ok.
+    let vol = ShadowVolume::open_at(&img, &da, EngineOptions::default()).unwrap();
+    assert_eq!(vol.copy(a).unwrap().stale, None, "a clean close and open leaves copies ok");
+    vol.close().unwrap();
+    // Written where a filesystem's superblock lives, with nobody serving the volume.
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"mounted elsewhere", 1024).unwrap();
+    drop(f);
+    let vol = ShadowVolume::open_at(&img, &da, EngineOptions::default()).unwrap();
+    assert!(vol.copy(a).unwrap().stale.is_some(), "the copy taken before is stale");
+    let b = create_set(&[&vol], CreateOptions::default()).unwrap().copies[0].id;
+    drop(vol); // not a clean close: no seal
+    let vol = ShadowVolume::open_at(&img, &da, EngineOptions::default()).unwrap();
+    assert!(vol.copy(a).unwrap().stale.is_some(), "stale is durable");
+    assert_eq!(vol.copy(b).unwrap().stale, None, "the copy taken after is ok");
 }

@@ -274,7 +274,7 @@ fn run(args: Args) -> Result<()> {
         tracing::warn!(error = %e, "unmounting failed; detaching the mount lazily");
         let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
     }
-    service.flush_all();
+    service.seal_all();
     let _ = std::fs::remove_file(&socket);
     tracing::info!("stopped");
     Ok(())

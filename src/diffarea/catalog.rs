@@ -21,6 +21,8 @@ pub(crate) struct CopyMeta {
     pub failed: Option<String>,
     /// Every copy of its set was durable (always true for a set of one; see `SetComplete`).
     pub set_complete: bool,
+    /// Why the copy is stale (the volume was written while nobody served it), if it is.
+    pub stale: Option<String>,
 }
 
 impl CopyMeta {
@@ -184,6 +186,9 @@ impl Catalog {
             Record::SnapshotCreated(m.record).encode_into(&mut out);
             if let Some(reason) = &m.failed {
                 Record::SnapshotFailed { epoch: m.record.epoch, reason: reason.clone() }.encode_into(&mut out);
+            }
+            if let Some(reason) = &m.stale {
+                Record::SnapshotStale { epoch: m.record.epoch, reason: reason.clone() }.encode_into(&mut out);
             }
             if m.set_complete && m.record.set_size > 1 {
                 Record::SetComplete { epoch: m.record.epoch }.encode_into(&mut out);

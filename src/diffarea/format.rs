@@ -43,6 +43,9 @@
 //! | 4 | `Preserved` | `chunk u64, upper u32, slot u32`: slot holds the chunk's content for every copy with epoch in `(previous upper of this chunk, upper]` |
 //! | 5 | `SnapshotFailed` | `epoch u32, len u16, reason [len]` (UTF-8) |
 //! | 6 | `SetComplete` | `epoch u32`: every copy of this copy's set (`set_size` > 1) was durable on its volume; without it, such a copy is of a set a crash may have cut short, and the daemon decides at open (all copies there: complete it; some missing: drop them) |
+//! | 7 | `Sealed` | `crc [u32; 4]`: the daemon stopped cleanly and the volume's fingerprint (see `fingerprint.rs`) was this; any later record unseals |
+//! | 8 | `SnapshotStale` | `epoch u32, len u16, reason [len]`: the volume was written while nobody served it, after this copy was taken: blocks changed then were not preserved, so the copy may show them |
+//! | 9 | `Unsealed` | (empty): the volume is served again |
 //!
 //! A reader that finds a `version` above [`FORMAT_VERSION`] refuses the diff area; an unknown tag
 //! inside a batch whose checksum is good is corruption.
@@ -162,6 +165,9 @@ pub(crate) enum Record {
     Preserved { chunk: u64, upper: u32, slot: u32 },
     SnapshotFailed { epoch: u32, reason: String },
     SetComplete { epoch: u32 },
+    Sealed { fingerprint: [u32; 4] },
+    SnapshotStale { epoch: u32, reason: String },
+    Unsealed,
 }
 
 /// What the journal keeps of a shadow copy.
@@ -181,6 +187,9 @@ const TAG_DELETED: u8 = 3;
 const TAG_PRESERVED: u8 = 4;
 const TAG_FAILED: u8 = 5;
 const TAG_SET_COMPLETE: u8 = 6;
+const TAG_SEALED: u8 = 7;
+const TAG_STALE: u8 = 8;
+const TAG_UNSEALED: u8 = 9;
 
 impl Record {
     /// Appends the encoding of this record to `out`.
@@ -211,12 +220,19 @@ impl Record {
             }
             Record::SnapshotFailed { epoch, reason } => {
                 out.push(TAG_FAILED);
-                out.extend_from_slice(&epoch.to_le_bytes());
-                let bytes = reason.as_bytes();
-                let len = bytes.len().min(u16::MAX as usize);
-                out.extend_from_slice(&(len as u16).to_le_bytes());
-                out.extend_from_slice(&bytes[..len]);
+                encode_epoch_reason(out, *epoch, reason);
             }
+            Record::SnapshotStale { epoch, reason } => {
+                out.push(TAG_STALE);
+                encode_epoch_reason(out, *epoch, reason);
+            }
+            Record::Sealed { fingerprint } => {
+                out.push(TAG_SEALED);
+                for c in fingerprint {
+                    out.extend_from_slice(&c.to_le_bytes());
+                }
+            }
+            Record::Unsealed => out.push(TAG_UNSEALED),
             Record::SetComplete { epoch } => {
                 out.push(TAG_SET_COMPLETE);
                 out.extend_from_slice(&epoch.to_le_bytes());
@@ -253,12 +269,35 @@ impl Record {
                     Record::SnapshotFailed { epoch, reason: String::from_utf8_lossy(bytes).into_owned() }
                 }
                 TAG_SET_COMPLETE => Record::SetComplete { epoch: r.u32().ok_or_else(bad)? },
+                TAG_SEALED => {
+                    let mut fingerprint = [0u32; 4];
+                    for c in &mut fingerprint {
+                        *c = r.u32().ok_or_else(bad)?;
+                    }
+                    Record::Sealed { fingerprint }
+                }
+                TAG_STALE => {
+                    let epoch = r.u32().ok_or_else(bad)?;
+                    let len = r.u16().ok_or_else(bad)? as usize;
+                    let bytes = r.take(len).ok_or_else(bad)?;
+                    Record::SnapshotStale { epoch, reason: String::from_utf8_lossy(bytes).into_owned() }
+                }
+                TAG_UNSEALED => Record::Unsealed,
                 _ => return Err(bad()),
             };
             records.push(record);
         }
         Ok(records)
     }
+}
+
+/// `epoch u32, len u16, reason [len]` (UTF-8, cut at 64 KiB).
+fn encode_epoch_reason(out: &mut Vec<u8>, epoch: u32, reason: &str) {
+    out.extend_from_slice(&epoch.to_le_bytes());
+    let bytes = reason.as_bytes();
+    let len = bytes.len().min(u16::MAX as usize);
+    out.extend_from_slice(&(len as u16).to_le_bytes());
+    out.extend_from_slice(&bytes[..len]);
 }
 
 /// Frames a payload as a batch, padded to [`BATCH_ALIGN`].
@@ -338,7 +377,11 @@ mod tests {
             Record::Preserved { chunk: 1 << 40, upper: 9, slot: 77 },
             Record::SnapshotDeleted { epoch: 9 },
             Record::SnapshotFailed { epoch: 4, reason: "journal batch 3 damaged".into() },
+            Record::Unsealed,
             Record::SetComplete { epoch: 9 },
+            Record::SnapshotStale { epoch: 9, reason: "written while nobody served it".into() },
+            // Last: cutting one byte off must break a record, not end the payload cleanly.
+            Record::Sealed { fingerprint: [1, 2, 3, u32::MAX] },
         ];
         let mut payload = Vec::new();
         records.iter().for_each(|r| r.encode_into(&mut payload));

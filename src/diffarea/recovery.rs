@@ -25,6 +25,9 @@ pub(crate) struct Recovered {
     pub max_size: Option<u64>,
     /// What was found damaged, in words a person can act on.
     pub damage: Vec<String>,
+    /// The volume's fingerprint when the daemon last stopped cleanly, if nothing was journaled
+    /// since (see `Sealed`).
+    pub seal: Option<[u32; 4]>,
 }
 
 /// Replays `items` for a volume of `volume_chunks` chunks and a store of `store_slots` slots.
@@ -35,6 +38,7 @@ pub(crate) fn recover(items: Vec<ReplayItem>, volume_chunks: u64, store_slots: u
     let mut max_size = None;
     let mut damage = Vec::new();
     let mut max_epoch = 0u32;
+    let mut seal = None;
 
     let fail_all = |copies: &mut BTreeMap<u32, CopyMeta>, why: &str| {
         for m in copies.values_mut() {
@@ -55,13 +59,25 @@ pub(crate) fn recover(items: Vec<ReplayItem>, volume_chunks: u64, store_slots: u
             }
         };
         for r in records {
+            // Any record but the seal itself means the volume was served after the seal.
+            seal = match &r {
+                Record::Sealed { fingerprint } => Some(*fingerprint),
+                _ => None,
+            };
             match r {
                 Record::Config { max_size: m } => max_size = Some(m),
                 Record::SnapshotCreated(rec) => {
                     max_epoch = max_epoch.max(rec.epoch);
                     copies.insert(
                         rec.epoch,
-                        CopyMeta { record: rec, persistent: true, journaled: true, failed: None, set_complete: rec.set_size <= 1 },
+                        CopyMeta {
+                            record: rec,
+                            persistent: true,
+                            journaled: true,
+                            failed: None,
+                            set_complete: rec.set_size <= 1,
+                            stale: None,
+                        },
                     );
                 }
                 Record::SnapshotDeleted { epoch } => {
@@ -70,6 +86,12 @@ pub(crate) fn recover(items: Vec<ReplayItem>, volume_chunks: u64, store_slots: u
                 Record::SnapshotFailed { epoch, reason } => {
                     if let Some(m) = copies.get_mut(&epoch) {
                         m.failed = Some(reason);
+                    }
+                }
+                Record::Sealed { .. } | Record::Unsealed => {}
+                Record::SnapshotStale { epoch, reason } => {
+                    if let Some(m) = copies.get_mut(&epoch) {
+                        m.stale = Some(reason);
                     }
                 }
                 Record::SetComplete { epoch } => {
@@ -115,5 +137,5 @@ pub(crate) fn recover(items: Vec<ReplayItem>, volume_chunks: u64, store_slots: u
         }
     }
     catalog.collect_garbage();
-    Recovered { catalog, max_size, damage }
+    Recovered { catalog, max_size, damage, seal }
 }

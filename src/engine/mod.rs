@@ -226,6 +226,7 @@ impl CopyInfo {
             attributes: m.record.attributes,
             set_size: m.record.set_size,
             failed: m.failed.clone(),
+            stale: m.stale.clone(),
         }
     }
 }
@@ -399,7 +400,9 @@ impl ShadowVolume {
             .filter_map(|m| m.failed.as_ref().map(|r| Event::CopyFailed { id: Uuid::from_bytes(m.record.id), reason: r.clone() }))
             .collect();
         let damaged = !recovered.damage.is_empty();
+        let seal = recovered.seal;
         let vol = Self::assemble(volume, files, journal, recovered.catalog, slots, max_size, engine);
+        vol.check_seal(seal)?;
         for e in &failed {
             if let Event::CopyFailed { id, reason } = e {
                 tracing::error!(copy = %id, %reason, "shadow copy failed");
@@ -414,6 +417,64 @@ impl ShadowVolume {
         vol.inner.trim_store();
         tracing::info!(diff_area = %vol.inner.diff_area_id, copies = vol.inner.catalog.read().copies().len(), "diff area opened");
         Ok(vol)
+    }
+
+    /// Compares the volume with its fingerprint at the last clean stop (`seal`): if they differ,
+    /// the volume was written while nobody served it, and every copy taken before is marked
+    /// stale (durably). Then journals that the volume is served again, before any write.
+    fn check_seal(&self, seal: Option<crate::fingerprint::Fingerprint>) -> Result<(), Error> {
+        let inner = &self.inner;
+        let Some(sealed) = seal else {
+            if !inner.catalog.read().copies().is_empty() {
+                tracing::info!(
+                    diff_area = %inner.diff_area_id,
+                    "the volume was not released cleanly last time (a crash or kill): writes made to it since cannot be detected"
+                );
+            }
+            return Ok(());
+        };
+        let now = crate::fingerprint::fingerprint(inner.volume.as_ref(), inner.volume_size)
+            .map_err(Error::volume("reading the volume's fingerprint"))?;
+        {
+            let mut cat = inner.catalog.write();
+            if now != sealed {
+                let reason = "the volume was written while shadowcopy was not serving it, after this copy was taken: blocks changed \
+                              then were not preserved, so this copy may show some of those changes instead of the volume as it was"
+                    .to_string();
+                let epochs: Vec<u32> = cat.copies().iter().filter(|(_, m)| m.persistent && m.stale.is_none()).map(|(e, _)| *e).collect();
+                for epoch in &epochs {
+                    if let Some(m) = cat.copy_mut(*epoch) {
+                        m.stale = Some(reason.clone());
+                        inner.push_record(&Record::SnapshotStale { epoch: *epoch, reason: reason.clone() });
+                    }
+                }
+                tracing::warn!(
+                    diff_area = %inner.diff_area_id,
+                    copies = epochs.len(),
+                    "the volume changed while shadowcopy was not serving it: its copies are marked stale"
+                );
+            }
+            inner.push_record(&Record::Unsealed);
+        }
+        inner.commit()?;
+        Ok(())
+    }
+
+    /// Seals the volume for a clean stop: makes everything durable, then journals the volume's
+    /// fingerprint, against which the next open checks for writes made while nobody served it.
+    /// Call it last, once nothing writes any more: a write after the seal that needs no record
+    /// would look, at the next open, like a write made behind shadowcopy's back.
+    pub fn seal(&self) -> Result<(), Error> {
+        self.flush()?;
+        let inner = &self.inner;
+        let fingerprint = crate::fingerprint::fingerprint(inner.volume.as_ref(), inner.volume_size)
+            .map_err(Error::volume("reading the volume's fingerprint"))?;
+        {
+            let _cat = inner.catalog.read();
+            inner.push_record(&Record::Sealed { fingerprint });
+        }
+        inner.commit()?;
+        Ok(())
     }
 
     fn assemble(
@@ -545,10 +606,11 @@ impl ShadowVolume {
         self.inner.failure.lock().clone()
     }
 
-    /// Stops background work and makes everything durable.
+    /// Stops background work, makes everything durable and seals the volume (see
+    /// [`ShadowVolume::seal`]).
     pub fn close(mut self) -> Result<(), Error> {
         self.stop_committer();
-        self.flush()
+        self.seal()
     }
 
     fn stop_committer(&mut self) {

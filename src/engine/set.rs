@@ -82,6 +82,7 @@ pub fn create_set(volumes: &[&ShadowVolume], options: CreateOptions) -> Result<S
                 failed: None,
                 // Marked (and journaled) once every copy of the set is durable.
                 set_complete: volumes.len() == 1,
+                stale: None,
             })
         })
         .collect();

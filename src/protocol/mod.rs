@@ -635,6 +635,10 @@ pub struct CopyView {
     pub exposed_at: Vec<String>,
     /// Why it cannot be read, if it cannot.
     pub failed: Option<String>,
+    /// Why it is stale, if it is: the volume was written while nobody served it, after the copy
+    /// was taken; blocks changed then were not preserved, so the copy may show some of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale: Option<String>,
     /// Why the filesystem in it is damaged, once a request found it so (its raw image and the
     /// rest of its tree stay readable; the damaged parts give EIO).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -380,6 +380,7 @@ impl Provider for WindowsStores {
                 attributes: s.copy.attributes,
                 set_size: 1,
                 failed: s.copy.damage.clone(),
+                stale: None,
             })
             .collect()
     }

@@ -299,6 +299,21 @@ impl Service {
         }
     }
 
+    /// Seals every volume for a clean stop (flushed, fingerprint journaled: see
+    /// `ShadowVolume::seal`). Only once nothing can write any more: after the unmount.
+    pub fn seal_all(&self) {
+        {
+            let _admin = self.admin.lock();
+            self.save_state();
+        }
+        for v in self.volumes() {
+            let Some(engine) = v.system() else { continue };
+            if let Err(e) = engine.seal() {
+                tracing::error!(volume = %v.name, error = %e, "sealing the volume at stop failed; writes made to it before the next start cannot be detected");
+            }
+        }
+    }
+
     /// Flushes every volume and the state file (on shutdown).
     pub fn flush_all(&self) {
         {

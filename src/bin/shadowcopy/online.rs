@@ -233,10 +233,11 @@ fn print_copies(copies: &[CopyView]) {
                 format!("{} ({:#010x})", c.attributes.join(","), c.attribute_flags),
                 c.provider.clone(),
                 format_size(c.diff_area_used),
-                match (&c.failed, &c.tree_damage) {
-                    (Some(r), _) => format!("FAILED: {r}"),
-                    (None, Some(d)) => format!("files damaged: {d}"),
-                    (None, None) => "ok".into(),
+                match (&c.failed, &c.stale, &c.tree_damage) {
+                    (Some(r), _, _) => format!("FAILED: {r}"),
+                    (None, Some(_), _) => "stale: the volume was written while shadowcopy was not serving it".into(),
+                    (None, None, Some(d)) => format!("files damaged: {d}"),
+                    (None, None, None) => "ok".into(),
                 },
             ]
         })

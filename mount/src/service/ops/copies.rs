@@ -30,6 +30,7 @@ impl Service {
             diff_area_used: v.system().map_or(0, |e| e.usage().used_bytes),
             exposed_at: self.exposures.of(c.info.id),
             failed: c.info.failed.clone(),
+            stale: c.info.stale.clone(),
             tree_damage: c.tree_damage(),
         }
     }

@@ -80,7 +80,12 @@ impl Service {
             }
         }
         .map_err(ServiceError::Expose)?;
-        Ok(Answer::Done(format!("shadow copy {id} exposed at {}", place.path())))
+        let warning = if c.info.stale.is_some() {
+            " (warning: this copy is stale: its volume was written while shadowcopy was not serving it, after the copy was taken, so it may show some of those changes)"
+        } else {
+            ""
+        };
+        Ok(Answer::Done(format!("shadow copy {id} exposed at {}{warning}", place.path())))
     }
 
     pub(in crate::service) fn unexpose(&self, path: &str) -> OpResult {
