@@ -99,6 +99,16 @@ impl ThawKeeper {
         Ok(())
     }
 
+    /// The keeper's process id, if it is running.
+    pub fn pid(&self) -> Option<u32> {
+        let mut conn = self.conn.lock();
+        let c = conn.as_mut()?;
+        match c.child.try_wait() {
+            Ok(None) => Some(c.child.id()),
+            _ => None,
+        }
+    }
+
     fn spawn(&self) -> Result<Conn, KeeperError> {
         let (ours, theirs) = UnixStream::pair().map_err(KeeperError::Start)?;
         let child = Command::new(&self.program)

@@ -48,6 +48,14 @@ fn stop_signals_under_a_mounted_filesystem_are_refused_and_say_by_what() {
             "the refusal names the loop device and mount point: {r}"
         );
     }
+    // `status` shows who uses live, and the thaw keeper.
+    match d.call(Op::Status) {
+        Ok(shadowcopy::protocol::Answer::Status(s)) => {
+            assert!(s.live_in_use.len() == 1 && s.live_in_use[0].contains(&device), "{:?}", s.live_in_use);
+            assert!(s.thaw_keeper.is_some(), "the thaw keeper runs");
+        }
+        other => panic!("status: {other:?}"),
+    }
     // The CLI says the same, as an error, and as a `busy` JSON error.
     let out = d.cli(&["daemon", "stop"]);
     let stderr = String::from_utf8_lossy(&out.stderr);

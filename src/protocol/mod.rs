@@ -575,6 +575,19 @@ pub struct StatusInfo {
     pub state_dir: String,
     /// Registered volumes that are served.
     pub volumes: usize,
+    /// The daemon's process id.
+    #[serde(default)]
+    pub pid: u32,
+    /// When it started, seconds since the Unix epoch (UTC).
+    #[serde(default)]
+    pub started_unix: f64,
+    /// The thaw keeper's process id, if it is running (it thaws frozen filesystems should the
+    /// daemon die mid-hold; started again when needed).
+    #[serde(default)]
+    pub thaw_keeper: Option<u32>,
+    /// `live` files in use, and by what: a stop is refused while there are any.
+    #[serde(default)]
+    pub live_in_use: Vec<String>,
 }
 
 /// A registered volume.

@@ -98,6 +98,8 @@ pub struct Service {
     sessions: shadowcopy::coordinator::Sessions,
     /// Copies exposed outside the mount.
     pub exposures: crate::expose::Exposures,
+    /// When the service started.
+    pub started: std::time::SystemTime,
     /// Keeps frozen filesystems from staying frozen if the daemon dies mid-hold (set by `main`;
     /// a hold that has filesystems to freeze refuses to run without it).
     pub keeper: OnceLock<crate::keeper::ThawKeeper>,
@@ -126,6 +128,7 @@ impl Service {
             exposures: crate::expose::Exposures::default(),
             stop_requests: OnceLock::new(),
             keeper: OnceLock::new(),
+            started: std::time::SystemTime::now(),
         };
         let records = match svc.state.load() {
             Ok(r) => r,

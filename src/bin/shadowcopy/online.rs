@@ -255,6 +255,10 @@ fn print_table(a: &Answer) {
             out!("mount:     {}", s.mount);
             out!("state dir: {}", s.state_dir);
             out!("volumes:   {}", s.volumes);
+            out!("pid:       {} (thaw keeper: {})", s.pid, s.thaw_keeper.map_or("not running".to_string(), |p| p.to_string()));
+            for u in &s.live_in_use {
+                out!("in use:    {u}");
+            }
         }
         Answer::Volumes(vs) => {
             if vs.is_empty() {

@@ -31,6 +31,10 @@ impl Service {
             mount: self.settings.mount.display().to_string(),
             state_dir: self.state.path().display().to_string(),
             volumes: self.volumes.read().len(),
+            pid: std::process::id(),
+            started_unix: self.started.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+            thaw_keeper: self.keeper.get().and_then(|k| k.pid()),
+            live_in_use: self.live_in_use().into_iter().map(|(volume, users)| format!("{volume}: {users}")).collect(),
         })
     }
 
