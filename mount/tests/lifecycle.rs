@@ -146,10 +146,25 @@ impl Drop for ThawOnDrop {
     }
 }
 
-/// Starts `shadowcopy create vol` and waits until the daemon holds the volume's filesystem
-/// frozen (the `stall-after-freeze` fail point reached); a write to `probe` started then must
-/// block. Returns the CLI and the write's outcome channel.
-fn create_and_hold_frozen(d: &Daemon, probe: PathBuf) -> (ChildGuard, std::sync::mpsc::Receiver<std::io::Result<()>>) {
+/// A volume with an ext4 on `live`, and a `shadowcopy create` of it stopped while its filesystem
+/// is frozen (the `stall-after-freeze` fail point reached), with a write to the filesystem
+/// started then, which must block. Dropped in field order: the CLI, the fail point, then a thaw
+/// and the unmount, so a failing test never leaves a filesystem frozen.
+struct HeldFrozen {
+    create: ChildGuard,
+    /// The blocked write's outcome, once it returns.
+    write: std::sync::mpsc::Receiver<std::io::Result<()>>,
+    stall: Option<FailPoint>,
+    _thaw: ThawOnDrop,
+    fs: Option<LiveFs>,
+}
+
+fn hold_frozen(d: &Daemon) -> HeldFrozen {
+    let image = image_file(&d.dir, "vol.img", 64 << 20);
+    d.add_volume("vol", &image);
+    let fs = LiveFs::new(&d.live("vol"), &d.dir.join("fs"), false);
+    let thaw = ThawOnDrop(fs.mount.point.clone());
+    let stall = d.failpoint("stall-after-freeze");
     let create = ChildGuard(Some(
         std::process::Command::new(cli_binary())
             .arg("--socket")
@@ -166,34 +181,30 @@ fn create_and_hold_frozen(d: &Daemon, probe: PathBuf) -> (ChildGuard, std::sync:
         assert!(Instant::now() < deadline, "the create never reached the frozen state:\n{}", d.log());
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, write) = std::sync::mpsc::channel();
+    let probe = fs.path("probe");
     std::thread::spawn(move || {
         let _ = tx.send(std::fs::write(probe, b"written after the freeze"));
     });
-    assert!(rx.recv_timeout(Duration::from_millis(500)).is_err(), "a write to the filesystem blocks while it is frozen");
-    (create, rx)
+    assert!(write.recv_timeout(Duration::from_millis(500)).is_err(), "a write to the filesystem blocks while it is frozen");
+    HeldFrozen { create, write, stall: Some(stall), _thaw: thaw, fs: Some(fs) }
 }
 
 #[test]
 fn a_daemon_killed_while_filesystems_are_frozen_leaves_nothing_frozen_and_no_copy() {
     require_commands(&["mkfs.ext4", "losetup", "mount", "fsfreeze"]);
     let mut d = Daemon::start_with_failpoints();
-    let image = image_file(&d.dir, "vol.img", 64 << 20);
-    d.add_volume("vol", &image);
-    let fs = LiveFs::new(&d.live("vol"), &d.dir.join("fs"), false);
-    let _thaw = ThawOnDrop(fs.mount.point.clone());
-    let stall = d.failpoint("stall-after-freeze");
-    let (mut create, write) = create_and_hold_frozen(&d, fs.path("probe"));
+    let mut held = hold_frozen(&d);
     let killed = Instant::now();
     d.kill();
     // A frozen filesystem blocks writes, it never fails them: the write returning at all is the
     // thaw. (It may fail with EIO: the killed daemon took the loop device's backing file along.)
-    let r = write.recv_timeout(Duration::from_secs(10)).expect("the filesystem was thawed within 10 s of the kill");
+    let r = held.write.recv_timeout(Duration::from_secs(10)).expect("the filesystem was thawed within 10 s of the kill");
     eprintln!("the blocked write returned {:?} after the daemon was killed: {r:?}", killed.elapsed());
     assert!(d.log().contains("thaw keeper: thawed the filesystem because the daemon went away mid-hold"), "{}", d.log());
-    assert!(!create.child().wait().unwrap().success(), "the interrupted create failed");
-    drop(stall);
-    drop(fs);
+    assert!(!held.create.child().wait().unwrap().success(), "the interrupted create failed");
+    drop(held.stall.take());
+    drop(held.fs.take());
     d.restart();
     assert!(d.list().is_empty(), "no copy of the interrupted set is kept: {:?}", d.list());
 }
@@ -202,24 +213,18 @@ fn a_daemon_killed_while_filesystems_are_frozen_leaves_nothing_frozen_and_no_cop
 fn a_restarted_daemon_thaws_what_a_killed_daemon_and_keeper_left_frozen() {
     require_commands(&["mkfs.ext4", "losetup", "mount", "pgrep", "fsfreeze"]);
     let mut d = Daemon::start_with_failpoints();
-    let image = image_file(&d.dir, "vol.img", 64 << 20);
-    d.add_volume("vol", &image);
-    let fs = LiveFs::new(&d.live("vol"), &d.dir.join("fs"), false);
-    let _thaw = ThawOnDrop(fs.mount.point.clone());
-    let stall = d.failpoint("stall-after-freeze");
-    let (_create, write) = create_and_hold_frozen(&d, fs.path("probe"));
+    let mut held = hold_frozen(&d);
     // The whole service is killed at once (as a cgroup kill would): keeper first, then daemon.
     let keeper = run_text("pgrep", &["-P", &d.pid().to_string(), "-f", "thaw-keeper"]);
     let keeper = keeper.trim();
     assert!(!keeper.is_empty(), "the daemon runs a thaw keeper");
     run("kill", &["-KILL", keeper]);
     d.kill();
-    assert!(write.recv_timeout(Duration::from_secs(1)).is_err(), "with daemon and keeper dead, the filesystem stays frozen");
-    drop(stall);
+    assert!(held.write.recv_timeout(Duration::from_secs(1)).is_err(), "with daemon and keeper dead, the filesystem stays frozen");
+    drop(held.stall.take());
     d.restart();
     // The write returning at all is the thaw (see above; EIO is the dead device's).
-    let r = write.recv_timeout(Duration::from_secs(10)).expect("the restarted daemon thawed the filesystem");
+    let r = held.write.recv_timeout(Duration::from_secs(10)).expect("the restarted daemon thawed the filesystem");
     eprintln!("the blocked write returned after the restart: {r:?}");
     assert!(d.log().contains("thawed a filesystem left frozen by a daemon that died mid-hold"), "{}", d.log());
-    drop(fs);
 }

@@ -305,28 +305,26 @@ impl Service {
     /// Seals every volume for a clean stop (flushed, fingerprint journaled: see
     /// `ShadowVolume::seal`). Only once nothing can write any more: after the unmount.
     pub fn seal_all(&self) {
-        {
-            let _admin = self.admin.lock();
-            self.save_state();
-        }
-        for v in self.volumes() {
-            let Some(engine) = v.system() else { continue };
-            if let Err(e) = engine.seal() {
-                tracing::error!(volume = %v.name, error = %e, "sealing the volume at stop failed; writes made to it before the next start cannot be detected");
-            }
-        }
+        self.save_state_and_each_engine("sealing the volume at stop (writes made to it before the next start cannot be detected)", |e| {
+            e.seal()
+        });
     }
 
     /// Flushes every volume and the state file (on shutdown).
     pub fn flush_all(&self) {
+        self.save_state_and_each_engine("flushing the volume", |e| e.flush());
+    }
+
+    /// Saves the state file, then runs `f` on every volume's engine, logging failures as `what`.
+    fn save_state_and_each_engine(&self, what: &str, f: impl Fn(&shadowcopy::ShadowVolume) -> Result<(), shadowcopy::Error>) {
         {
             let _admin = self.admin.lock();
             self.save_state();
         }
         for v in self.volumes() {
             let Some(engine) = v.system() else { continue };
-            if let Err(e) = engine.flush() {
-                tracing::error!(volume = %v.name, error = %e, "flushing the volume failed");
+            if let Err(e) = f(engine) {
+                tracing::error!(volume = %v.name, error = %e, "{what} failed");
             }
         }
     }
