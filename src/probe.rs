@@ -1,7 +1,8 @@
 //! What the kernel says about loop devices and mounts, read once and unescaped.
 //!
-//! Owns the parsing of `/sys/block/loop*/loop/backing_file`, `/proc/self/mountinfo` and the
-//! open-file links under `/proc/*/fd`. Every caller (flush and hold, the exclusive open of
+//! Owns the parsing of `/sys/block/loop*/loop/backing_file`, `/proc/self/mountinfo`, the
+//! open-file links under `/proc/*/fd` and what identifies a block device (`/dev/disk/by-id`,
+//! its size, a loop device's backing file). Every caller (flush and hold, the exclusive open of
 //! images, the daemon's stale-mount check, the daemon's refusal to stop under a user) asks here
 //! instead of reading those files itself.
 //!
@@ -139,6 +140,79 @@ pub fn users_of(file: &Path) -> io::Result<FileUsers> {
     Ok(FileUsers { loop_devices, processes })
 }
 
+/// What identifies a block device beyond its path, which the kernel may give to another disk
+/// at the next boot (sdb and sdc swapped, another image on `/dev/loop2`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceIdentity {
+    /// Bytes.
+    pub size: u64,
+    /// The `/dev/disk/by-id` names that lead to it (stable across boots; none for loop devices).
+    #[serde(default)]
+    pub by_id: Vec<String>,
+    /// For a loop device: the file behind it, and that file's device and inode numbers.
+    #[serde(default)]
+    pub loop_backing: Option<(PathBuf, u64, u64)>,
+}
+
+impl DeviceIdentity {
+    /// What differs between this (as registered) and `found`, in words; `None` if `found` is
+    /// the same device as far as can be told.
+    pub fn mismatch(&self, found: &DeviceIdentity) -> Option<String> {
+        let mut why = Vec::new();
+        if self.size != found.size {
+            why.push(format!("{} bytes were registered, the device has {}", self.size, found.size));
+        }
+        if !self.by_id.is_empty() && !self.by_id.iter().any(|id| found.by_id.contains(id)) {
+            why.push(format!(
+                "it was {} and is now {}",
+                self.by_id.join(", "),
+                if found.by_id.is_empty() { "a device with no /dev/disk/by-id name".to_string() } else { found.by_id.join(", ") }
+            ));
+        }
+        match (&self.loop_backing, &found.loop_backing) {
+            (Some((was, dev, ino)), Some((now, now_dev, now_ino))) if (dev, ino) != (now_dev, now_ino) => {
+                why.push(format!("it was a loop device over {} and is now one over {}", was.display(), now.display()));
+            }
+            (Some((was, ..)), None) => why.push(format!("it was a loop device over {} and is not a loop device now", was.display())),
+            _ => {}
+        }
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+}
+
+/// The identity of the block device at `path`; `None` if `path` is not a block device.
+pub fn device_identity(path: &Path) -> io::Result<Option<DeviceIdentity>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let md = std::fs::metadata(path)?;
+    if !md.file_type().is_block_device() {
+        return Ok(None);
+    }
+    let (major, minor) = (libc::major(md.rdev()), libc::minor(md.rdev()));
+    let sys = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    let sectors: u64 =
+        std::fs::read_to_string(sys.join("size"))?.trim().parse().map_err(|_| io::Error::other("unreadable size in sysfs"))?;
+    let canonical = path.canonicalize()?;
+    let mut by_id: Vec<String> = match std::fs::read_dir("/dev/disk/by-id") {
+        Ok(entries) => entries
+            .flatten()
+            .filter(|e| e.path().canonicalize().is_ok_and(|t| t == canonical))
+            .map(|e| e.path().display().to_string())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    by_id.sort();
+    let loop_backing = match std::fs::read_to_string(sys.join("loop/backing_file")) {
+        Ok(f) => {
+            let file = PathBuf::from(f.trim_end_matches('\n'));
+            let (dev, ino) = std::fs::metadata(&file).map(|m| (m.dev(), m.ino())).unwrap_or((0, 0));
+            Some((file, dev, ino))
+        }
+        Err(_) => None,
+    };
+    Ok(Some(DeviceIdentity { size: sectors * 512, by_id, loop_backing }))
+}
+
 /// Parses mountinfo: `id parent major:minor root mount-point options [optional…] - fstype source super-options`.
 /// Lines that do not have that shape are skipped.
 pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
@@ -182,6 +256,18 @@ fn unescape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identity_mismatch_names_what_changed() {
+        let a = DeviceIdentity { size: 100, by_id: vec!["/dev/disk/by-id/ata-A".into()], loop_backing: None };
+        assert_eq!(a.mismatch(&a.clone()), None);
+        let b = DeviceIdentity { size: 100, by_id: vec!["/dev/disk/by-id/ata-B".into()], loop_backing: None };
+        assert!(a.mismatch(&b).unwrap().contains("ata-A and is now /dev/disk/by-id/ata-B"));
+        let l1 = DeviceIdentity { size: 100, by_id: vec![], loop_backing: Some(("/a.img".into(), 1, 2)) };
+        let l2 = DeviceIdentity { size: 100, by_id: vec![], loop_backing: Some(("/b.img".into(), 1, 3)) };
+        assert!(l1.mismatch(&l2).unwrap().contains("over /a.img and is now one over /b.img"));
+        assert!(l1.mismatch(&DeviceIdentity { size: 200, ..l1.clone() }).unwrap().contains("100 bytes were registered"));
+    }
 
     #[test]
     fn mountinfo_escapes() {

@@ -37,6 +37,10 @@ pub struct VolumeRecord {
     /// once used, is never given to another copy (Samba clients and people keep names).
     #[serde(default)]
     pub last_name_secs: Option<u64>,
+    /// For a block device: what identifies it beyond its path (checked at every open, so that
+    /// another disk given the same path is refused, not served with this volume's diff area).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<shadowcopy::probe::DeviceIdentity>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

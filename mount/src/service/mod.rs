@@ -81,8 +81,9 @@ pub struct Service {
     volumes_by_serial: RwLock<HashMap<u32, Arc<Volume>>>,
     copies_by_serial: RwLock<HashMap<u32, Arc<ShadowCopy>>>,
     next_serial: AtomicU32,
-    /// Registered volumes that could not be opened at start: kept registered, shown in logs.
-    unopened: Mutex<Vec<VolumeRecord>>,
+    /// Registered volumes that could not be opened at start, and why: kept registered, listed
+    /// by `volume list` as failed with the reason.
+    unopened: Mutex<Vec<(VolumeRecord, String)>>,
     /// Serialises changes to the registry and the state file.
     admin: Mutex<()>,
     /// Set when exposed names changed and the state file should be rewritten (by the saver
@@ -145,7 +146,7 @@ impl Service {
                 }
                 Err(e) => {
                     tracing::error!(volume = %rec.name, error = %e, "cannot reopen the volume; fix the cause and restart the daemon");
-                    svc.unopened.lock().push(rec);
+                    svc.unopened.lock().push((rec, e.to_string()));
                 }
             }
         }
@@ -280,7 +281,7 @@ impl Service {
             Op::VolumeAdd { name, image, diff_area, max_size, chunk_size, read_only } => {
                 self.volume_add(ops::volume::AddRequest { name, image, diff_area, max_size, chunk_size, read_only })
             }
-            Op::VolumeList => Ok(Answer::Volumes(self.volumes().iter().map(|v| self.volume_info(v)).collect())),
+            Op::VolumeList => Ok(self.volume_list()),
             Op::VolumeRemove { name } => self.volume_remove(&name),
             Op::Create(req) => self.create(&req, stage, requester_alive),
             Op::BackupComplete { set_id } => self.backup_complete(set_id),

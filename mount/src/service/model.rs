@@ -47,6 +47,8 @@ pub struct Volume {
     pub copies: RwLock<BTreeMap<String, Arc<ShadowCopy>>>,
     /// Open handles on `live` (revert refuses while any is open).
     pub live_opens: AtomicUsize,
+    /// For a block device: what identifies it (see `VolumeRecord::identity`).
+    pub identity: Option<shadowcopy::probe::DeviceIdentity>,
     /// The newest exposed name ever given on this volume (seconds since the epoch); new names
     /// come after it, so a deleted copy's name is never reused.
     pub(super) last_name_secs: parking_lot::Mutex<Option<u64>>,

@@ -50,6 +50,18 @@ impl Service {
     /// volume the image and the Windows stores on it; then builds its copies.
     pub(super) fn open_volume(&self, rec: &VolumeRecord, create: Option<DiffAreaOptions>) -> Result<Arc<Volume>, ServiceError> {
         let failed = |what: String| ServiceError::OpenFailed(what);
+        // A block device is checked to be the one registered before anything reads it.
+        let identity = shadowcopy::probe::device_identity(&rec.image).map_err(|e| failed(format!("{}: {e}", rec.image.display())))?;
+        if let (Some(registered), Some(found)) = (&rec.identity, &identity) {
+            if let Some(why) = registered.mismatch(found) {
+                return Err(failed(format!(
+                    "{} is not the device registered as volume `{}`: {why}. Its diff area was left untouched; put the right device \
+                     back at that path (or find it under /dev/disk/by-id) and restart the daemon",
+                    rec.image.display(),
+                    rec.name
+                )));
+            }
+        }
         let storage = shadowcopy::volume::open_image(&rec.image, !rec.read_only).map_err(|e| failed(e.to_string()))?;
         let md = std::fs::metadata(&rec.image).map_err(|e| failed(format!("{}: {e}", rec.image.display())))?;
         let backend = if rec.read_only {
@@ -91,6 +103,8 @@ impl Service {
             copies: RwLock::new(BTreeMap::new()),
             live_opens: AtomicUsize::new(0),
             last_name_secs: parking_lot::Mutex::new(rec.last_name_secs),
+            // Registered before this was recorded: the device found now is trusted from now on.
+            identity: rec.identity.clone().or(identity),
         });
         let mut copies = vol.copies.write();
         // Names kept from before come back first; they raise the high-water mark too.
@@ -165,10 +179,11 @@ impl Service {
                 read_only: v.read_only(),
                 exposed: v.copies.read().values().map(|c| (c.info.id, c.name.clone())).collect(),
                 last_name_secs: *v.last_name_secs.lock(),
+                identity: v.identity.clone(),
             })
             .collect();
         // Volumes that failed to open stay registered.
-        let mut all = self.unopened.lock().clone();
+        let mut all: Vec<VolumeRecord> = self.unopened.lock().iter().map(|(r, _)| r.clone()).collect();
         all.extend(records);
         all.sort_by(|a, b| a.name.cmp(&b.name));
         if let Err(e) = self.state.save(&all) {

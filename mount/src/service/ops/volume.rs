@@ -38,6 +38,26 @@ impl Service {
         })
     }
 
+    /// Every registered volume, those that could not be opened included (with why).
+    pub(in crate::service) fn volume_list(&self) -> Answer {
+        let mut all: Vec<VolumeInfo> = self.volumes().iter().map(|v| self.volume_info(v)).collect();
+        for (rec, why) in self.unopened.lock().iter() {
+            all.push(VolumeInfo {
+                name: rec.name.clone(),
+                image: rec.image.display().to_string(),
+                diff_area: rec.diff_area.display().to_string(),
+                size: rec.identity.as_ref().map_or(0, |i| i.size),
+                provider: "none".into(),
+                read_only: rec.read_only,
+                copies: 0,
+                live: String::new(),
+                failure: Some(format!("not opened: {why}")),
+            });
+        }
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Answer::Volumes(all)
+    }
+
     pub(in crate::service) fn volume_info(&self, v: &Volume) -> VolumeInfo {
         VolumeInfo {
             name: v.name.clone(),
@@ -56,7 +76,7 @@ impl Service {
         let AddRequest { name, image, diff_area, max_size, chunk_size, read_only } = req;
         check_name(&name)?;
         let _admin = self.admin.lock();
-        if self.volumes.read().contains_key(&name) || self.unopened.lock().iter().any(|r| r.name == name) {
+        if self.volumes.read().contains_key(&name) || self.unopened.lock().iter().any(|(r, _)| r.name == name) {
             return Err(ServiceError::VolumeNameTaken(name));
         }
         let image = PathBuf::from(&image).canonicalize().map_err(|source| ServiceError::ImageUnreadable { image, source })?;
@@ -88,7 +108,15 @@ impl Service {
             options.chunk_size = u32::try_from(c).map_err(|_| ServiceError::InvalidSetting("chunk size too large".into()))?;
         }
         let fresh_dir = !read_only && !diff_area.exists();
-        let rec = VolumeRecord { name: name.clone(), image, diff_area, read_only, exposed: BTreeMap::new(), last_name_secs: None };
+        let rec = VolumeRecord {
+            name: name.clone(),
+            image,
+            diff_area,
+            read_only,
+            exposed: BTreeMap::new(),
+            last_name_secs: None,
+            identity: None,
+        };
         let v = match self.open_volume(&rec, Some(options)) {
             Ok(v) => v,
             Err(e) => {
@@ -112,7 +140,7 @@ impl Service {
         let _admin = self.admin.lock();
         {
             let mut unopened = self.unopened.lock();
-            if let Some(i) = unopened.iter().position(|r| r.name == name) {
+            if let Some(i) = unopened.iter().position(|(r, _)| r.name == name) {
                 unopened.remove(i);
                 drop(unopened);
                 self.save_state();
