@@ -327,3 +327,21 @@ fn a_write_behind_the_back_after_a_clean_close_marks_earlier_copies_stale_durabl
     assert!(vol.copy(a).unwrap().stale.is_some(), "stale is durable");
     assert_eq!(vol.copy(b).unwrap().stale, None, "the copy taken after is ok");
 }
+
+#[test]
+fn the_seal_survives_a_compaction_at_close() {
+    // Every commit compacts: the seal's own commit too.
+    let options = EngineOptions { journal_compact_bytes: Some(1), ..EngineOptions::default() };
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path());
+    let da = dir.path().join("diff");
+    let vol = ShadowVolume::create_at(&img, &da, unbounded(), options).unwrap();
+    let a = create_set(&[&vol], CreateOptions::default()).unwrap().copies[0].id;
+    vol.write_at(&pattern(4, 64 << 10), 0).unwrap();
+    vol.close().unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"mounted elsewhere", 2048).unwrap();
+    drop(f);
+    let vol = ShadowVolume::open_at(&img, &da, options).unwrap();
+    assert!(vol.copy(a).unwrap().stale.is_some(), "the write behind the back was noticed through a compacted journal");
+}

@@ -10,6 +10,7 @@ use std::mem;
 use std::sync::atomic::Ordering;
 
 use super::Inner;
+use crate::diffarea::format::Record;
 use crate::error::{DiffAreaError, Error};
 
 enum Work {
@@ -38,11 +39,17 @@ impl Inner {
         let mut journal = self.journal.lock();
         let compact = force_compact || journal.active_len() > self.compaction_threshold();
         let (work, n) = if compact {
-            let n = {
+            let (n, seal) = {
                 let mut log = self.log.lock();
+                // The compacted state is rebuilt from the catalog, which does not hold a seal
+                // (the clean-stop fingerprint): if the log ends with one, it goes last again.
+                let seal = Record::decode_all(&log.payload).ok().and_then(|mut records| match records.pop() {
+                    Some(r @ Record::Sealed { .. }) => Some(r),
+                    _ => None,
+                });
                 log.payload.clear();
                 log.commit_no += 1;
-                log.commit_no - 1
+                (log.commit_no - 1, seal)
             };
             // The state is read in bounded steps so that writers are never held for a whole
             // scan. What changes meanwhile is also in the log, appended after the compacted
@@ -56,6 +63,11 @@ impl Inner {
                     payloads.push(payload);
                 }
                 from = next;
+            }
+            if let Some(seal) = seal {
+                let mut last = Vec::new();
+                seal.encode_into(&mut last);
+                payloads.push(last);
             }
             (Work::Compact(payloads), n)
         } else {
