@@ -115,9 +115,11 @@ impl std::fmt::Display for FileUsers {
     }
 }
 
-/// Who holds `file` open: the loop devices backed by it (with their mounts) and the processes
-/// with a descriptor on it. Processes whose descriptors cannot be read are skipped.
-pub fn users_of(file: &Path) -> io::Result<FileUsers> {
+/// Who holds `file` open: the loop devices backed by it (with their mounts) and, if
+/// `processes`, the processes with a descriptor on it (a scan of every `/proc/*/fd`: costly on
+/// a busy host, so only for the rare questions). Processes whose descriptors cannot be read are
+/// skipped.
+pub fn users_of(file: &Path, processes: bool) -> io::Result<FileUsers> {
     let devices = loop_devices_backed_by(file)?;
     let mounts = if devices.is_empty() { Vec::new() } else { mounts()? };
     let loop_devices = devices
@@ -128,15 +130,7 @@ pub fn users_of(file: &Path) -> io::Result<FileUsers> {
         })
         .collect();
     let file = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
-    let mut processes = Vec::new();
-    for entry in std::fs::read_dir("/proc")?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
-        if fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == file)) {
-            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            processes.push((pid, comm.trim_end().to_string()));
-        }
-    }
+    let processes = if processes { processes_with_open(&file)? } else { Vec::new() };
     Ok(FileUsers { loop_devices, processes })
 }
 
@@ -211,6 +205,20 @@ pub fn device_identity(path: &Path) -> io::Result<Option<DeviceIdentity>> {
         Err(_) => None,
     };
     Ok(Some(DeviceIdentity { size: sectors * 512, by_id, loop_backing }))
+}
+
+/// The processes (pid, command name) with a descriptor on `file` (canonical).
+fn processes_with_open(file: &Path) -> io::Result<Vec<(u32, String)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
+        if fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == file)) {
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            found.push((pid, comm.trim_end().to_string()));
+        }
+    }
+    Ok(found)
 }
 
 /// Parses mountinfo: `id parent major:minor root mount-point options [optional…] - fstype source super-options`.

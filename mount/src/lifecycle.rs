@@ -103,7 +103,7 @@ pub fn wait_for_stop(service: &Service, requests: &mpsc::Receiver<StopRequest>, 
             }
             Ok(StopRequest::Asked { force }) => return StopReason::Asked { force },
             Err(RecvTimeoutError::Timeout) => {
-                if service.live_in_use().is_empty() {
+                if service.live_in_use(false).is_empty() {
                     return StopReason::Unused;
                 }
             }
@@ -116,8 +116,8 @@ pub fn wait_for_stop(service: &Service, requests: &mpsc::Receiver<StopRequest>, 
 /// The `live` files still in use once any close in flight has arrived, described.
 fn in_use_after_grace(service: &Service) -> String {
     let deadline = Instant::now() + CLOSING_GRACE;
-    while !service.live_in_use().is_empty() && Instant::now() < deadline {
+    while !service.live_in_use(false).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    crate::service::describe_in_use(&service.live_in_use())
+    crate::service::describe_in_use(&service.live_in_use(true))
 }

@@ -263,7 +263,7 @@ fn run(args: Args) -> Result<()> {
     tracing::info!(?reason, "stopping: flushing every volume and unmounting");
     service.exposures.undo_all();
     service.flush_all();
-    let in_use = service.live_in_use();
+    let in_use = service.live_in_use(true);
     if !in_use.is_empty() {
         tracing::warn!(
             "stopping by force while {}: their filesystems get I/O errors from now on",

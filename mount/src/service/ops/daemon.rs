@@ -10,18 +10,18 @@ use crate::lifecycle::StopRequest;
 
 impl Service {
     /// Every volume whose `live` file is open, with who holds it (as far as this namespace
-    /// shows: loop devices and their mounts, processes).
-    pub fn live_in_use(&self) -> Vec<(String, FileUsers)> {
+    /// shows: loop devices and their mounts, and with `processes` the processes too).
+    pub fn live_in_use(&self, processes: bool) -> Vec<(String, FileUsers)> {
         self.volumes()
             .iter()
             .filter(|v| v.live_opens.load(Ordering::Acquire) > 0)
-            .map(|v| (v.name.clone(), probe::users_of(&self.live_path(v)).unwrap_or_default()))
+            .map(|v| (v.name.clone(), probe::users_of(&self.live_path(v), processes).unwrap_or_default()))
             .collect()
     }
 
     pub(in crate::service) fn daemon_stop(&self, force: bool) -> OpResult {
         if !force {
-            let in_use = self.live_in_use();
+            let in_use = self.live_in_use(true);
             if !in_use.is_empty() {
                 return Err(ServiceError::InUseAtStop(describe_in_use(&in_use)));
             }
