@@ -139,6 +139,8 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        // No colour codes in files and the journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if std::env::args_os().nth(1).is_some_and(|a| a == keeper::KEEPER_ARG) {
         if let Err(e) = keeper::run_keeper() {

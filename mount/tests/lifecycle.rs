@@ -134,6 +134,9 @@ fn daemon_stop_of_an_unused_daemon_returns_once_it_is_gone() {
     let status = d.wait_exit(Duration::from_secs(10)).expect("the daemon exited");
     assert!(status.success(), "{status}");
     assert!(!is_mounted(&d.mount));
+    // Its log went to a file: no colour codes in it.
+    let log = d.log();
+    assert!(log.contains("INFO") && !log.contains('\u{1b}'), "plain log lines in a file:\n{log}");
 }
 
 /// Thaws a filesystem on drop (`fsfreeze -u`, errors ignored), so that a failing test never
