@@ -119,3 +119,30 @@ fn json_errors_are_json_and_a_closed_stdout_ends_quietly() {
     let out = cli(&d, &["delete", "--all", "vol"]);
     assert!(out.status.success(), "delete --all on a volume without copies: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `shadowcopy completions bash` is a script bash loads, and it completes our subcommands (bash
+/// itself is the oracle).
+#[test]
+fn bash_completes_subcommands_from_the_generated_script() {
+    shadowcopy::testing::system::require_commands(&["bash"]);
+    let out = Command::new(cli_binary()).args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    let dir = shadowcopy::testing::system::TempDir::new("sc-completions-");
+    let script = dir.join("shadowcopy.bash");
+    std::fs::write(&script, &out.stdout).unwrap();
+    let complete = |words: &str, cword: usize, cur: &str, prev: &str| {
+        let probe = format!(
+            "source {}; COMP_WORDS=({words}); COMP_CWORD={cword}; _shadowcopy shadowcopy {cur} {prev}; echo \"${{COMPREPLY[@]}}\"",
+            script.display()
+        );
+        let out = Command::new("bash").args(["-c", &probe]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(complete("shadowcopy da", 1, "da", "shadowcopy"), "daemon");
+    assert_eq!(complete("shadowcopy daemon st", 2, "st", "daemon"), "stop");
+    let subcommands = complete("shadowcopy ''", 1, "''", "shadowcopy");
+    for s in ["create", "list", "volume", "completions"] {
+        assert!(subcommands.split_whitespace().any(|w| w == s), "{s} in {subcommands}");
+    }
+}

@@ -106,6 +106,12 @@ enum Command {
     /// image meanwhile).
     #[command(subcommand)]
     Offline(offline::Offline),
+    /// Print a shell completion script, e.g.
+    /// `shadowcopy completions bash > /etc/bash_completion.d/shadowcopy`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Args)]
@@ -293,6 +299,14 @@ fn main() {
     let cli = Cli::parse();
     let json = cli.json;
     let r: Result<()> = match cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            // Into a buffer first: clap_complete panics on a closed stdout, `out!` does not.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "shadowcopy", &mut script);
+            out!("{}", String::from_utf8_lossy(&script).trim_end());
+            Ok(())
+        }
         Command::Offline(cmd) => offline::run(cmd, cli.json),
         cmd => online::run(cmd, cli.socket, cli.json),
     };

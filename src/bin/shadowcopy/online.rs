@@ -41,7 +41,7 @@ pub(crate) fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<(
         Command::Unexpose { path } => Op::Unexpose { path: absolute(path) },
         Command::Status => Op::Status,
         Command::Daemon(DaemonCmd::Stop { force, no_wait }) => return daemon_stop(force, no_wait, socket, json),
-        Command::Offline(_) => unreachable!("handled by main"),
+        Command::Offline(_) | Command::Completions { .. } => unreachable!("handled by main"),
     };
     let socket = socket.unwrap_or_else(default_socket_path);
     let mut client = Client::connect(&socket)?;
