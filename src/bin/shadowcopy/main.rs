@@ -15,6 +15,7 @@ macro_rules! out {
 mod hook;
 mod offline;
 mod online;
+mod versions;
 
 use std::path::PathBuf;
 
@@ -102,6 +103,28 @@ enum Command {
     /// The daemon itself.
     #[command(subcommand)]
     Daemon(DaemonCmd),
+    /// The earlier versions of a file or folder (like Explorer's Previous Versions): the copies
+    /// that hold it differently from the next newer state, newest first. PATH is on a
+    /// filesystem mounted from a volume's `live` (or inside a copy's folder in the mount).
+    Versions {
+        path: PathBuf,
+        /// Every copy that holds it, also those identical to the next newer one.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Put a file or folder back from a copy, with its owner, mode, times, xattrs and ACLs.
+    Restore {
+        path: PathBuf,
+        /// The copy: its id, an id prefix of 8 or more characters, or its @GMT-… name.
+        #[arg(long, value_name = "COPY")]
+        from: String,
+        /// Restore to DEST instead of PATH.
+        #[arg(long, value_name = "DEST")]
+        to: Option<PathBuf>,
+        /// Replace what is at the destination (files are replaced whole; a folder is merged into).
+        #[arg(long)]
+        overwrite: bool,
+    },
     /// Operations on an image and its diff area without a daemon (nothing else may write the
     /// image meanwhile).
     #[command(subcommand)]

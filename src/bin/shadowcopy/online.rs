@@ -41,6 +41,10 @@ pub(crate) fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<(
         Command::Unexpose { path } => Op::Unexpose { path: absolute(path) },
         Command::Status => Op::Status,
         Command::Daemon(DaemonCmd::Stop { force, no_wait }) => return daemon_stop(force, no_wait, socket, json),
+        Command::Versions { path, all } => return super::versions::versions(&path, all, socket, json),
+        Command::Restore { path, from, to, overwrite } => {
+            return super::versions::restore(&path, &from, to.as_deref(), overwrite, socket, json)
+        }
         Command::Offline(_) | Command::Completions { .. } => unreachable!("handled by main"),
     };
     let socket = socket.unwrap_or_else(default_socket_path);
@@ -186,7 +190,7 @@ fn answer_json(a: &Answer) -> Result<String> {
 }
 
 /// Prints rows under a header, each column as wide as its widest cell.
-fn table(header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -204,7 +208,11 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
 }
 
 fn created(c: &CopyView) -> String {
-    let secs = c.created_unix as u64;
+    utc(c.created_unix as u64)
+}
+
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+pub(crate) fn utc(secs: u64) -> String {
     let name = shadowcopy::protocol::gmt_name(secs);
     // @GMT-YYYY.MM.DD-HH.MM.SS → YYYY-MM-DD HH:MM:SS UTC
     let t = &name[5..];

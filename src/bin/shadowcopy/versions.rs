@@ -1,0 +1,223 @@
+//! `shadowcopy versions PATH` and `shadowcopy restore PATH --from COPY`: a file's previous
+//! versions, read straight from the copies' folders in the daemon's mount (the kernel enforces
+//! each copy's permissions, as for any reader), and putting one back.
+//!
+//! Owns finding which volume and which path inside it a path names; never changes a copy, and
+//! never writes anything but the restore's destination.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use shadowcopy::protocol::{default_socket_path, Answer, Client, CopyView, Op};
+
+/// Where a path lives: its volume, the daemon's mount, and the path inside the volume's
+/// filesystem (relative, `""` for its root).
+struct Located {
+    volume: String,
+    mount: PathBuf,
+    rel: PathBuf,
+}
+
+/// A version of the path in one copy (or live).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Version {
+    kind: &'static str,
+    size: u64,
+    mtime: i64,
+    mtime_ns: i64,
+    ctime: i64,
+    ctime_ns: i64,
+}
+
+fn version_at(p: &Path) -> Option<Version> {
+    let md = std::fs::symlink_metadata(p).ok()?;
+    let ft = md.file_type();
+    let kind = if ft.is_dir() {
+        "directory"
+    } else if ft.is_symlink() {
+        "symlink"
+    } else if ft.is_file() {
+        "file"
+    } else {
+        "other"
+    };
+    Some(Version { kind, size: md.size(), mtime: md.mtime(), mtime_ns: md.mtime_nsec(), ctime: md.ctime(), ctime_ns: md.ctime_nsec() })
+}
+
+fn call(socket: &Option<PathBuf>, op: Op) -> Result<Answer> {
+    let socket = socket.clone().unwrap_or_else(default_socket_path);
+    Ok(Client::connect(&socket)?.call(op, &mut |_, _| {})?)
+}
+
+/// Which volume `path` is on, and where inside it: a path inside the daemon's mount
+/// (`<mnt>/<volume>/@GMT-…/rel` or `<mnt>/<volume>/live`), or a path on a filesystem mounted
+/// from a loop device over a volume's `live` file.
+fn locate(path: &Path, socket: &Option<PathBuf>) -> Result<Located> {
+    let Answer::Status(status) = call(socket, Op::Status)? else { bail!("unexpected answer to status") };
+    let mount = PathBuf::from(&status.mount);
+    // The path itself may be gone (a deleted file): resolve its nearest existing ancestor.
+    let abs = std::path::absolute(path).with_context(|| format!("{}", path.display()))?;
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    while std::fs::symlink_metadata(existing).is_err() {
+        rest.push(existing.file_name().context("no part of the path exists")?.to_owned());
+        existing = existing.parent().context("no part of the path exists")?;
+    }
+    let mut resolved = existing.canonicalize().with_context(|| format!("resolving {}", existing.display()))?;
+    for r in rest.iter().rev() {
+        resolved.push(r);
+    }
+    if let Ok(inside) = resolved.strip_prefix(&mount) {
+        let mut parts = inside.components();
+        let volume = match parts.next() {
+            Some(Component::Normal(v)) => v.to_string_lossy().into_owned(),
+            _ => bail!("{} is the mount itself; name a path inside a volume's copy", path.display()),
+        };
+        let rel: PathBuf = match parts.next() {
+            Some(Component::Normal(c)) if c.to_string_lossy().starts_with("@GMT-") => parts.collect(),
+            _ => bail!("{} is not inside a copy's folder (<mnt>/{volume}/@GMT-…/…)", path.display()),
+        };
+        return Ok(Located { volume, mount, rel });
+    }
+    let mounts = shadowcopy::probe::mounts().context("reading /proc/self/mountinfo")?;
+    let m = mounts
+        .iter()
+        .filter(|m| resolved.starts_with(&m.mount_point))
+        .max_by_key(|m| m.mount_point.as_os_str().len())
+        .context("no mount holds that path")?;
+    let devices = shadowcopy::probe::loop_devices().context("reading /sys/block")?;
+    let on_live = devices.iter().find(|l| l.dev == m.dev).and_then(|l| l.backing_file.strip_prefix(&mount).ok().map(Path::to_path_buf));
+    let volume = match on_live.as_ref().map(|p| p.components().collect::<Vec<_>>()) {
+        Some(parts) if parts.len() == 2 && parts[1] == Component::Normal("live".as_ref()) => {
+            parts[0].as_os_str().to_string_lossy().into_owned()
+        }
+        _ => bail!(
+            "{} is on {} (mounted at {}), which is not a loop device over a shadowcopy volume's live file",
+            path.display(),
+            m.source,
+            m.mount_point.display()
+        ),
+    };
+    let rel = resolved.strip_prefix(&m.mount_point).expect("filtered above").to_path_buf();
+    Ok(Located { volume, mount, rel })
+}
+
+/// The volume's copies, newest first.
+fn copies_newest_first(volume: &str, socket: &Option<PathBuf>) -> Result<Vec<CopyView>> {
+    let Answer::Copies(mut copies) = call(socket, Op::List { volume: Some(volume.to_string()) })? else {
+        bail!("unexpected answer to list")
+    };
+    copies.sort_by(|a, b| b.created_unix.total_cmp(&a.created_unix));
+    Ok(copies)
+}
+
+/// `shadowcopy versions PATH [--all]`.
+pub(crate) fn versions(path: &Path, all: bool, socket: Option<PathBuf>, json: bool) -> Result<()> {
+    let at = locate(path, &socket)?;
+    let copies = copies_newest_first(&at.volume, &socket)?;
+    // The state each copy is compared with: the next newer one, starting from the path as it
+    // is now (if it is on a mounted filesystem; a path inside a copy has no "now").
+    let mut newer = version_at(path).filter(|_| !path.starts_with(&at.mount));
+    let mut shown = Vec::new();
+    for c in &copies {
+        let here = version_at(&at.mount.join(&at.volume).join(&c.exposed_name).join(&at.rel));
+        if let Some(v) = &here {
+            if all || newer.as_ref() != Some(v) {
+                shown.push((c, v.clone()));
+            }
+        }
+        newer = here;
+    }
+    if json {
+        let rows: Vec<serde_json::Value> = shown
+            .iter()
+            .map(|(c, v)| {
+                serde_json::json!({
+                    "copy": c.id, "exposed_name": c.exposed_name, "created_unix": c.created_unix,
+                    "path": at.mount.join(&at.volume).join(&c.exposed_name).join(&at.rel),
+                    "kind": v.kind, "size": v.size, "mtime_unix": v.mtime, "stale": c.stale.is_some(),
+                })
+            })
+            .collect();
+        out!("{}", serde_json::to_string_pretty(&serde_json::json!({ "volume": at.volume, "path": at.rel, "versions": rows }))?);
+        return Ok(());
+    }
+    if shown.is_empty() {
+        out!(
+            "No earlier version of {} in the {} copies of volume `{}`{}.",
+            path.display(),
+            copies.len(),
+            at.volume,
+            if all { "" } else { " (none differs from the next newer state; --all lists every copy holding it)" }
+        );
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = shown
+        .iter()
+        .map(|(c, v)| {
+            vec![
+                c.exposed_name.clone(),
+                v.kind.to_string(),
+                shadowcopy::size::format_size(v.size),
+                crate::online::utc(u64::try_from(v.mtime).unwrap_or(0)),
+                c.id.to_string(),
+            ]
+        })
+        .collect();
+    crate::online::table(&["VERSION (COPY)", "KIND", "SIZE", "MODIFIED", "SHADOW COPY ID"], &rows);
+    Ok(())
+}
+
+/// `shadowcopy restore PATH --from COPY [--to DEST] [--overwrite]`.
+pub(crate) fn restore(path: &Path, from: &str, to: Option<&Path>, overwrite: bool, socket: Option<PathBuf>, json: bool) -> Result<()> {
+    let at = locate(path, &socket)?;
+    let copies = copies_newest_first(&at.volume, &socket)?;
+    let copy = find_copy(&copies, from).with_context(|| format!("volume `{}` has no copy `{from}` (see `shadowcopy list`)", at.volume))?;
+    let source = at.mount.join(&at.volume).join(&copy.exposed_name).join(&at.rel);
+    if std::fs::symlink_metadata(&source).is_err() {
+        bail!("{} does not exist in copy {} ({})", at.rel.display(), copy.exposed_name, source.display());
+    }
+    let dest = to.unwrap_or(path);
+    let exists = std::fs::symlink_metadata(dest).is_ok();
+    if exists && !overwrite {
+        bail!("{} exists: add --overwrite to replace it, or --to DEST to restore elsewhere", dest.display());
+    }
+    // `cp -a` keeps owner, mode, times, xattrs and POSIX ACLs (as `--preserve=all`).
+    let is_dir = std::fs::symlink_metadata(&source)?.is_dir();
+    let status = if is_dir && exists {
+        // Into the existing folder: its files are replaced, others are kept.
+        std::process::Command::new("cp").arg("-a").arg("--").arg(source.join(".")).arg(dest).status()
+    } else if exists {
+        // A file replaced whole: copied beside it, then renamed over it (never half-written).
+        let tmp = dest.with_file_name(format!(".{}.shadowcopy-restore", dest.file_name().map_or("file".into(), |n| n.to_string_lossy())));
+        let copied = std::process::Command::new("cp").arg("-a").arg("--").arg(&source).arg(&tmp).status()?;
+        if copied.success() {
+            std::fs::rename(&tmp, dest).with_context(|| format!("replacing {}", dest.display()))?;
+        } else {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        Ok(copied)
+    } else {
+        std::process::Command::new("cp").arg("-a").arg("--").arg(&source).arg(dest).status()
+    }
+    .context("running cp")?;
+    if !status.success() {
+        bail!("copying {} to {} failed (cp: {status})", source.display(), dest.display());
+    }
+    if json {
+        out!("{}", serde_json::json!({ "restored": dest, "from": source, "copy": copy.id }));
+    } else {
+        out!("restored {} from {} ({})", dest.display(), copy.exposed_name, source.display());
+    }
+    Ok(())
+}
+
+/// A copy by id, unambiguous id prefix (8 characters or more) or `@GMT-…` name.
+fn find_copy<'a>(copies: &'a [CopyView], name: &str) -> Option<&'a CopyView> {
+    if let Some(c) = copies.iter().find(|c| c.exposed_name == name || c.id.to_string() == name) {
+        return Some(c);
+    }
+    let matching: Vec<&CopyView> = copies.iter().filter(|c| name.len() >= 8 && c.id.to_string().starts_with(name)).collect();
+    (matching.len() == 1).then(|| matching[0])
+}
