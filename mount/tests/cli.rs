@@ -146,3 +146,39 @@ fn bash_completes_subcommands_from_the_generated_script() {
         assert!(subcommands.split_whitespace().any(|w| w == s), "{s} in {subcommands}");
     }
 }
+
+/// Copies are named as people see them: an id prefix, `@GMT-…` (when only one volume has it) or
+/// `VOLUME/@GMT-…`; an ambiguous name is refused with the candidates.
+#[test]
+fn copies_are_named_by_id_prefix_or_gmt_name() {
+    let d = Daemon::start(&[]);
+    for v in ["a", "b"] {
+        let image = image_file(&d.dir, &format!("{v}.img"), 16 << 20);
+        d.add_volume(v, &image);
+    }
+    let set = d.create(&["a", "b"], false);
+    let (on_a, on_b) = (&set.copies[0], &set.copies[1]);
+    assert_eq!(on_a.exposed_name, on_b.exposed_name, "one instant, one name on both volumes");
+    let gmt = on_a.exposed_name.as_str();
+    let out = cli(&d, &["delete", gmt]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("names 2 copies") && err.contains(&format!("a/{gmt}")), "{err}");
+    let diff = json(&d, &["diff", &on_a.id.to_string()[..8]]);
+    assert!(diff.is_array() || diff.is_object(), "{diff}");
+    assert!(cli(&d, &["delete", &format!("a/{gmt}")]).status.success());
+    let left = d.list();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id, on_b.id);
+    // Now the bare name is unique.
+    let out = cli(&d, &["--json", "expose", gmt, "--device"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&d, &["delete", "zzzz"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no shadow copy is named `zzzz`"));
+    let loops: Vec<String> =
+        shadowcopy::probe::loop_devices().unwrap().into_iter().filter(|l| l.backing_file.starts_with(&d.mount)).map(|l| l.device).collect();
+    for l in &loops {
+        assert!(cli(&d, &["unexpose", l]).status.success());
+    }
+    assert!(cli(&d, &["delete", &on_b.id.to_string()[..6]]).status.success());
+    assert!(d.list().is_empty());
+}

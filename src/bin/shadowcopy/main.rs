@@ -22,7 +22,6 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use shadowcopy::size::parse_size;
-use uuid::Uuid;
 
 #[derive(Parser)]
 #[command(
@@ -31,7 +30,9 @@ use uuid::Uuid;
     about = "Volume Shadow Copy for Linux: point-in-time, read-only shadow copies of live volumes",
     after_help = "Start the daemon first (shadowcopyd), then e.g.:\n  shadowcopy volume add data /srv/data.img\n  \
                   losetup --find --show /run/shadowcopy/mnt/data/live   # put a filesystem on it, mount it\n  \
-                  shadowcopy create data\n  shadowcopy list\n  ls /run/shadowcopy/mnt/data/"
+                  shadowcopy create data\n  shadowcopy list\n  ls /run/shadowcopy/mnt/data/\n\n\
+                  Naming a copy (COPY): its id, a unique prefix of it (4 characters or more), its @GMT-… name if \
+                  only one volume has it, or VOLUME/@GMT-…."
 )]
 struct Cli {
     /// Print machine-readable JSON instead of tables.
@@ -64,7 +65,11 @@ enum Command {
     Create(CreateArgs),
     /// Tell the writers of a set created with --defer-backup-complete that the backup tool has
     /// read the copies (BackupComplete).
-    BackupComplete { set_id: Uuid },
+    BackupComplete {
+        /// The set: its id or a unique prefix of it.
+        #[arg(value_name = "SET")]
+        set_id: String,
+    },
     /// List the writers and their states (like `vssadmin list writers`).
     Writers,
     /// Run a writer.
@@ -78,16 +83,34 @@ enum Command {
     #[command(subcommand, name = "shadowstorage")]
     ShadowStorage(StorageCmd),
     /// Write a shadow copy to a sparse image file (on the daemon's host).
-    Export { id: Uuid, file: PathBuf },
+    Export {
+        /// The copy (see "Naming a copy" in --help).
+        #[arg(value_name = "COPY")]
+        id: String,
+        file: PathBuf,
+    },
     /// Roll a volume back to a shadow copy (nothing may have its live file open).
-    Revert { id: Uuid },
+    Revert {
+        /// The copy (see "Naming a copy" in --help).
+        #[arg(value_name = "COPY")]
+        id: String,
+    },
     /// Byte ranges that changed between a copy and a later copy (or the live volume).
-    Diff { id: Uuid, to: Option<Uuid> },
+    Diff {
+        /// The earlier copy (see "Naming a copy" in --help).
+        #[arg(value_name = "COPY")]
+        id: String,
+        /// The later copy [default: the live volume].
+        #[arg(value_name = "LATER")]
+        to: Option<String>,
+    },
     /// Make a copy visible outside the mount (like diskshadow's `expose`): its files on an
     /// existing directory (a bind mount), or its raw image as a read-only loop device. Lasts
     /// until `unexpose` or the daemon stops.
     Expose {
-        id: Uuid,
+        /// The copy (see "Naming a copy" in --help).
+        #[arg(value_name = "COPY")]
+        id: String,
         /// The directory to show the copy's files at.
         #[arg(required_unless_present = "device", conflicts_with = "device")]
         dir: Option<PathBuf>,
@@ -251,10 +274,11 @@ enum VolumeCmd {
 #[group(required = true, multiple = false)]
 struct DeleteArgs {
     /// One shadow copy.
-    id: Option<Uuid>,
+    #[arg(value_name = "COPY")]
+    id: Option<String>,
     /// Every copy of a set.
     #[arg(long, value_name = "SET_ID")]
-    set: Option<Uuid>,
+    set: Option<String>,
     /// The oldest copy of a volume.
     #[arg(long, value_name = "VOLUME")]
     oldest: Option<String>,

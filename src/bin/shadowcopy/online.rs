@@ -11,6 +11,7 @@ use shadowcopy::size::format_size;
 use super::{Command, CreateArgs, DaemonCmd, DeleteArgs, StorageCmd, VolumeCmd, WriterCmd};
 
 pub(crate) fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<()> {
+    let names = Names::new(&socket);
     let op = match cmd {
         Command::Volume(VolumeCmd::Add { name, image, diff_area, max_size, chunk_size, read_only }) => {
             let image = image.canonicalize().with_context(|| format!("the image {} cannot be found", image.display()))?;
@@ -19,14 +20,14 @@ pub(crate) fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<(
         Command::Volume(VolumeCmd::List) => Op::VolumeList,
         Command::Volume(VolumeCmd::Remove { name }) => Op::VolumeRemove { name },
         Command::Create(args) => return create(args, socket, json),
-        Command::BackupComplete { set_id } => Op::BackupComplete { set_id },
+        Command::BackupComplete { set_id } => Op::BackupComplete { set_id: names.set(&set_id)? },
         Command::Writers => Op::Writers,
         Command::Writer(WriterCmd::Run { name, exec, volumes }) => return super::hook::run(socket, name, exec, volumes),
         Command::List { volume } => Op::List { volume },
         Command::Delete(DeleteArgs { id, set, oldest, all }) => Op::Delete {
             target: match (id, set, oldest, all) {
-                (Some(id), ..) => DeleteTarget::Id(id),
-                (_, Some(s), ..) => DeleteTarget::Set(s),
+                (Some(id), ..) => DeleteTarget::Id(names.copy(&id)?),
+                (_, Some(s), ..) => DeleteTarget::Set(names.set(&s)?),
                 (_, _, Some(v), _) => DeleteTarget::Oldest(v),
                 (_, _, _, Some(v)) => DeleteTarget::All(v),
                 _ => bail!("say which copies: an ID, --set, --oldest or --all"),
@@ -34,10 +35,10 @@ pub(crate) fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<(
         },
         Command::ShadowStorage(StorageCmd::List) => Op::StorageList,
         Command::ShadowStorage(StorageCmd::Resize { volume, max_size }) => Op::StorageResize { volume, max_size },
-        Command::Export { id, file } => Op::Export { id, path: absolute(file) },
-        Command::Revert { id } => Op::Revert { id },
-        Command::Diff { id, to } => Op::Diff { id, to },
-        Command::Expose { id, dir, device } => Op::Expose { id, at: dir.map(absolute), device },
+        Command::Export { id, file } => Op::Export { id: names.copy(&id)?, path: absolute(file) },
+        Command::Revert { id } => Op::Revert { id: names.copy(&id)? },
+        Command::Diff { id, to } => Op::Diff { id: names.copy(&id)?, to: to.map(|t| names.copy(&t)).transpose()? },
+        Command::Expose { id, dir, device } => Op::Expose { id: names.copy(&id)?, at: dir.map(absolute), device },
         Command::Unexpose { path } => Op::Unexpose { path: absolute(path) },
         Command::Status => Op::Status,
         Command::Daemon(DaemonCmd::Stop { force, no_wait }) => return daemon_stop(force, no_wait, socket, json),
@@ -148,6 +149,74 @@ fn absolute(p: PathBuf) -> String {
 }
 
 /// Prints an answer as JSON or as a table.
+/// Turns what people type for a copy or a set into its id, asking the daemon for the list of
+/// copies once, only when a name is not a whole id.
+pub(crate) struct Names<'a> {
+    socket: &'a Option<PathBuf>,
+    copies: std::cell::OnceCell<Vec<CopyView>>,
+}
+
+impl<'a> Names<'a> {
+    /// Names resolved through the daemon at `socket`.
+    pub(crate) fn new(socket: &'a Option<PathBuf>) -> Self {
+        Names { socket, copies: std::cell::OnceCell::new() }
+    }
+
+    fn all(&self) -> Result<&[CopyView]> {
+        if let Some(c) = self.copies.get() {
+            return Ok(c);
+        }
+        let socket = self.socket.clone().unwrap_or_else(default_socket_path);
+        let Answer::Copies(copies) = Client::connect(&socket)?.call(Op::List { volume: None }, &mut |_, _| {})? else {
+            bail!("unexpected answer to list")
+        };
+        Ok(self.copies.get_or_init(|| copies))
+    }
+
+    /// A copy: its id, a unique id prefix (4 characters or more), `@GMT-…` (one volume only)
+    /// or `VOLUME/@GMT-…`.
+    pub(crate) fn copy(&self, name: &str) -> Result<uuid::Uuid> {
+        if let Ok(id) = name.parse() {
+            return Ok(id);
+        }
+        let copies = self.all()?;
+        let found: Vec<&CopyView> = match name.split_once('/') {
+            Some((volume, gmt)) => copies.iter().filter(|c| c.volume == volume && c.exposed_name == gmt).collect(),
+            None if name.starts_with("@GMT-") => copies.iter().filter(|c| c.exposed_name == name).collect(),
+            None => copies.iter().filter(|c| name.len() >= 4 && c.id.to_string().starts_with(&name.to_lowercase())).collect(),
+        };
+        match found.as_slice() {
+            [one] => Ok(one.id),
+            [] => bail!("no shadow copy is named `{name}` (see `shadowcopy list`; a prefix needs 4 characters or more)"),
+            many => bail!(
+                "`{name}` names {} copies: {}; say which, e.g. with VOLUME/@GMT-… or a longer id",
+                many.len(),
+                many.iter().map(|c| format!("{}/{} ({})", c.volume, c.exposed_name, c.id)).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+
+    /// A set: its id or a unique prefix of it (4 characters or more).
+    fn set(&self, name: &str) -> Result<uuid::Uuid> {
+        if let Ok(id) = name.parse() {
+            return Ok(id);
+        }
+        let mut sets: Vec<uuid::Uuid> =
+            self.all()?.iter().map(|c| c.set_id).filter(|s| name.len() >= 4 && s.to_string().starts_with(&name.to_lowercase())).collect();
+        sets.sort();
+        sets.dedup();
+        match sets.as_slice() {
+            [one] => Ok(*one),
+            [] => bail!("no shadow copy set is named `{name}` (see `shadowcopy list`; a prefix needs 4 characters or more)"),
+            many => bail!(
+                "`{name}` names {} sets: {}; give more of the id",
+                many.len(),
+                many.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+}
+
 /// Asks the daemon to stop, then (unless `no_wait`) waits until its socket is gone.
 fn daemon_stop(force: bool, no_wait: bool, socket: Option<PathBuf>, json: bool) -> Result<()> {
     let socket = socket.unwrap_or_else(default_socket_path);

@@ -173,7 +173,10 @@ pub(crate) fn versions(path: &Path, all: bool, socket: Option<PathBuf>, json: bo
 pub(crate) fn restore(path: &Path, from: &str, to: Option<&Path>, overwrite: bool, socket: Option<PathBuf>, json: bool) -> Result<()> {
     let at = locate(path, &socket)?;
     let copies = copies_newest_first(&at.volume, &socket)?;
-    let copy = find_copy(&copies, from).with_context(|| format!("volume `{}` has no copy `{from}` (see `shadowcopy list`)", at.volume))?;
+    // A bare @GMT name means this volume's.
+    let from = if from.starts_with("@GMT-") { format!("{}/{from}", at.volume) } else { from.to_string() };
+    let id = crate::online::Names::new(&socket).copy(&from)?;
+    let copy = copies.iter().find(|c| c.id == id).with_context(|| format!("copy `{from}` is not a copy of volume `{}`", at.volume))?;
     let source = at.mount.join(&at.volume).join(&copy.exposed_name).join(&at.rel);
     if std::fs::symlink_metadata(&source).is_err() {
         bail!("{} does not exist in copy {} ({})", at.rel.display(), copy.exposed_name, source.display());
@@ -211,13 +214,4 @@ pub(crate) fn restore(path: &Path, from: &str, to: Option<&Path>, overwrite: boo
         out!("restored {} from {} ({})", dest.display(), copy.exposed_name, source.display());
     }
     Ok(())
-}
-
-/// A copy by id, unambiguous id prefix (8 characters or more) or `@GMT-…` name.
-fn find_copy<'a>(copies: &'a [CopyView], name: &str) -> Option<&'a CopyView> {
-    if let Some(c) = copies.iter().find(|c| c.exposed_name == name || c.id.to_string() == name) {
-        return Some(c);
-    }
-    let matching: Vec<&CopyView> = copies.iter().filter(|c| name.len() >= 8 && c.id.to_string().starts_with(name)).collect();
-    (matching.len() == 1).then(|| matching[0])
 }
