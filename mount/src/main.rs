@@ -201,7 +201,11 @@ fn run(args: Args) -> Result<()> {
         mount: mount.clone(),
         cache_chunks: (args.cache_size / (16 << 10)).max(16) as usize,
         fs_owner: ForeignOwner { uid: fs_uid, gid: fs_gid, ..ForeignOwner::default() },
+        allow_other: args.allow_other,
     };
+    if !args.allow_other {
+        tracing::info!("the mount is for this user only (no --allow-other): Samba and other users see no previous versions");
+    }
     let service = Arc::new(Service::start(state, settings));
     let keeper = ThawKeeper::new(std::env::current_exe().context("finding this program, to run its thaw keeper")?);
     keeper.start().context("starting the thaw keeper")?;

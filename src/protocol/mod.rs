@@ -588,6 +588,10 @@ pub struct StatusInfo {
     /// `live` files in use, and by what: a stop is refused while there are any.
     #[serde(default)]
     pub live_in_use: Vec<String>,
+    /// Whether other users than the daemon's may see the mount (`--allow-other`; Samba's
+    /// users need it).
+    #[serde(default)]
+    pub allow_other: bool,
 }
 
 /// A registered volume.

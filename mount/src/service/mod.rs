@@ -47,6 +47,8 @@ pub struct Settings {
     pub cache_chunks: usize,
     /// Owner shown for files of filesystems without POSIX owners.
     pub fs_owner: ForeignOwner,
+    /// Whether users other than the daemon's may see the mount (`--allow-other`; Samba needs it).
+    pub allow_other: bool,
 }
 
 /// Something leaving the mount: the frontend drops its entries from the kernel's caches.

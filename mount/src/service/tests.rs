@@ -22,7 +22,7 @@ impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let state = StateDir::lock(&dir.path().join("state")).expect("state dir");
-        let settings = Settings { mount: dir.path().join("mnt"), cache_chunks: 16, fs_owner: ForeignOwner::default() };
+        let settings = Settings { mount: dir.path().join("mnt"), cache_chunks: 16, fs_owner: ForeignOwner::default(), allow_other: false };
         Fixture { svc: Service::start(state, settings), dir }
     }
 
@@ -250,7 +250,7 @@ fn the_registry_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("v.img");
     std::fs::File::create(&image).and_then(|f| f.set_len(64 << 20)).unwrap();
-    let settings = Settings { mount: dir.path().join("mnt"), cache_chunks: 16, fs_owner: ForeignOwner::default() };
+    let settings = Settings { mount: dir.path().join("mnt"), cache_chunks: 16, fs_owner: ForeignOwner::default(), allow_other: false };
     let (id, name) = {
         let svc = Service::start(StateDir::lock(&dir.path().join("state")).unwrap(), settings.clone());
         let f = |op| svc.handle(op, &mut |_, _| {}, &mut |_| {}, &|| true);
@@ -273,7 +273,7 @@ fn a_name_once_used_on_a_volume_is_never_given_again() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("v.img");
     std::fs::File::create(&image).and_then(|f| f.set_len(64 << 20)).unwrap();
-    let settings = Settings { mount: dir.path().join("mnt"), cache_chunks: 16, fs_owner: ForeignOwner::default() };
+    let settings = Settings { mount: dir.path().join("mnt"), cache_chunks: 16, fs_owner: ForeignOwner::default(), allow_other: false };
     let call = |svc: &Service, op| svc.handle(op, &mut |_, _| {}, &mut |_| {}, &|| true);
     let create = |svc: &Service| {
         let req = CreateRequest { persistent: Some(true), ..CreateRequest::new(vec!["v".into()]) };

@@ -15,6 +15,7 @@ macro_rules! out {
 mod hook;
 mod offline;
 mod online;
+mod samba;
 mod versions;
 
 use std::path::PathBuf;
@@ -134,6 +135,16 @@ enum Command {
         /// Every copy that holds it, also those identical to the next newer one.
         #[arg(long)]
         all: bool,
+    },
+    /// Print the smb.conf `[share]` section that shows a volume's copies to Windows clients as
+    /// Previous Versions (Samba's vfs_shadow_copy2). Give the folder to share (on a filesystem
+    /// mounted from a volume) or the volume's name (its filesystem's mount point is shared).
+    SambaConfig {
+        #[arg(value_name = "MOUNTPOINT|VOLUME")]
+        target: String,
+        /// The share's name [default: the volume's].
+        #[arg(long)]
+        share: Option<String>,
     },
     /// Put a file or folder back from a copy, with its owner, mode, times, xattrs and ACLs.
     Restore {

@@ -13,10 +13,10 @@ use shadowcopy::protocol::{default_socket_path, Answer, Client, CopyView, Op};
 
 /// Where a path lives: its volume, the daemon's mount, and the path inside the volume's
 /// filesystem (relative, `""` for its root).
-struct Located {
-    volume: String,
-    mount: PathBuf,
-    rel: PathBuf,
+pub(crate) struct Located {
+    pub(crate) volume: String,
+    pub(crate) mount: PathBuf,
+    pub(crate) rel: PathBuf,
 }
 
 /// A version of the path in one copy (or live).
@@ -45,7 +45,7 @@ fn version_at(p: &Path) -> Option<Version> {
     Some(Version { kind, size: md.size(), mtime: md.mtime(), mtime_ns: md.mtime_nsec(), ctime: md.ctime(), ctime_ns: md.ctime_nsec() })
 }
 
-fn call(socket: &Option<PathBuf>, op: Op) -> Result<Answer> {
+pub(crate) fn call(socket: &Option<PathBuf>, op: Op) -> Result<Answer> {
     let socket = socket.clone().unwrap_or_else(default_socket_path);
     Ok(Client::connect(&socket)?.call(op, &mut |_, _| {})?)
 }
@@ -53,7 +53,7 @@ fn call(socket: &Option<PathBuf>, op: Op) -> Result<Answer> {
 /// Which volume `path` is on, and where inside it: a path inside the daemon's mount
 /// (`<mnt>/<volume>/@GMT-…/rel` or `<mnt>/<volume>/live`), or a path on a filesystem mounted
 /// from a loop device over a volume's `live` file.
-fn locate(path: &Path, socket: &Option<PathBuf>) -> Result<Located> {
+pub(crate) fn locate(path: &Path, socket: &Option<PathBuf>) -> Result<Located> {
     let Answer::Status(status) = call(socket, Op::Status)? else { bail!("unexpected answer to status") };
     let mount = PathBuf::from(&status.mount);
     // The path itself may be gone (a deleted file): resolve its nearest existing ancestor.

@@ -34,6 +34,7 @@ impl Service {
             pid: std::process::id(),
             started_unix: self.started.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
             thaw_keeper: self.keeper.get().and_then(|k| k.pid()),
+            allow_other: self.settings.allow_other,
             live_in_use: self.live_in_use(false).into_iter().map(|(volume, users)| format!("{volume}: {users}")).collect(),
         })
     }
