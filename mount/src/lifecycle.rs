@@ -5,7 +5,8 @@
 //! SIGTERM and SIGINT stop it only when no `live` file is open; otherwise the daemon says which
 //! volumes are in use and by what (loop device, mount point, process) and keeps serving, or,
 //! with `--stop-when-unused`, stops by itself once the last user is gone. `daemon stop --force`
-//! is the only way to stop under a user.
+//! is the only way to stop under a user. A refused stop still flushes every volume, since a
+//! SIGKILL may follow it (a service manager's stop timeout).
 //!
 //! Never unmounts or flushes anything itself: it only decides when `main` may.
 
@@ -90,6 +91,9 @@ pub fn wait_for_stop(service: &Service, requests: &mpsc::Receiver<StopRequest>, 
                 if in_use.is_empty() {
                     return StopReason::Signal(sig);
                 }
+                // Whoever sent the signal may follow it with SIGKILL (a service manager's stop
+                // timeout): make every acknowledged write durable now, so that loses nothing.
+                service.flush_all();
                 match when_in_use {
                     WhenInUse::KeepServing => tracing::warn!(
                         signal = ?sig,
