@@ -12,6 +12,7 @@ macro_rules! out {
     };
 }
 
+mod changes;
 mod hook;
 mod offline;
 mod online;
@@ -135,6 +136,16 @@ enum Command {
         /// Every copy that holds it, also those identical to the next newer one.
         #[arg(long)]
         all: bool,
+    },
+    /// Files and folders added (+), deleted (-), modified (M) or with only their metadata
+    /// changed (m) between copy A and a later copy B, or the live filesystem (like `zfs diff`).
+    /// Compares what stat shows (no data is read); see the module docs for what that misses.
+    Changes {
+        #[arg(value_name = "A")]
+        from: String,
+        /// A later copy [default: the live filesystem mounted from the volume].
+        #[arg(value_name = "B")]
+        to: Option<String>,
     },
     /// Print the smb.conf `[share]` section that shows a volume's copies to Windows clients as
     /// Previous Versions (Samba's vfs_shadow_copy2). Give the folder to share (on a filesystem

@@ -42,6 +42,7 @@ pub(crate) fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<(
         Command::Unexpose { path } => Op::Unexpose { path: absolute(path) },
         Command::Status => Op::Status,
         Command::Daemon(DaemonCmd::Stop { force, no_wait }) => return daemon_stop(force, no_wait, socket, json),
+        Command::Changes { from, to } => return super::changes::changes(&from, to.as_deref(), socket, json),
         Command::SambaConfig { target, share } => return super::samba::samba_config(&target, share.as_deref(), socket),
         Command::Versions { path, all } => return super::versions::versions(&path, all, socket, json),
         Command::Restore { path, from, to, overwrite } => {

@@ -1,0 +1,166 @@
+//! `shadowcopy changes A [B]`: which files and folders were added, deleted, modified or had only
+//! their metadata changed between copy A and a later copy B (or the live filesystem), like
+//! `zfs diff` and snapper's `status`.
+//!
+//! Walks both trees side by side and compares what `lstat` gives (type, size, modification and
+//! change times, mode, owner, link target): no file's data is read. A filesystem's change time
+//! (ctime) moves on every write and no program can set it, so a file whose size, mtime and ctime
+//! all match did not change; on filesystems without a ctime (FAT) a change that keeps size and
+//! mtime is missed. Owns the comparison only; never writes anything.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use shadowcopy::protocol::{Answer, CopyView, Op};
+
+/// What happened to a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Added,
+    Deleted,
+    /// Content (size, modification time) or type changed.
+    Modified,
+    /// Only metadata: mode, owner, change time (xattrs, ACLs, links).
+    Metadata,
+}
+
+impl Change {
+    fn symbol(self) -> char {
+        match self {
+            Change::Added => '+',
+            Change::Deleted => '-',
+            Change::Modified => 'M',
+            Change::Metadata => 'm',
+        }
+    }
+
+    fn word(self) -> &'static str {
+        match self {
+            Change::Added => "added",
+            Change::Deleted => "deleted",
+            Change::Modified => "modified",
+            Change::Metadata => "metadata",
+        }
+    }
+}
+
+/// What `lstat` says of an entry, for comparing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    kind: u32,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    mode: u32,
+    owner: (u32, u32),
+    link: Option<PathBuf>,
+}
+
+fn seen(p: &Path) -> Option<Seen> {
+    let md = std::fs::symlink_metadata(p).ok()?;
+    Some(Seen {
+        kind: md.mode() & libc::S_IFMT,
+        size: if md.is_dir() { 0 } else { md.size() },
+        mtime: (md.mtime(), md.mtime_nsec()),
+        ctime: (md.ctime(), md.ctime_nsec()),
+        mode: md.mode() & 0o7777,
+        owner: (md.uid(), md.gid()),
+        link: md.file_type().is_symlink().then(|| std::fs::read_link(p).ok()).flatten(),
+    })
+}
+
+fn classify(a: &Seen, b: &Seen) -> Option<Change> {
+    if a.kind != b.kind || a.size != b.size || a.mtime != b.mtime || a.link != b.link {
+        Some(Change::Modified)
+    } else if a.ctime != b.ctime || a.mode != b.mode || a.owner != b.owner {
+        Some(Change::Metadata)
+    } else {
+        None
+    }
+}
+
+fn entries(dir: &Path) -> BTreeMap<OsString, ()> {
+    std::fs::read_dir(dir).map(|rd| rd.flatten().map(|e| (e.file_name(), ())).collect()).unwrap_or_default()
+}
+
+/// Compares the trees under `a` and `b`; `out` gets each change with its path relative to the
+/// roots. A folder added or deleted is one change (its contents are not listed).
+fn compare(a: &Path, b: &Path, rel: &Path, out: &mut Vec<(Change, PathBuf)>) {
+    let (ea, eb) = (entries(a), entries(b));
+    let names: std::collections::BTreeSet<&OsString> = ea.keys().chain(eb.keys()).collect();
+    for name in names {
+        let (pa, pb, r) = (a.join(name), b.join(name), rel.join(name));
+        match (seen(&pa), seen(&pb)) {
+            (Some(_), None) => out.push((Change::Deleted, r)),
+            (None, Some(_)) => out.push((Change::Added, r)),
+            (Some(x), Some(y)) => {
+                if let Some(c) = classify(&x, &y) {
+                    out.push((c, r.clone()));
+                }
+                if x.kind == libc::S_IFDIR && y.kind == libc::S_IFDIR {
+                    compare(&pa, &pb, &r, out);
+                }
+            }
+            (None, None) => {}
+        }
+    }
+}
+
+/// `shadowcopy changes A [B]`.
+pub(crate) fn changes(a: &str, b: Option<&str>, socket: Option<PathBuf>, json: bool) -> Result<()> {
+    let Answer::Status(status) = super::versions::call(&socket, Op::Status)? else { bail!("unexpected answer to status") };
+    let mount = PathBuf::from(&status.mount);
+    let Answer::Copies(copies) = super::versions::call(&socket, Op::List { volume: None })? else { bail!("unexpected answer to list") };
+    let names = crate::online::Names::new(&socket);
+    let find = |name: &str| -> Result<&CopyView> {
+        let id = names.copy(name)?;
+        copies.iter().find(|c| c.id == id).with_context(|| format!("no copy {name}"))
+    };
+    let from = find(a)?;
+    let a_root = mount.join(&from.volume).join(&from.exposed_name);
+    let (b_root, b_label) = match b {
+        Some(b) => {
+            let to = find(b)?;
+            if to.volume != from.volume {
+                bail!("{a} is a copy of volume `{}` and {b} of `{}`: compare copies of one volume", from.volume, to.volume);
+            }
+            (mount.join(&to.volume).join(&to.exposed_name), to.exposed_name.clone())
+        }
+        None => {
+            let live = mount.join(&from.volume).join("live");
+            let devices = shadowcopy::probe::loop_devices_backed_by(&live).context("reading /sys/block")?;
+            let mounts = shadowcopy::probe::mounts().context("reading /proc/self/mountinfo")?;
+            let m = mounts.iter().find(|m| devices.iter().any(|l| l.dev == m.dev)).with_context(|| {
+                format!("nothing is mounted from volume `{}`'s live file; give a later copy to compare with", from.volume)
+            })?;
+            (m.mount_point.clone(), format!("live ({})", m.mount_point.display()))
+        }
+    };
+    if !a_root.is_dir() {
+        bail!("copy {} has no files to compare (its filesystem could not be read; see `shadowcopy list`)", from.exposed_name);
+    }
+    let mut out = Vec::new();
+    compare(&a_root, &b_root, Path::new(""), &mut out);
+    // lost+found churn and the like are real changes; nothing is filtered.
+    if json {
+        let rows: Vec<serde_json::Value> =
+            out.iter().map(|(c, p)| serde_json::json!({ "change": c.word(), "path": Path::new("/").join(p) })).collect();
+        out!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "volume": from.volume, "from": from.exposed_name, "to": b_label, "changes": rows
+            }))?
+        );
+    } else {
+        for (c, p) in &out {
+            out!("{} /{}", c.symbol(), p.display());
+        }
+        if out.is_empty() {
+            eprintln!("no changes between {} and {b_label}", from.exposed_name);
+        }
+    }
+    Ok(())
+}
