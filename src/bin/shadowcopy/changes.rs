@@ -111,9 +111,9 @@ fn compare(a: &Path, b: &Path, rel: &Path, out: &mut Vec<(Change, PathBuf)>) {
 
 /// `shadowcopy changes A [B]`.
 pub(crate) fn changes(a: &str, b: Option<&str>, socket: Option<PathBuf>, json: bool) -> Result<()> {
-    let Answer::Status(status) = super::versions::call(&socket, Op::Status)? else { bail!("unexpected answer to status") };
+    let Answer::Status(status) = super::locate::call(&socket, Op::Status)? else { bail!("unexpected answer to status") };
     let mount = PathBuf::from(&status.mount);
-    let Answer::Copies(copies) = super::versions::call(&socket, Op::List { volume: None })? else { bail!("unexpected answer to list") };
+    let Answer::Copies(copies) = super::locate::call(&socket, Op::List { volume: None })? else { bail!("unexpected answer to list") };
     let names = crate::online::Names::new(&socket);
     let find = |name: &str| -> Result<&CopyView> {
         let id = names.copy(name)?;
@@ -130,13 +130,11 @@ pub(crate) fn changes(a: &str, b: Option<&str>, socket: Option<PathBuf>, json: b
             (mount.join(&to.volume).join(&to.exposed_name), to.exposed_name.clone())
         }
         None => {
-            let live = mount.join(&from.volume).join("live");
-            let devices = shadowcopy::probe::loop_devices_backed_by(&live).context("reading /sys/block")?;
-            let mounts = shadowcopy::probe::mounts().context("reading /proc/self/mountinfo")?;
-            let m = mounts.iter().find(|m| devices.iter().any(|l| l.dev == m.dev)).with_context(|| {
+            let m = super::locate::live_mount(&mount, &from.volume)?.with_context(|| {
                 format!("nothing is mounted from volume `{}`'s live file; give a later copy to compare with", from.volume)
             })?;
-            (m.mount_point.clone(), format!("live ({})", m.mount_point.display()))
+            let label = format!("live ({})", m.display());
+            (m, label)
         }
     };
     if !a_root.is_dir() {

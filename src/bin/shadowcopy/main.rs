@@ -14,6 +14,7 @@ macro_rules! out {
 
 mod changes;
 mod hook;
+mod locate;
 mod offline;
 mod online;
 mod samba;

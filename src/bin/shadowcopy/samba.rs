@@ -10,11 +10,11 @@ use shadowcopy::protocol::{Answer, Op};
 
 /// `shadowcopy samba-config MOUNTPOINT|VOLUME [--share NAME]`.
 pub(crate) fn samba_config(target: &str, share: Option<&str>, socket: Option<PathBuf>) -> Result<()> {
-    let Answer::Status(status) = super::versions::call(&socket, Op::Status)? else { bail!("unexpected answer to status") };
+    let Answer::Status(status) = super::locate::call(&socket, Op::Status)? else { bail!("unexpected answer to status") };
     let mount = PathBuf::from(&status.mount);
     // The share's folder and the mount point of the filesystem it is on.
     let (path, fs_root, volume) = if target.contains('/') {
-        let at = super::versions::locate(Path::new(target), &socket)?;
+        let at = super::locate::locate(Path::new(target), &socket)?;
         let path = Path::new(target).canonicalize().with_context(|| format!("resolving {target}"))?;
         if path.starts_with(&mount) {
             bail!("{target} is inside the daemon's mount; give the folder the filesystem on the volume is mounted at");
@@ -22,13 +22,10 @@ pub(crate) fn samba_config(target: &str, share: Option<&str>, socket: Option<Pat
         let fs_root = strip_suffix(&path, &at.rel).with_context(|| format!("finding the mount point of {}", path.display()))?;
         (path, fs_root, at.volume)
     } else {
-        let live = mount.join(target).join("live");
-        let devices = shadowcopy::probe::loop_devices_backed_by(&live).context("reading /sys/block")?;
-        let mounts = shadowcopy::probe::mounts().context("reading /proc/self/mountinfo")?;
-        let Some(m) = mounts.iter().find(|m| devices.iter().any(|l| l.dev == m.dev)) else {
+        let Some(m) = super::locate::live_mount(&mount, target)? else {
             bail!("nothing is mounted from volume `{target}`'s live file: mount its filesystem first (losetup, mount), or give the mount point")
         };
-        (m.mount_point.clone(), m.mount_point.clone(), target.to_string())
+        (m.clone(), m, target.to_string())
     };
     let name = share.map_or_else(|| volume.clone(), str::to_string);
     out!("# Previous Versions of volume `{volume}` for Windows clients (shadowcopy samba-config).");
