@@ -8,7 +8,7 @@
 //! all match did not change; on filesystems without a ctime (FAT) a change that keeps size and
 //! mtime is missed. Owns the comparison only; never writes anything.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashSet};
 use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -47,9 +47,10 @@ impl Change {
     }
 }
 
-/// What `lstat` says of an entry, for comparing.
+/// What `lstat` says of an entry, for comparing (`ino` only to enter each folder once).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Seen {
+    ino: u64,
     kind: u32,
     size: u64,
     mtime: (i64, i64),
@@ -62,6 +63,7 @@ struct Seen {
 fn seen(p: &Path) -> Option<Seen> {
     let md = std::fs::symlink_metadata(p).ok()?;
     Some(Seen {
+        ino: md.ino(),
         kind: md.mode() & libc::S_IFMT,
         size: if md.is_dir() { 0 } else { md.size() },
         mtime: (md.mtime(), md.mtime_nsec()),
@@ -82,30 +84,37 @@ fn classify(a: &Seen, b: &Seen) -> Option<Change> {
     }
 }
 
-fn entries(dir: &Path) -> BTreeMap<OsString, ()> {
-    std::fs::read_dir(dir).map(|rd| rd.flatten().map(|e| (e.file_name(), ())).collect()).unwrap_or_default()
+fn entries(dir: &Path) -> BTreeSet<OsString> {
+    std::fs::read_dir(dir).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or_default()
 }
 
 /// Compares the trees under `a` and `b`; `out` gets each change with its path relative to the
-/// roots. A folder added or deleted is one change (its contents are not listed).
-fn compare(a: &Path, b: &Path, rel: &Path, out: &mut Vec<(Change, PathBuf)>) {
-    let (ea, eb) = (entries(a), entries(b));
-    let names: std::collections::BTreeSet<&OsString> = ea.keys().chain(eb.keys()).collect();
-    for name in names {
-        let (pa, pb, r) = (a.join(name), b.join(name), rel.join(name));
-        match (seen(&pa), seen(&pb)) {
-            (Some(_), None) => out.push((Change::Deleted, r)),
-            (None, Some(_)) => out.push((Change::Added, r)),
-            (Some(x), Some(y)) => {
-                if let Some(c) = classify(&x, &y) {
-                    out.push((c, r.clone()));
+/// roots. A folder added or deleted is one change (its contents are not listed). The trees are
+/// a copy's content, which may be hostile: the walk keeps its own stack (no recursion depth to
+/// exhaust) and enters each pair of folders once (a folder linked into itself ends there).
+fn compare(a: &Path, b: &Path, out: &mut Vec<(Change, PathBuf)>) {
+    let mut entered: HashSet<(u64, u64)> = HashSet::new();
+    let mut stack = vec![(a.to_path_buf(), b.to_path_buf(), PathBuf::new())];
+    while let Some((a, b, rel)) = stack.pop() {
+        let (ea, eb) = (entries(&a), entries(&b));
+        let mut subdirs = Vec::new();
+        for name in ea.union(&eb) {
+            let (pa, pb, r) = (a.join(name), b.join(name), rel.join(name));
+            match (seen(&pa), seen(&pb)) {
+                (Some(_), None) => out.push((Change::Deleted, r)),
+                (None, Some(_)) => out.push((Change::Added, r)),
+                (Some(x), Some(y)) => {
+                    if let Some(c) = classify(&x, &y) {
+                        out.push((c, r.clone()));
+                    }
+                    if x.kind == libc::S_IFDIR && y.kind == libc::S_IFDIR && entered.insert((x.ino, y.ino)) {
+                        subdirs.push((pa, pb, r));
+                    }
                 }
-                if x.kind == libc::S_IFDIR && y.kind == libc::S_IFDIR {
-                    compare(&pa, &pb, &r, out);
-                }
+                (None, None) => {}
             }
-            (None, None) => {}
         }
+        stack.extend(subdirs);
     }
 }
 
@@ -141,7 +150,8 @@ pub(crate) fn changes(a: &str, b: Option<&str>, socket: Option<PathBuf>, json: b
         bail!("copy {} has no files to compare (its filesystem could not be read; see `shadowcopy list`)", from.exposed_name);
     }
     let mut out = Vec::new();
-    compare(&a_root, &b_root, Path::new(""), &mut out);
+    compare(&a_root, &b_root, &mut out);
+    out.sort_by(|x, y| x.1.cmp(&y.1));
     // lost+found churn and the like are real changes; nothing is filtered.
     if json {
         let rows: Vec<serde_json::Value> =
