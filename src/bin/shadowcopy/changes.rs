@@ -18,7 +18,7 @@ use shadowcopy::protocol::{Answer, CopyView, Op};
 
 /// What happened to a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Change {
+pub(crate) enum Change {
     Added,
     Deleted,
     /// Content (size, modification time) or type changed.
@@ -49,18 +49,31 @@ impl Change {
 
 /// What `lstat` says of an entry, for comparing (`ino` only to enter each folder once).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Seen {
+pub(crate) struct Seen {
     ino: u64,
     kind: u32,
-    size: u64,
-    mtime: (i64, i64),
+    pub(crate) size: u64,
+    pub(crate) mtime: (i64, i64),
     ctime: (i64, i64),
     mode: u32,
     owner: (u32, u32),
     link: Option<PathBuf>,
 }
 
-fn seen(p: &Path) -> Option<Seen> {
+impl Seen {
+    /// `file`, `directory`, `symlink` or `other`.
+    pub(crate) fn kind_name(&self) -> &'static str {
+        match self.kind {
+            libc::S_IFREG => "file",
+            libc::S_IFDIR => "directory",
+            libc::S_IFLNK => "symlink",
+            _ => "other",
+        }
+    }
+}
+
+/// What `lstat` says of `p`, if it exists.
+pub(crate) fn seen(p: &Path) -> Option<Seen> {
     let md = std::fs::symlink_metadata(p).ok()?;
     Some(Seen {
         ino: md.ino(),
@@ -74,7 +87,8 @@ fn seen(p: &Path) -> Option<Seen> {
     })
 }
 
-fn classify(a: &Seen, b: &Seen) -> Option<Change> {
+/// How `b` differs from `a`, if it does (also what `versions` calls a different version).
+pub(crate) fn classify(a: &Seen, b: &Seen) -> Option<Change> {
     if a.kind != b.kind || a.size != b.size || a.mtime != b.mtime || a.link != b.link {
         Some(Change::Modified)
     } else if a.ctime != b.ctime || a.mode != b.mode || a.owner != b.owner {

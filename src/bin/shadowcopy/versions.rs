@@ -4,39 +4,13 @@
 //!
 //! Never changes a copy, and never writes anything but the restore's destination.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use shadowcopy::protocol::{Answer, CopyView, Op};
 
+use super::changes::{classify, seen};
 use super::locate::{call, locate};
-
-/// A version of the path in one copy (or live).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Version {
-    kind: &'static str,
-    size: u64,
-    mtime: i64,
-    mtime_ns: i64,
-    ctime: i64,
-    ctime_ns: i64,
-}
-
-fn version_at(p: &Path) -> Option<Version> {
-    let md = std::fs::symlink_metadata(p).ok()?;
-    let ft = md.file_type();
-    let kind = if ft.is_dir() {
-        "directory"
-    } else if ft.is_symlink() {
-        "symlink"
-    } else if ft.is_file() {
-        "file"
-    } else {
-        "other"
-    };
-    Some(Version { kind, size: md.size(), mtime: md.mtime(), mtime_ns: md.mtime_nsec(), ctime: md.ctime(), ctime_ns: md.ctime_nsec() })
-}
 
 /// The volume's copies, newest first.
 fn copies_newest_first(volume: &str, socket: &Option<PathBuf>) -> Result<Vec<CopyView>> {
@@ -53,12 +27,12 @@ pub(crate) fn versions(path: &Path, all: bool, socket: Option<PathBuf>, json: bo
     let copies = copies_newest_first(&at.volume, &socket)?;
     // The state each copy is compared with: the next newer one, starting from the path as it
     // is now (if it is on a mounted filesystem; a path inside a copy has no "now").
-    let mut newer = version_at(path).filter(|_| !path.starts_with(&at.mount));
+    let mut newer = seen(path).filter(|_| !path.starts_with(&at.mount));
     let mut shown = Vec::new();
     for c in &copies {
-        let here = version_at(&at.mount.join(&at.volume).join(&c.exposed_name).join(&at.rel));
+        let here = seen(&at.mount.join(&at.volume).join(&c.exposed_name).join(&at.rel));
         if let Some(v) = &here {
-            if all || newer.as_ref() != Some(v) {
+            if all || newer.as_ref().is_none_or(|n| classify(n, v).is_some()) {
                 shown.push((c, v.clone()));
             }
         }
@@ -71,7 +45,7 @@ pub(crate) fn versions(path: &Path, all: bool, socket: Option<PathBuf>, json: bo
                 serde_json::json!({
                     "copy": c.id, "exposed_name": c.exposed_name, "created_unix": c.created_unix,
                     "path": at.mount.join(&at.volume).join(&c.exposed_name).join(&at.rel),
-                    "kind": v.kind, "size": v.size, "mtime_unix": v.mtime, "stale": c.stale.is_some(),
+                    "kind": v.kind_name(), "size": v.size, "mtime_unix": v.mtime.0, "stale": c.stale.is_some(),
                 })
             })
             .collect();
@@ -93,9 +67,9 @@ pub(crate) fn versions(path: &Path, all: bool, socket: Option<PathBuf>, json: bo
         .map(|(c, v)| {
             vec![
                 c.exposed_name.clone(),
-                v.kind.to_string(),
+                v.kind_name().to_string(),
                 shadowcopy::size::format_size(v.size),
-                crate::online::utc(u64::try_from(v.mtime).unwrap_or(0)),
+                crate::online::utc(u64::try_from(v.mtime.0).unwrap_or(0)),
                 c.id.to_string(),
             ]
         })
