@@ -61,7 +61,7 @@ pub mod writer;
 
 pub use engine::{
     create_set, set_hooks, ChangedRange, CreateOptions, DeleteReason, DiffAreaFiles, DiffAreaOptions, EngineOptions, Event, MaxSize,
-    SetInfo, SetStep, ShadowVolume, Usage,
+    RedoReport, SetInfo, SetStep, ShadowVolume, Usage,
 };
 pub use error::{DiffAreaError, DiffAreaPart, Error};
 pub use provider::{CopyInfo, Provider};

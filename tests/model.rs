@@ -1,7 +1,8 @@
 //! Model-based test of the engine: random sequences of live writes and hole punches, copy
 //! creation (persistent and volatile), deletion of random copies, reads of random ranges of any
-//! copy, flushes, clean reopens and power losses at random syncs — checked against a reference
-//! that keeps a full image of the volume at every copy's instant.
+//! copy, flushes, clean reopens, deaths of the process (memory lost, page cache kept) and power
+//! losses at random syncs — checked against a reference that keeps a full image of the volume at
+//! every copy's instant.
 
 mod common;
 
@@ -41,6 +42,9 @@ enum Op {
     },
     Flush,
     Reopen,
+    /// The process dies (its memory is lost, the kernel's page cache is kept) and a new one
+    /// opens the volume.
+    Die,
     /// Lose power at the `at`-th sync from now (or now, if the ops run out first).
     Crash {
         at: u64,
@@ -59,6 +63,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (any::<usize>(), range).prop_map(|(pick, (offset, len))| Op::Read { pick, offset, len }),
         2 => Just(Op::Flush),
         1 => Just(Op::Reopen),
+        1 => Just(Op::Die),
         1 => (1u64..12, any::<bool>(), any::<u64>()).prop_map(|(at, writeback, seed)| Op::Crash { at, writeback, seed }),
     ]
 }
@@ -226,6 +231,28 @@ fn run(ops: &[Op], max_size: MaxSize) -> Result<(), TestCaseError> {
                 model.copies.retain(|_, c| c.persistent);
                 model.flushed_now();
                 let v = open(&disk, quiet_engine()).map_err(|e| TestCaseError::fail(format!("reopen: {e}")))?;
+                check_copies(&v, &model)?;
+                vol = Some(v);
+            }
+            Op::Die => {
+                if armed.is_some() {
+                    continue;
+                }
+                let dead = vol.take().unwrap();
+                let next = disk.after_process_death();
+                drop(dead); // its last steps fail against the dead disk
+                disk = next;
+                model.copies.retain(|_, c| c.persistent);
+                let v = open(&disk, quiet_engine()).map_err(|e| TestCaseError::fail(format!("open after process death: {e}")))?;
+                // Every answered write survives a death of the process.
+                let mut live = vec![0u8; SIZE];
+                v.read_at(&mut live, 0).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                if let Some(i) = (0..SIZE).find(|&i| live[i] != model.live[i]) {
+                    return Err(TestCaseError::fail(format!(
+                        "answered byte {i} lost by a process death: {} != {}",
+                        live[i], model.live[i]
+                    )));
+                }
                 check_copies(&v, &model)?;
                 vol = Some(v);
             }

@@ -6,6 +6,7 @@
 //! - [`catalog`]: copies + index + the rules that tie them (what to preserve, what is garbage).
 //! - [`slots`]: free and in-use slots of the `store` file.
 //! - [`recovery`]: the catalog rebuilt from the journal.
+//! - [`redo`]: answered live writes still held back, kept through a death of the process.
 //!
 //! The diff area never reads the base volume and never decides when to commit; the engine does.
 
@@ -14,4 +15,5 @@ pub(crate) mod format;
 pub mod index;
 pub(crate) mod journal;
 pub(crate) mod recovery;
+pub mod redo;
 pub(crate) mod slots;

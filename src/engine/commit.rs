@@ -95,6 +95,7 @@ impl Inner {
         }
         self.release_held(Some(n))?;
         self.slots.lock().commit_done(n);
+        self.pending.checkpoint_if_due();
         Ok(n)
     }
 

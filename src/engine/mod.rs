@@ -49,6 +49,7 @@ use crate::diffarea::catalog::{Catalog, CopyMeta};
 use crate::diffarea::format::{self, Header, Record};
 use crate::diffarea::journal::Journal;
 use crate::diffarea::recovery;
+use crate::diffarea::redo::RedoLog;
 use crate::diffarea::slots::SlotAllocator;
 use crate::error::{DiffAreaError, Error};
 use crate::volume::{FileStorage, Storage};
@@ -143,14 +144,26 @@ pub struct DiffAreaFiles {
     pub store: Arc<dyn Storage>,
     /// The two journal files.
     pub journal: [Arc<dyn Storage>; 2],
+    /// The two redo files, and the boot they are replayed on (see [`DiffAreaFiles::with_redo`]).
+    redo: Option<([Arc<dyn Storage>; 2], Option<[u8; 16]>)>,
     /// Held while open so that a second process cannot open the same diff area.
     lock: Option<File>,
 }
 
 impl DiffAreaFiles {
-    /// Files from any storage (no inter-process lock).
+    /// Files from any storage (no inter-process lock, no redo log: held live bytes then live in
+    /// memory only, which only a test that models power loss alone may want).
     pub fn new(store: Arc<dyn Storage>, journal: [Arc<dyn Storage>; 2]) -> Self {
-        DiffAreaFiles { store, journal, lock: None }
+        DiffAreaFiles { store, journal, redo: None, lock: None }
+    }
+
+    /// Adds the redo log's two files: answered live writes whose bytes are still held back are
+    /// kept there, so that a death of the process loses none of them. `boot_id` is the boot
+    /// they belong to ([`crate::diffarea::redo::boot_id`] for the running kernel): the log is
+    /// replayed at open on the same boot only. `None` never replays.
+    pub fn with_redo(mut self, files: [Arc<dyn Storage>; 2], boot_id: Option<[u8; 16]>) -> Self {
+        self.redo = Some((files, boot_id));
+        self
     }
 
     /// Opens (creating if `create`) the files in `dir` and takes its lock.
@@ -162,7 +175,7 @@ impl DiffAreaFiles {
         if create {
             std::fs::create_dir_all(dir).map_err(io("creating the diff-area directory"))?;
         }
-        let open = |name: &str| -> Result<File, Error> {
+        let open = |name: &str, create: bool| -> Result<File, Error> {
             std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -171,13 +184,15 @@ impl DiffAreaFiles {
                 .open(dir.join(name))
                 .map_err(io("opening a diff-area file"))
         };
-        let lock = open("lock")?;
+        let lock = open("lock", create)?;
         lock.try_lock().map_err(|_| Error::Locked(dir.display().to_string()))?;
         let wrap =
             |f: File| -> Result<Arc<dyn Storage>, Error> { Ok(Arc::new(FileStorage::new(f).map_err(io("opening a diff-area file"))?)) };
+        // The redo files are made when missing: a diff area from before they existed has none.
         let files = DiffAreaFiles {
-            store: wrap(open("store")?)?,
-            journal: [wrap(open("journal.0")?)?, wrap(open("journal.1")?)?],
+            store: wrap(open("store", create)?)?,
+            journal: [wrap(open("journal.0", create)?)?, wrap(open("journal.1", create)?)?],
+            redo: Some(([wrap(open("redo.0", true)?)?, wrap(open("redo.1", true)?)?], crate::diffarea::redo::boot_id())),
             lock: Some(lock),
         };
         if create {
@@ -185,6 +200,20 @@ impl DiffAreaFiles {
         }
         Ok(files)
     }
+}
+
+/// What the last open of a diff area found in its redo log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedoReport {
+    /// Runs of bytes replayed: writes that the previous process had answered and that were
+    /// still held back when it died.
+    pub replayed_writes: usize,
+    /// Bytes replayed.
+    pub replayed_bytes: u64,
+    /// Bytes of a torn last entry (a process killed in the middle of an append), dropped.
+    pub torn_bytes: u64,
+    /// Why the log was not replayed, when it was not (written on an earlier boot, …).
+    pub discarded: Option<String>,
 }
 
 /// Why a copy went away.
@@ -276,6 +305,7 @@ struct Inner {
     cache: ChunkCache,
     max_size: Mutex<Option<u64>>,
     events: Mutex<Vec<Event>>,
+    redo_report: Mutex<RedoReport>,
     /// Set once the diff area failed: copies are gone, live writes go straight to the volume.
     failure: Mutex<Option<String>>,
     shutdown: AtomicBool,
@@ -342,9 +372,17 @@ impl ShadowVolume {
         };
         files.store.set_len(0).map_err(|source| DiffAreaError::Io { what: "creating the store", source })?;
         let journal = Journal::create(files.journal.clone(), header)?;
+        let redo = match &files.redo {
+            Some((redo_files, boot)) => Some(
+                RedoLog::create(redo_files.clone(), boot.unwrap_or([0; 16]), header.diff_area_id)
+                    .map_err(|source| DiffAreaError::Io { what: "creating the redo log", source })?,
+            ),
+            None => None,
+        };
         let vol = Self::assemble(
             volume,
             files,
+            redo,
             journal,
             Catalog::new(1),
             SlotAllocator::from_used(std::iter::empty(), capacity),
@@ -353,6 +391,7 @@ impl ShadowVolume {
         );
         vol.inner.push_record(&Record::Config { max_size: max_size.unwrap_or(u64::MAX) });
         vol.inner.commit()?;
+        vol.inner.pending.allow_checkpoints();
         tracing::info!(diff_area = %vol.inner.diff_area_id, chunk_size = options.chunk_size, max_size = ?max_size, "diff area created");
         Ok(vol)
     }
@@ -401,8 +440,17 @@ impl ShadowVolume {
             .collect();
         let damaged = !recovered.damage.is_empty();
         let seal = recovered.seal;
-        let vol = Self::assemble(volume, files, journal, recovered.catalog, slots, max_size, engine);
+        let (redo, redone) = match &files.redo {
+            Some((redo_files, boot)) => {
+                let (log, found) = RedoLog::open(redo_files.clone(), *boot, header.diff_area_id, header.chunk_size, volume_size)
+                    .map_err(|source| DiffAreaError::Io { what: "reading the redo log", source })?;
+                (Some(log), found)
+            }
+            None => (None, Default::default()),
+        };
+        let vol = Self::assemble(volume, files, redo, journal, recovered.catalog, slots, max_size, engine);
         vol.check_seal(seal)?;
+        vol.replay_redo(redone)?;
         for e in &failed {
             if let Event::CopyFailed { id, reason } = e {
                 tracing::error!(copy = %id, %reason, "shadow copy failed");
@@ -417,6 +465,41 @@ impl ShadowVolume {
         vol.inner.trim_store();
         tracing::info!(diff_area = %vol.inner.diff_area_id, copies = vol.inner.catalog.read().copies().len(), "diff area opened");
         Ok(vol)
+    }
+
+    /// Applies the writes a dead process had answered but still held back, through the normal
+    /// write path (so copies are preserved for as usual), makes them durable and empties the
+    /// redo log. The old entries stay in the log until then: a death during the replay replays
+    /// them again, with this replay's own entries after them.
+    fn replay_redo(&self, found: crate::diffarea::redo::Recovered) -> Result<(), Error> {
+        let inner = &self.inner;
+        let mut report = RedoReport { torn_bytes: found.torn_bytes, discarded: found.discarded, ..Default::default() };
+        if let Some(why) = &report.discarded {
+            tracing::info!(diff_area = %inner.diff_area_id, reason = %why, "redo log not replayed");
+        }
+        for (offset, data) in &found.writes {
+            inner.write_at(data, *offset)?;
+            report.replayed_writes += 1;
+            report.replayed_bytes += data.len() as u64;
+        }
+        if report.replayed_writes > 0 {
+            self.flush()?;
+            tracing::warn!(
+                diff_area = %inner.diff_area_id,
+                writes = report.replayed_writes,
+                bytes = report.replayed_bytes,
+                "replayed live writes that the previous process had answered but not yet written to the volume when it died"
+            );
+        }
+        inner.pending.reset_log();
+        inner.pending.allow_checkpoints();
+        *inner.redo_report.lock() = report;
+        Ok(())
+    }
+
+    /// What the last open found in the redo log (see [`RedoReport`]).
+    pub fn redo_report(&self) -> RedoReport {
+        self.inner.redo_report.lock().clone()
     }
 
     /// Compares the volume with its fingerprint at the last clean stop (`seal`): if they differ,
@@ -477,9 +560,11 @@ impl ShadowVolume {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         volume: Arc<dyn Storage>,
         files: DiffAreaFiles,
+        redo: Option<RedoLog>,
         journal: Journal,
         catalog: Catalog,
         slots: SlotAllocator,
@@ -504,10 +589,12 @@ impl ShadowVolume {
             pending: Pending::new(
                 header.chunk_size.trailing_zeros(),
                 (options.pending_limit / u64::from(header.chunk_size)).min(1 << 16) as usize,
+                redo,
             ),
             cache: ChunkCache::new(options.cache_chunks),
             max_size: Mutex::new(max_size),
             events: Mutex::new(Vec::new()),
+            redo_report: Mutex::new(RedoReport::default()),
             failure: Mutex::new(None),
             shutdown: AtomicBool::new(false),
             wake: (Mutex::new(()), Condvar::new()),
@@ -610,7 +697,9 @@ impl ShadowVolume {
     /// [`ShadowVolume::seal`]).
     pub fn close(mut self) -> Result<(), Error> {
         self.stop_committer();
-        self.seal()
+        self.seal()?;
+        self.inner.pending.reset_log();
+        Ok(())
     }
 
     fn stop_committer(&mut self) {
@@ -631,8 +720,9 @@ impl Drop for ShadowVolume {
     fn drop(&mut self) {
         if self.committer.is_some() {
             self.stop_committer();
-            if let Err(e) = self.flush() {
-                tracing::error!(error = %e, "flushing on close failed");
+            match self.flush() {
+                Ok(()) => self.inner.pending.reset_log(),
+                Err(e) => tracing::error!(error = %e, "flushing on close failed"),
             }
         }
     }

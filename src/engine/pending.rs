@@ -11,14 +11,23 @@
 //! still what the volume holds, which cannot change while the chunk is held (every write to it
 //! lands here). A write that would leave a gap fills the gap from the volume first.
 //!
-//! Owns only the held bytes; never decides when to commit.
+//! Every change to a held chunk is also appended to the diff area's redo log
+//! ([`crate::diffarea::redo`]) under the chunk's shard lock, before the write is answered, and a
+//! release is logged before the chunk stops being held: so a death of the process loses no
+//! answered write (the next open replays what was still held). Each shard appends to one of
+//! the log's two files; a checkpoint moves the shards, one at a time, to the other file by
+//! logging their held chunks there whole, and then empties the first file.
+//!
+//! Owns only the held bytes and their log; never decides when to commit.
 
 use std::collections::HashMap;
 use std::io;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
+
+use crate::diffarea::redo::{RedoLog, REDO_HEADER_LEN};
 
 const SHARDS: usize = 64;
 /// Runs of 64 consecutive chunks share a shard, so that a release can write a run with one call.
@@ -35,10 +44,39 @@ struct Held {
 /// Reads bytes of the volume: `(byte offset, buffer)`.
 pub(super) type VolumeRead<'a> = &'a dyn Fn(u64, &mut [u8]) -> io::Result<()>;
 
+/// Below this, a redo file is never checkpointed.
+const CHECKPOINT_MIN: u64 = 8 << 20;
+
+#[derive(Debug, Default)]
+struct Shard {
+    held: HashMap<u64, Held>,
+    /// The redo file this shard appends to.
+    file: usize,
+}
+
+/// Whether a change to held bytes is in the redo log, so that a death of the process cannot
+/// lose it. When it is not (the log's file could not be written), the caller must make the bytes
+/// reach the volume before it answers (a commit).
+#[must_use]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Logged {
+    Yes,
+    No,
+}
+
 /// Chunks waiting for their commit, sharded by runs of chunks.
 #[derive(Debug)]
 pub(super) struct Pending {
-    shards: Vec<Mutex<HashMap<u64, Held>>>,
+    shards: Vec<Mutex<Shard>>,
+    /// `None`: held bytes live in memory only (test doubles that model power loss alone).
+    redo: Option<RedoLog>,
+    /// Cleared when the log failed: held changes are then made durable before they are answered.
+    redo_ok: AtomicBool,
+    /// Checkpoints wait until the open's replay has read the old entries.
+    checkpoints: AtomicBool,
+    checkpoint: Mutex<()>,
+    /// The file shards move to at the next checkpoint is the other one.
+    active: AtomicUsize,
     bytes: AtomicU64,
     chunk_shift: u32,
     /// Released chunk buffers kept for reuse: fresh allocations cost a page fault per page.
@@ -47,10 +85,16 @@ pub(super) struct Pending {
 }
 
 impl Pending {
-    /// Holds chunks of `1 << chunk_shift` bytes; keeps up to `spare_max` released buffers.
-    pub(super) fn new(chunk_shift: u32, spare_max: usize) -> Self {
+    /// Holds chunks of `1 << chunk_shift` bytes, logging them to `redo`; keeps up to
+    /// `spare_max` released buffers.
+    pub(super) fn new(chunk_shift: u32, spare_max: usize, redo: Option<RedoLog>) -> Self {
         Pending {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            redo,
+            redo_ok: AtomicBool::new(true),
+            checkpoints: AtomicBool::new(false),
+            checkpoint: Mutex::new(()),
+            active: AtomicUsize::new(0),
             bytes: AtomicU64::new(0),
             chunk_shift,
             spare: Mutex::new(Vec::new()),
@@ -58,7 +102,7 @@ impl Pending {
         }
     }
 
-    fn shard(&self, chunk: u64) -> &Mutex<HashMap<u64, Held>> {
+    fn shard(&self, chunk: u64) -> &Mutex<Shard> {
         &self.shards[((chunk >> RUN_SHIFT) % SHARDS as u64) as usize]
     }
 
@@ -94,34 +138,66 @@ impl Pending {
         offset_in_chunk: usize,
         data: &[u8],
         volume: VolumeRead<'_>,
-    ) -> io::Result<()> {
-        let mut map = self.shard(chunk).lock();
-        if let Some(h) = map.get_mut(&chunk) {
+    ) -> io::Result<Logged> {
+        let mut shard = self.shard(chunk).lock();
+        if let Some(h) = shard.held.get_mut(&chunk) {
             h.commit = h.commit.max(commit);
             let grown = merge(h, chunk << self.chunk_shift, offset_in_chunk, data, volume)?;
             self.bytes.fetch_add(grown, Ordering::AcqRel);
-            return Ok(());
+        } else {
+            let mut buf = self.buffer(chunk_len);
+            let valid = offset_in_chunk..offset_in_chunk + data.len();
+            buf[valid.clone()].copy_from_slice(data);
+            shard.held.insert(chunk, Held { commit, data: buf, valid });
+            self.bytes.fetch_add(data.len() as u64, Ordering::AcqRel);
         }
-        let mut buf = self.buffer(chunk_len);
-        let valid = offset_in_chunk..offset_in_chunk + data.len();
-        buf[valid.clone()].copy_from_slice(data);
-        map.insert(chunk, Held { commit, data: buf, valid });
-        self.bytes.fetch_add(data.len() as u64, Ordering::AcqRel);
-        Ok(())
+        Ok(self.log_held(shard.file, (chunk << self.chunk_shift) + offset_in_chunk as u64, data))
     }
 
-    /// Applies a write to a held chunk; false when the chunk is not held.
-    pub(super) fn update(&self, chunk: u64, offset_in_chunk: usize, data: &[u8], volume: VolumeRead<'_>) -> io::Result<bool> {
-        let mut map = self.shard(chunk).lock();
-        let Some(h) = map.get_mut(&chunk) else { return Ok(false) };
+    /// Applies a write to a held chunk; `None` when the chunk is not held.
+    pub(super) fn update(&self, chunk: u64, offset_in_chunk: usize, data: &[u8], volume: VolumeRead<'_>) -> io::Result<Option<Logged>> {
+        let mut shard = self.shard(chunk).lock();
+        let file = shard.file;
+        let Some(h) = shard.held.get_mut(&chunk) else { return Ok(None) };
         let grown = merge(h, chunk << self.chunk_shift, offset_in_chunk, data, volume)?;
         self.bytes.fetch_add(grown, Ordering::AcqRel);
-        Ok(true)
+        Ok(Some(self.log_held(file, (chunk << self.chunk_shift) + offset_in_chunk as u64, data)))
+    }
+
+    /// Logs held bytes (under their shard's lock).
+    fn log_held(&self, file: usize, offset: u64, data: &[u8]) -> Logged {
+        let Some(redo) = &self.redo else { return Logged::Yes };
+        if !self.redo_ok.load(Ordering::Acquire) {
+            return Logged::No;
+        }
+        match redo.append_held(file, offset, data) {
+            Ok(()) => Logged::Yes,
+            Err(e) => {
+                self.redo_failed(&e);
+                Logged::No
+            }
+        }
+    }
+
+    /// Stops using the redo log after a failed append: from now on held changes are committed
+    /// before they are answered. A release that could not be logged would let an old entry be
+    /// replayed over newer data, so the log's files are emptied (their headers stay).
+    fn redo_failed(&self, e: &io::Error) {
+        if self.redo_ok.swap(false, Ordering::AcqRel) {
+            tracing::error!(error = %e, "the diff area's redo log cannot be written: live writes to held chunks now wait for their commit");
+        }
+        if let Some(redo) = &self.redo {
+            for i in 0..2 {
+                if let Err(e) = redo.reset(i) {
+                    tracing::error!(error = %e, file = i, "emptying a redo file failed");
+                }
+            }
+        }
     }
 
     /// Whether `chunk` is held.
     pub(super) fn holds(&self, chunk: u64) -> bool {
-        self.shard(chunk).lock().contains_key(&chunk)
+        self.shard(chunk).lock().held.contains_key(&chunk)
     }
 
     /// Reads `buf` from `offset_in_chunk` of a held chunk — the held bytes over what the volume
@@ -130,8 +206,8 @@ impl Pending {
         if self.is_empty() {
             return Ok(false);
         }
-        let map = self.shard(chunk).lock();
-        let Some(h) = map.get(&chunk) else { return Ok(false) };
+        let shard = self.shard(chunk).lock();
+        let Some(h) = shard.held.get(&chunk) else { return Ok(false) };
         let want = offset_in_chunk..offset_in_chunk + buf.len();
         let both = want.start.max(h.valid.start)..want.end.min(h.valid.end);
         if both.start > want.start || both.end < want.end || both.is_empty() {
@@ -146,14 +222,17 @@ impl Pending {
 
     /// Writes every chunk held for commits `<= upto` (all of them when `None`) through `write`
     /// — `(byte offset on the volume, pieces written back to back)`, a run of consecutive whole
-    /// chunks in one call — and forgets them. Chunks stay held if their write fails.
+    /// chunks in one call — logs their release and forgets them. Chunks stay held if their write
+    /// fails.
     pub(super) fn release(&self, upto: Option<u64>, mut write: impl FnMut(u64, &[&[u8]]) -> io::Result<()>) -> io::Result<()> {
         if self.is_empty() {
             return Ok(());
         }
         for shard in &self.shards {
             // One shard at a time: writers and readers of other shards are never held.
-            let mut map = shard.lock();
+            let mut guard = shard.lock();
+            let shard = &mut *guard;
+            let map = &mut shard.held;
             let mut due: Vec<u64> = map.iter().filter(|(_, h)| upto.is_none_or(|u| h.commit <= u)).map(|(c, _)| *c).collect();
             if due.is_empty() {
                 continue;
@@ -165,25 +244,105 @@ impl Pending {
                 *b == a + 1 && ha.valid.end == ha.data.len() && hb.valid.start == 0
             };
             let runs: Vec<Vec<u64>> = due.chunk_by(touches).map(<[u64]>::to_vec).collect();
+            let mut written: Vec<u64> = Vec::with_capacity(due.len());
+            let mut failure = None;
             for run in runs {
                 let first = &map[&run[0]];
                 let at = (run[0] << self.chunk_shift) + first.valid.start as u64;
                 let bufs: Vec<&[u8]> = run.iter().map(|c| &map[c].data[map[c].valid.clone()]).collect();
-                write(at, &bufs)?;
-                let len: u64 = bufs.iter().map(|b| b.len() as u64).sum();
-                let mut spare = self.spare.lock();
-                for c in &run {
-                    if let Some(h) = map.remove(c) {
-                        if spare.len() < self.spare_max {
-                            spare.push(h.data);
+                if let Err(e) = write(at, &bufs) {
+                    failure = Some(e);
+                    break;
+                }
+                written.extend_from_slice(&run);
+            }
+            // The release is logged before the chunks stop being held: a write straight to the
+            // volume can only follow it, so a replay never puts older bytes over it.
+            if !written.is_empty() {
+                if let Some(redo) = &self.redo {
+                    if self.redo_ok.load(Ordering::Acquire) {
+                        if let Err(e) = redo.append_released(shard.file, &written) {
+                            self.redo_failed(&e);
                         }
                     }
                 }
-                drop(spare);
-                self.bytes.fetch_sub(len, Ordering::AcqRel);
+            }
+            let mut len = 0u64;
+            let mut spare = self.spare.lock();
+            for c in &written {
+                if let Some(h) = map.remove(c) {
+                    len += h.valid.len() as u64;
+                    if spare.len() < self.spare_max {
+                        spare.push(h.data);
+                    }
+                }
+            }
+            drop(spare);
+            self.bytes.fetch_sub(len, Ordering::AcqRel);
+            if let Some(e) = failure {
+                return Err(e);
             }
         }
         Ok(())
+    }
+
+    /// Lets checkpoints run (once the open's replay has read the log's old entries).
+    pub(super) fn allow_checkpoints(&self) {
+        self.checkpoints.store(true, Ordering::Release);
+    }
+
+    /// Empties the redo log when nothing is held (at open after the replay, at a clean close).
+    pub(super) fn reset_log(&self) {
+        let Some(redo) = &self.redo else { return };
+        let _one = self.checkpoint.lock();
+        let shards: Vec<_> = self.shards.iter().map(|s| s.lock()).collect();
+        if shards.iter().any(|s| !s.held.is_empty()) {
+            return;
+        }
+        for i in 0..2 {
+            if let Err(e) = redo.reset(i) {
+                self.redo_failed(&e);
+            }
+        }
+    }
+
+    /// Moves every shard to the other redo file once the active one has grown past both
+    /// [`CHECKPOINT_MIN`] and four times the bytes held (so the rewriting costs at most a
+    /// quarter of what was logged), then empties the first file.
+    pub(super) fn checkpoint_if_due(&self) {
+        let Some(redo) = &self.redo else { return };
+        if !self.checkpoints.load(Ordering::Acquire) || !self.redo_ok.load(Ordering::Acquire) {
+            return;
+        }
+        let old = self.active.load(Ordering::Acquire);
+        let len = redo.len(old);
+        if len < CHECKPOINT_MIN || len < 4 * self.bytes() {
+            return;
+        }
+        let Some(_one) = self.checkpoint.try_lock() else { return };
+        let new = 1 - old;
+        if redo.len(new) != REDO_HEADER_LEN {
+            if let Err(e) = redo.reset(new) {
+                return self.redo_failed(&e);
+            }
+        }
+        for shard in &self.shards {
+            let mut shard = shard.lock();
+            if shard.file == new {
+                continue;
+            }
+            for (chunk, h) in &shard.held {
+                let at = (chunk << self.chunk_shift) + h.valid.start as u64;
+                if let Err(e) = redo.append_held(new, at, &h.data[h.valid.clone()]) {
+                    return self.redo_failed(&e);
+                }
+            }
+            shard.file = new;
+        }
+        self.active.store(new, Ordering::Release);
+        if let Err(e) = redo.reset(old) {
+            self.redo_failed(&e);
+        }
     }
 }
 

@@ -8,11 +8,12 @@
 //! 3. take slots (deleting the oldest copies when the diff area is full), write the old content
 //!    into them, then index them — the slot is written before any reader can find it;
 //! 4. write the new data: chunks whose record serves a persistent copy are held back until the
-//!    record is durable ([`super::pending`]); chunks already held are updated in place; the rest
-//!    go to the volume in contiguous runs.
+//!    record is durable ([`super::pending`], which also logs them for a death of the process);
+//!    chunks already held are updated in place; the rest go to the volume in contiguous runs.
 
 use std::io;
 
+use super::pending::Logged;
 use super::{DeleteReason, Inner};
 use crate::diffarea::format::Record;
 use crate::error::Error;
@@ -48,7 +49,20 @@ impl Inner {
         let _stripes = self.stripes.write_range(first, last);
         let (plan, _ticket) = self.plan(first, last);
         let preserved = self.preserve(first, last, plan)?;
-        self.apply(data, offset, first, last, preserved)
+        let logged = self.apply(data, offset, first, last, preserved)?;
+        self.answerable(logged);
+        Ok(())
+    }
+
+    /// Before a write is answered: if held bytes of it could not be logged for a death of the
+    /// process (the redo log failed), a commit makes them reach the volume first. A commit that
+    /// fails stops the diff area, which also hands the held bytes to the volume.
+    fn answerable(&self, logged: Logged) {
+        if logged == Logged::No {
+            if let Err(e) = self.commit() {
+                tracing::debug!(error = %e, "commit of unlogged held bytes failed");
+            }
+        }
     }
 
     /// Step 1, the write's ordering point: which chunks to preserve for which copy.
@@ -84,7 +98,8 @@ impl Inner {
                 self.cache.invalidate(first, last);
             } else {
                 let preserved = self.preserve(first, last, plan)?;
-                self.apply(&zeros, pos, first, last, preserved)?;
+                let logged = self.apply(&zeros, pos, first, last, preserved)?;
+                self.answerable(logged);
             }
             pos = step_end;
         }
@@ -256,9 +271,10 @@ impl Inner {
         Ok(true)
     }
 
-    /// Step 4: the write itself.
-    fn apply(&self, data: &[u8], offset: u64, first: u64, last: u64, preserved: Vec<Preserved>) -> Result<(), Error> {
+    /// Step 4: the write itself. Says whether every held byte of it is in the redo log.
+    fn apply(&self, data: &[u8], offset: u64, first: u64, last: u64, preserved: Vec<Preserved>) -> Result<Logged, Error> {
         let end = offset + data.len() as u64;
+        let mut logged = Logged::Yes;
         let mut held = preserved.iter().filter(|p| p.hold_until.is_some()).peekable();
         // Contiguous byte range still to be written straight to the volume.
         let mut direct: Option<(u64, u64)> = None;
@@ -280,15 +296,20 @@ impl Inner {
                 let p = held.next().expect("peeked");
                 flush_direct(&mut direct)?;
                 // Only the bytes written are held; the rest of the chunk stays on the volume.
-                self.pending
+                let l = self
+                    .pending
                     .hold(c, self.chunk_len(c), p.hold_until.expect("filtered"), in_chunk, part, &|at, b| self.volume.read_at(b, at))
                     .map_err(Error::volume("reading the volume"))?;
-            } else if self
-                .pending
-                .update(c, in_chunk, part, &|at, b| self.volume.read_at(b, at))
-                .map_err(Error::volume("reading the volume"))?
+                if l == Logged::No {
+                    logged = Logged::No;
+                }
+            } else if let Some(l) =
+                self.pending.update(c, in_chunk, part, &|at, b| self.volume.read_at(b, at)).map_err(Error::volume("reading the volume"))?
             {
                 flush_direct(&mut direct)?;
+                if l == Logged::No {
+                    logged = Logged::No;
+                }
             } else {
                 direct = match direct {
                     Some((ds, de)) if de == s => Some((ds, e)),
@@ -302,6 +323,6 @@ impl Inner {
         }
         flush_direct(&mut direct)?;
         self.cache.invalidate(first, last);
-        Ok(())
+        Ok(logged)
     }
 }

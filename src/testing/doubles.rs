@@ -7,6 +7,8 @@
 //!   [`SimDisk::after_power_loss`] builds the disk a reboot would find — the durable bytes, plus
 //!   (in [`PowerLoss::Writeback`] mode) any subset of the writes since the last sync, in order,
 //!   one of them possibly torn at a sector boundary, as a kernel's writeback may leave them.
+//!   [`SimDisk::after_process_death`] builds what a restarted process finds instead: every
+//!   completed write (the page cache survived), on the same boot.
 //!   Writes can also be made to fail with an errno (a full disk, a dying device).
 
 use std::io;
@@ -105,6 +107,8 @@ struct SimFileState {
 #[derive(Debug, Default)]
 struct SimState {
     files: Vec<SimFileState>,
+    /// Which boot of the simulated machine this is: a power loss starts the next one.
+    boot: u64,
     syncs: u64,
     crash_at_sync: Option<u64>,
     crashed: bool,
@@ -204,7 +208,25 @@ impl SimDisk {
                 SimFileState { visible: data.clone(), durable: data, unsynced: Vec::new(), write_error: None }
             })
             .collect();
-        Arc::new(SimDisk { state: Mutex::new(SimState { files, ..Default::default() }) })
+        Arc::new(SimDisk { state: Mutex::new(SimState { files, boot: s.boot + 1, ..Default::default() }) })
+    }
+
+    /// The disk a restarted process finds after the one using this disk died: every completed
+    /// write is there, as the kernel's page cache keeps it, and nothing more is durable than
+    /// before (a later power loss may still lose the unsynced writes). This disk fails every
+    /// call from now on, so the dead process's last steps reach nothing.
+    pub fn after_process_death(&self) -> Arc<SimDisk> {
+        let mut s = self.state.lock();
+        s.crashed = true;
+        let files = s.files.iter().map(|f| SimFileState { write_error: None, ..f.clone() }).collect();
+        Arc::new(SimDisk { state: Mutex::new(SimState { files, boot: s.boot, ..Default::default() }) })
+    }
+
+    /// The id of the simulated boot, as the redo log wants it: it changes with every power loss.
+    pub fn boot_id(&self) -> [u8; 16] {
+        let mut id = [0x5a; 16];
+        id[..8].copy_from_slice(&self.state.lock().boot.to_le_bytes());
+        id
     }
 
     /// What readers of file `id` see now.

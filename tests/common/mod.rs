@@ -24,16 +24,17 @@ pub(crate) fn quiet_engine() -> EngineOptions {
     }
 }
 
+/// The diff area's files on the disk: store, journal and the redo log for the disk's boot.
 fn files(disk: &Arc<SimDisk>) -> DiffAreaFiles {
     let f = |i| -> Arc<dyn Storage> { disk.file(i) };
-    DiffAreaFiles::new(f(STORE), [f(2), f(3)])
+    DiffAreaFiles::new(f(STORE), [f(2), f(3)]).with_redo([f(4), f(5)], Some(disk.boot_id()))
 }
 
 /// A new disk holding a volume with `initial` content and an empty diff area.
 pub(crate) fn create(initial: Vec<u8>, options: DiffAreaOptions, engine: EngineOptions) -> (Arc<SimDisk>, ShadowVolume) {
     let disk = SimDisk::new();
     disk.add_file(initial);
-    for _ in 0..3 {
+    for _ in 0..5 {
         disk.add_file(Vec::new());
     }
     let vol = ShadowVolume::create(disk.file(VOLUME), files(&disk), options, engine).expect("create diff area");

@@ -1,0 +1,417 @@
+//! The redo log: live writes that were answered while their bytes were still held back
+//! ([`crate::engine`]'s `Pending`), kept where the death of the process cannot lose them.
+//!
+//! A held write's bytes may not reach the volume before the record that preserves the chunk's
+//! old content is durable (a power loss would otherwise leave a copy without its chunk). Held
+//! only in the process's memory, they would die with the process although the write was
+//! answered. So every change to a held chunk is also appended here, with `pwrite` and no sync,
+//! before the write is answered: the kernel's page cache keeps it through any death of the
+//! process. At the next open on the same boot, the writes still held are replayed through the
+//! normal write path. After a reboot the log is discarded, as a disk discards a write it was
+//! never asked to flush: its unsynced tail may have survived in any order, and replaying an old
+//! entry whose release was lost would overwrite newer data.
+//!
+//! Two files, `redo.0` and `redo.1`, each a header and entries appended back to back (one
+//! appender at a time per file):
+//!
+//! ```text
+//! header (REDO_HEADER_LEN = 512 bytes, only the first 48 used)
+//!   0  magic         [u8; 8]  "SHCPREDO"
+//!   8  version       u32      1
+//!  12  boot_id       [u8;16]  the kernel's boot id when the file was started
+//!  28  diff_area_id  [u8;16]  the journal's diff-area id
+//!  44  crc32c        u32      of bytes 0..44
+//!
+//! entry
+//!   0  magic         u32      ENTRY_MAGIC
+//!   4  kind          u8       1 = held bytes, 2 = released chunks
+//!   5  reserved      [u8; 3]  0
+//!   8  seq           u64      global order of entries in both files
+//!  16  offset        u64      held bytes: byte offset on the volume; released: 0
+//!  24  len           u32      payload bytes (released: 8 per chunk, each a u64 chunk number)
+//!  28  crc32c        u32      of bytes 0..28, then the payload
+//!  32  payload
+//! ```
+//!
+//! Replay rule: for each chunk, the bytes of its held entries newer (by `seq`) than the last
+//! release entry naming it are applied in `seq` order. A chunk is released (written to the
+//! volume from memory) before its release entry is appended, and a release entry is appended
+//! before the chunk stops being held, so a write straight to the volume always comes after the
+//! release entry that retires older held bytes. The first entry that does not decode ends a
+//! file (a torn tail: a process killed in the middle of an append).
+//!
+//! Owns the files' bytes only; never reads the volume and never decides what is held.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::bytes::le;
+use crate::volume::Storage;
+
+/// Bytes of a redo file's header.
+pub(crate) const REDO_HEADER_LEN: u64 = 512;
+const MAGIC: &[u8; 8] = b"SHCPREDO";
+const VERSION: u32 = 1;
+const ENTRY_MAGIC: u32 = 0x3144_4552; // "RED1"
+const ENTRY_LEN: usize = 32;
+const KIND_HELD: u8 = 1;
+const KIND_RELEASED: u8 = 2;
+
+/// Where the kernel says which boot this is.
+const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
+
+/// The kernel's id of the running boot. `None` where it cannot be read: then a log is never
+/// replayed by a later process, since nothing can tell that the page cache survived.
+pub fn boot_id() -> Option<[u8; 16]> {
+    let text = std::fs::read_to_string(BOOT_ID_PATH).ok()?;
+    uuid::Uuid::parse_str(text.trim()).ok().map(|u| *u.as_bytes())
+}
+
+fn header(boot_id: [u8; 16], diff_area_id: [u8; 16]) -> Vec<u8> {
+    let mut h = vec![0u8; REDO_HEADER_LEN as usize];
+    h[0..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[12..28].copy_from_slice(&boot_id);
+    h[28..44].copy_from_slice(&diff_area_id);
+    let crc = crc32c::crc32c(&h[0..44]);
+    h[44..48].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// What a file's header says, if it is one.
+fn parse_header(h: &[u8]) -> Option<([u8; 16], [u8; 16])> {
+    if h.len() < 48 || &h[0..8] != MAGIC || le::u32(h, 8) != VERSION || crc32c::crc32c(&h[0..44]) != le::u32(h, 44) {
+        return None;
+    }
+    let mut boot = [0u8; 16];
+    let mut da = [0u8; 16];
+    boot.copy_from_slice(&h[12..28]);
+    da.copy_from_slice(&h[28..44]);
+    Some((boot, da))
+}
+
+fn entry_header(kind: u8, seq: u64, offset: u64, payload: &[u8]) -> [u8; ENTRY_LEN] {
+    let mut h = [0u8; ENTRY_LEN];
+    h[0..4].copy_from_slice(&ENTRY_MAGIC.to_le_bytes());
+    h[4] = kind;
+    h[8..16].copy_from_slice(&seq.to_le_bytes());
+    h[16..24].copy_from_slice(&offset.to_le_bytes());
+    h[24..28].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&h[0..28]), payload);
+    h[28..32].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// The redo log of one diff area, open for appending.
+#[derive(Debug)]
+pub(crate) struct RedoLog {
+    files: [Arc<dyn Storage>; 2],
+    /// Where the next entry of each file goes (one appender at a time per file).
+    ends: [Mutex<u64>; 2],
+    seq: AtomicU64,
+    header: Vec<u8>,
+}
+
+/// The writes a dead process had answered but not yet written to the volume, in order.
+#[derive(Debug, Default)]
+pub(crate) struct Recovered {
+    /// `(byte offset on the volume, bytes)`, to apply in this order.
+    pub(crate) writes: Vec<(u64, Vec<u8>)>,
+    /// Why the files' content was not used, when it was not (another boot, another diff area).
+    pub(crate) discarded: Option<String>,
+    /// Bytes past the last good entry of a file (a torn append), summed over both files.
+    pub(crate) torn_bytes: u64,
+}
+
+/// One entry found by the scan.
+struct Found {
+    seq: u64,
+    file: usize,
+    /// Offset of the payload in its file.
+    at: u64,
+    offset: u64,
+    len: u32,
+}
+
+impl RedoLog {
+    /// Starts both files afresh (what they held is dropped).
+    pub(crate) fn create(files: [Arc<dyn Storage>; 2], boot_id: [u8; 16], diff_area_id: [u8; 16]) -> io::Result<Self> {
+        let log = RedoLog {
+            files,
+            ends: [Mutex::new(REDO_HEADER_LEN), Mutex::new(REDO_HEADER_LEN)],
+            seq: AtomicU64::new(1),
+            header: header(boot_id, diff_area_id),
+        };
+        for i in 0..2 {
+            log.reset(i)?;
+        }
+        Ok(log)
+    }
+
+    /// Reads what the files hold for a diff area of `chunk_size`-byte chunks on a volume of
+    /// `volume_size` bytes, and opens them for appending after their last good entry, so that a
+    /// death during the replay loses nothing: the replay's own entries come after the old ones.
+    /// Files of another boot or diff area are started afresh and nothing is replayed.
+    pub(crate) fn open(
+        files: [Arc<dyn Storage>; 2],
+        boot_id: Option<[u8; 16]>,
+        diff_area_id: [u8; 16],
+        chunk_size: u32,
+        volume_size: u64,
+    ) -> io::Result<(Self, Recovered)> {
+        let mut found = Vec::new();
+        let mut released: HashMap<u64, u64> = HashMap::new();
+        let mut ends = [REDO_HEADER_LEN; 2];
+        let mut discarded = None;
+        let mut torn_bytes = 0;
+        let mut max_seq = 0;
+        for (i, file) in files.iter().enumerate() {
+            let len = file.len()?;
+            if len == 0 {
+                continue;
+            }
+            let mut h = vec![0u8; REDO_HEADER_LEN.min(len) as usize];
+            file.read_at(&mut h, 0)?;
+            match parse_header(&h) {
+                Some((_, da)) if da != diff_area_id => {
+                    discarded = Some(format!("redo.{i} belongs to another diff area"));
+                }
+                Some(_) if boot_id.is_none() => {
+                    discarded = Some("the kernel's boot id cannot be read, so nothing tells whether the page cache survived".into());
+                }
+                Some((boot, _)) if Some(boot) != boot_id => {
+                    discarded = Some(
+                        "the redo log is from an earlier boot (its unsynced writes are not replayed, as on a disk after a power loss)"
+                            .into(),
+                    );
+                }
+                Some(_) => {
+                    let end = scan(file.as_ref(), len, i, chunk_size, volume_size, &mut found, &mut released)?;
+                    torn_bytes += len - end;
+                    ends[i] = end;
+                }
+                None if len > 0 => discarded = Some(format!("redo.{i} has no valid header")),
+                None => {}
+            }
+        }
+        let mut recovered = Recovered { discarded, torn_bytes, ..Default::default() };
+        let Some(boot) = boot_id.filter(|_| recovered.discarded.is_none()) else {
+            let log = Self::create(files, boot_id.unwrap_or([0; 16]), diff_area_id)?;
+            return Ok((log, recovered));
+        };
+        found.sort_unstable_by_key(|f| f.seq);
+        let shift = chunk_size.trailing_zeros();
+        for f in &found {
+            max_seq = max_seq.max(f.seq);
+            let mut data = vec![0u8; f.len as usize];
+            files[f.file].read_at(&mut data, f.at)?;
+            // The entry's bytes chunk by chunk: only chunks not released after it count.
+            let end = f.offset + u64::from(f.len);
+            let mut pos = f.offset;
+            while pos < end {
+                let chunk = pos >> shift;
+                let next = ((chunk + 1) << shift).min(end);
+                let live = released.get(&chunk).is_none_or(|r| *r < f.seq);
+                if live {
+                    let part = data[(pos - f.offset) as usize..(next - f.offset) as usize].to_vec();
+                    match recovered.writes.last_mut() {
+                        Some((o, d)) if *o + d.len() as u64 == pos => d.extend_from_slice(&part),
+                        _ => recovered.writes.push((pos, part)),
+                    }
+                }
+                pos = next;
+            }
+        }
+        max_seq = max_seq.max(released.values().copied().max().unwrap_or(0));
+        let log = RedoLog {
+            files,
+            ends: [Mutex::new(ends[0]), Mutex::new(ends[1])],
+            seq: AtomicU64::new(max_seq + 1),
+            header: header(boot, diff_area_id),
+        };
+        for (i, end) in ends.iter().enumerate() {
+            // Cut a torn tail, so that nothing after the next append can be mistaken for an entry.
+            if log.files[i].len()? != *end {
+                log.files[i].set_len(*end)?;
+            }
+            if *end == REDO_HEADER_LEN {
+                log.reset(i)?;
+            }
+        }
+        Ok((log, recovered))
+    }
+
+    /// Empties file `i` (its header stays).
+    pub(crate) fn reset(&self, i: usize) -> io::Result<()> {
+        let mut end = self.ends[i].lock();
+        self.files[i].set_len(0)?;
+        self.files[i].write_at(&self.header, 0)?;
+        *end = REDO_HEADER_LEN;
+        Ok(())
+    }
+
+    /// Bytes in file `i`.
+    pub(crate) fn len(&self, i: usize) -> u64 {
+        *self.ends[i].lock()
+    }
+
+    /// Appends the bytes of a write to a held chunk to file `i`.
+    pub(crate) fn append_held(&self, i: usize, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.append(i, KIND_HELD, offset, data)
+    }
+
+    /// Appends to file `i` that `chunks` were written to the volume and are held no more.
+    pub(crate) fn append_released(&self, i: usize, chunks: &[u64]) -> io::Result<()> {
+        let payload: Vec<u8> = chunks.iter().flat_map(|c| c.to_le_bytes()).collect();
+        self.append(i, KIND_RELEASED, 0, &payload)
+    }
+
+    fn append(&self, i: usize, kind: u8, offset: u64, payload: &[u8]) -> io::Result<()> {
+        let mut end = self.ends[i].lock();
+        // The sequence number is taken under the file's lock and the caller's shard lock, so
+        // that entries of one chunk are numbered in the order they happened.
+        let seq = self.seq.fetch_add(1, Ordering::AcqRel);
+        let h = entry_header(kind, seq, offset, payload);
+        self.files[i].write_vectored_at(&[&h, payload], *end)?;
+        *end += (ENTRY_LEN + payload.len()) as u64;
+        Ok(())
+    }
+}
+
+/// Scans one file's entries from the header on; returns where its last good entry ends.
+fn scan(
+    file: &dyn Storage,
+    len: u64,
+    i: usize,
+    chunk_size: u32,
+    volume_size: u64,
+    found: &mut Vec<Found>,
+    released: &mut HashMap<u64, u64>,
+) -> io::Result<u64> {
+    let mut pos = REDO_HEADER_LEN;
+    let mut h = [0u8; ENTRY_LEN];
+    // A held entry covers one chunk at most; a release entry names at most a run of chunks.
+    let max_payload = u64::from(chunk_size).max(8 << 16);
+    loop {
+        if pos + ENTRY_LEN as u64 > len {
+            return Ok(pos);
+        }
+        file.read_at(&mut h, pos)?;
+        let plen = u64::from(le::u32(&h, 24));
+        let kind = h[4];
+        if le::u32(&h, 0) != ENTRY_MAGIC || plen > max_payload || pos + ENTRY_LEN as u64 + plen > len {
+            return Ok(pos);
+        }
+        let mut payload = vec![0u8; plen as usize];
+        file.read_at(&mut payload, pos + ENTRY_LEN as u64)?;
+        if crc32c::crc32c_append(crc32c::crc32c(&h[0..28]), &payload) != le::u32(&h, 28) {
+            return Ok(pos);
+        }
+        let seq = le::u64(&h, 8);
+        let offset = le::u64(&h, 16);
+        match kind {
+            KIND_HELD if offset.checked_add(plen).is_some_and(|e| e <= volume_size) && plen > 0 => {
+                found.push(Found { seq, file: i, at: pos + ENTRY_LEN as u64, offset, len: plen as u32 });
+            }
+            KIND_RELEASED if plen % 8 == 0 => {
+                for c in payload.chunks_exact(8) {
+                    let chunk = le::u64(c, 0);
+                    let r = released.entry(chunk).or_insert(0);
+                    *r = (*r).max(seq);
+                }
+            }
+            _ => return Ok(pos), // checksummed yet senseless: treat as the end
+        }
+        pos += ENTRY_LEN as u64 + plen;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::MemStorage;
+
+    const BOOT: [u8; 16] = [7; 16];
+    const DA: [u8; 16] = [9; 16];
+
+    fn files() -> [Arc<dyn Storage>; 2] {
+        [Arc::new(MemStorage::default()), Arc::new(MemStorage::default())]
+    }
+
+    #[test]
+    fn held_bytes_replay_in_order_until_released() {
+        let f = files();
+        let log = RedoLog::create(f.clone(), BOOT, DA).unwrap();
+        log.append_held(0, 4096, &[1; 100]).unwrap(); // chunk 1
+        log.append_held(0, 4096 + 50, &[2; 10]).unwrap(); // chunk 1, newer
+        log.append_held(1, 8192, &[3; 4096]).unwrap(); // chunk 2, in the other file
+        log.append_released(0, &[2]).unwrap(); // chunk 2 reached the volume
+        log.append_held(0, 8192 + 5, &[4; 5]).unwrap(); // chunk 2 held again
+        drop(log);
+        let (_log, rec) = RedoLog::open(f, Some(BOOT), DA, 4096, 1 << 20).unwrap();
+        assert!(rec.discarded.is_none());
+        assert_eq!(rec.writes, vec![(4096, vec![1; 100]), (4096 + 50, vec![2; 10]), (8192 + 5, vec![4; 5])]);
+    }
+
+    #[test]
+    fn another_boot_or_diff_area_replays_nothing() {
+        let f = files();
+        let log = RedoLog::create(f.clone(), BOOT, DA).unwrap();
+        log.append_held(0, 0, &[1; 10]).unwrap();
+        drop(log);
+        let (_log, rec) = RedoLog::open(f.clone(), Some([8; 16]), DA, 4096, 1 << 20).unwrap();
+        assert!(rec.writes.is_empty());
+        assert!(rec.discarded.as_deref().unwrap().contains("earlier boot"));
+        // ... and the files were started afresh for this boot.
+        let (_log, rec) = RedoLog::open(f.clone(), Some([8; 16]), DA, 4096, 1 << 20).unwrap();
+        assert!(rec.writes.is_empty() && rec.discarded.is_none());
+        let (_log, rec) = RedoLog::open(f, Some([8; 16]), [1; 16], 4096, 1 << 20).unwrap();
+        assert!(rec.discarded.as_deref().unwrap().contains("another diff area"));
+    }
+
+    #[test]
+    fn a_torn_tail_ends_the_file_and_is_cut() {
+        let f = files();
+        let log = RedoLog::create(f.clone(), BOOT, DA).unwrap();
+        log.append_held(0, 0, &[1; 10]).unwrap();
+        let good_end = log.len(0);
+        log.append_held(0, 100, &[2; 1000]).unwrap();
+        drop(log);
+        f[0].set_len(good_end + 500).unwrap(); // the second append was cut short
+        let (log, rec) = RedoLog::open(f.clone(), Some(BOOT), DA, 4096, 1 << 20).unwrap();
+        assert_eq!(rec.writes, vec![(0, vec![1; 10])]);
+        assert_eq!(rec.torn_bytes, 500);
+        assert_eq!(f[0].len().unwrap(), good_end);
+        // Appending after a replay keeps the old entries and orders the new ones after them.
+        log.append_held(0, 5, &[3; 2]).unwrap();
+        drop(log);
+        let (_log, rec) = RedoLog::open(f, Some(BOOT), DA, 4096, 1 << 20).unwrap();
+        assert_eq!(rec.writes, vec![(0, vec![1; 10]), (5, vec![3; 2])]);
+    }
+
+    #[test]
+    fn an_entry_beyond_the_volume_or_too_long_ends_the_file() {
+        let f = files();
+        let log = RedoLog::create(f.clone(), BOOT, DA).unwrap();
+        log.append_held(0, 0, &[1; 10]).unwrap();
+        log.append_held(0, (1 << 20) - 5, &[2; 10]).unwrap(); // past the end of a 1 MiB volume
+        log.append_held(0, 20, &[3; 10]).unwrap();
+        drop(log);
+        let (_log, rec) = RedoLog::open(f, Some(BOOT), DA, 4096, 1 << 20).unwrap();
+        assert_eq!(rec.writes, vec![(0, vec![1; 10])]);
+    }
+
+    #[test]
+    fn no_boot_id_never_replays() {
+        let f = files();
+        let log = RedoLog::create(f.clone(), [0; 16], DA).unwrap();
+        log.append_held(0, 0, &[1; 10]).unwrap();
+        drop(log);
+        let (_log, rec) = RedoLog::open(f, None, DA, 4096, 1 << 20).unwrap();
+        assert!(rec.writes.is_empty());
+    }
+}
