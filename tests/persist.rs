@@ -214,6 +214,76 @@ fn a_broken_diff_area_sacrifices_copies_never_live_writes() {
     assert!(vol.copies().iter().all(|c| c.failed.is_some()));
 }
 
+fn read_mib(vol: &ShadowVolume, id: uuid::Uuid) -> Vec<u8> {
+    let mut x = vec![0u8; 1 << 20];
+    vol.read_copy(id, &mut x, 0).unwrap();
+    x
+}
+
+/// File id of the first redo file on the simulated disk (see `common`).
+const REDO0: usize = 4;
+
+#[test]
+fn a_redo_log_that_cannot_be_written_makes_held_writes_wait_for_their_commit() {
+    let initial = pattern(13, 1 << 20);
+    let (disk, vol) = create(initial.clone(), DiffAreaOptions { chunk_size: 4096, max_size: MaxSize::Unbounded }, quiet_engine());
+    let a = create_set(&[&vol], CreateOptions::default()).unwrap().copies[0].id;
+    // A held write with a working log: answered while its bytes are not on the volume yet.
+    vol.write_at(&pattern(14, 10_000), 0).unwrap();
+    assert_eq!(disk.visible(VOLUME)[..10_000], initial[..10_000], "the first write is held back");
+    assert!(disk.visible(REDO0).len() > 10_000, "... and in the redo log");
+    // The log's filesystem is full: the next held write is on the volume when it is answered.
+    disk.set_write_error(REDO0, Some(libc::ENOSPC));
+    vol.write_at(&pattern(15, 10_000), 200_000).unwrap();
+    assert_eq!(disk.visible(VOLUME)[200_000..210_000], pattern(15, 10_000)[..]);
+    // And so is every later one, though the log's files work again.
+    disk.set_write_error(REDO0, None);
+    vol.write_at(&pattern(16, 10_000), 400_000).unwrap();
+    assert_eq!(disk.visible(VOLUME)[400_000..410_000], pattern(16, 10_000)[..]);
+    // The process dies: nothing answered is lost and the copy is exact.
+    let disk = disk.after_process_death();
+    drop(vol);
+    let vol = open(&disk, quiet_engine()).unwrap();
+    let mut live = vec![0u8; 1 << 20];
+    vol.read_at(&mut live, 0).unwrap();
+    let mut want = initial.clone();
+    want[..10_000].copy_from_slice(&pattern(14, 10_000));
+    want[200_000..210_000].copy_from_slice(&pattern(15, 10_000));
+    want[400_000..410_000].copy_from_slice(&pattern(16, 10_000));
+    assert!(live == want);
+    assert!(read_mib(&vol, a) == initial);
+}
+
+#[test]
+fn a_replay_cut_short_by_another_death_is_replayed_again() {
+    let initial = pattern(17, 1 << 20);
+    let (disk, vol) = create(initial.clone(), DiffAreaOptions { chunk_size: 4096, max_size: MaxSize::Unbounded }, quiet_engine());
+    let a = create_set(&[&vol], CreateOptions::default()).unwrap().copies[0].id;
+    let mut want = initial.clone();
+    for i in 0..20u64 {
+        let (at, data) = ((i * 37_000) as usize, pattern(100 + i, 5000));
+        vol.write_at(&data, at as u64).unwrap();
+        want[at..at + data.len()].copy_from_slice(&data);
+    }
+    let disk = disk.after_process_death();
+    drop(vol);
+    // The next process dies at its first sync, in the middle of the replay's flush.
+    disk.crash_at_sync(1);
+    assert!(open(&disk, quiet_engine()).is_err());
+    // That death kept the page cache too: what it had written stays, and so does the log.
+    let disk = disk.after_process_death();
+    let vol = open(&disk, quiet_engine()).unwrap();
+    assert!(vol.redo_report().replayed_bytes >= 20 * 5000, "{:?}", vol.redo_report());
+    let mut live = vec![0u8; 1 << 20];
+    vol.read_at(&mut live, 0).unwrap();
+    assert!(live == want, "every answered write is back");
+    assert!(read_mib(&vol, a) == initial, "the copy is exact");
+    vol.close().unwrap();
+    // After a clean close the log is empty and the next open replays nothing.
+    let vol = open(&disk, quiet_engine()).unwrap();
+    assert_eq!(vol.redo_report().replayed_writes, 0);
+}
+
 thread_local! {
     /// Where this thread's `create_set` is cut short (a panic, standing for a crash).
     static CUT_AT: std::cell::Cell<Option<shadowcopy::SetStep>> = const { std::cell::Cell::new(None) };

@@ -39,7 +39,7 @@ fn child_workload() {
     let Ok(dir) = std::env::var("SHADOWCOPY_DEATH_DIR") else { return };
     let seed: u64 = std::env::var("SHADOWCOPY_DEATH_SEED").unwrap().parse().unwrap();
     let (img, da) = paths(Path::new(&dir));
-    let slow = seed % 2 == 0;
+    let slow = seed.is_multiple_of(2);
     let engine = EngineOptions {
         commit_interval: if slow { Duration::from_secs(3600) } else { Duration::from_millis(2) },
         pending_limit: if slow { 1 << 30 } else { 64 << 20 },

@@ -1,11 +1,12 @@
 //! The diff area's on-disk format: encoding and decoding only, no I/O.
 //!
-//! A diff area is a directory with four files:
+//! A diff area is a directory with six files:
 //!
 //! | file | content |
 //! |---|---|
 //! | `store` | preserved chunks; slot *n* is the bytes `[n*chunk_size, (n+1)*chunk_size)` |
 //! | `journal.0`, `journal.1` | two journal files; the one with the higher valid generation is active |
+//! | `redo.0`, `redo.1` | the redo log of answered live writes still held back (format in [`super::redo`]) |
 //! | `lock` | held with `flock` by the process that has the diff area open |
 //!
 //! All integers are little-endian. A journal file is one header block followed by batches:

@@ -317,7 +317,7 @@ fn scan(
             KIND_HELD if offset.checked_add(plen).is_some_and(|e| e <= volume_size) && plen > 0 => {
                 found.push(Found { seq, file: i, at: pos + ENTRY_LEN as u64, offset, len: plen as u32 });
             }
-            KIND_RELEASED if plen % 8 == 0 => {
+            KIND_RELEASED if plen.is_multiple_of(8) => {
                 for c in payload.chunks_exact(8) {
                     let chunk = le::u64(c, 0);
                     let r = released.entry(chunk).or_insert(0);

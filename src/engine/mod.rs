@@ -136,6 +136,9 @@ impl Default for EngineOptions {
     }
 }
 
+/// The redo log's two files and the boot they were written on.
+type RedoFiles = ([Arc<dyn Storage>; 2], Option<[u8; 16]>);
+
 /// The files of a diff area. [`DiffAreaFiles::in_dir`] opens them in a directory; tests hand in
 /// test doubles.
 #[derive(Debug)]
@@ -145,7 +148,7 @@ pub struct DiffAreaFiles {
     /// The two journal files.
     pub journal: [Arc<dyn Storage>; 2],
     /// The two redo files, and the boot they are replayed on (see [`DiffAreaFiles::with_redo`]).
-    redo: Option<([Arc<dyn Storage>; 2], Option<[u8; 16]>)>,
+    redo: Option<RedoFiles>,
     /// Held while open so that a second process cannot open the same diff area.
     lock: Option<File>,
 }

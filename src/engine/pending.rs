@@ -367,3 +367,65 @@ fn merge(h: &mut Held, base: u64, offset: usize, data: &[u8], volume: VolumeRead
     h.valid = hull;
     Ok(grown)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::testing::MemStorage;
+    use crate::volume::Storage;
+
+    const SHIFT: u32 = 14; // 16 KiB chunks
+    const CHUNK: usize = 1 << SHIFT;
+
+    /// Applies what a new process would replay from `files` to `volume`.
+    fn replayed(files: &[Arc<dyn Storage>; 2], mut volume: Vec<u8>) -> Vec<u8> {
+        let (_log, rec) = RedoLog::open(files.clone(), Some([1; 16]), [2; 16], CHUNK as u32, volume.len() as u64).unwrap();
+        for (at, data) in rec.writes {
+            volume[at as usize..at as usize + data.len()].copy_from_slice(&data);
+        }
+        volume
+    }
+
+    #[test]
+    fn a_checkpoint_keeps_held_chunks_and_empties_the_old_file() {
+        let files: [Arc<dyn Storage>; 2] = [Arc::new(MemStorage::default()), Arc::new(MemStorage::default())];
+        let pending = Pending::new(SHIFT, 4, Some(RedoLog::create(files.clone(), [1; 16], [2; 16]).unwrap()));
+        pending.allow_checkpoints();
+        let volume = vec![0u8; 256 * CHUNK];
+        let read = |at: u64, b: &mut [u8]| -> io::Result<()> {
+            b.copy_from_slice(&volume[at as usize..at as usize + b.len()]);
+            Ok(())
+        };
+        // Chunk 3 is held, then rewritten over and over (the log grows, the held bytes do not);
+        // chunk 100 is held and released.
+        let mut want = volume.clone();
+        assert_eq!(pending.hold(100, CHUNK, 1, 0, &[9; 100], &read).unwrap(), Logged::Yes);
+        pending.release(Some(1), |_, _| Ok(())).unwrap();
+        for i in 0..700u32 {
+            let data = vec![(i % 251) as u8; CHUNK];
+            if i == 0 {
+                assert_eq!(pending.hold(3, CHUNK, 2, 0, &data, &read).unwrap(), Logged::Yes);
+            } else {
+                assert_eq!(pending.update(3, 0, &data, &read).unwrap(), Some(Logged::Yes));
+            }
+            want[3 * CHUNK..4 * CHUNK].copy_from_slice(&data);
+        }
+        let before = pending.redo.as_ref().unwrap().len(0);
+        assert!(before > CHECKPOINT_MIN);
+        assert_eq!(replayed(&files, volume.clone()), want, "before the checkpoint");
+        pending.checkpoint_if_due();
+        let redo = pending.redo.as_ref().unwrap();
+        assert_eq!(redo.len(0), REDO_HEADER_LEN, "the old file is emptied");
+        assert!(redo.len(1) < 2 * CHUNK as u64, "the new one holds chunk 3 once: {}", redo.len(1));
+        assert_eq!(replayed(&files, volume.clone()), want, "after the checkpoint");
+        // Writes go on in the new file; a release there retires the chunk.
+        let data = vec![77u8; 10];
+        assert_eq!(pending.update(3, 5, &data, &read).unwrap(), Some(Logged::Yes));
+        want[3 * CHUNK + 5..3 * CHUNK + 15].copy_from_slice(&data);
+        assert_eq!(replayed(&files, volume.clone()), want);
+        pending.release(Some(2), |_, _| Ok(())).unwrap();
+        assert_eq!(replayed(&files, volume.clone()), volume, "nothing held, nothing replayed");
+    }
+}
