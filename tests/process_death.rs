@@ -32,13 +32,11 @@ fn paths(dir: &Path) -> (PathBuf, PathBuf) {
     (dir.join("volume.img"), dir.join("diffarea"))
 }
 
-/// The child's side: runs until killed (or 100,000 steps), one line per step begun and done.
-#[test]
-#[ignore = "run by process_death_loses_no_answered_write in a child process"]
-fn child_workload() {
-    let Ok(dir) = std::env::var("SHADOWCOPY_DEATH_DIR") else { return };
+/// The child's side (this test binary run again with `SHADOWCOPY_DEATH_DIR` set): runs until
+/// killed (or 100,000 steps), one line per step begun and done.
+fn child_workload(dir: &str) {
     let seed: u64 = std::env::var("SHADOWCOPY_DEATH_SEED").unwrap().parse().unwrap();
-    let (img, da) = paths(Path::new(&dir));
+    let (img, da) = paths(Path::new(dir));
     let slow = seed.is_multiple_of(2);
     let engine = EngineOptions {
         commit_interval: if slow { Duration::from_secs(3600) } else { Duration::from_millis(2) },
@@ -127,6 +125,9 @@ fn parse(line: &str) -> (u64, Option<Step>, Option<Uuid>) {
 
 #[test]
 fn process_death_loses_no_answered_write() {
+    if let Ok(dir) = std::env::var("SHADOWCOPY_DEATH_DIR") {
+        return child_workload(&dir);
+    }
     let tmp = tempfile::tempdir().unwrap();
     let (img, da) = paths(tmp.path());
     let initial = pattern(1, SIZE);
@@ -141,7 +142,7 @@ fn process_death_loses_no_answered_write() {
     for round in 0..ROUNDS {
         let exe = std::env::current_exe().unwrap();
         let child = Command::new(exe)
-            .args(["--exact", "child_workload", "--ignored", "--nocapture", "--test-threads", "1"])
+            .args(["--exact", "process_death_loses_no_answered_write", "--nocapture", "--test-threads", "1"])
             .env("SHADOWCOPY_DEATH_DIR", tmp.path())
             .env("SHADOWCOPY_DEATH_SEED", round.to_string())
             .stdout(Stdio::piped())

@@ -61,6 +61,11 @@ const ENTRY_LEN: usize = 32;
 const KIND_HELD: u8 = 1;
 const KIND_RELEASED: u8 = 2;
 
+/// Bytes of a file scanned at open, at most: a working log stays within a few times the held
+/// bytes (tens of MiB), so a longer file is damage, and its rest is treated as a torn tail. This
+/// bounds the memory and time of a replay.
+const SCAN_MAX: u64 = 1 << 30;
+
 /// Where the kernel says which boot this is.
 const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 
@@ -296,6 +301,7 @@ fn scan(
     let mut h = [0u8; ENTRY_LEN];
     // A held entry covers one chunk at most; a release entry names at most a run of chunks.
     let max_payload = u64::from(chunk_size).max(8 << 16);
+    let len = len.min(SCAN_MAX);
     loop {
         if pos + ENTRY_LEN as u64 > len {
             return Ok(pos);
