@@ -48,6 +48,7 @@ fn volume(blocks: usize) -> ShadowVolume {
         pending_limit: 4 << 20,
         commit_interval: Duration::from_millis(2),
         journal_compact_bytes: Some(64 << 10),
+        ..EngineOptions::default()
     };
     ShadowVolume::create(
         Arc::new(MemStorage::from_vec(initial)),
@@ -195,6 +196,7 @@ fn a_release_racing_a_preservation_read_is_never_stale() {
         pending_limit: 64 << 20,
         commit_interval: Duration::from_micros(50),
         journal_compact_bytes: None,
+        ..EngineOptions::default()
     };
     let size = 1 << 20;
     let vol = ShadowVolume::create(

@@ -278,6 +278,10 @@ fn connection(stream: UnixStream, service: &Service, admin: bool) -> std::io::Re
                     continue;
                 }
             }
+            Ok(Request { op: Op::Events { after, limit, follow: true }, .. }) => {
+                // The connection is the follower's from now on, until it goes away.
+                return follow_events(service, &writer, after, limit.unwrap_or(100));
+            }
             Ok(req) => {
                 tracing::debug!(op = ?req.op, "control request");
                 let send = |r: &Reply| {
@@ -295,6 +299,7 @@ fn connection(stream: UnixStream, service: &Service, admin: bool) -> std::io::Re
                         }
                     },
                     &mut |message| send(&Reply::Stage { message: message.to_string() }),
+                    &mut |message| send(&Reply::Notice { message: message.to_string() }),
                     &|| still_connected(&writer),
                 );
                 if let Reply::Ok(shadowcopy::protocol::Answer::Set(set)) = &reply {
@@ -305,6 +310,22 @@ fn connection(stream: UnixStream, service: &Service, admin: bool) -> std::io::Re
         };
         reply_on(end.as_writer.as_deref(), &writer, &reply)?;
     }
+}
+
+/// `events --follow`: the backlog, then each event as it happens, until the client is gone.
+fn follow_events(service: &Service, stream: &UnixStream, after: Option<u64>, limit: usize) -> std::io::Result<()> {
+    let backlog = service.events.since(after, limit);
+    let mut last = backlog.last().map_or(after.unwrap_or_else(|| service.events.last_seq()), |e| e.seq);
+    for e in backlog {
+        write_reply(stream, &Reply::Record(e))?;
+    }
+    while still_connected(stream) {
+        for e in service.events.wait_after(last, Duration::from_secs(1)) {
+            last = e.seq;
+            write_reply(stream, &Reply::Record(e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether the client on `stream` is still there (it has not closed its end), without blocking:

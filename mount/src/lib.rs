@@ -4,6 +4,8 @@
 //! | module | owns | never |
 //! |---|---|---|
 //! | [`service`] | the model (volumes, copies, exposed names) and every protocol operation | parses wire bytes or answers FUSE |
+//! | [`events`] | the event log (`shadowcopy events`): numbering, `events.jsonl`, followers | decides what is an event |
+//! | [`retention`] | schedules and retention as pure functions of a policy, the copies and the time | touches a copy or reads a clock |
 //! | [`state`] | `volumes.json` and the state-directory lock | holds copy data |
 //! | [`expose`] | exposures: copies bind-mounted on folders or on read-only loop devices | decides which copies exist |
 //! | [`control`] | the socket: framing, peer credentials, dispatch | decides what an operation does |
@@ -19,11 +21,13 @@
 #![warn(missing_docs)]
 
 pub mod control;
+pub mod events;
 pub mod expose;
 pub mod failpoints;
 pub mod fuse;
 pub mod keeper;
 pub mod lifecycle;
 pub mod namespace;
+pub mod retention;
 pub mod service;
 pub mod state;

@@ -72,6 +72,10 @@ struct Args {
     /// (instead of only saying what uses it and carrying on).
     #[arg(long)]
     stop_when_unused: bool,
+    /// Report a diff area as nearly full (`shadowcopy events`) once it is this full, in percent
+    /// of its maximum.
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
+    diff_area_warn: u8,
 }
 
 fn parse_owner(s: &str) -> Result<(u32, u32), String> {
@@ -198,10 +202,11 @@ fn run(args: Args) -> Result<()> {
     let (uid, gid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
     let (fs_uid, fs_gid) = args.fs_owner.unwrap_or((uid, gid));
     let settings = Settings {
-        mount: mount.clone(),
         cache_chunks: (args.cache_size / (16 << 10)).max(16) as usize,
         fs_owner: ForeignOwner { uid: fs_uid, gid: fs_gid, ..ForeignOwner::default() },
         allow_other: args.allow_other,
+        nearly_full_percent: args.diff_area_warn,
+        ..Settings::new(mount.clone())
     };
     if !args.allow_other {
         tracing::info!("the mount is for this user only (no --allow-other): Samba and other users see no previous versions");
@@ -254,9 +259,10 @@ fn run(args: Args) -> Result<()> {
     let svc = Arc::clone(&service);
     std::thread::Builder::new().name("shadowcopyd-state".into()).spawn(move || svc.run_state_saver())?;
     let svc = Arc::clone(&service);
-    std::thread::Builder::new().name("shadowcopyd-events".into()).spawn(move || loop {
+    // Engine events, scheduled copies and retention, twice a second.
+    std::thread::Builder::new().name("shadowcopyd-timer".into()).spawn(move || loop {
         std::thread::sleep(Duration::from_millis(500));
-        svc.poll_events();
+        svc.tick();
     })?;
 
     let (stop_tx, stop_rx) = std::sync::mpsc::channel();

@@ -41,6 +41,38 @@ pub struct VolumeRecord {
     /// another disk given the same path is refused, not served with this volume's diff area).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<shadowcopy::probe::DeviceIdentity>,
+    /// Its schedule and retention policy, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<shadowcopy::protocol::Policy>,
+    /// What people said about its copies (description, labels) and which the policy owns; a
+    /// copy with none of these has no entry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub notes: BTreeMap<Uuid, CopyNotes>,
+}
+
+/// What the daemon keeps about a copy besides the engine's record.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CopyNotes {
+    /// What it is for, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// `key=value` labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The volume's retention policy may delete it.
+    #[serde(default)]
+    pub cleanup: bool,
+    /// Taken by the volume's schedule (the newest one decides when the next is due).
+    #[serde(default)]
+    pub timeline: bool,
+}
+
+impl CopyNotes {
+    /// Nothing to keep.
+    pub fn is_empty(&self) -> bool {
+        *self == CopyNotes::default()
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

@@ -28,12 +28,13 @@ impl SlotAllocator {
         SlotAllocator { capacity, high_water, free, pending: Vec::new(), in_use: used.len() as u32 }
     }
 
-    pub(crate) fn set_capacity(&mut self, capacity: Option<u32>) {
-        self.capacity = capacity;
-    }
-
+    /// Slots it may hand out (`None`: unbounded).
     pub(crate) fn capacity(&self) -> Option<u32> {
         self.capacity
+    }
+
+    pub(crate) fn set_capacity(&mut self, capacity: Option<u32>) {
+        self.capacity = capacity;
     }
 
     /// A free slot, or `None` when the diff area is full.

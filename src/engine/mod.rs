@@ -123,6 +123,9 @@ pub struct EngineOptions {
     /// Compact the journal when its active file passes this many bytes (default: derived from
     /// the maximum size; tests set it low to exercise compaction).
     pub journal_compact_bytes: Option<u64>,
+    /// The time a copy is stamped with when it is taken. The daemon passes its own clock, so
+    /// that retention and schedules can be tested with time made to pass.
+    pub clock: fn() -> SystemTime,
 }
 
 impl Default for EngineOptions {
@@ -132,6 +135,7 @@ impl Default for EngineOptions {
             pending_limit: 64 << 20,
             commit_interval: Duration::from_millis(5),
             journal_compact_bytes: None,
+            clock: SystemTime::now,
         }
     }
 }
@@ -278,6 +282,11 @@ pub struct Usage {
     pub copies: usize,
     /// Chunks preserved in the store (records in the index).
     pub preserved_chunks: usize,
+    /// Chunks in use in the store, and how many it may hold (`None`: unbounded) before the
+    /// oldest copy is deleted to make room (the journal's share of the maximum is apart).
+    pub slots_in_use: u32,
+    /// See `slots_in_use`.
+    pub slot_capacity: Option<u32>,
     /// Heap bytes of the in-memory index.
     pub index_bytes: usize,
 }
@@ -758,7 +767,10 @@ impl Inner {
     fn usage(&self) -> Usage {
         let journal = self.journal.lock().disk_bytes();
         let store = self.store.len().unwrap_or(0);
-        let slots = self.slots.lock().in_use();
+        let (slots, slot_capacity) = {
+            let s = self.slots.lock();
+            (s.in_use(), s.capacity())
+        };
         let cat = self.catalog.read();
         Usage {
             used_bytes: u64::from(slots) * u64::from(self.chunk_size) + journal,
@@ -768,6 +780,8 @@ impl Inner {
             copies: cat.copies().len(),
             preserved_chunks: cat.index().len(),
             index_bytes: cat.index().heap_bytes(),
+            slots_in_use: slots,
+            slot_capacity,
         }
     }
 

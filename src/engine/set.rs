@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use super::{now_ns, CopyInfo, DeleteReason, Inner, ShadowVolume};
+use super::{CopyInfo, DeleteReason, Inner, ShadowVolume};
 use crate::diffarea::catalog::CopyMeta;
 use crate::diffarea::format::{Record, SnapshotRecord};
 use crate::error::Error;
@@ -58,7 +58,7 @@ pub fn create_set(volumes: &[&ShadowVolume], options: CreateOptions) -> Result<S
         }
     }
     let set_id = Uuid::new_v4();
-    let created_ns = now_ns();
+    let created_ns = (volumes[0].inner.options.clock)().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let ids: Vec<Uuid> = volumes.iter().map(|_| Uuid::new_v4()).collect();
 
     let asked = Instant::now();

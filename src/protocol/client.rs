@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use super::{Answer, ErrorReply, Op, Reply, Request, MAX_MESSAGE, VERSION};
+use super::{Answer, ErrorReply, EventView, Op, Reply, Request, MAX_MESSAGE, VERSION};
 
 /// Failures of a client call.
 #[derive(Debug, Error)]
@@ -54,6 +54,7 @@ pub fn default_socket_path() -> PathBuf {
 pub struct Client {
     reader: BufReader<Box<dyn Read + Send>>,
     writer: Box<dyn Write + Send>,
+    notices: Vec<String>,
 }
 
 impl std::fmt::Debug for Client {
@@ -72,7 +73,32 @@ impl Client {
     /// A client on an established connection: replies are read from `reader`, requests written
     /// to `writer` (the two halves of one stream).
     pub fn over(reader: impl Read + Send + 'static, writer: impl Write + Send + 'static) -> Client {
-        Client { reader: BufReader::new(Box::new(reader)), writer: Box::new(writer) }
+        Client { reader: BufReader::new(Box::new(reader)), writer: Box::new(writer), notices: Vec::new() }
+    }
+
+    /// The notices the daemon sent with the answers so far (a copy deleted because its diff
+    /// area was full), once each.
+    pub fn take_notices(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// Sends an [`Op::Events`] request with `follow` and hands each event to `each` until it
+    /// returns false or the daemon closes the connection (`Ok` then).
+    pub fn follow(&mut self, op: Op, each: &mut dyn FnMut(EventView) -> bool) -> Result<(), ClientError> {
+        self.send(op)?;
+        while let Some(reply) = self.next_reply()? {
+            match reply {
+                Reply::Record(e) => {
+                    if !each(e) {
+                        return Ok(());
+                    }
+                }
+                Reply::Notice { message } => self.notices.push(message),
+                Reply::Error(e) => return Err(ClientError::Daemon(e)),
+                other => return Err(ClientError::BadReply(format!("{other:?} in a stream of events"))),
+            }
+        }
+        Ok(())
     }
 
     /// Sends one request line without waiting (a writer's answer to an event).
@@ -126,6 +152,8 @@ impl Client {
             match serde_json::from_slice::<Reply>(&buf).map_err(|e| ClientError::BadReply(e.to_string()))? {
                 Reply::Progress { done, total } => progress(done, total),
                 Reply::Stage { message } => stage(&message),
+                Reply::Notice { message } => self.notices.push(message),
+                Reply::Record(e) => return Err(ClientError::BadReply(format!("event {} outside a stream of events", e.seq))),
                 Reply::Event(e) => {
                     return Err(ClientError::BadReply(format!("an event ({:?}) on a connection that is not a writer's", e.event)))
                 }

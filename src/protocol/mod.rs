@@ -12,6 +12,8 @@ mod client;
 
 pub use client::{default_socket_path, Client, ClientError};
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -146,13 +148,53 @@ pub enum Op {
         #[serde(default)]
         force: bool,
     },
+    /// Sets (or with `policy: null` removes) a volume's schedule and retention policy.
+    PolicySet {
+        /// The volume.
+        volume: String,
+        /// The new policy; `None` removes it (copies it owns stay, as ordinary copies).
+        policy: Option<Policy>,
+    },
+    /// Every volume's policy, with when its next scheduled copy is due.
+    PolicyList,
+    /// Deletes the copies a volume's retention policy no longer keeps (the daemon does this on
+    /// its own after each scheduled copy; this runs it now). With `dry_run`, only says which.
+    Cleanup {
+        /// The volume.
+        volume: String,
+        /// Say what would be deleted, delete nothing.
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// The daemon's recent events, oldest first: those after `after` (a sequence number), or
+    /// the last `limit`. With `follow`, the answer is a stream of [`Reply::Record`] lines, the
+    /// backlog first, then each new event as it happens, until the client disconnects.
+    Events {
+        /// Only events with a greater sequence number.
+        #[serde(default)]
+        after: Option<u64>,
+        /// At most this many (the newest) [default: 100].
+        #[serde(default)]
+        limit: Option<usize>,
+        /// Keep the connection open and send new events as they happen.
+        #[serde(default)]
+        follow: bool,
+    },
 }
 
 impl Op {
     /// Whether the operation changes state (and so needs an administrator).
     pub fn changes_state(&self) -> bool {
         match self {
-            Op::Status | Op::VolumeList | Op::List { .. } | Op::StorageList | Op::Diff { .. } | Op::Writers => false,
+            Op::Status
+            | Op::VolumeList
+            | Op::List { .. }
+            | Op::StorageList
+            | Op::Diff { .. }
+            | Op::Writers
+            | Op::PolicyList
+            | Op::Events { .. }
+            | Op::Cleanup { dry_run: true, .. } => false,
             // A writer takes part in sets: it must be trusted like an administrator.
             Op::WriterRegister(_) | Op::WriterAnswer { .. } => true,
             Op::VolumeAdd { .. }
@@ -165,9 +207,145 @@ impl Op {
             | Op::Revert { .. }
             | Op::Expose { .. }
             | Op::Unexpose { .. }
-            | Op::DaemonStop { .. } => true,
+            | Op::DaemonStop { .. }
+            | Op::PolicySet { .. }
+            | Op::Cleanup { .. } => true,
         }
     }
+
+    /// The volumes the operation names, where it names them by volume name (`None`: it
+    /// concerns every volume, or names copies by id). Notices about a volume (a copy deleted
+    /// because its diff area was full) go with the answer to the next operation that names it.
+    pub fn volumes(&self) -> Option<Vec<String>> {
+        match self {
+            Op::VolumeAdd { name, .. } | Op::VolumeRemove { name } => Some(vec![name.clone()]),
+            Op::Create(req) => Some(req.volumes.clone()),
+            Op::List { volume: Some(v) } => Some(vec![v.clone()]),
+            Op::Delete { target: DeleteTarget::Oldest(v) | DeleteTarget::All(v) } => Some(vec![v.clone()]),
+            Op::StorageResize { volume, .. } | Op::PolicySet { volume, .. } | Op::Cleanup { volume, .. } => Some(vec![volume.clone()]),
+            _ => None,
+        }
+    }
+}
+
+/// A volume's schedule and retention policy, like snapper's `TIMELINE_CREATE` and
+/// `TIMELINE_LIMIT_*` or sanoid's templates. Retention only ever deletes copies the policy owns
+/// (those taken by the schedule, and those created with `cleanup`), never an exposed one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// How often the daemon takes a copy: `hourly`, `daily`, `weekly`, or an interval such as
+    /// `15m`, `6h`, `2d` (aligned to UTC: an hourly copy is due at each full hour). `None`: no
+    /// schedule, retention only.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// What retention keeps.
+    #[serde(default)]
+    pub keep: Keep,
+}
+
+/// Which of the copies a policy owns are kept: the first copy of each of the newest `hourly`
+/// hours (`daily` days, `weekly` ISO weeks, `monthly` months, `yearly` years) that have one,
+/// plus the newest `min_count` copies, plus every copy younger than `min_age_secs`. Everything
+/// else the policy owns is deleted (unless exposed).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Keep {
+    /// Hours that keep their first copy.
+    #[serde(default)]
+    pub hourly: u32,
+    /// Days (UTC) that keep their first copy.
+    #[serde(default)]
+    pub daily: u32,
+    /// ISO weeks (Monday to Sunday, UTC) that keep their first copy.
+    #[serde(default)]
+    pub weekly: u32,
+    /// Months that keep their first copy.
+    #[serde(default)]
+    pub monthly: u32,
+    /// Years that keep their first copy.
+    #[serde(default)]
+    pub yearly: u32,
+    /// The newest copies kept whatever their age.
+    #[serde(default)]
+    pub min_count: u32,
+    /// Copies younger than this (seconds) are kept.
+    #[serde(default)]
+    pub min_age_secs: u64,
+}
+
+/// A volume's policy as `policy list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyView {
+    /// The volume.
+    pub volume: String,
+    /// Its policy.
+    pub policy: Policy,
+    /// When the next scheduled copy is due (Unix seconds, UTC), if there is a schedule.
+    pub next_copy_unix: Option<u64>,
+    /// Copies the policy owns now.
+    pub owned_copies: usize,
+}
+
+/// What a cleanup deleted (or, for a dry run, would delete).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CleanupView {
+    /// The volume.
+    pub volume: String,
+    /// Nothing was deleted: `deleted` is what would have been.
+    pub dry_run: bool,
+    /// The copies deleted.
+    pub deleted: Vec<CopyView>,
+    /// Copies the policy owns that it keeps.
+    pub kept: usize,
+    /// Copies the policy would delete but keeps because they are exposed.
+    pub kept_exposed: usize,
+}
+
+/// What happened, as `shadowcopy events` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EventView {
+    /// Increases by one per event (across restarts).
+    pub seq: u64,
+    /// When, Unix seconds (UTC).
+    pub time_unix: f64,
+    /// What kind of thing happened.
+    pub kind: EventKind,
+    /// The volume it concerns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+    /// The copy it concerns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<Uuid>,
+    /// For `copy_deleted`: `request`, `retention`, `diff_area_full`, `released` (an
+    /// auto-release set whose requester left), `interrupted` (a set a crash cut short).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What happened, in words.
+    pub message: String,
+}
+
+/// Kinds of [`EventView`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A copy was taken.
+    CopyCreated,
+    /// A copy was deleted (see `reason`).
+    CopyDeleted,
+    /// A copy can no longer be read.
+    CopyFailed,
+    /// A volume could not be opened, or its diff area stopped.
+    VolumeFailed,
+    /// A writer failed an event, or disconnected in the middle of a set.
+    WriterFailed,
+    /// A scheduled copy could not be taken.
+    ScheduleFailed,
+    /// A diff area passed the warning threshold (a share of its maximum).
+    DiffAreaNearlyFull,
 }
 
 /// A request for one shadow copy set of the named volumes.
@@ -193,6 +371,16 @@ pub struct CreateRequest {
     /// read the copies.
     #[serde(default)]
     pub defer_backup_complete: bool,
+    /// What the copies are for, in words (`list` shows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// `key=value` labels for scripts (`list` shows them; nothing in the daemon reads them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The volume's retention policy may delete these copies once it no longer keeps them
+    /// (copies taken by the schedule always are the policy's).
+    #[serde(default)]
+    pub cleanup: bool,
 }
 
 impl CreateRequest {
@@ -206,6 +394,9 @@ impl CreateRequest {
             writers: WriterSelection::default(),
             keep_after_disconnect: false,
             defer_backup_complete: false,
+            description: None,
+            labels: BTreeMap::new(),
+            cleanup: false,
         }
     }
 
@@ -499,6 +690,14 @@ pub enum Reply {
     },
     /// An event for a registered writer (on its own connection only).
     Event(EventMessage),
+    /// Something the client should be told besides the answer (a copy of a volume the request
+    /// names was deleted because its diff area was full), before the final line.
+    Notice {
+        /// What happened.
+        message: String,
+    },
+    /// One event of an [`Op::Events`] request with `follow`.
+    Record(EventView),
     /// The request succeeded.
     Ok(Answer),
     /// The request failed; nothing was changed unless the message says so.
@@ -557,6 +756,12 @@ pub enum Answer {
     Ranges(Vec<RangeView>),
     /// Writers and their states.
     Writers(Vec<WriterView>),
+    /// Volumes' policies (one, after `policy_set`).
+    Policies(Vec<PolicyView>),
+    /// What a cleanup deleted.
+    Cleanup(CleanupView),
+    /// Events, oldest first.
+    Events(Vec<EventView>),
     /// Done; the message says what happened.
     Done(String),
 }
@@ -660,6 +865,16 @@ pub struct CopyView {
     /// rest of its tree stay readable; the damaged parts give EIO).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tree_damage: Option<String>,
+    /// What it is for, in words (`create --description`; `timeline` for scheduled copies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Its `key=value` labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The volume's retention policy may delete it (taken by the schedule, or created with
+    /// `cleanup`).
+    #[serde(default)]
+    pub cleanup: bool,
 }
 
 /// A set just taken.
@@ -787,8 +1002,14 @@ pub fn windows_attribute_names(flags: u32) -> Vec<String> {
 /// `@GMT-YYYY.MM.DD-HH.MM.SS` for Unix seconds (UTC), the name Samba's `vfs_shadow_copy2` and
 /// Windows "Previous Versions" use.
 pub fn gmt_name(secs: u64) -> String {
-    let days = secs / 86400;
+    let (y, m, d) = civil_date(secs);
     let rem = secs % 86400;
+    format!("@GMT-{y:04}.{m:02}.{d:02}-{:02}.{:02}.{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// The UTC date (year, month 1-12, day 1-31) of Unix seconds `secs`.
+pub fn civil_date(secs: u64) -> (i64, u32, u32) {
+    let days = secs / 86400;
     // Civil-from-days (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
     let era = z.div_euclid(146_097);
@@ -799,7 +1020,7 @@ pub fn gmt_name(secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("@GMT-{y:04}.{m:02}.{d:02}-{:02}.{:02}.{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    (y, m as u32, d as u32)
 }
 
 /// The Unix seconds of a `@GMT-…` name.

@@ -21,6 +21,7 @@ pub(crate) fn quiet_engine() -> EngineOptions {
         pending_limit: 1 << 20,
         commit_interval: Duration::from_secs(3600),
         journal_compact_bytes: Some(6 << 10),
+        ..EngineOptions::default()
     }
 }
 

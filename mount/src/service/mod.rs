@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use shadowcopy::fsread::ForeignOwner;
-use shadowcopy::protocol::{Answer, Op, Reply};
+use shadowcopy::protocol::{Answer, EventKind, Op, Reply};
 use shadowcopy::Event;
 use uuid::Uuid;
 
@@ -49,6 +49,30 @@ pub struct Settings {
     pub fs_owner: ForeignOwner,
     /// Whether users other than the daemon's may see the mount (`--allow-other`; Samba needs it).
     pub allow_other: bool,
+    /// The time: copies are stamped with it, schedules and retention run on it (tests make
+    /// time pass).
+    pub clock: fn() -> std::time::SystemTime,
+    /// A diff area this full (percent of its maximum) is reported as nearly full.
+    pub nearly_full_percent: u8,
+}
+
+impl Settings {
+    /// Settings with every default for a daemon whose mount is at `mount`.
+    pub fn new(mount: PathBuf) -> Settings {
+        Settings {
+            mount,
+            cache_chunks: 4096,
+            fs_owner: ForeignOwner::default(),
+            allow_other: false,
+            clock: std::time::SystemTime::now,
+            nearly_full_percent: 90,
+        }
+    }
+
+    /// Now, in Unix seconds, by the service's clock.
+    pub fn now_secs(&self) -> u64 {
+        (self.clock)().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    }
 }
 
 /// Something leaving the mount: the frontend drops its entries from the kernel's caches.
@@ -108,13 +132,24 @@ pub struct Service {
     pub keeper: OnceLock<crate::keeper::ThawKeeper>,
     /// Where `daemon stop` goes: the main thread's wait ([`crate::lifecycle`]).
     pub stop_requests: OnceLock<Mutex<std::sync::mpsc::Sender<crate::lifecycle::StopRequest>>>,
+    /// What happened (`shadowcopy events`).
+    pub events: crate::events::EventLog,
+    /// Per volume, what the next request that names it is told (copies deleted because the
+    /// diff area was full).
+    notices: Mutex<BTreeMap<String, Vec<String>>>,
+    /// Per volume, the schedule slot last tried (one attempt per slot, also when it fails).
+    schedule_tried: Mutex<HashMap<String, u64>>,
 }
 
 impl Service {
     /// Reopens every registered volume of the state directory. A volume that cannot be opened
     /// is logged and left registered (it comes back once fixed), never a reason not to start.
     pub fn start(state: StateDir, settings: Settings) -> Service {
+        let events = crate::events::EventLog::open(Some(state.path().join("events.jsonl")), settings.clock);
         let svc = Service {
+            events,
+            notices: Mutex::new(BTreeMap::new()),
+            schedule_tried: Mutex::new(HashMap::new()),
             settings,
             state,
             volumes: RwLock::new(BTreeMap::new()),
@@ -147,7 +182,13 @@ impl Service {
                     svc.insert_volume(v);
                 }
                 Err(e) => {
-                    tracing::error!(volume = %rec.name, error = %e, "cannot reopen the volume; fix the cause and restart the daemon");
+                    svc.events.record(crate::events::NewEvent {
+                        kind: shadowcopy::protocol::EventKind::VolumeFailed,
+                        volume: Some(&rec.name),
+                        copy: None,
+                        reason: None,
+                        message: format!("volume `{}` cannot be opened: {e}; fix the cause and restart the daemon", rec.name),
+                    });
                     svc.unopened.lock().push((rec, e.to_string()));
                 }
             }
@@ -219,14 +260,37 @@ impl Service {
             for e in engine.take_events() {
                 match e {
                     Event::CopyDeleted { id, reason } => {
-                        tracing::warn!(volume = %v.name, copy = %id, ?reason, "shadow copy deleted by the engine");
+                        let name = v.copies.read().values().find(|c| c.info.id == id).map(|c| c.name.clone());
+                        let (why, words) = match reason {
+                            shadowcopy::DeleteReason::DiffAreaFull => ("diff_area_full", "its diff area was full"),
+                            shadowcopy::DeleteReason::Requested => ("request", "it was asked to"),
+                        };
+                        let message = format!(
+                            "shadow copy {id} ({}) of volume `{}` was deleted because {words}",
+                            name.as_deref().unwrap_or("unnamed"),
+                            v.name
+                        );
+                        self.record(EventKind::CopyDeleted, Some(&v.name), Some(id), Some(why), message.clone());
+                        if matches!(reason, shadowcopy::DeleteReason::DiffAreaFull) {
+                            self.notices.lock().entry(v.name.clone()).or_default().push(format!(
+                                "{message}; make it larger (`shadowcopy shadowstorage resize {} …`) to keep more copies",
+                                v.name
+                            ));
+                        }
                         changed |= self.forget_copy(&v, id);
                     }
                     Event::CopyFailed { id, reason } => {
-                        tracing::error!(volume = %v.name, copy = %id, %reason, "shadow copy failed");
+                        self.record(
+                            EventKind::CopyFailed,
+                            Some(&v.name),
+                            Some(id),
+                            None,
+                            format!("shadow copy {id} of volume `{}` failed: {reason}", v.name),
+                        );
                     }
                 }
             }
+            self.check_nearly_full(&v, engine);
         }
         if changed {
             // At once (see `delete`): the deleted copies' names must stay retired.
@@ -234,6 +298,49 @@ impl Service {
             self.save_state();
         }
         self.flush_departures();
+    }
+
+    /// Records an event (see [`crate::events`]).
+    fn record(&self, kind: EventKind, volume: Option<&str>, copy: Option<Uuid>, reason: Option<&'static str>, message: String) {
+        self.events.record(crate::events::NewEvent { kind, volume, copy, reason, message });
+    }
+
+    /// Reports a diff area that passed the warning threshold, once per crossing (it must fall
+    /// 5 points below the threshold to be reported again).
+    fn check_nearly_full(&self, v: &Volume, engine: &shadowcopy::ShadowVolume) {
+        use std::sync::atomic::Ordering;
+        let u = engine.usage();
+        // Of the room for preserved chunks: the oldest copy goes when that is full.
+        let (Some(max), Some(capacity)) = (u.max_bytes, u.slot_capacity.filter(|c| *c > 0)) else { return };
+        let percent = u64::from(u.slots_in_use) * 100 / u64::from(capacity);
+        let threshold = u64::from(self.settings.nearly_full_percent);
+        if percent >= threshold && !v.nearly_full.swap(true, Ordering::AcqRel) {
+            self.record(
+                EventKind::DiffAreaNearlyFull,
+                Some(&v.name),
+                None,
+                None,
+                format!(
+                    "the diff area of volume `{}` is {percent}% full ({} of {}); once full, the oldest copies are deleted. \
+                     Make it larger with `shadowcopy shadowstorage resize {} SIZE`, or delete copies",
+                    v.name,
+                    shadowcopy::size::format_size(u.used_bytes),
+                    shadowcopy::size::format_size(max),
+                    v.name
+                ),
+            );
+        } else if percent + 5 < threshold {
+            v.nearly_full.store(false, Ordering::Release);
+        }
+    }
+
+    /// The notices for the volumes `op` names (all volumes if it names none), taken.
+    fn take_notices(&self, op_volumes: Option<Vec<String>>) -> Vec<String> {
+        let mut notices = self.notices.lock();
+        match op_volumes {
+            None => std::mem::take(&mut *notices).into_values().flatten().collect(),
+            Some(names) => names.iter().filter_map(|n| notices.remove(n)).flatten().collect(),
+        }
     }
 
     /// Drops a copy from the model; true if it was there.
@@ -260,16 +367,23 @@ impl Service {
     /// Runs one request. `progress` receives (done, total) during long operations.
     /// `requester_alive` says whether the client is still connected (a set is aborted when it
     /// is not).
+    /// `notice` receives what the client should be told besides the answer, before it.
     pub fn handle(
         &self,
         op: Op,
         progress: &mut dyn FnMut(u64, u64),
         stage: &mut dyn FnMut(&str),
+        notice: &mut dyn FnMut(&str),
         requester_alive: &dyn Fn() -> bool,
     ) -> Reply {
         self.poll_events();
+        let named = op.volumes();
         let r = self.run(op, progress, stage, requester_alive);
+        self.poll_events();
         self.flush_departures();
+        for n in self.take_notices(named) {
+            notice(&n);
+        }
         match r {
             Ok(a) => Reply::Ok(a),
             Err(e) => Reply::error(e.kind(), e.to_string()),
@@ -302,6 +416,12 @@ impl Service {
             Op::Expose { id, at, device } => self.expose(id, at.as_deref(), device),
             Op::Unexpose { path } => self.unexpose(&path),
             Op::DaemonStop { force } => self.daemon_stop(force),
+            Op::PolicySet { volume, policy } => self.policy_set(&volume, policy),
+            Op::PolicyList => Ok(self.policy_list()),
+            Op::Cleanup { volume, dry_run } => self.cleanup(&volume, dry_run),
+            // Followers are served by the control server, which owns the connection.
+            Op::Events { after, limit, follow: false } => Ok(Answer::Events(self.events.since(after, limit.unwrap_or(100)))),
+            Op::Events { follow: true, .. } => Err(ServiceError::BadRequest("events with `follow` are a stream: the control server serves them".into())),
         }
     }
 

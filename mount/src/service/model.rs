@@ -52,6 +52,11 @@ pub struct Volume {
     /// The newest exposed name ever given on this volume (seconds since the epoch); new names
     /// come after it, so a deleted copy's name is never reused.
     pub(super) last_name_secs: parking_lot::Mutex<Option<u64>>,
+    /// Its schedule and retention policy.
+    pub(super) policy: parking_lot::Mutex<Option<shadowcopy::protocol::Policy>>,
+    /// Whether its diff area is past the warning threshold (the event is sent once per
+    /// crossing).
+    pub(super) nearly_full: std::sync::atomic::AtomicBool,
 }
 
 /// What serves a volume's bytes and copies: one provider per volume.
@@ -145,6 +150,8 @@ pub struct ShadowCopy {
     pub info: CopyInfo,
     /// Its volume (a copy does not keep a removed volume alive).
     pub volume: Weak<Volume>,
+    /// Its description, labels, and whether the volume's policy owns it.
+    pub notes: crate::state::CopyNotes,
     /// The filesystem inside, once looked at (`None` inside: raw only).
     pub(super) tree: OnceLock<Option<Arc<dyn ReadOnlyFs>>>,
     /// Inodes whose damage was logged already (at most [`DAMAGE_LOG_LIMIT`]).

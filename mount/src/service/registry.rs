@@ -43,7 +43,7 @@ impl Service {
     }
 
     fn engine_options(&self) -> EngineOptions {
-        EngineOptions { cache_chunks: self.settings.cache_chunks, ..EngineOptions::default() }
+        EngineOptions { cache_chunks: self.settings.cache_chunks, clock: self.settings.clock, ..EngineOptions::default() }
     }
 
     /// Opens a volume: its engine (creating the diff area with `create`), or for a read-only
@@ -105,6 +105,8 @@ impl Service {
             last_name_secs: parking_lot::Mutex::new(rec.last_name_secs),
             // Registered before this was recorded: the device found now is trusted from now on.
             identity: rec.identity.clone().or(identity),
+            policy: parking_lot::Mutex::new(rec.policy.clone()),
+            nearly_full: Default::default(),
         });
         let mut copies = vol.copies.write();
         // Names kept from before come back first; they raise the high-water mark too.
@@ -124,6 +126,7 @@ impl Service {
                 Arc::new(ShadowCopy {
                     serial: self.next_serial(),
                     name,
+                    notes: rec.notes.get(&info.id).cloned().unwrap_or_default(),
                     info,
                     volume: Arc::downgrade(&vol),
                     tree: OnceLock::new(),
@@ -180,6 +183,8 @@ impl Service {
                 exposed: v.copies.read().values().map(|c| (c.info.id, c.name.clone())).collect(),
                 last_name_secs: *v.last_name_secs.lock(),
                 identity: v.identity.clone(),
+                policy: v.policy.lock().clone(),
+                notes: v.copies.read().values().filter(|c| !c.notes.is_empty()).map(|c| (c.info.id, c.notes.clone())).collect(),
             })
             .collect();
         // Volumes that failed to open stay registered.

@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use shadowcopy::fsread::ForeignOwner;
 use shadowcopy::protocol::{Answer, CreateRequest, DeleteTarget, ErrorKind, ErrorReply, Op, Reply};
 use uuid::Uuid;
 
@@ -22,7 +21,7 @@ impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let state = StateDir::lock(&dir.path().join("state")).expect("state dir");
-        let settings = Settings { mount: dir.path().join("mnt"), cache_chunks: 16, fs_owner: ForeignOwner::default(), allow_other: false };
+        let settings = Settings { cache_chunks: 16, ..Settings::new(dir.path().join("mnt")) };
         Fixture { svc: Service::start(state, settings), dir }
     }
 
@@ -38,7 +37,7 @@ impl Fixture {
     }
 
     fn call(&self, op: Op) -> Reply {
-        self.svc.handle(op, &mut |_, _| {}, &mut |_| {}, &|| true)
+        self.svc.handle(op, &mut |_, _| {}, &mut |_| {}, &mut |_| {}, &|| true)
     }
 
     fn ok(&self, op: Op) -> Answer {
@@ -250,10 +249,10 @@ fn the_registry_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("v.img");
     std::fs::File::create(&image).and_then(|f| f.set_len(64 << 20)).unwrap();
-    let settings = Settings { mount: dir.path().join("mnt"), cache_chunks: 16, fs_owner: ForeignOwner::default(), allow_other: false };
+    let settings = Settings { cache_chunks: 16, ..Settings::new(dir.path().join("mnt")) };
     let (id, name) = {
         let svc = Service::start(StateDir::lock(&dir.path().join("state")).unwrap(), settings.clone());
-        let f = |op| svc.handle(op, &mut |_, _| {}, &mut |_| {}, &|| true);
+        let f = |op| svc.handle(op, &mut |_, _| {}, &mut |_| {}, &mut |_| {}, &|| true);
         assert!(matches!(f(add_op("v", image.to_str().unwrap())), Reply::Ok(_)));
         let req = CreateRequest { persistent: Some(true), ..CreateRequest::new(vec!["v".into()]) };
         let Reply::Ok(Answer::Set(s)) = f(Op::Create(req)) else { panic!() };
@@ -261,7 +260,7 @@ fn the_registry_survives_a_restart() {
         (s.copies[0].id, s.copies[0].exposed_name.clone())
     };
     let svc = Service::start(StateDir::lock(&dir.path().join("state")).unwrap(), settings);
-    let Reply::Ok(Answer::Copies(c)) = svc.handle(Op::List { volume: None }, &mut |_, _| {}, &mut |_| {}, &|| true) else { panic!() };
+    let Reply::Ok(Answer::Copies(c)) = svc.handle(Op::List { volume: None }, &mut |_, _| {}, &mut |_| {}, &mut |_| {}, &|| true) else { panic!() };
     assert_eq!(c.iter().map(|c| (c.id, c.exposed_name.clone())).collect::<Vec<_>>(), [(id, name)]);
 }
 
@@ -273,8 +272,8 @@ fn a_name_once_used_on_a_volume_is_never_given_again() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("v.img");
     std::fs::File::create(&image).and_then(|f| f.set_len(64 << 20)).unwrap();
-    let settings = Settings { mount: dir.path().join("mnt"), cache_chunks: 16, fs_owner: ForeignOwner::default(), allow_other: false };
-    let call = |svc: &Service, op| svc.handle(op, &mut |_, _| {}, &mut |_| {}, &|| true);
+    let settings = Settings { cache_chunks: 16, ..Settings::new(dir.path().join("mnt")) };
+    let call = |svc: &Service, op| svc.handle(op, &mut |_, _| {}, &mut |_| {}, &mut |_| {}, &|| true);
     let create = |svc: &Service| {
         let req = CreateRequest { persistent: Some(true), ..CreateRequest::new(vec!["v".into()]) };
         match call(svc, Op::Create(req)) {
@@ -314,4 +313,137 @@ fn a_failed_volume_add_leaves_nothing_behind() {
     assert!(e.message.contains("chunk"), "{}", e.message);
     assert!(matches!(f.ok(Op::VolumeList), Answer::Volumes(v) if v.is_empty()), "nothing registered");
     f.add("v", &image);
+}
+
+/// The clock of [`the_schedule_takes_copies_and_retention_keeps_what_the_policy_says`]: Unix
+/// seconds the test moves forward.
+static FAKE_NOW: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn fake_clock() -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(FAKE_NOW.load(std::sync::atomic::Ordering::SeqCst))
+}
+
+fn copies(f: &Fixture, volume: &str) -> Vec<shadowcopy::protocol::CopyView> {
+    match f.ok(Op::List { volume: Some(volume.into()) }) {
+        Answer::Copies(c) => c,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Three days of a daemon's timer, in half-hour steps, with an hourly schedule that keeps 3
+/// hourly and 2 daily copies: the schedule takes one copy per hour, and retention leaves exactly
+/// what the policy keeps, plus the copies it does not own and the exposed one.
+#[test]
+fn the_schedule_takes_copies_and_retention_keeps_what_the_policy_says() {
+    use shadowcopy::protocol::{EventKind, Keep, Policy};
+    use std::sync::atomic::Ordering::SeqCst;
+    // 2026-12-02 00:10:00 UTC.
+    const T0: u64 = 1_796_169_600 + 600;
+    FAKE_NOW.store(T0, SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::lock(&dir.path().join("state")).unwrap();
+    let svc = Service::start(state, Settings { cache_chunks: 16, clock: fake_clock, ..Settings::new(dir.path().join("mnt")) });
+    let f = Fixture { svc, dir };
+    f.add("v", &f.image("v.img", 64 << 20));
+    // A copy taken by hand, before the policy: not the policy's, never deleted by it.
+    let by_hand = f.create("v");
+    let keep = Keep { hourly: 3, daily: 2, ..Keep::default() };
+    let policy = Policy { schedule: Some("hourly".into()), keep };
+    let Answer::Policies(p) = f.ok(Op::PolicySet { volume: "v".into(), policy: Some(policy.clone()) }) else { panic!() };
+    assert_eq!(p[0].next_copy_unix, Some(T0), "the first copy is due at once");
+    let mut exposed = None;
+    for step in 0..144u64 {
+        FAKE_NOW.store(T0 + step * 1800, SeqCst);
+        f.svc.tick();
+        if step == 1 {
+            // The first scheduled copy is exposed: retention must leave it.
+            let first = copies(&f, "v").into_iter().find(|c| c.cleanup).expect("a scheduled copy");
+            f.svc.exposures.record(first.id, Place::Device("/dev/loop98".into()));
+            exposed = Some(first.id);
+        }
+    }
+    let now_copies = copies(&f, "v");
+    let scheduled: Vec<u64> = now_copies.iter().filter(|c| c.cleanup).map(|c| c.created_unix as u64).collect();
+    let hour = |h: u64| 1_796_169_600 + h * 3600 + 600;
+    // The exposed first copy (hour 0), the first copies of days 2 and 3 (hours 24 and 48), and
+    // of the last three hours (69, 70, 71).
+    assert_eq!(scheduled, [0, 24, 48, 69, 70, 71].map(hour));
+    assert!(now_copies.iter().any(|c| c.id == by_hand && !c.cleanup), "the copy taken by hand stays");
+    assert!(now_copies.iter().any(|c| Some(c.id) == exposed), "the exposed copy stays");
+    assert!(now_copies.iter().filter(|c| c.cleanup).all(|c| c.description.as_deref() == Some("timeline (hourly)")));
+    // Every deletion is an event with its reason; every scheduled copy was one too.
+    let events = f.svc.events.since(None, usize::MAX);
+    let count = |kind: EventKind, reason: Option<&str>| events.iter().filter(|e| e.kind == kind && e.reason.as_deref() == reason).count();
+    assert_eq!(count(EventKind::CopyCreated, None), 1 + 72);
+    assert_eq!(count(EventKind::CopyDeleted, Some("retention")), 72 - 6);
+    // A dry run deletes nothing and says what it would; with nothing to do it names nothing.
+    let Answer::Cleanup(c) = f.ok(Op::Cleanup { volume: "v".into(), dry_run: true }) else { panic!() };
+    assert!(c.deleted.is_empty() && c.dry_run);
+    assert_eq!((c.kept, c.kept_exposed), (5, 1));
+    // The policy and the copies' notes survive a restart; the next copy is due at the next hour.
+    let Fixture { svc, dir } = f;
+    drop(svc);
+    let state = StateDir::lock(&dir.path().join("state")).unwrap();
+    let svc = Service::start(state, Settings { cache_chunks: 16, clock: fake_clock, ..Settings::new(dir.path().join("mnt")) });
+    let f = Fixture { svc, dir };
+    let Answer::Policies(p) = f.ok(Op::PolicyList) else { panic!() };
+    assert_eq!(p[0].policy, policy);
+    assert_eq!(p[0].next_copy_unix, Some(1_796_169_600 + 72 * 3600));
+    assert_eq!(copies(&f, "v").iter().filter(|c| c.cleanup).count(), 6);
+    // A policy that keeps nothing is refused; removing the policy leaves its copies.
+    let e = f.err(Op::PolicySet { volume: "v".into(), policy: Some(Policy { schedule: Some("hourly".into()), keep: Keep::default() }) });
+    assert_eq!(e.kind, ErrorKind::BadRequest, "{}", e.message);
+    f.ok(Op::PolicySet { volume: "v".into(), policy: None });
+    assert_eq!(copies(&f, "v").len(), 7);
+    assert_eq!(f.err(Op::Cleanup { volume: "v".into(), dry_run: false }).kind, ErrorKind::BadRequest);
+}
+
+/// A copy the engine deletes because the diff area is full is an event, and the next request
+/// that names the volume is told (once); labels and descriptions are kept with copies.
+#[test]
+fn a_copy_evicted_for_space_is_told_to_the_next_request_on_its_volume() {
+    use shadowcopy::protocol::EventKind;
+    let f = Fixture::new();
+    f.ok(add_op_with("v", &f.image("v.img", 64 << 20), None, Some("1M"), false));
+    f.add("w", &f.image("w.img", 64 << 20));
+    let req = CreateRequest {
+        persistent: Some(true),
+        description: Some("before the upgrade".into()),
+        labels: [("ticket".to_string(), "OPS-1".to_string())].into(),
+        ..CreateRequest::new(vec!["v".into()])
+    };
+    let Answer::Set(set) = f.ok(Op::Create(req)) else { panic!() };
+    let id = set.copies[0].id;
+    assert_eq!(set.copies[0].labels["ticket"], "OPS-1");
+    let mut notices = Vec::new();
+    let call = |op, notices: &mut Vec<String>| f.svc.handle(op, &mut |_, _| {}, &mut |_| {}, &mut |n| notices.push(n.to_string()), &|| true);
+    // Overwrite the volume 16 KiB at a time, looking after each write: the diff area is
+    // reported nearly full before the copy is evicted, then more than it holds is written.
+    let volume = f.svc.volume("v").unwrap();
+    let engine = volume.system().unwrap();
+    let kinds = |f: &Fixture| f.svc.events.since(None, 100).iter().map(|e| e.kind).collect::<Vec<_>>();
+    for i in 0..256u64 {
+        engine.write_at(&[0xab; 16 << 10], i << 14).unwrap();
+        engine.flush().unwrap();
+        call(Op::List { volume: Some("w".into()) }, &mut notices);
+        if kinds(&f).contains(&EventKind::CopyDeleted) {
+            break;
+        }
+    }
+    let k = kinds(&f);
+    let warned = k.iter().position(|e| *e == EventKind::DiffAreaNearlyFull).expect("a nearly-full event");
+    let evicted = k.iter().position(|e| *e == EventKind::CopyDeleted).expect("the copy was evicted");
+    assert!(warned < evicted, "{k:?}");
+    // A request about another volume is not told.
+    call(Op::List { volume: Some("w".into()) }, &mut notices);
+    assert!(notices.is_empty(), "{notices:?}");
+    call(Op::List { volume: Some("v".into()) }, &mut notices);
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(notices[0].contains(&id.to_string()) && notices[0].contains("diff area was full"), "{}", notices[0]);
+    call(Op::List { volume: Some("v".into()) }, &mut notices);
+    assert_eq!(notices.len(), 1, "told once");
+    let events = f.svc.events.since(None, 100);
+    assert!(events.iter().any(|e| e.kind == EventKind::CopyDeleted && e.copy == Some(id) && e.reason.as_deref() == Some("diff_area_full")));
+    let bad = CreateRequest { labels: [("no spaces".to_string(), "x".to_string())].into(), ..CreateRequest::new(vec!["w".into()]) };
+    assert_eq!(f.err(Op::Create(bad)).kind, ErrorKind::BadRequest);
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
-use shadowcopy::protocol::{self, attributes, Answer, CopyView, DeleteTarget};
+use shadowcopy::protocol::{self, attributes, Answer, CopyView, DeleteTarget, EventKind};
 
 use super::super::{OpResult, Service, ServiceError, ShadowCopy, Volume};
 
@@ -32,11 +32,14 @@ impl Service {
             failed: c.info.failed.clone(),
             stale: c.info.stale.clone(),
             tree_damage: c.tree_damage(),
+            description: c.notes.description.clone(),
+            labels: c.notes.labels.clone(),
+            cleanup: c.notes.cleanup,
         }
     }
 
     /// The copies of a volume, oldest first.
-    fn copies_oldest_first(v: &Volume) -> Vec<Arc<ShadowCopy>> {
+    pub(in crate::service) fn copies_oldest_first(v: &Volume) -> Vec<Arc<ShadowCopy>> {
         let mut copies: Vec<Arc<ShadowCopy>> = v.copies.read().values().cloned().collect();
         copies.sort_by_key(|c| c.info.epoch);
         copies
@@ -54,7 +57,14 @@ impl Service {
         Ok(Answer::Copies(out))
     }
 
+    /// Deletes copies on request (the `delete` operation).
     pub(in crate::service) fn delete(&self, target: DeleteTarget) -> OpResult {
+        self.delete_for(target, "request")
+    }
+
+    /// Deletes copies, recording `reason` with each (`request`, `released`, `retention`,
+    /// `interrupted`). An exposed copy refuses the whole deletion.
+    pub(in crate::service) fn delete_for(&self, target: DeleteTarget, reason: &'static str) -> OpResult {
         let _admin = self.admin.lock();
         let victims: Vec<(Arc<Volume>, Arc<ShadowCopy>)> = match &target {
             DeleteTarget::Id(id) => vec![self.find_copy(*id)?],
@@ -96,6 +106,19 @@ impl Service {
             }
             self.forget_copy(v, c.info.id);
             self.sessions.released(c.info.set_id);
+            let why = match reason {
+                "retention" => "its volume's retention policy no longer keeps it",
+                "released" => "the requester of its auto-release set disconnected",
+                "interrupted" => "a crash cut its set short on other volumes",
+                _ => "it was asked to",
+            };
+            self.record(
+                EventKind::CopyDeleted,
+                Some(&v.name),
+                Some(c.info.id),
+                Some(reason),
+                format!("shadow copy {} ({}) of volume `{}` was deleted because {why}", c.info.id, c.name, v.name),
+            );
         }
         // Now, not later: the state file's name high-water mark must cover the deleted copies'
         // names before anyone could be given one of them again (after a crash and restart).

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use shadowcopy::coordinator::{self, Limits, Sequence};
 use shadowcopy::hold::{self, HoldError};
-use shadowcopy::protocol::{self, attributes, Answer, DeleteTarget, SetView};
+use shadowcopy::protocol::{self, attributes, Answer, DeleteTarget, EventKind, SetView};
 use shadowcopy::{create_set, CreateOptions, ShadowVolume};
 use uuid::Uuid;
 
@@ -22,15 +22,60 @@ struct Held {
     mount_points: Vec<PathBuf>,
 }
 
+/// Bounds on what people write on a copy (the state file keeps it).
+fn check_notes(n: &crate::state::CopyNotes) -> Result<(), ServiceError> {
+    if n.description.as_ref().is_some_and(|d| d.len() > 1024) {
+        return Err(ServiceError::BadRequest("a description may have at most 1024 bytes".into()));
+    }
+    if n.labels.len() > 64 {
+        return Err(ServiceError::BadRequest("a copy may have at most 64 labels".into()));
+    }
+    for (k, v) in &n.labels {
+        let key_ok = !k.is_empty() && k.len() <= 128 && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
+        if !key_ok || v.len() > 1024 {
+            return Err(ServiceError::BadRequest(format!(
+                "invalid label `{k}`: a key has 1-128 letters, digits, `.`, `_`, `-`, `/`; a value at most 1024 bytes"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Service {
+    /// Takes a set with these notes on its copies (the schedule's own copies).
+    pub(in crate::service) fn create_with_notes(
+        &self,
+        req: &protocol::CreateRequest,
+        notes: crate::state::CopyNotes,
+    ) -> OpResult {
+        self.create_inner(req, notes, &mut |_| {}, &|| true)
+    }
+
     pub(in crate::service) fn create(
         &self,
         req: &protocol::CreateRequest,
         stage: &mut dyn FnMut(&str),
         requester_alive: &dyn Fn() -> bool,
     ) -> OpResult {
+        let notes = crate::state::CopyNotes {
+            description: req.description.clone().filter(|d| !d.is_empty()),
+            labels: req.labels.clone(),
+            cleanup: req.cleanup,
+            timeline: false,
+        };
+        self.create_inner(req, notes, stage, requester_alive)
+    }
+
+    fn create_inner(
+        &self,
+        req: &protocol::CreateRequest,
+        notes: crate::state::CopyNotes,
+        stage: &mut dyn FnMut(&str),
+        requester_alive: &dyn Fn() -> bool,
+    ) -> OpResult {
         let names = &req.volumes;
         let volatile = !req.is_persistent();
+        check_notes(&notes)?;
         let context = req.context;
         if names.is_empty() {
             return Err(ServiceError::BadRequest("name at least one volume".into()));
@@ -108,7 +153,7 @@ impl Service {
         };
         let sequence =
             Sequence { writers: &chosen.writers, volumes: names, limits: Limits::VSS, defer_backup_complete: req.defer_backup_complete };
-        let taken = coordinator::run_set(
+        let taken = match coordinator::run_set(
             &sequence,
             stage,
             requester_alive,
@@ -123,7 +168,15 @@ impl Service {
                     let _ = e.delete(c.id);
                 }
             },
-        )?;
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                if let ServiceError::SetAborted(coordinator::SetError::WriterFailed { writer, .. }) = &e {
+                    self.record(EventKind::WriterFailed, None, None, None, format!("writer `{writer}`: {e} (volumes {})", names.join(", ")));
+                }
+                return Err(e);
+            }
+        };
         let Held { set, held, mount_points } = taken.result;
         if !chosen.writers.is_empty() {
             self.sessions.open(taken.set_id, chosen.writers.clone(), names.clone(), taken.copy_ids, !req.defer_backup_complete);
@@ -135,6 +188,7 @@ impl Service {
             let c = Arc::new(ShadowCopy {
                 serial: self.next_serial(),
                 name: name.clone(),
+                notes: notes.clone(),
                 info,
                 volume: Arc::downgrade(v),
                 tree: OnceLock::new(),
@@ -144,8 +198,23 @@ impl Service {
             drop(copies);
             self.copies_by_serial.write().insert(c.serial, Arc::clone(&c));
             views.push(self.copy_view(v, &c));
+            self.record(
+                EventKind::CopyCreated,
+                Some(&v.name),
+                Some(c.info.id),
+                None,
+                format!("shadow copy {} ({}) of volume `{}` created{}", c.info.id, c.name, v.name, match &c.notes.description {
+                    Some(d) => format!(": {d}"),
+                    None => String::new(),
+                }),
+            );
         }
-        self.save_names_later();
+        if notes.is_empty() {
+            self.save_names_later();
+        } else {
+            // Now: what retention may delete, and what people wrote, cannot be rebuilt.
+            self.save_state();
+        }
         Ok(Answer::Set(SetView {
             set_id: set.set_id,
             copies: views,
@@ -175,7 +244,7 @@ impl Service {
         for &set_id in sets {
             let auto_release = self.set_copies(set_id).iter().any(|(_, c)| c.info.attributes & attributes::AUTO_RELEASE != 0);
             if auto_release {
-                match self.delete(DeleteTarget::Set(set_id)) {
+                match self.delete_for(DeleteTarget::Set(set_id), "released") {
                     Ok(_) => tracing::info!(set = %set_id, "auto-release set released: its requester disconnected"),
                     Err(e) => tracing::warn!(set = %set_id, error = %e, "releasing an auto-release set failed"),
                 }
@@ -223,7 +292,7 @@ impl Service {
                 );
             } else {
                 let volumes: Vec<String> = copies.iter().map(|(v, _)| v.name.clone()).collect();
-                match self.delete(DeleteTarget::Set(set_id)) {
+                match self.delete_for(DeleteTarget::Set(set_id), "interrupted") {
                     Ok(_) => tracing::warn!(
                         set = %set_id,
                         found = copies.len(),

@@ -8,11 +8,13 @@
 //! | `copies` | list, delete |
 //! | `storage` | storage list, resize |
 //! | `image` | export, revert, diff, expose, unexpose |
+//! | `policy` | policy set/list, cleanup, and the timer's tick (scheduled copies, retention) |
 //! | [`daemon`] | daemon stop, and who uses each `live` file |
 
 mod copies;
 mod create;
 pub(super) mod daemon;
 mod image;
+mod policy;
 mod storage;
 pub(super) mod volume;

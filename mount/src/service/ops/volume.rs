@@ -117,6 +117,8 @@ impl Service {
             exposed: BTreeMap::new(),
             last_name_secs: None,
             identity: None,
+            policy: None,
+            notes: BTreeMap::new(),
         };
         let v = match self.open_volume(&rec, Some(options)) {
             Ok(v) => v,
