@@ -153,13 +153,7 @@ mod tests {
     use super::*;
 
     fn event(log: &EventLog, n: usize) -> EventView {
-        log.record(NewEvent {
-            kind: EventKind::CopyCreated,
-            volume: Some("v"),
-            copy: None,
-            reason: None,
-            message: format!("event {n}"),
-        })
+        log.record(NewEvent { kind: EventKind::CopyCreated, volume: Some("v"), copy: None, reason: None, message: format!("event {n}") })
     }
 
     #[test]

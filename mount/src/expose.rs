@@ -47,11 +47,19 @@ pub struct Exposures {
 }
 
 impl Exposures {
-    /// Bind-mounts `tree` on the directory `at`.
-    pub fn folder(&self, copy: Uuid, tree: &Path, at: &Path) -> Result<Place, String> {
+    /// Bind-mounts `tree` on the directory `at`. A directory that holds anything is refused
+    /// unless `force`: the mount would hide what is in it.
+    pub fn folder(&self, copy: Uuid, tree: &Path, at: &Path, force: bool) -> Result<Place, String> {
         let meta = std::fs::metadata(at).map_err(|e| format!("{}: {e}; give an existing directory", at.display()))?;
         if !meta.is_dir() {
             return Err(format!("{} is not a directory", at.display()));
+        }
+        let mut entries = std::fs::read_dir(at).map_err(|e| format!("{}: {e}", at.display()))?;
+        if !force && entries.next().is_some() {
+            return Err(format!(
+                "{} is not empty: the copy would hide what is in it until unexposed; give an empty directory, or --force",
+                at.display()
+            ));
         }
         let at = at.canonicalize().map_err(|e| format!("{}: {e}", at.display()))?;
         if self.list.lock().iter().any(|e| e.place == Place::Folder(at.clone())) {
@@ -124,11 +132,32 @@ fn release(place: &Place, lazy: bool) -> Result<(), String> {
                 e => format!("unmounting {}: {e}", at.display()),
             })
         }
-        // A busy loop device is detached when its last user closes it.
-        Place::Device(dev) => match Command::new("losetup").args(["-d", dev]).output() {
-            Ok(o) if o.status.success() => Ok(()),
-            Ok(o) => Err(format!("losetup -d {dev}: {}", String::from_utf8_lossy(&o.stderr).trim())),
-            Err(e) => Err(format!("running losetup: {e}")),
-        },
+        // A mounted device would be detached under its filesystem: refused, with where.
+        Place::Device(dev) if !lazy => {
+            if let Some(points) = mounted_at(dev) {
+                return Err(format!("{dev} is mounted at {points}; unmount it first, then unexpose"));
+            }
+            detach(dev)
+        }
+        Place::Device(dev) => detach(dev),
+    }
+}
+
+/// Where the block device `dev` is mounted, if it is (`None`: nowhere, or it cannot be told).
+fn mounted_at(dev: &str) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = std::fs::metadata(dev).ok()?.rdev();
+    let id = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
+    let points: Vec<String> =
+        shadowcopy::probe::mounts().ok()?.into_iter().filter(|m| m.dev == id).map(|m| m.mount_point.display().to_string()).collect();
+    (!points.is_empty()).then(|| points.join(", "))
+}
+
+/// Detaches a loop device (a busy one is detached when its last user closes it).
+fn detach(dev: &str) -> Result<(), String> {
+    match Command::new("losetup").args(["-d", dev]).output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!("losetup -d {dev}: {}", String::from_utf8_lossy(&o.stderr).trim())),
+        Err(e) => Err(format!("running losetup: {e}")),
     }
 }

@@ -32,15 +32,16 @@ fn json_round_trip_of_the_admin_commands() {
     let name = set["copies"][0]["exposed_name"].as_str().unwrap().to_string();
     assert!(d.mount.join("data/.images").join(format!("{name}.img")).exists());
     let list = json(&d, &["list", "data"]);
-    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list["copies"].as_array().unwrap().len(), 1);
+    let list = &list["copies"];
     assert_eq!(list[0]["id"], id.as_str());
     let attrs: Vec<&str> = list[0]["attributes"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
     assert!(attrs.contains(&"persistent") && attrs.contains(&"client_accessible"), "{attrs:?}");
     let storage = json(&d, &["shadowstorage", "list"]);
-    assert_eq!(storage[0]["chunk_size"], 65536);
-    assert_eq!(storage[0]["max_bytes"], 8 << 20);
+    assert_eq!(storage["storage"][0]["chunk_size"], 65536);
+    assert_eq!(storage["storage"][0]["max_bytes"], 8 << 20);
     let resized = json(&d, &["shadowstorage", "resize", "data", "unbounded"]);
-    assert!(resized[0]["max_bytes"].is_null());
+    assert!(resized["storage"][0]["max_bytes"].is_null());
     // Export to a file and compare with the mount's raw image.
     let exported = d.dir.join("export.img");
     json(&d, &["export", &id, exported.to_str().unwrap()]);
@@ -52,7 +53,8 @@ fn json_round_trip_of_the_admin_commands() {
         f.write_all_at(b"changed", 5 << 20).unwrap();
     }
     let ranges = json(&d, &["diff", &id]);
-    let hit = ranges.as_array().unwrap().iter().any(|r| {
+    assert!(ranges["total_bytes"].as_u64().unwrap() > 0);
+    let hit = ranges["ranges"].as_array().unwrap().iter().any(|r| {
         let (o, l) = (r["offset"].as_u64().unwrap(), r["len"].as_u64().unwrap());
         o <= 5 << 20 && (5 << 20) < o + l
     });
@@ -63,10 +65,10 @@ fn json_round_trip_of_the_admin_commands() {
     std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(d.live("data")).unwrap(), &mut back, 5 << 20).unwrap();
     assert_eq!(back, [0u8; 7]);
     let deleted = json(&d, &["delete", "--all", "data"]);
-    assert_eq!(deleted.as_array().unwrap().len(), 1);
-    assert!(json(&d, &["list"]).as_array().unwrap().is_empty());
+    assert_eq!(deleted["copies"].as_array().unwrap().len(), 1);
+    assert!(json(&d, &["list"])["copies"].as_array().unwrap().is_empty());
     json(&d, &["volume", "remove", "data"]);
-    assert!(json(&d, &["volume", "list"]).as_array().unwrap().is_empty());
+    assert!(json(&d, &["volume", "list"])["volumes"].as_array().unwrap().is_empty());
 }
 
 #[test]
@@ -164,7 +166,7 @@ fn copies_are_named_by_id_prefix_or_gmt_name() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("names 2 copies") && err.contains(&format!("a/{gmt}")), "{err}");
     let diff = json(&d, &["diff", &on_a.id.to_string()[..8]]);
-    assert!(diff.is_array() || diff.is_object(), "{diff}");
+    assert!(diff["ranges"].is_array(), "{diff}");
     assert!(cli(&d, &["delete", &format!("a/{gmt}")]).status.success());
     let left = d.list();
     assert_eq!(left.len(), 1);
@@ -181,4 +183,119 @@ fn copies_are_named_by_id_prefix_or_gmt_name() {
     }
     assert!(cli(&d, &["delete", &on_b.id.to_string()[..6]]).status.success());
     assert!(d.list().is_empty());
+}
+
+/// The scripting contract: every `--json` answer is an object; default tables fit 100 columns
+/// and `-o wide` has every column; descriptions and labels stay with copies; a copy evicted for
+/// space is said to the next command on its volume.
+#[test]
+fn json_objects_tables_that_fit_labels_and_eviction_notices() {
+    let d = Daemon::start(&[]);
+    let image = image_file(&d.dir, "vol.img", 32 << 20);
+    d.add_volume("vol", &image);
+    for i in 0..4 {
+        let label = format!("run={i}");
+        let out = cli(&d, &["create", "vol", "--description", "before a deploy of the web shop's new checkout", "--label", &label]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    for args in
+        [&["status"][..], &["volume", "list"], &["list"], &["writers"], &["shadowstorage", "list"], &["policy", "show"], &["events"]]
+    {
+        let v = json(&d, args);
+        assert!(v.is_object(), "shadowcopy --json {args:?} is an object: {v}");
+    }
+    let copies = json(&d, &["list", "vol"]);
+    let first = &copies["copies"][0];
+    assert_eq!(first["labels"]["run"], "0");
+    assert_eq!(first["description"], "before a deploy of the web shop's new checkout");
+    let out = cli(&d, &["list"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.lines().count() >= 5, "{table}");
+    for line in table.lines() {
+        assert!(line.chars().count() <= 100, "{} columns: {line}", line.chars().count());
+    }
+    let id = first["id"].as_str().unwrap();
+    assert!(table.contains(&id[..8]) && !table.contains(id), "short ids by default:\n{table}");
+    let wide = String::from_utf8_lossy(&cli(&d, &["-o", "wide", "list"]).stdout).to_string();
+    assert!(wide.contains(id) && wide.contains("run=0") && wide.lines().any(|l| l.chars().count() > 100), "{wide}");
+    assert_eq!(json(&d, &["-o", "json", "list"]), json(&d, &["list"]));
+
+    // A small diff area overflowed through live: the next command on the volume says so.
+    let small = image_file(&d.dir, "small.img", 16 << 20);
+    let out = cli(&d, &["volume", "add", "small", small.to_str().unwrap(), "--max-size", "1M"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let set = json(&d, &["create", "small"]);
+    let evicted = set["copies"][0]["id"].as_str().unwrap().to_string();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).open(d.live("small")).unwrap();
+        f.write_all(&vec![0x5a; 4 << 20]).unwrap();
+        f.sync_all().unwrap();
+    }
+    let out = cli(&d, &["list", "small"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("note:") && err.contains(&evicted) && err.contains("diff area was full"), "{err}");
+    let again = cli(&d, &["list", "small"]);
+    assert!(!String::from_utf8_lossy(&again.stderr).contains("note:"), "said once");
+    let events = json(&d, &["events", "-n", "100"]);
+    let deleted: Vec<&serde_json::Value> = events["events"].as_array().unwrap().iter().filter(|e| e["kind"] == "copy_deleted").collect();
+    assert!(deleted.iter().any(|e| e["copy"] == evicted.as_str() && e["reason"] == "diff_area_full"), "{events}");
+}
+
+/// A schedule and retention through the CLI and the daemon's own timer (real time, a 2 s
+/// schedule): scheduled copies appear, retention deletes the ones it no longer keeps and says so
+/// in `events`, copies taken by hand stay, and `events --follow` streams new events.
+#[test]
+fn the_daemon_takes_scheduled_copies_and_applies_retention() {
+    use std::io::BufRead;
+    let d = Daemon::start(&[]);
+    let image = image_file(&d.dir, "vol.img", 32 << 20);
+    d.add_volume("vol", &image);
+    let by_hand = json(&d, &["create", "vol"])["copies"][0]["id"].as_str().unwrap().to_string();
+    let mut follower = Command::new(cli_binary())
+        .args(["--socket", d.socket.to_str().unwrap(), "--json", "events", "--follow", "-n", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let policy = json(&d, &["policy", "set", "vol", "--schedule", "2s", "--min-count", "2"]);
+    assert_eq!(policy["policies"][0]["policy"]["keep"]["min_count"], 2, "{policy}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let (created, deleted) = loop {
+        let events = json(&d, &["events", "-n", "1000"]);
+        let count = |kind: &str, reason: Option<&str>| {
+            events["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["kind"] == kind && reason.is_none_or(|r| e["reason"] == r) && e["message"].as_str().unwrap().contains("vol"))
+                .count()
+        };
+        let (created, deleted) = (count("copy_created", None), count("copy_deleted", Some("retention")));
+        if created >= 5 && deleted >= 2 {
+            break (created, deleted);
+        }
+        assert!(std::time::Instant::now() < deadline, "after 60 s: {created} created, {deleted} deleted by retention: {events}");
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    let dry = json(&d, &["cleanup", "vol", "--dry-run"]);
+    assert_eq!(dry["dry_run"], true, "{dry}");
+    let out = json(&d, &["policy", "clear", "vol"]);
+    assert!(out.is_object());
+    let copies = json(&d, &["list", "vol"]);
+    let copies = copies["copies"].as_array().unwrap();
+    let owned = copies.iter().filter(|c| c["cleanup"] == true).count();
+    assert!((1..=3).contains(&owned), "min-count 2 keeps about 2 (one may be in flight): {owned} of {created} created, {deleted} deleted");
+    assert!(copies.iter().any(|c| c["id"] == by_hand.as_str()), "the copy taken by hand stays");
+    assert!(copies.iter().filter(|c| c["cleanup"] == true).all(|c| c["description"] == "timeline (2s)"));
+    // The follower saw the scheduled copies as they were made, one JSON object per line.
+    let mut lines = std::io::BufReader::new(follower.stdout.take().unwrap()).lines();
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["kind"], "copy_created", "{first}");
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+    // Without a policy there is nothing to clean up by: a JSON error that says what to do.
+    let out = cli(&d, &["--json", "cleanup", "vol"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!out.status.success() && v["error"]["kind"] == "bad_request", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("policy set"), "{v}");
 }

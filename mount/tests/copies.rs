@@ -281,7 +281,7 @@ fn a_copy_can_be_exposed_on_a_folder_and_as_a_device() {
     std::fs::create_dir(&folder).unwrap();
     let call = |op: Op| d.call(op).unwrap_or_else(|e| panic!("{e}"));
 
-    call(Op::Expose { id: copy.id, at: Some(folder.display().to_string()), device: false });
+    call(Op::Expose { id: copy.id, at: Some(folder.display().to_string()), device: false, force: false });
     // Unmounted on the way out even if an assertion fails (before the daemon goes).
     let folder_guard = Mount { point: folder.clone() };
     assert!(is_mounted(&folder));
@@ -293,7 +293,7 @@ fn a_copy_can_be_exposed_on_a_folder_and_as_a_device() {
         other => panic!("deleting an exposed copy: {other:?}"),
     }
 
-    let device = match call(Op::Expose { id: copy.id, at: None, device: true }) {
+    let device = match call(Op::Expose { id: copy.id, at: None, device: true, force: false }) {
         Answer::Done(m) => m.rsplit(' ').next().unwrap().to_string(),
         other => panic!("{other:?}"),
     };
@@ -308,7 +308,30 @@ fn a_copy_can_be_exposed_on_a_folder_and_as_a_device() {
             &manifest_of_dir(&d.tree("vol", &copy), fields),
             "the kernel on the exposed device",
         );
+        // Still mounted: unexpose refuses and says where; the copy stays undeletable.
+        match d.call(Op::Unexpose { path: device.clone() }) {
+            Err(ClientError::Daemon(e)) => {
+                assert!(e.message.contains(&format!("is mounted at {}", kernel.point.display())), "{e:?}")
+            }
+            other => panic!("unexposing a mounted device: {other:?}"),
+        }
+        assert!(d.call(Op::Delete { target: DeleteTarget::Id(copy.id) }).is_err(), "a copy exposed on a mounted device stays");
     }
+    // A folder that holds something is refused unless forced (the mount would hide it).
+    let full = d.dir.join("full");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("mine.txt"), b"keep me").unwrap();
+    match d.call(Op::Expose { id: copy.id, at: Some(full.display().to_string()), device: false, force: false }) {
+        Err(ClientError::Daemon(e)) => assert!(e.message.contains("not empty") && e.message.contains("--force"), "{e:?}"),
+        other => panic!("exposing on a non-empty folder: {other:?}"),
+    }
+    assert!(!is_mounted(&full));
+    call(Op::Expose { id: copy.id, at: Some(full.display().to_string()), device: false, force: true });
+    let full_guard = Mount { point: full.clone() };
+    assert!(is_mounted(&full) && !full.join("mine.txt").exists());
+    call(Op::Unexpose { path: full.display().to_string() });
+    std::mem::forget(full_guard);
+    assert_eq!(std::fs::read(full.join("mine.txt")).unwrap(), b"keep me");
     call(Op::Unexpose { path: device.clone() });
     std::mem::forget(device_guard);
     assert!(!std::path::Path::new(&format!("/sys/block/{}/loop", device.trim_start_matches("/dev/"))).exists(), "{device} was detached");
@@ -318,7 +341,7 @@ fn a_copy_can_be_exposed_on_a_folder_and_as_a_device() {
     assert!(d.list()[0].exposed_at.is_empty());
 
     // A daemon that stops undoes its exposures (and can unmount).
-    call(Op::Expose { id: copy.id, at: Some(folder.display().to_string()), device: false });
+    call(Op::Expose { id: copy.id, at: Some(folder.display().to_string()), device: false, force: false });
     d.stop();
     assert!(!is_mounted(&folder), "the exposure went with the daemon");
     // After a restart nothing is exposed, and the copy can be deleted.

@@ -135,6 +135,9 @@ pub enum Op {
         /// Attach the raw image to a read-only loop device instead.
         #[serde(default)]
         device: bool,
+        /// Expose on a directory that is not empty (its contents are hidden until unexposed).
+        #[serde(default)]
+        force: bool,
     },
     /// Undoes the exposure at a directory or device path.
     Unexpose {

@@ -413,7 +413,7 @@ impl Service {
             Op::Export { id, path } => self.export(id, &path, progress),
             Op::Revert { id } => self.revert(id, progress),
             Op::Diff { id, to } => self.diff(id, to),
-            Op::Expose { id, at, device } => self.expose(id, at.as_deref(), device),
+            Op::Expose { id, at, device, force } => self.expose(id, at.as_deref(), device, force),
             Op::Unexpose { path } => self.unexpose(&path),
             Op::DaemonStop { force } => self.daemon_stop(force),
             Op::PolicySet { volume, policy } => self.policy_set(&volume, policy),
@@ -421,7 +421,9 @@ impl Service {
             Op::Cleanup { volume, dry_run } => self.cleanup(&volume, dry_run),
             // Followers are served by the control server, which owns the connection.
             Op::Events { after, limit, follow: false } => Ok(Answer::Events(self.events.since(after, limit.unwrap_or(100)))),
-            Op::Events { follow: true, .. } => Err(ServiceError::BadRequest("events with `follow` are a stream: the control server serves them".into())),
+            Op::Events { follow: true, .. } => {
+                Err(ServiceError::BadRequest("events with `follow` are a stream: the control server serves them".into()))
+            }
         }
     }
 

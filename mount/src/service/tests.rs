@@ -171,7 +171,7 @@ fn what_is_not_there_is_not_found_with_one_message_per_thing() {
         Op::Export { id, path: f.path("x.img").display().to_string() },
         Op::Revert { id },
         Op::Diff { id, to: None },
-        Op::Expose { id, at: None, device: true },
+        Op::Expose { id, at: None, device: true, force: false },
     ] {
         let what = format!("{op:?}");
         let e = f.err(op);
@@ -260,7 +260,9 @@ fn the_registry_survives_a_restart() {
         (s.copies[0].id, s.copies[0].exposed_name.clone())
     };
     let svc = Service::start(StateDir::lock(&dir.path().join("state")).unwrap(), settings);
-    let Reply::Ok(Answer::Copies(c)) = svc.handle(Op::List { volume: None }, &mut |_, _| {}, &mut |_| {}, &mut |_| {}, &|| true) else { panic!() };
+    let Reply::Ok(Answer::Copies(c)) = svc.handle(Op::List { volume: None }, &mut |_, _| {}, &mut |_| {}, &mut |_| {}, &|| true) else {
+        panic!()
+    };
     assert_eq!(c.iter().map(|c| (c.id, c.exposed_name.clone())).collect::<Vec<_>>(), [(id, name)]);
 }
 
@@ -416,7 +418,8 @@ fn a_copy_evicted_for_space_is_told_to_the_next_request_on_its_volume() {
     let id = set.copies[0].id;
     assert_eq!(set.copies[0].labels["ticket"], "OPS-1");
     let mut notices = Vec::new();
-    let call = |op, notices: &mut Vec<String>| f.svc.handle(op, &mut |_, _| {}, &mut |_| {}, &mut |n| notices.push(n.to_string()), &|| true);
+    let call =
+        |op, notices: &mut Vec<String>| f.svc.handle(op, &mut |_, _| {}, &mut |_| {}, &mut |n| notices.push(n.to_string()), &|| true);
     // Overwrite the volume 16 KiB at a time, looking after each write: the diff area is
     // reported nearly full before the copy is evicted, then more than it holds is written.
     let volume = f.svc.volume("v").unwrap();

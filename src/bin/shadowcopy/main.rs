@@ -17,6 +17,8 @@ mod hook;
 mod locate;
 mod offline;
 mod online;
+mod policy;
+mod render;
 mod samba;
 mod versions;
 
@@ -38,15 +40,27 @@ use shadowcopy::size::parse_size;
                   only one volume has it, or VOLUME/@GMT-…."
 )]
 struct Cli {
-    /// Print machine-readable JSON instead of tables.
+    /// Print machine-readable JSON instead of tables (the same as `-o json`).
     #[arg(long, global = true)]
     json: bool,
+    /// `table` (fitted to the terminal, 100 columns when not on one), `wide` (every column,
+    /// not fitted) or `json`.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
     /// The daemon's control socket [default: $SHADOWCOPY_SOCKET, else /run/shadowcopy/control.sock
     /// for root, $XDG_RUNTIME_DIR/shadowcopy/control.sock otherwise].
     #[arg(long, global = true)]
     socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `-o` values.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Table,
+    Wide,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -121,6 +135,34 @@ enum Command {
         /// the kernel's own filesystem driver).
         #[arg(long)]
         device: bool,
+        /// Expose on a directory that is not empty (what is in it stays hidden until unexpose).
+        #[arg(long, conflicts_with = "device")]
+        force: bool,
+    },
+    /// A volume's schedule and retention (like snapper's timeline): the daemon takes the
+    /// scheduled copies and deletes the copies its policy owns once the policy no longer keeps
+    /// them. It never deletes an exposed copy, nor one it does not own.
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
+    /// Delete now the copies a volume's retention policy no longer keeps (the daemon does it on
+    /// its own after each scheduled copy).
+    Cleanup {
+        volume: String,
+        /// Only say what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// What happened: copies created and deleted (with why), failures, diff areas nearly full.
+    Events {
+        /// Keep printing events as they happen (until interrupted).
+        #[arg(long, short)]
+        follow: bool,
+        /// How many of the latest events to show first.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        lines: usize,
+        /// Only events after this sequence number (the SEQ column).
+        #[arg(long, value_name = "SEQ")]
+        after: Option<u64>,
     },
     /// Undo an exposure (a directory or a loop device).
     Unexpose { path: PathBuf },
@@ -211,6 +253,16 @@ pub struct CreateArgs {
     /// once the copies were read.
     #[arg(long, conflicts_with = "exec")]
     pub defer_backup_complete: bool,
+    /// What the copies are for, in words (`list` shows it).
+    #[arg(long, short = 'd', value_name = "TEXT")]
+    pub description: Option<String>,
+    /// A label for scripts (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Let the volume's retention policy delete these copies once it no longer keeps them
+    /// (scheduled copies always are the policy's; copies taken by hand are not, unless this).
+    #[arg(long)]
+    pub cleanup: bool,
     /// Only these writers take part (repeatable) [default: writers with components on the volumes].
     #[arg(long = "writer", value_name = "NAME")]
     pub writers: Vec<String>,
@@ -220,6 +272,11 @@ pub struct CreateArgs {
     /// No writers: a crash-consistent set.
     #[arg(long, conflicts_with_all = ["writers", "exclude_writers"])]
     pub no_writers: bool,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or("expected KEY=VALUE")?;
+    Ok((k.to_string(), v.to_string()))
 }
 
 /// `--context` values, mapped to the protocol's.
@@ -367,7 +424,8 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let json = cli.json;
+    let json = cli.json || cli.output == Output::Json;
+    render::set_wide(cli.output == Output::Wide);
     let r: Result<()> = match cli.command {
         Command::Completions { shell } => {
             use clap::CommandFactory;
@@ -377,8 +435,8 @@ fn main() {
             out!("{}", String::from_utf8_lossy(&script).trim_end());
             Ok(())
         }
-        Command::Offline(cmd) => offline::run(cmd, cli.json),
-        cmd => online::run(cmd, cli.socket, cli.json),
+        Command::Offline(cmd) => offline::run(cmd, json),
+        cmd => online::run(cmd, cli.socket, json),
     };
     if let Err(e) = r {
         if json {

@@ -8,6 +8,8 @@ use anyhow::{bail, Context, Result};
 use shadowcopy::protocol::{default_socket_path, Answer, Client, CopyView, CreateRequest, DeleteTarget, Op, WriterSelection};
 use shadowcopy::size::format_size;
 
+use crate::render::{table, utc, Progress};
+
 use super::{Command, CreateArgs, DaemonCmd, DeleteArgs, StorageCmd, VolumeCmd, WriterCmd};
 
 pub(crate) fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<()> {
@@ -38,7 +40,16 @@ pub(crate) fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<(
         Command::Export { id, file } => Op::Export { id: names.copy(&id)?, path: absolute(file) },
         Command::Revert { id } => Op::Revert { id: names.copy(&id)? },
         Command::Diff { id, to } => Op::Diff { id: names.copy(&id)?, to: to.map(|t| names.copy(&t)).transpose()? },
-        Command::Expose { id, dir, device } => Op::Expose { id: names.copy(&id)?, at: dir.map(absolute), device },
+        Command::Expose { id, dir, device, force } => Op::Expose { id: names.copy(&id)?, at: dir.map(absolute), device, force },
+        Command::Policy(cmd) => {
+            let only = match &cmd {
+                super::policy::PolicyCmd::Show { volume } => volume.clone(),
+                _ => None,
+            };
+            return policy_command(super::policy::op(&cmd)?, only, socket, json);
+        }
+        Command::Cleanup { volume, dry_run } => Op::Cleanup { volume, dry_run },
+        Command::Events { follow, lines, after } => return super::policy::events(follow, lines, after, socket, json),
         Command::Unexpose { path } => Op::Unexpose { path: absolute(path) },
         Command::Status => Op::Status,
         Command::Daemon(DaemonCmd::Stop { force, no_wait }) => return daemon_stop(force, no_wait, socket, json),
@@ -52,20 +63,31 @@ pub(crate) fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<(
     };
     let socket = socket.unwrap_or_else(default_socket_path);
     let mut client = Client::connect(&socket)?;
-    let show_progress = !json && std::io::stderr().is_terminal();
-    let mut last = u64::MAX;
-    let answer = client.call(op, &mut |done, total| {
-        let pct = done * 100 / total.max(1);
-        if show_progress && pct != last {
-            last = pct;
-            let bar = "#".repeat((pct / 4) as usize);
-            eprint!("\r[{bar:<25}] {pct:>3}%  {} of {}", format_size(done), format_size(total));
+    let mut progress = Progress::new(!json);
+    let answer = client.call(op, &mut |done, total| progress.update(done, total));
+    progress.finish();
+    let answer = answer?;
+    show(&answer, json, &client.take_notices())
+}
+
+/// `policy set|show|clear`: the answer, only the named volume's for `show VOLUME`.
+fn policy_command(op: Op, only: Option<String>, socket: Option<PathBuf>, json: bool) -> Result<()> {
+    let socket = socket.unwrap_or_else(default_socket_path);
+    let mut client = Client::connect(&socket)?;
+    let cleared = matches!(&op, Op::PolicySet { policy: None, .. });
+    let mut answer = client.call(op, &mut |_, _| {})?;
+    if let (Some(v), Answer::Policies(list)) = (&only, &mut answer) {
+        list.retain(|p| &p.volume == v);
+        if list.is_empty() && !json {
+            out!("Volume `{v}` has no policy. Give it one with `shadowcopy policy set {v} --schedule hourly`.");
+            return Ok(());
         }
-    });
-    if show_progress && last != u64::MAX {
-        eprintln!();
     }
-    show(&answer?, json)
+    if cleared && !json {
+        out!("policy removed: no more scheduled copies or retention; the copies stay");
+        return Ok(());
+    }
+    show(&answer, json, &client.take_notices())
 }
 
 /// `shadowcopy create`: takes the set, prints it, and with `--exec` runs the command on it, tells
@@ -87,6 +109,9 @@ fn create(args: CreateArgs, socket: Option<PathBuf>, json: bool) -> Result<()> {
         writers: WriterSelection { none: args.no_writers, only: args.writers, exclude: args.exclude_writers },
         keep_after_disconnect: args.keep_after_exit,
         defer_backup_complete: args.defer_backup_complete || args.exec.is_some(),
+        description: args.description,
+        labels: args.labels.into_iter().collect(),
+        cleanup: args.cleanup,
     };
     if !req.is_persistent() && args.exec.is_none() && !args.keep_after_exit {
         bail!(
@@ -110,7 +135,7 @@ fn create(args: CreateArgs, socket: Option<PathBuf>, json: bool) -> Result<()> {
         eprint!("\r\x1b[K");
     }
     let answer = answer?;
-    show(&answer, json)?;
+    show(&answer, json, &client.take_notices())?;
     let (Some(command), Answer::Set(set)) = (args.exec, &answer) else { return Ok(()) };
     let mount = match client.call(Op::Status, &mut |_, _| {})? {
         Answer::Status(s) => PathBuf::from(s.mount),
@@ -233,66 +258,98 @@ fn daemon_stop(force: bool, no_wait: bool, socket: Option<PathBuf>, json: bool) 
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
-    show(&answer, json)
+    show(&answer, json, &[])
 }
 
-fn show(a: &Answer, json: bool) -> Result<()> {
+/// Prints an answer as JSON or as a table; `notices` (copies deleted for space) go to stderr,
+/// or into the JSON object as `notices`.
+fn show(a: &Answer, json: bool, notices: &[String]) -> Result<()> {
     if json {
-        out!("{}", answer_json(a)?);
+        let mut v = answer_json(a)?;
+        if !notices.is_empty() {
+            v["notices"] = serde_json::json!(notices);
+        }
+        out!("{}", serde_json::to_string_pretty(&v)?);
     } else {
+        for n in notices {
+            eprintln!("shadowcopy: note: {n}");
+        }
         print_table(a);
     }
     Ok(())
 }
 
-fn answer_json(a: &Answer) -> Result<String> {
-    let v = match a {
+/// Every answer as one JSON object with stable field names (`docs/protocol.md`, "The CLI
+/// under --json"): lists are wrapped in an object named for what they hold.
+fn answer_json(a: &Answer) -> Result<serde_json::Value> {
+    use serde_json::json;
+    Ok(match a {
         Answer::Status(s) => serde_json::to_value(s)?,
-        Answer::Volumes(v) => serde_json::to_value(v)?,
+        Answer::Volumes(v) => json!({ "volumes": v }),
         Answer::Volume(v) => serde_json::to_value(v)?,
-        Answer::Copies(c) => serde_json::to_value(c)?,
+        Answer::Copies(c) => json!({ "copies": c }),
         Answer::Set(s) => serde_json::to_value(s)?,
-        Answer::Storage(s) => serde_json::to_value(s)?,
-        Answer::Ranges(r) => serde_json::to_value(r)?,
-        Answer::Writers(w) => serde_json::to_value(w)?,
-        Answer::Done(m) => serde_json::json!({ "message": m }),
-    };
-    Ok(serde_json::to_string_pretty(&v)?)
-}
-
-/// Prints rows under a header, each column as wide as its widest cell.
-pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
-    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect();
-        out!("{}", s.join("  ").trim_end());
-    };
-    line(header.iter().map(|s| s.to_string()).collect());
-    for r in rows {
-        line(r.clone());
-    }
+        Answer::Storage(s) => json!({ "storage": s }),
+        Answer::Ranges(r) => json!({ "ranges": r, "total_bytes": r.iter().map(|x| x.len).sum::<u64>() }),
+        Answer::Writers(w) => json!({ "writers": w }),
+        Answer::Policies(p) => json!({ "policies": p }),
+        Answer::Cleanup(c) => serde_json::to_value(c)?,
+        Answer::Events(e) => json!({ "events": e }),
+        Answer::Done(m) => json!({ "message": m }),
+    })
 }
 
 fn created(c: &CopyView) -> String {
     utc(c.created_unix as u64)
 }
 
-/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.
-pub(crate) fn utc(secs: u64) -> String {
-    let name = shadowcopy::protocol::gmt_name(secs);
-    // @GMT-YYYY.MM.DD-HH.MM.SS → YYYY-MM-DD HH:MM:SS UTC
-    let t = &name[5..];
-    format!("{}-{}-{} {}:{}:{} UTC", &t[0..4], &t[5..7], &t[8..10], &t[11..13], &t[14..16], &t[17..19])
+fn state(c: &CopyView) -> String {
+    match (&c.failed, &c.stale, &c.tree_damage) {
+        (Some(r), _, _) => format!("FAILED: {r}"),
+        (None, Some(_), _) => "stale: the volume was written while shadowcopy was not serving it".into(),
+        (None, None, Some(d)) => format!("files damaged: {d}"),
+        (None, None, None) => "ok".into(),
+    }
 }
 
+/// The copies: the columns people read by default (fitted to 100 columns, ids shortened to the
+/// 8 characters that name them), every column with `-o wide`.
 fn print_copies(copies: &[CopyView]) {
     if copies.is_empty() {
         out!("No shadow copies.");
+        return;
+    }
+    let described = |c: &CopyView| {
+        let mut d = c.description.clone().unwrap_or_default();
+        if c.cleanup {
+            d = if d.is_empty() { "(retention)".into() } else { format!("{d} (retention)") };
+        }
+        if d.is_empty() {
+            "-".into()
+        } else {
+            d
+        }
+    };
+    if !crate::render::wide() {
+        let rows: Vec<Vec<String>> = copies
+            .iter()
+            .map(|c| {
+                let mut name = c.exposed_name.clone();
+                if !c.exposed_at.is_empty() {
+                    name += " (exposed)";
+                }
+                vec![
+                    c.id.to_string()[..8].to_string(),
+                    c.volume.clone(),
+                    created(c),
+                    name,
+                    c.context.clone().unwrap_or_else(|| "-".into()),
+                    described(c),
+                    state(c),
+                ]
+            })
+            .collect();
+        table(&["ID", "VOLUME", "CREATED", "NAME", "CONTEXT", "DESCRIPTION", "STATE"], &rows);
         return;
     }
     let rows: Vec<Vec<String>> = copies
@@ -312,17 +369,31 @@ fn print_copies(copies: &[CopyView]) {
                 format!("{} ({:#010x})", c.attributes.join(","), c.attribute_flags),
                 c.provider.clone(),
                 format_size(c.diff_area_used),
-                match (&c.failed, &c.stale, &c.tree_damage) {
-                    (Some(r), _, _) => format!("FAILED: {r}"),
-                    (None, Some(_), _) => "stale: the volume was written while shadowcopy was not serving it".into(),
-                    (None, None, Some(d)) => format!("files damaged: {d}"),
-                    (None, None, None) => "ok".into(),
+                described(c),
+                if c.labels.is_empty() {
+                    "-".into()
+                } else {
+                    c.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
                 },
+                state(c),
             ]
         })
         .collect();
     table(
-        &["SHADOW COPY ID", "SET ID", "VOLUME", "CREATED", "EXPOSED AS", "CONTEXT", "ATTRIBUTES", "PROVIDER", "DIFF AREA USED", "STATE"],
+        &[
+            "SHADOW COPY ID",
+            "SET ID",
+            "VOLUME",
+            "CREATED",
+            "EXPOSED AS",
+            "CONTEXT",
+            "ATTRIBUTES",
+            "PROVIDER",
+            "DIFF AREA USED",
+            "DESCRIPTION",
+            "LABELS",
+            "STATE",
+        ],
         &rows,
     );
 }
@@ -438,6 +509,42 @@ fn print_table(a: &Answer) {
                 .collect();
             table(&["WRITER", "STATE", "LAST ERROR", "COMPONENTS (VOLUMES)", "CLASS ID", "INSTANCE ID"], &rows);
         }
+        Answer::Policies(ps) => {
+            if ps.is_empty() {
+                out!("No policies. Give a volume one with `shadowcopy policy set VOLUME --schedule hourly`.");
+                return;
+            }
+            let rows: Vec<Vec<String>> = ps
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.volume.clone(),
+                        p.policy.schedule.clone().unwrap_or_else(|| "-".into()),
+                        crate::policy::describe_keep(&p.policy.keep),
+                        p.next_copy_unix.map_or("-".into(), utc),
+                        p.owned_copies.to_string(),
+                    ]
+                })
+                .collect();
+            table(&["VOLUME", "SCHEDULE", "KEEPS", "NEXT COPY", "COPIES OWNED"], &rows);
+        }
+        Answer::Cleanup(c) => {
+            let verb = if c.dry_run { "would delete" } else { "deleted" };
+            out!(
+                "volume `{}`: {verb} {} copies; keeps {} it owns{}",
+                c.volume,
+                c.deleted.len(),
+                c.kept,
+                match c.kept_exposed {
+                    0 => String::new(),
+                    n => format!(", and {n} it would delete but that are exposed"),
+                }
+            );
+            if !c.deleted.is_empty() {
+                print_copies(&c.deleted);
+            }
+        }
+        Answer::Events(_) => out!("(events are printed by `shadowcopy events`)"),
         Answer::Done(m) => out!("{m}"),
     }
 }

@@ -69,12 +69,12 @@ pub(crate) fn versions(path: &Path, all: bool, socket: Option<PathBuf>, json: bo
                 c.exposed_name.clone(),
                 v.kind_name().to_string(),
                 shadowcopy::size::format_size(v.size),
-                crate::online::utc(u64::try_from(v.mtime.0).unwrap_or(0)),
+                crate::render::utc(u64::try_from(v.mtime.0).unwrap_or(0)),
                 c.id.to_string(),
             ]
         })
         .collect();
-    crate::online::table(&["VERSION (COPY)", "KIND", "SIZE", "MODIFIED", "SHADOW COPY ID"], &rows);
+    crate::render::table(&["VERSION (COPY)", "KIND", "SIZE", "MODIFIED", "SHADOW COPY ID"], &rows);
     Ok(())
 }
 

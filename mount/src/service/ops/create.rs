@@ -43,11 +43,7 @@ fn check_notes(n: &crate::state::CopyNotes) -> Result<(), ServiceError> {
 
 impl Service {
     /// Takes a set with these notes on its copies (the schedule's own copies).
-    pub(in crate::service) fn create_with_notes(
-        &self,
-        req: &protocol::CreateRequest,
-        notes: crate::state::CopyNotes,
-    ) -> OpResult {
+    pub(in crate::service) fn create_with_notes(&self, req: &protocol::CreateRequest, notes: crate::state::CopyNotes) -> OpResult {
         self.create_inner(req, notes, &mut |_| {}, &|| true)
     }
 
@@ -172,7 +168,13 @@ impl Service {
             Ok(t) => t,
             Err(e) => {
                 if let ServiceError::SetAborted(coordinator::SetError::WriterFailed { writer, .. }) = &e {
-                    self.record(EventKind::WriterFailed, None, None, None, format!("writer `{writer}`: {e} (volumes {})", names.join(", ")));
+                    self.record(
+                        EventKind::WriterFailed,
+                        None,
+                        None,
+                        None,
+                        format!("writer `{writer}`: {e} (volumes {})", names.join(", ")),
+                    );
                 }
                 return Err(e);
             }
@@ -203,10 +205,16 @@ impl Service {
                 Some(&v.name),
                 Some(c.info.id),
                 None,
-                format!("shadow copy {} ({}) of volume `{}` created{}", c.info.id, c.name, v.name, match &c.notes.description {
-                    Some(d) => format!(": {d}"),
-                    None => String::new(),
-                }),
+                format!(
+                    "shadow copy {} ({}) of volume `{}` created{}",
+                    c.info.id,
+                    c.name,
+                    v.name,
+                    match &c.notes.description {
+                        Some(d) => format!(": {d}"),
+                        None => String::new(),
+                    }
+                ),
             );
         }
         if notes.is_empty() {

@@ -52,7 +52,7 @@ impl Service {
         Ok(Answer::Ranges(ranges.iter().map(|r| RangeView { offset: r.offset, len: r.len }).collect()))
     }
 
-    pub(in crate::service) fn expose(&self, id: Uuid, at: Option<&str>, device: bool) -> OpResult {
+    pub(in crate::service) fn expose(&self, id: Uuid, at: Option<&str>, device: bool, force: bool) -> OpResult {
         let _admin = self.admin.lock();
         let (v, c) = self.find_copy(id)?;
         if let Some(reason) = &c.info.failed {
@@ -76,7 +76,7 @@ impl Service {
                 if c.tree(self.settings.fs_owner).is_none() {
                     return Err(ServiceError::NoFilesystem(id));
                 }
-                self.exposures.folder(id, &dir.join(&c.name), &at)
+                self.exposures.folder(id, &dir.join(&c.name), &at, force)
             }
         }
         .map_err(ServiceError::Expose)?;

@@ -117,14 +117,18 @@ impl Service {
 
     fn take_scheduled(&self, v: &Volume, schedule: &str) {
         let req = CreateRequest::new(vec![v.name.clone()]);
-        let notes = CopyNotes { description: Some(format!("timeline ({schedule})")), labels: Default::default(), cleanup: true, timeline: true };
+        let notes =
+            CopyNotes { description: Some(format!("timeline ({schedule})")), labels: Default::default(), cleanup: true, timeline: true };
         if let Err(e) = self.create_with_notes(&req, notes) {
             self.record(
                 EventKind::ScheduleFailed,
                 Some(&v.name),
                 None,
                 None,
-                format!("the scheduled ({schedule}) copy of volume `{}` could not be taken: {e}; the next is tried at the next slot", v.name),
+                format!(
+                    "the scheduled ({schedule}) copy of volume `{}` could not be taken: {e}; the next is tried at the next slot",
+                    v.name
+                ),
             );
         }
     }
