@@ -118,6 +118,9 @@ pub struct Decision {
     pub kept_exposed: usize,
 }
 
+/// The period (hour, day, week, month, year number) a time falls in.
+type PeriodOf = fn(u64) -> i64;
+
 /// Which owned copies `keep` no longer keeps at `now`. Copies not owned are neither kept nor
 /// deleted: they are not the policy's.
 pub fn decide(keep: &Keep, copies: &[Candidate], now: u64) -> Decision {
@@ -135,7 +138,7 @@ pub fn decide(keep: &Keep, copies: &[Candidate], now: u64) -> Decision {
         }
     }
     // The first copy of each of the newest N periods of each class.
-    let classes: [(u32, fn(u64) -> i64); 5] = [
+    let classes: [(u32, PeriodOf); 5] = [
         (keep.hourly, |t| (t / HOUR) as i64),
         (keep.daily, |t| (t / DAY) as i64),
         (keep.weekly, |t| (t.saturating_sub(MONDAY_OFFSET) / (7 * DAY)) as i64),
