@@ -291,6 +291,17 @@ impl Service {
                 }
             }
             self.check_nearly_full(&v, engine);
+            if let Some(reason) = engine.failure() {
+                if !v.failure_reported.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    self.record(
+                        EventKind::VolumeFailed,
+                        Some(&v.name),
+                        None,
+                        None,
+                        format!("the diff area of volume `{}` stopped: {reason}; its copies cannot be read until this is fixed", v.name),
+                    );
+                }
+            }
         }
         if changed {
             // At once (see `delete`): the deleted copies' names must stay retired.

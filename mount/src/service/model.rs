@@ -57,6 +57,8 @@ pub struct Volume {
     /// Whether its diff area is past the warning threshold (the event is sent once per
     /// crossing).
     pub(super) nearly_full: std::sync::atomic::AtomicBool,
+    /// Whether the failure of its diff area was reported (once).
+    pub(super) failure_reported: std::sync::atomic::AtomicBool,
 }
 
 /// What serves a volume's bytes and copies: one provider per volume.

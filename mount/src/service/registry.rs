@@ -107,6 +107,7 @@ impl Service {
             identity: rec.identity.clone().or(identity),
             policy: parking_lot::Mutex::new(rec.policy.clone()),
             nearly_full: Default::default(),
+            failure_reported: Default::default(),
         });
         let mut copies = vol.copies.write();
         // Names kept from before come back first; they raise the high-water mark too.
