@@ -341,7 +341,6 @@ fn print_copies(copies: &[CopyView]) {
                 vec![
                     c.id.to_string()[..8].to_string(),
                     c.volume.clone(),
-                    created(c),
                     name,
                     c.context.clone().unwrap_or_else(|| "-".into()),
                     described(c),
@@ -349,7 +348,8 @@ fn print_copies(copies: &[CopyView]) {
                 ]
             })
             .collect();
-        table(&["ID", "VOLUME", "CREATED", "NAME", "CONTEXT", "DESCRIPTION", "STATE"], &rows);
+        // The name is the creation time (to the second; `-o wide` has the exact time).
+        table(&["ID", "VOLUME", "NAME (CREATED, UTC)", "CONTEXT", "DESCRIPTION", "STATE"], &rows);
         return;
     }
     let rows: Vec<Vec<String>> = copies

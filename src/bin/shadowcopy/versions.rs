@@ -70,11 +70,11 @@ pub(crate) fn versions(path: &Path, all: bool, socket: Option<PathBuf>, json: bo
                 v.kind_name().to_string(),
                 shadowcopy::size::format_size(v.size),
                 crate::render::utc(u64::try_from(v.mtime.0).unwrap_or(0)),
-                c.id.to_string(),
+                if crate::render::wide() { c.id.to_string() } else { c.id.to_string()[..8].to_string() },
             ]
         })
         .collect();
-    crate::render::table(&["VERSION (COPY)", "KIND", "SIZE", "MODIFIED", "SHADOW COPY ID"], &rows);
+    crate::render::table(&["VERSION (COPY)", "KIND", "SIZE", "MODIFIED", "COPY ID"], &rows);
     Ok(())
 }
 
