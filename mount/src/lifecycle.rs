@@ -94,6 +94,7 @@ pub fn wait_for_stop(service: &Service, requests: &mpsc::Receiver<StopRequest>, 
                 // Whoever sent the signal may follow it with SIGKILL (a service manager's stop
                 // timeout): make every acknowledged write durable now, so that loses nothing.
                 service.flush_all();
+                tell_service_manager(Notice::Status(&format!("serving; a stop was refused: {in_use}")));
                 match when_in_use {
                     WhenInUse::KeepServing => tracing::warn!(
                         signal = ?sig,
@@ -124,4 +125,29 @@ fn in_use_after_grace(service: &Service) -> String {
         std::thread::sleep(Duration::from_millis(50));
     }
     crate::service::describe_in_use(&service.live_in_use(true))
+}
+
+/// What the service manager is told (systemd's `Type=notify`: `READY=1` once every volume is
+/// served, `STATUS=` lines, `STOPPING=1`). Nothing without `NOTIFY_SOCKET`; a failure to tell is
+/// logged, never fatal.
+pub enum Notice<'a> {
+    /// Serving: the mount, the control socket and every volume that could be opened.
+    Ready(&'a str),
+    /// What the daemon is doing, in words (`systemctl status` shows it).
+    Status(&'a str),
+    /// Stopping: flushing, unmounting.
+    Stopping,
+}
+
+/// Tells the service manager, if there is one.
+pub fn tell_service_manager(n: Notice<'_>) {
+    use sd_notify::NotifyState;
+    let states: Vec<NotifyState<'_>> = match &n {
+        Notice::Ready(status) => vec![NotifyState::Ready, NotifyState::Status(status)],
+        Notice::Status(status) => vec![NotifyState::Status(status)],
+        Notice::Stopping => vec![NotifyState::Stopping, NotifyState::Status("stopping: flushing every volume and unmounting")],
+    };
+    if let Err(e) = sd_notify::notify(false, &states) {
+        tracing::warn!(error = %e, "cannot notify the service manager (NOTIFY_SOCKET)");
+    }
 }

@@ -76,6 +76,10 @@ struct Args {
     /// of its maximum.
     #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
     diff_area_warn: u8,
+    /// Print the manual page (shadowcopyd.8, roff) on stdout and exit, e.g.
+    /// `shadowcopyd --print-manpage > /usr/local/share/man/man8/shadowcopyd.8`.
+    #[arg(long)]
+    print_manpage: bool,
 }
 
 fn parse_owner(s: &str) -> Result<(u32, u32), String> {
@@ -160,6 +164,13 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<()> {
+    if args.print_manpage {
+        use clap::CommandFactory;
+        let mut page = Vec::new();
+        clap_mangen::Man::new(Args::command()).section("8").render(&mut page)?;
+        std::io::Write::write_all(&mut std::io::stdout(), &page)?;
+        return Ok(());
+    }
     let root = nix::unistd::geteuid().is_root();
     let state_dir = args.state_dir.unwrap_or_else(|| {
         if root {
@@ -271,7 +282,15 @@ fn run(args: Args) -> Result<()> {
 
     tracing::info!(mount = %mount.display(), socket = %socket.display(), state_dir = %state_dir.display(), volumes = service.volumes().len(), "shadowcopyd ready");
     let when_in_use = if args.stop_when_unused { WhenInUse::StopWhenUnused } else { WhenInUse::KeepServing };
+    let failed = service.unopened_count();
+    lifecycle::tell_service_manager(lifecycle::Notice::Ready(&format!(
+        "serving {} volumes at {}{}",
+        service.volumes().len(),
+        mount.display(),
+        if failed == 0 { String::new() } else { format!("; {failed} could not be opened (shadowcopy volume list)") }
+    )));
     let reason = lifecycle::wait_for_stop(&service, &stop_rx, when_in_use);
+    lifecycle::tell_service_manager(lifecycle::Notice::Stopping);
     tracing::info!(?reason, "stopping: flushing every volume and unmounting");
     service.exposures.undo_all();
     service.flush_all();

@@ -299,3 +299,31 @@ fn the_daemon_takes_scheduled_copies_and_applies_retention() {
     assert!(!out.status.success() && v["error"]["kind"] == "bad_request", "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("policy set"), "{v}");
 }
+
+/// `shadowcopy manpages DIR` writes a page per command that man(1) renders without a warning
+/// (man and groff are the oracle), and `shadowcopyd --print-manpage` its own section 8 page.
+#[test]
+fn manual_pages_render_without_warnings() {
+    shadowcopy::testing::system::require_commands(&["man"]);
+    let dir = shadowcopy::testing::system::TempDir::new("sc-man-");
+    let out = Command::new(cli_binary()).arg("manpages").arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let daemon_page = dir.join("shadowcopyd.8");
+    let page = Command::new(daemon_binary()).arg("--print-manpage").output().unwrap();
+    assert!(page.status.success());
+    std::fs::write(&daemon_page, &page.stdout).unwrap();
+    let pages: Vec<std::path::PathBuf> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(pages.len() > 30, "{} pages", pages.len());
+    for (file, needle) in [
+        ("shadowcopy.1", "Volume Shadow Copy for Linux"),
+        ("shadowcopy-create.1", "--description"),
+        ("shadowcopy-policy-set.1", "--keep-hourly"),
+        ("shadowcopy-events.1", "--follow"),
+        ("shadowcopyd.8", "--diff-area-warn"),
+    ] {
+        let out = Command::new("man").args(["--warnings", "-l"]).arg(dir.join(file)).env("MANWIDTH", "100").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && out.stderr.is_empty(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains(needle), "{file} mentions {needle}:\n{text}");
+    }
+}

@@ -200,6 +200,11 @@ impl Service {
 
     // ---- lookups for the frontend ----
 
+    /// Registered volumes that could not be opened at start.
+    pub fn unopened_count(&self) -> usize {
+        self.unopened.lock().len()
+    }
+
     /// Every served volume, by name.
     pub fn volumes(&self) -> Vec<Arc<Volume>> {
         self.volumes.read().values().cloned().collect()

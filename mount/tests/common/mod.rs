@@ -20,6 +20,8 @@ pub(crate) struct Daemon {
     extra: Vec<String>,
     /// Fail points directory (`SHADOWCOPYD_FAILPOINTS_DIR`), when enabled.
     failpoints: Option<PathBuf>,
+    /// Environment variables the daemon is started with.
+    env: Vec<(String, String)>,
 }
 
 /// An active fail point; removed (switched off) on drop.
@@ -47,6 +49,11 @@ impl Daemon {
         Self::start_with(extra, false)
     }
 
+    /// A daemon started with these environment variables too (kept across restarts).
+    pub(crate) fn start_with_env(env: &[(&str, &str)]) -> Daemon {
+        Self::build(&[], false, env)
+    }
+
     /// A daemon whose fail points (see `mount/src/failpoints.rs`) the test can switch on.
     pub(crate) fn start_with_failpoints() -> Daemon {
         Self::start_with(&[], true)
@@ -61,6 +68,10 @@ impl Daemon {
     }
 
     fn start_with(extra: &[&str], failpoints: bool) -> Daemon {
+        Self::build(extra, failpoints, &[])
+    }
+
+    fn build(extra: &[&str], failpoints: bool, env: &[(&str, &str)]) -> Daemon {
         require_commands(&["losetup", "mount", "umount"]);
         require(Path::new("/dev/fuse").exists(), "/dev/fuse");
         let dir = TempDir::new("sc-daemon-");
@@ -72,6 +83,7 @@ impl Daemon {
             child: ChildGuard(None),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             failpoints: None,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         if failpoints {
             let fp = d.dir.join("failpoints");
@@ -88,6 +100,7 @@ impl Daemon {
         if let Some(fp) = &self.failpoints {
             cmd.env("SHADOWCOPYD_FAILPOINTS_DIR", fp);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .args([
                 "--state-dir",

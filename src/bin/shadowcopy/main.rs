@@ -223,6 +223,9 @@ enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+    /// Write the manual pages (shadowcopy.1 and one per subcommand, shadowcopy-create.1, …) to
+    /// DIR, e.g. /usr/local/share/man/man1.
+    Manpages { dir: PathBuf },
 }
 
 #[derive(Args)]
@@ -391,6 +394,31 @@ enum StorageCmd {
     Resize { volume: String, max_size: String },
 }
 
+/// Writes `shadowcopy.1` and a page per subcommand (nested ones as `shadowcopy-volume-add.1`).
+fn manpages(dir: &std::path::Path) -> Result<()> {
+    use anyhow::Context;
+    use clap::CommandFactory;
+    fn write(cmd: clap::Command, name: String, dir: &std::path::Path, written: &mut usize) -> Result<()> {
+        let cmd = cmd.display_name(name.clone()).bin_name(name.replace('-', " "));
+        let path = dir.join(format!("{name}.1"));
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+        std::fs::write(&path, page).with_context(|| format!("writing {}", path.display()))?;
+        *written += 1;
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
+            write(sub.clone(), format!("{name}-{}", sub.get_name()), dir, written)?;
+        }
+        Ok(())
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut written = 0;
+    let mut cmd = Cli::command();
+    cmd.build();
+    write(cmd, "shadowcopy".into(), dir, &mut written)?;
+    out!("wrote {written} manual pages to {}", dir.display());
+    Ok(())
+}
+
 /// [`out!`]'s work.
 fn print_line(line: std::fmt::Arguments<'_>) {
     use std::io::Write;
@@ -435,6 +463,7 @@ fn main() {
             out!("{}", String::from_utf8_lossy(&script).trim_end());
             Ok(())
         }
+        Command::Manpages { dir } => manpages(&dir),
         Command::Offline(cmd) => offline::run(cmd, json),
         cmd => online::run(cmd, cli.socket, json),
     };

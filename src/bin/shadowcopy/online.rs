@@ -59,7 +59,7 @@ pub(crate) fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<(
         Command::Restore { path, from, to, overwrite } => {
             return super::versions::restore(&path, &from, to.as_deref(), overwrite, socket, json)
         }
-        Command::Offline(_) | Command::Completions { .. } => unreachable!("handled by main"),
+        Command::Offline(_) | Command::Completions { .. } | Command::Manpages { .. } => unreachable!("handled by main"),
     };
     let socket = socket.unwrap_or_else(default_socket_path);
     let mut client = Client::connect(&socket)?;
