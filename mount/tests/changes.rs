@@ -79,6 +79,25 @@ fn changes_between_copies_and_live_match_diff_and_see_metadata() {
     assert_eq!(content, oracle, "\nours: {ours:?}");
     assert!(ours.contains(&("metadata".into(), "/many/file-00007".into())), "the chmod is a metadata change: {ours:?}");
     assert!(ours.contains(&("modified".into(), "/dir/sub".into())), "a folder whose entries changed is modified: {ours:?}");
+    // The daemon's changed inodes (what lets the walk skip stat for the rest): every inode the
+    // changes touched, as the kernel numbers them, and few others.
+    let Ok(shadowcopy::protocol::Answer::Inodes(Some(inodes))) = d.call(shadowcopy::protocol::Op::ChangedInodes { id: a.id, to: b.id })
+    else {
+        panic!("no changed inodes for two ext4 copies")
+    };
+    let kernel_ino = |p: &str| std::os::unix::fs::MetadataExt::ino(&std::fs::symlink_metadata(tb.join(p)).unwrap());
+    for p in ["hello.txt", "empty", "brand new.txt", "newdir", "many/file-00007", "dir/sub", ""] {
+        assert!(inodes.contains(&kernel_ino(p)), "{p} (inode {}) is among the changed inodes {inodes:?}", kernel_ino(p));
+    }
+    assert!(inodes.len() < 40, "about the changed inodes only (300 files were seeded): {} {inodes:?}", inodes.len());
+    // readdir in a copy gives the inode numbers stat gives (the walk compares them).
+    for e in std::fs::read_dir(d.tree("vol", &b).join("many")).unwrap().take(20) {
+        let e = e.unwrap();
+        assert_eq!(
+            std::os::unix::fs::DirEntryExt::ino(&e),
+            std::os::unix::fs::MetadataExt::ino(&std::fs::symlink_metadata(e.path()).unwrap())
+        );
+    }
     // Against live: nothing changed since B, so the same answer.
     assert_eq!(changes(&d, &[&a.exposed_name]), ours);
     // The people's format.

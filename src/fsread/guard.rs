@@ -92,6 +92,12 @@ impl ReadOnlyFs for Guarded {
             name_max: 255,
         })
     }
+    fn inode_tables(&self) -> Option<super::InodeTables> {
+        self.run("locating the inode tables", None, |fs| Ok(fs.inode_tables())).ok().flatten()
+    }
+    fn inode_record(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        self.run("reading an inode record", Some(ino), |fs| fs.inode_record(ino))
+    }
     fn damage(&self) -> Option<String> {
         self.damage.get().cloned()
     }

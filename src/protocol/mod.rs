@@ -123,6 +123,15 @@ pub enum Op {
         /// The later copy, or `None` for the live volume.
         to: Option<Uuid>,
     },
+    /// The inodes whose on-disk records differ between copy `id` and the later copy `to` of the
+    /// same volume (ext2/3/4 only), found from the chunks that changed between them: what
+    /// `shadowcopy changes` needs to stat instead of every file.
+    ChangedInodes {
+        /// The earlier copy.
+        id: Uuid,
+        /// The later copy.
+        to: Uuid,
+    },
     /// Makes a copy visible outside the mount: its tree bind-mounted on the directory `at`, or
     /// (`device`) its raw image on a read-only loop device. Lasts until `unexpose` or the
     /// daemon stops.
@@ -195,6 +204,7 @@ impl Op {
             | Op::StorageList
             | Op::Diff { .. }
             | Op::Writers
+            | Op::ChangedInodes { .. }
             | Op::PolicyList
             | Op::Events { .. }
             | Op::Cleanup { dry_run: true, .. } => false,
@@ -765,6 +775,9 @@ pub enum Answer {
     Cleanup(CleanupView),
     /// Events, oldest first.
     Events(Vec<EventView>),
+    /// Inode numbers (see [`Op::ChangedInodes`]); `None`: cannot be told for these copies (not
+    /// ext2/3/4, a new filesystem between them, too many), so compare every file.
+    Inodes(Option<Vec<u64>>),
     /// Done; the message says what happened.
     Done(String),
 }

@@ -429,6 +429,7 @@ impl Service {
             Op::Export { id, path } => self.export(id, &path, progress),
             Op::Revert { id } => self.revert(id, progress),
             Op::Diff { id, to } => self.diff(id, to),
+            Op::ChangedInodes { id, to } => self.changed_inodes(id, to),
             Op::Expose { id, at, device, force } => self.expose(id, at.as_deref(), device, force),
             Op::Unexpose { path } => self.unexpose(&path),
             Op::DaemonStop { force } => self.daemon_stop(force),

@@ -295,6 +295,7 @@ fn answer_json(a: &Answer) -> Result<serde_json::Value> {
         Answer::Policies(p) => json!({ "policies": p }),
         Answer::Cleanup(c) => serde_json::to_value(c)?,
         Answer::Events(e) => json!({ "events": e }),
+        Answer::Inodes(i) => json!({ "inodes": i }),
         Answer::Done(m) => json!({ "message": m }),
     })
 }
@@ -545,6 +546,10 @@ fn print_table(a: &Answer) {
             }
         }
         Answer::Events(_) => out!("(events are printed by `shadowcopy events`)"),
+        Answer::Inodes(i) => match i {
+            Some(i) => out!("{} inodes changed", i.len()),
+            None => out!("the changed inodes cannot be told for these copies"),
+        },
         Answer::Done(m) => out!("{m}"),
     }
 }

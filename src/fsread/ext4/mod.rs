@@ -364,6 +364,34 @@ impl ReadOnlyFs for Ext4 {
         self.sb.kind()
     }
 
+    fn inode_tables(&self) -> Option<super::InodeTables> {
+        let bs = self.block_size();
+        let per_group = u64::from(self.sb.inodes_per_group);
+        Some(super::InodeTables {
+            record_size: u64::from(self.sb.inode_size),
+            tables: self
+                .inode_tables
+                .iter()
+                .enumerate()
+                .map(|(g, &blk)| (blk.saturating_mul(bs), g as u64 * per_group + 1, per_group))
+                .collect(),
+            replayed: self.overlay.keys().map(|&blk| (blk.saturating_mul(bs), bs)).collect(),
+        })
+    }
+
+    fn inode_record(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        let ino = u32::try_from(ino).map_err(|_| FsError::NotFound)?;
+        if ino == 0 || ino > self.sb.inodes_count {
+            return Err(FsError::NotFound);
+        }
+        let idx = u64::from(ino - 1);
+        let table = *self.inode_tables.get((idx / u64::from(self.sb.inodes_per_group)) as usize).ok_or(FsError::NotFound)?;
+        let byte = (idx % u64::from(self.sb.inodes_per_group)) * u64::from(self.sb.inode_size);
+        let b = self.block(table + byte / self.block_size())?;
+        let off = (byte % self.block_size()) as usize;
+        b.get(off..off + usize::from(self.sb.inode_size)).map(<[u8]>::to_vec).ok_or(FsError::NotFound)
+    }
+
     fn root(&self) -> u64 {
         2
     }

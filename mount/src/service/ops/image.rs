@@ -52,6 +52,24 @@ impl Service {
         Ok(Answer::Ranges(ranges.iter().map(|r| RangeView { offset: r.offset, len: r.len }).collect()))
     }
 
+    /// See [`protocol::Op::ChangedInodes`]: the engine's changed ranges, mapped to inode records
+    /// through both copies' filesystem readers.
+    pub(in crate::service) fn changed_inodes(&self, id: Uuid, to: Uuid) -> OpResult {
+        /// More than this many is no saving over comparing every file (and would not fit a reply).
+        const MOST: usize = 100_000;
+        let (va, a) = self.find_copy(id)?;
+        let (vb, b) = self.find_copy(to)?;
+        if va.name != vb.name {
+            return Err(ServiceError::BadRequest("compare copies of one volume".into()));
+        }
+        let (Some(ta), Some(tb)) = (a.tree(self.settings.fs_owner), b.tree(self.settings.fs_owner)) else {
+            return Ok(Answer::Inodes(None));
+        };
+        let ranges: Vec<(u64, u64)> = system_of(&va)?.changed_ranges(id, Some(to))?.iter().map(|r| (r.offset, r.len)).collect();
+        let inodes = shadowcopy::fsread::changed_inodes(&*ta, &*tb, &ranges).filter(|v| v.len() <= MOST);
+        Ok(Answer::Inodes(inodes))
+    }
+
     pub(in crate::service) fn expose(&self, id: Uuid, at: Option<&str>, device: bool, force: bool) -> OpResult {
         let _admin = self.admin.lock();
         let (v, c) = self.find_copy(id)?;
