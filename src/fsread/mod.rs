@@ -9,6 +9,7 @@
 //! damaged structure is a [`FsError::Corrupt`] for the request that met it, never a panic.
 //! Never writes.
 
+pub mod compare;
 #[cfg(any(feature = "fat", feature = "ntfs"))]
 mod cursor;
 pub mod ext4;

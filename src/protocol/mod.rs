@@ -132,6 +132,15 @@ pub enum Op {
         /// The later copy.
         to: Uuid,
     },
+    /// The files and folders added, deleted, modified or with changed metadata between copy
+    /// `id` and the later copy `to` of the same volume, found inside the daemon through the
+    /// filesystem readers (for ext2/3/4 from the inode records in the chunks that changed).
+    Changes {
+        /// The earlier copy.
+        id: Uuid,
+        /// The later copy.
+        to: Uuid,
+    },
     /// Makes a copy visible outside the mount: its tree bind-mounted on the directory `at`, or
     /// (`device`) its raw image on a read-only loop device. Lasts until `unexpose` or the
     /// daemon stops.
@@ -205,6 +214,7 @@ impl Op {
             | Op::Diff { .. }
             | Op::Writers
             | Op::ChangedInodes { .. }
+            | Op::Changes { .. }
             | Op::PolicyList
             | Op::Events { .. }
             | Op::Cleanup { dry_run: true, .. } => false,
@@ -778,6 +788,10 @@ pub enum Answer {
     /// Inode numbers (see [`Op::ChangedInodes`]); `None`: cannot be told for these copies (not
     /// ext2/3/4, a new filesystem between them, too many), so compare every file.
     Inodes(Option<Vec<u64>>),
+    /// What changed between two copies ([`Op::Changes`]), in path order; `None`: the daemon
+    /// cannot say (a copy without a readable filesystem, or more than fits a reply), so the
+    /// client compares the trees itself.
+    Changes(Option<Vec<ChangeView>>),
     /// Done; the message says what happened.
     Done(String),
 }
@@ -891,6 +905,16 @@ pub struct CopyView {
     /// `cleanup`).
     #[serde(default)]
     pub cleanup: bool,
+}
+
+/// One changed path ([`Answer::Changes`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeView {
+    /// `added`, `deleted`, `modified` or `metadata`.
+    pub change: String,
+    /// From the filesystem's root, e.g. `/dir/file`.
+    pub path: String,
 }
 
 /// A set just taken.

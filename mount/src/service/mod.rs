@@ -430,6 +430,7 @@ impl Service {
             Op::Revert { id } => self.revert(id, progress),
             Op::Diff { id, to } => self.diff(id, to),
             Op::ChangedInodes { id, to } => self.changed_inodes(id, to),
+            Op::Changes { id, to } => self.changes(id, to),
             Op::Expose { id, at, device, force } => self.expose(id, at.as_deref(), device, force),
             Op::Unexpose { path } => self.unexpose(&path),
             Op::DaemonStop { force } => self.daemon_stop(force),

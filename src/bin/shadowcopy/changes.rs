@@ -8,14 +8,13 @@
 //! all match did not change; on filesystems without a ctime (FAT) a change that keeps size and
 //! mtime is missed. Owns the comparison only; never writes anything.
 //!
-//! Between two copies of an ext2/3/4 volume, the daemon first says which inodes' on-disk records
-//! differ (`Op::ChangedInodes`: only the chunks the engine knows changed are looked at). The walk
-//! then reads directories only, and stats an entry only if its inode is among those or its
-//! inode number differs between the copies: an inode whose record is the same is the same file
-//! (its size, times, mode, owner and link target are in the record). Against the live filesystem,
-//! or for other filesystems, every entry is stat'ed.
+//! Between two copies, the daemon does it (`Op::Changes`), inside its own filesystem readers,
+//! with no FUSE round trip per entry; for ext2/3/4 it first finds the inodes whose on-disk
+//! records differ from the chunks the engine knows changed, and stats only those
+//! (`shadowcopy::fsread::compare`). This walk over the mount is for the live filesystem, and for
+//! answers too large for one reply.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -105,39 +104,22 @@ pub(crate) fn classify(a: &Seen, b: &Seen) -> Option<Change> {
     }
 }
 
-/// A directory's entries: name → (inode number, whether it is a directory), from `readdir`
-/// alone (no stat).
-fn entries(dir: &Path) -> BTreeMap<OsString, (u64, bool)> {
-    use std::os::unix::fs::DirEntryExt;
-    std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| (e.file_name(), (e.ino(), e.file_type().is_ok_and(|t| t.is_dir())))).collect())
-        .unwrap_or_default()
+fn entries(dir: &Path) -> BTreeSet<OsString> {
+    std::fs::read_dir(dir).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or_default()
 }
 
 /// Compares the trees under `a` and `b`; `out` gets each change with its path relative to the
 /// roots. A folder added or deleted is one change (its contents are not listed). The trees are
 /// a copy's content, which may be hostile: the walk keeps its own stack (no recursion depth to
 /// exhaust) and enters each pair of folders once (a folder linked into itself ends there).
-///
-/// `changed`, when known, is every inode whose record differs between the two trees: an entry
-/// with the same inode number on both sides that is not in it is unchanged and not stat'ed.
-fn compare(a: &Path, b: &Path, changed: Option<&HashSet<u64>>, out: &mut Vec<(Change, PathBuf)>) {
+fn compare(a: &Path, b: &Path, out: &mut Vec<(Change, PathBuf)>) {
     let mut entered: HashSet<(u64, u64)> = HashSet::new();
     let mut stack = vec![(a.to_path_buf(), b.to_path_buf(), PathBuf::new())];
     while let Some((a, b, rel)) = stack.pop() {
         let (ea, eb) = (entries(&a), entries(&b));
         let mut subdirs = Vec::new();
-        let names: BTreeSet<&OsString> = ea.keys().chain(eb.keys()).collect();
-        for name in names {
+        for name in ea.union(&eb) {
             let (pa, pb, r) = (a.join(name), b.join(name), rel.join(name));
-            if let (Some(changed), Some(&(ia, da)), Some(&(ib, db))) = (changed, ea.get(name), eb.get(name)) {
-                if ia == ib && da == db && !changed.contains(&ia) {
-                    if da && entered.insert((ia, ib)) {
-                        subdirs.push((pa, pb, r));
-                    }
-                    continue;
-                }
-            }
             match (seen(&pa), seen(&pb)) {
                 (Some(_), None) => out.push((Change::Deleted, r)),
                 (None, Some(_)) => out.push((Change::Added, r)),
@@ -168,15 +150,15 @@ pub(crate) fn changes(a: &str, b: Option<&str>, socket: Option<PathBuf>, json: b
     };
     let from = find(a)?;
     let a_root = mount.join(&from.volume).join(&from.exposed_name);
-    let mut changed = None;
+    let mut from_daemon = None;
     let (b_root, b_label) = match b {
         Some(b) => {
             let to = find(b)?;
             if to.volume != from.volume {
                 bail!("{a} is a copy of volume `{}` and {b} of `{}`: compare copies of one volume", from.volume, to.volume);
             }
-            if let Answer::Inodes(Some(inodes)) = super::locate::call(&socket, Op::ChangedInodes { id: from.id, to: to.id })? {
-                changed = Some(inodes.into_iter().collect::<HashSet<u64>>());
+            if let Answer::Changes(Some(found)) = super::locate::call(&socket, Op::Changes { id: from.id, to: to.id })? {
+                from_daemon = Some(found);
             }
             (mount.join(&to.volume).join(&to.exposed_name), to.exposed_name.clone())
         }
@@ -192,7 +174,20 @@ pub(crate) fn changes(a: &str, b: Option<&str>, socket: Option<PathBuf>, json: b
         bail!("copy {} has no files to compare (its filesystem could not be read; see `shadowcopy list`)", from.exposed_name);
     }
     let mut out = Vec::new();
-    compare(&a_root, &b_root, changed.as_ref(), &mut out);
+    match from_daemon {
+        Some(found) => {
+            for c in found {
+                let change = match c.change.as_str() {
+                    "added" => Change::Added,
+                    "deleted" => Change::Deleted,
+                    "modified" => Change::Modified,
+                    _ => Change::Metadata,
+                };
+                out.push((change, PathBuf::from(c.path.trim_start_matches('/'))));
+            }
+        }
+        None => compare(&a_root, &b_root, &mut out),
+    }
     out.sort_by(|x, y| x.1.cmp(&y.1));
     // lost+found churn and the like are real changes; nothing is filtered.
     if json {

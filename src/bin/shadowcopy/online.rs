@@ -296,6 +296,7 @@ fn answer_json(a: &Answer) -> Result<serde_json::Value> {
         Answer::Cleanup(c) => serde_json::to_value(c)?,
         Answer::Events(e) => json!({ "events": e }),
         Answer::Inodes(i) => json!({ "inodes": i }),
+        Answer::Changes(c) => json!({ "changes": c }),
         Answer::Done(m) => json!({ "message": m }),
     })
 }
@@ -546,6 +547,7 @@ fn print_table(a: &Answer) {
             }
         }
         Answer::Events(_) => out!("(events are printed by `shadowcopy events`)"),
+        Answer::Changes(_) => out!("(changes are printed by `shadowcopy changes`)"),
         Answer::Inodes(i) => match i {
             Some(i) => out!("{} inodes changed", i.len()),
             None => out!("the changed inodes cannot be told for these copies"),

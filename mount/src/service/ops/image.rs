@@ -3,6 +3,9 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use shadowcopy::fsread::ReadOnlyFs;
 
 use shadowcopy::coordinator;
 use shadowcopy::protocol::{self, Answer, RangeView};
@@ -55,19 +58,56 @@ impl Service {
     /// See [`protocol::Op::ChangedInodes`]: the engine's changed ranges, mapped to inode records
     /// through both copies' filesystem readers.
     pub(in crate::service) fn changed_inodes(&self, id: Uuid, to: Uuid) -> OpResult {
-        /// More than this many is no saving over comparing every file (and would not fit a reply).
+        /// More than this many would not fit a reply.
         const MOST: usize = 100_000;
+        Ok(Answer::Inodes(self.inodes_changed(id, to)?.map(|(_, _, i)| i).filter(|v| v.len() <= MOST)))
+    }
+
+    /// Both copies' trees and the inodes whose records differ (`None`: a copy without a
+    /// readable filesystem, or a filesystem without inode tables).
+    #[allow(clippy::type_complexity)]
+    fn inodes_changed(&self, id: Uuid, to: Uuid) -> Result<Option<(Arc<dyn ReadOnlyFs>, Arc<dyn ReadOnlyFs>, Vec<u64>)>, ServiceError> {
         let (va, a) = self.find_copy(id)?;
         let (vb, b) = self.find_copy(to)?;
         if va.name != vb.name {
             return Err(ServiceError::BadRequest("compare copies of one volume".into()));
         }
         let (Some(ta), Some(tb)) = (a.tree(self.settings.fs_owner), b.tree(self.settings.fs_owner)) else {
-            return Ok(Answer::Inodes(None));
+            return Ok(None);
         };
         let ranges: Vec<(u64, u64)> = system_of(&va)?.changed_ranges(id, Some(to))?.iter().map(|r| (r.offset, r.len)).collect();
-        let inodes = shadowcopy::fsread::changed_inodes(&*ta, &*tb, &ranges).filter(|v| v.len() <= MOST);
-        Ok(Answer::Inodes(inodes))
+        match shadowcopy::fsread::changed_inodes(&*ta, &*tb, &ranges) {
+            Some(inodes) => Ok(Some((ta, tb, inodes))),
+            None => Ok(None),
+        }
+    }
+
+    /// See [`protocol::Op::Changes`].
+    pub(in crate::service) fn changes(&self, id: Uuid, to: Uuid) -> OpResult {
+        use shadowcopy::fsread::compare::compare_trees;
+        /// Changes in one reply (each line is short; the reply must stay under 1 MiB).
+        const MOST: usize = 10_000;
+        let (_, a) = self.find_copy(id)?;
+        let (_, b) = self.find_copy(to)?;
+        let found = match self.inodes_changed(id, to)? {
+            Some((ta, tb, inodes)) => {
+                let changed: std::collections::HashSet<u64> = inodes.into_iter().collect();
+                compare_trees(&*ta, &*tb, Some(&changed), MOST)
+            }
+            // No inode tables (FAT, NTFS): every entry is stat'ed, still inside the daemon.
+            None => match (a.tree(self.settings.fs_owner), b.tree(self.settings.fs_owner)) {
+                (Some(ta), Some(tb)) => compare_trees(&*ta, &*tb, None, MOST),
+                _ => None,
+            },
+        };
+        let fits =
+            |v: &Vec<(shadowcopy::fsread::compare::TreeChange, String)>| v.iter().map(|(_, p)| p.len() + 40).sum::<usize>() < 900 << 10;
+        Ok(Answer::Changes(found.filter(fits).map(|v| {
+            let mut v: Vec<protocol::ChangeView> =
+                v.into_iter().map(|(c, path)| protocol::ChangeView { change: c.word().into(), path }).collect();
+            v.sort_by(|x, y| x.path.cmp(&y.path));
+            v
+        })))
     }
 
     pub(in crate::service) fn expose(&self, id: Uuid, at: Option<&str>, device: bool, force: bool) -> OpResult {
