@@ -6,7 +6,7 @@
 //! snapper), the minimum count and age. Never touches a copy or reads a clock: the service
 //! passes `now` and deletes what this module names.
 
-use shadowcopy::protocol::{civil_date, Keep, Policy};
+use shadowcopy::protocol::{civil_date, parse_duration, Keep, Policy};
 use uuid::Uuid;
 
 const HOUR: u64 = 3600;
@@ -56,26 +56,6 @@ impl Schedule {
         } else {
             self.slot(now) + self.every
         }
-    }
-}
-
-/// `30s`, `15m`, `6h`, `2d`, `1w`: seconds.
-pub fn parse_duration(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("`{s}` is not a number followed by s, m, h, d or w"))?;
-    let unit = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => HOUR,
-        "d" => DAY,
-        "w" => 7 * DAY,
-        _ => return Err(format!("`{s}`: the unit must be s, m, h, d or w")),
-    };
-    match n.checked_mul(unit) {
-        Some(0) | None => Err(format!("`{s}` is out of range")),
-        Some(secs) => Ok(secs),
     }
 }
 

@@ -297,6 +297,26 @@ pub struct Keep {
     pub min_age_secs: u64,
 }
 
+/// `30s`, `15m`, `6h`, `2d`, `1w` as seconds (schedules and `--min-age`); zero is refused.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("`{s}` is not a number followed by s, m, h, d or w"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        "w" => 7 * 86400,
+        _ => return Err(format!("`{s}`: the unit must be s, m, h, d or w")),
+    };
+    match n.checked_mul(unit) {
+        Some(0) | None => Err(format!("`{s}` is out of range")),
+        Some(secs) => Ok(secs),
+    }
+}
+
 /// A volume's policy as `policy list` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

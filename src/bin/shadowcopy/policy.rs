@@ -59,21 +59,6 @@ pub(crate) struct SetArgs {
     min_age: Option<String>,
 }
 
-fn parse_age(s: &str) -> Result<u64> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| anyhow::anyhow!("--min-age `{s}`: expected a number and s, m, h, d or w, e.g. 12h"))?;
-    let unit = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        "w" => 7 * 86400,
-        _ => bail!("--min-age `{s}`: the unit must be s, m, h, d or w"),
-    };
-    Ok(n.saturating_mul(unit))
-}
-
 impl SetArgs {
     fn policy(&self) -> Result<Policy> {
         let given = [self.keep_hourly, self.keep_daily, self.keep_weekly, self.keep_monthly, self.keep_yearly, self.min_count];
@@ -87,7 +72,12 @@ impl SetArgs {
                 monthly: self.keep_monthly.unwrap_or(0),
                 yearly: self.keep_yearly.unwrap_or(0),
                 min_count: self.min_count.unwrap_or(0),
-                min_age_secs: self.min_age.as_deref().map(parse_age).transpose()?.unwrap_or(0),
+                min_age_secs: self
+                    .min_age
+                    .as_deref()
+                    .map(|a| shadowcopy::protocol::parse_duration(a).map_err(|e| anyhow::anyhow!("--min-age: {e}")))
+                    .transpose()?
+                    .unwrap_or(0),
             }
         };
         Ok(Policy { schedule: self.schedule.clone(), keep })
