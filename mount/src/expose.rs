@@ -13,7 +13,8 @@ use parking_lot::Mutex;
 use uuid::Uuid;
 
 /// Where a copy is exposed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Place {
     /// The copy's tree, bind-mounted on this directory.
     Folder(PathBuf),
@@ -40,13 +41,30 @@ pub struct Exposure {
     pub place: Place,
 }
 
-/// The exposures made by this daemon.
-#[derive(Default)]
+/// The exposures made by this daemon (and by the workers before this one on the same FUSE
+/// connection: the ledger keeps them).
 pub struct Exposures {
     list: Mutex<Vec<Exposure>>,
+    ledger: std::sync::Arc<crate::ledger::NodeLedger>,
 }
 
 impl Exposures {
+    /// The exposures the ledger knows of.
+    pub fn new(ledger: std::sync::Arc<crate::ledger::NodeLedger>) -> Exposures {
+        let list = ledger.exposures().into_iter().map(|(copy, place)| Exposure { copy, place }).collect();
+        Exposures { list: Mutex::new(list), ledger }
+    }
+
+    fn add(&self, copy: Uuid, place: &Place) {
+        self.ledger.exposed(copy, place);
+        self.list.lock().push(Exposure { copy, place: place.clone() });
+    }
+
+    fn remove(&self, place: &Place) {
+        self.ledger.unexposed(place);
+        self.list.lock().retain(|x| &x.place != place);
+    }
+
     /// Bind-mounts `tree` on the directory `at`. A directory that holds anything is refused
     /// unless `force`: the mount would hide what is in it.
     pub fn folder(&self, copy: Uuid, tree: &Path, at: &Path, force: bool) -> Result<Place, String> {
@@ -68,7 +86,7 @@ impl Exposures {
         nix::mount::mount(Some(tree), &at, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
             .map_err(|e| format!("bind-mounting {} on {}: {e}", tree.display(), at.display()))?;
         let place = Place::Folder(at);
-        self.list.lock().push(Exposure { copy, place: place.clone() });
+        self.add(copy, &place);
         Ok(place)
     }
 
@@ -83,7 +101,7 @@ impl Exposures {
             return Err(format!("losetup --read-only {}: {}", image.display(), String::from_utf8_lossy(&out.stderr).trim()));
         }
         let place = Place::Device(String::from_utf8_lossy(&out.stdout).trim().to_string());
-        self.list.lock().push(Exposure { copy, place: place.clone() });
+        self.add(copy, &place);
         Ok(place)
     }
 
@@ -98,14 +116,14 @@ impl Exposures {
             .cloned()
             .ok_or_else(|| format!("nothing is exposed at {path} (see `shadowcopy list`)"))?;
         release(&e.place, false)?;
-        self.list.lock().retain(|x| x.place != e.place);
+        self.remove(&e.place);
         Ok(e)
     }
 
     /// Records an exposure without making it (the service's tests, which run without root).
     #[cfg(test)]
     pub(crate) fn record(&self, copy: Uuid, place: Place) {
-        self.list.lock().push(Exposure { copy, place });
+        self.add(copy, &place);
     }
 
     /// Where `copy` is exposed.
@@ -115,10 +133,12 @@ impl Exposures {
 
     /// Undoes every exposure (at shutdown): folders still in use are detached lazily.
     pub fn undo_all(&self) {
-        for e in std::mem::take(&mut *self.list.lock()) {
+        let all = self.list.lock().clone();
+        for e in all {
             if let Err(err) = release(&e.place, true) {
                 tracing::warn!(at = %e.place.path(), error = %err, "undoing an exposure failed");
             }
+            self.remove(&e.place);
         }
     }
 }

@@ -11,6 +11,7 @@
 //! | [`control`] | the socket: framing, peer credentials, dispatch | decides what an operation does |
 //! | [`namespace`] | the mount layout in neutral types: node ids, lookups, listings, attributes, cache policy, write refusals | names a frontend's types |
 //! | [`fuse`] | the FUSE frontend: the namespace in fuser's types, INIT capabilities, the errno table | decides anything about the layout |
+//! | [`ledger`] | the node ledger: serials, names and `live` opens the kernel knows on one FUSE connection, for the next worker | decides names, or talks to the kernel |
 //! | [`keeper`] | the thaw keeper process: thaws a hold's filesystems if the daemon dies mid-hold | freezes, or reads volumes |
 //! | [`lifecycle`] | when the daemon stops: signals, `daemon stop`, never under a user of `live` | unmounts or flushes |
 //! | [`failpoints`] | fault injection for tests (off unless enabled by the environment) | is active in normal use |
@@ -26,6 +27,7 @@ pub mod expose;
 pub mod failpoints;
 pub mod fuse;
 pub mod keeper;
+pub mod ledger;
 pub mod lifecycle;
 pub mod namespace;
 pub mod retention;

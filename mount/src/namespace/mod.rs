@@ -18,7 +18,6 @@
 
 pub mod nodes;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -418,7 +417,7 @@ impl Namespace {
         match r {
             Resolved::Live(v) if writing && v.read_only() => Err(NsError::ReadOnly),
             Resolved::Live(v) => {
-                v.live_opens.fetch_add(1, Ordering::AcqRel);
+                v.live_opened();
                 Ok(Cache::Never)
             }
             Resolved::Image(..) | Resolved::Tree(..) if writing => Err(NsError::ReadOnly),
@@ -431,7 +430,7 @@ impl Namespace {
     pub fn close_live(&self, id: u64) {
         if let Some(Node::Live(s)) = Node::from_id(id) {
             if let Some(v) = self.service.volume_by_serial(s) {
-                v.live_opens.fetch_sub(1, Ordering::AcqRel);
+                v.live_released();
             }
         }
     }

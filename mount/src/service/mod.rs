@@ -20,7 +20,6 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -54,6 +53,9 @@ pub struct Settings {
     pub clock: fn() -> std::time::SystemTime,
     /// A diff area this full (percent of its maximum) is reported as nearly full.
     pub nearly_full_percent: u8,
+    /// The serials, names and `live` opens the kernel knows on this FUSE connection (kept by
+    /// the holder across workers).
+    pub ledger: std::sync::Arc<crate::ledger::NodeLedger>,
 }
 
 impl Settings {
@@ -66,6 +68,7 @@ impl Settings {
             allow_other: false,
             clock: std::time::SystemTime::now,
             nearly_full_percent: 90,
+            ledger: Default::default(),
         }
     }
 
@@ -106,7 +109,6 @@ pub struct Service {
     volumes: RwLock<BTreeMap<String, Arc<Volume>>>,
     volumes_by_serial: RwLock<HashMap<u32, Arc<Volume>>>,
     copies_by_serial: RwLock<HashMap<u32, Arc<ShadowCopy>>>,
-    next_serial: AtomicU32,
     /// Registered volumes that could not be opened at start, and why: kept registered, listed
     /// by `volume list` as failed with the reason.
     unopened: Mutex<Vec<(VolumeRecord, String)>>,
@@ -146,6 +148,7 @@ impl Service {
     /// is logged and left registered (it comes back once fixed), never a reason not to start.
     pub fn start(state: StateDir, settings: Settings) -> Service {
         let events = crate::events::EventLog::open(Some(state.path().join("events.jsonl")), settings.clock);
+        let exposures = crate::expose::Exposures::new(std::sync::Arc::clone(&settings.ledger));
         let svc = Service {
             events,
             notices: Mutex::new(BTreeMap::new()),
@@ -155,7 +158,6 @@ impl Service {
             volumes: RwLock::new(BTreeMap::new()),
             volumes_by_serial: RwLock::new(HashMap::new()),
             copies_by_serial: RwLock::new(HashMap::new()),
-            next_serial: AtomicU32::new(1),
             unopened: Mutex::new(Vec::new()),
             admin: Mutex::new(()),
             names_dirty: (Mutex::new(false), parking_lot::Condvar::new()),
@@ -163,7 +165,7 @@ impl Service {
             notify: OnceLock::new(),
             writers: shadowcopy::coordinator::Writers::default(),
             sessions: shadowcopy::coordinator::Sessions::default(),
-            exposures: crate::expose::Exposures::default(),
+            exposures,
             stop_requests: OnceLock::new(),
             keeper: OnceLock::new(),
             started: std::time::SystemTime::now(),

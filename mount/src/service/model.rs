@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::UNIX_EPOCH;
 
@@ -45,8 +44,9 @@ pub struct Volume {
     pub owner: Owner,
     /// Copies by exposed name.
     pub copies: RwLock<BTreeMap<String, Arc<ShadowCopy>>>,
-    /// Open handles on `live` (revert refuses while any is open).
-    pub live_opens: AtomicUsize,
+    /// The connection's ledger: where this volume's open handles on `live` are counted
+    /// (revert, remove and stop refuse while any is open), so a replacement worker knows them.
+    pub(super) ledger: Arc<crate::ledger::NodeLedger>,
     /// For a block device: what identifies it (see `VolumeRecord::identity`).
     pub identity: Option<shadowcopy::probe::DeviceIdentity>,
     /// The newest exposed name ever given on this volume (seconds since the epoch); new names
@@ -135,6 +135,21 @@ impl Volume {
             Some(p) => p.read_copy(id, buf, offset),
             None => Err(shadowcopy::Error::NoSuchCopy(id)),
         }
+    }
+
+    /// How many handles on its `live` file are open.
+    pub fn live_opens(&self) -> usize {
+        self.ledger.live_opens(self.serial)
+    }
+
+    /// A handle on its `live` file was opened.
+    pub fn live_opened(&self) {
+        self.ledger.live_opened(self.serial);
+    }
+
+    /// A handle on its `live` file was released.
+    pub fn live_released(&self) {
+        self.ledger.live_released(self.serial);
     }
 
     pub(super) fn copies_now(&self) -> Vec<CopyInfo> {

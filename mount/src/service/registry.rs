@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::RwLock;
@@ -36,10 +35,21 @@ pub(super) fn check_name(name: &str) -> Result<(), ServiceError> {
 }
 
 impl Service {
-    /// A new serial for a volume or copy: never reused while the daemon runs (part of FUSE
-    /// node ids).
-    pub(super) fn next_serial(&self) -> u32 {
-        self.next_serial.fetch_add(1, Ordering::Relaxed)
+    /// The serial of volume `name`: the one the kernel knows it by on this connection, else a
+    /// new one (serials are part of FUSE node ids and never name two objects).
+    pub(super) fn volume_serial(&self, name: &str) -> u32 {
+        self.settings.ledger.volume_serial(name)
+    }
+
+    /// The serial of copy `info` served as `name` (see [`Service::volume_serial`]).
+    pub(super) fn copy_serial(&self, info: &shadowcopy::CopyInfo, name: &str) -> u32 {
+        self.settings.ledger.copy_serial(info.id, name)
+    }
+
+    /// The name a copy had on this connection (a worker that replaced a dead one keeps it),
+    /// when it is still free.
+    pub(super) fn kept_name(&self, copies: &BTreeMap<String, Arc<ShadowCopy>>, info: &shadowcopy::CopyInfo) -> Option<String> {
+        self.settings.ledger.copy_name(info.id).filter(|n| !copies.contains_key(n))
     }
 
     fn engine_options(&self) -> EngineOptions {
@@ -95,13 +105,13 @@ impl Service {
         };
         let vol = Arc::new(Volume {
             name: rec.name.clone(),
-            serial: self.next_serial(),
+            serial: self.volume_serial(&rec.name),
             image: rec.image.clone(),
             diff_area: rec.diff_area.clone(),
             backend,
             owner: Owner { uid: md.uid(), gid: md.gid(), mode: md.mode() },
             copies: RwLock::new(BTreeMap::new()),
-            live_opens: AtomicUsize::new(0),
+            ledger: Arc::clone(&self.settings.ledger),
             last_name_secs: parking_lot::Mutex::new(rec.last_name_secs),
             // Registered before this was recorded: the device found now is trusted from now on.
             identity: rec.identity.clone().or(identity),
@@ -118,14 +128,15 @@ impl Service {
         let mut infos = vol.copies_now();
         infos.sort_by_key(|i| !rec.exposed.contains_key(&i.id));
         for info in infos {
-            let name = match rec.exposed.get(&info.id) {
-                Some(n) if !copies.contains_key(n) => n.clone(),
+            let name = match (self.kept_name(&copies, &info), rec.exposed.get(&info.id)) {
+                (Some(kept), _) => kept,
+                (None, Some(n)) if !copies.contains_key(n) => n.clone(),
                 _ => unique_name(&vol, &copies, &info),
             };
             copies.insert(
                 name.clone(),
                 Arc::new(ShadowCopy {
-                    serial: self.next_serial(),
+                    serial: self.copy_serial(&info, &name),
                     name,
                     notes: rec.notes.get(&info.id).cloned().unwrap_or_default(),
                     info,

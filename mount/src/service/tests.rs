@@ -205,13 +205,13 @@ fn an_open_live_file_makes_remove_and_revert_busy() {
     f.add("v", &f.image("v.img", 64 << 20));
     let id = f.create("v");
     let v = f.svc.volume("v").unwrap();
-    v.live_opens.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    v.live_opened();
     for (op, action) in [(Op::VolumeRemove { name: "v".into() }, "removing the volume"), (Op::Revert { id }, "reverting")] {
         let e = f.err(op);
         assert_eq!(e.kind, ErrorKind::Busy, "{}", e.message);
         assert!(e.message.contains("live is open") && e.message.ends_with(action), "{}", e.message);
     }
-    v.live_opens.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    v.live_released();
     assert!(matches!(f.ok(Op::Revert { id }), Answer::Done(_)));
 }
 

@@ -49,6 +49,7 @@ pub use crate::ll::request::LockOwner;
 pub use crate::ll::request::Version;
 pub use crate::mnt::mount_options::Config;
 pub use crate::mnt::mount_options::MountOption;
+pub use crate::handoff::{MountHandle, ServeStop, clone_device, mount_device, notify_resend};
 pub use crate::notify::Notifier;
 pub use crate::notify::PollHandle;
 pub use crate::notify::PollNotifier;
@@ -88,6 +89,8 @@ mod dev_fuse;
 #[cfg(feature = "experimental")]
 pub mod experimental;
 mod forget_one;
+// shadowcopy patch: keeping a connection across servers (see `handoff`).
+mod handoff;
 mod ll;
 mod mnt;
 mod notify;

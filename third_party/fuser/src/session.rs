@@ -100,8 +100,8 @@ impl<FS: Filesystem> Drop for FilesystemHolder<FS> {
 }
 
 #[derive(Debug)]
-struct UmountOnDrop {
-    mount: Arc<Mutex<Option<Mount>>>,
+pub(crate) struct UmountOnDrop {
+    pub(crate) mount: Arc<Mutex<Option<Mount>>>,
 }
 
 impl UmountOnDrop {
@@ -129,7 +129,7 @@ pub struct Session<FS: Filesystem> {
     /// Communication channel to the kernel driver
     pub(crate) ch: Channel,
     /// Handle to the mount.  Dropping this unmounts.
-    mount: UmountOnDrop,
+    pub(crate) mount: UmountOnDrop,
     /// Whether to restrict access to owner, root + owner, or unrestricted
     /// Used to implement `allow_root` and `auto_unmount`
     pub(crate) allowed: SessionACL,

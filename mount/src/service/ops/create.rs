@@ -188,7 +188,7 @@ impl Service {
             let mut copies = v.copies.write();
             let name = unique_name(v, &copies, &info);
             let c = Arc::new(ShadowCopy {
-                serial: self.next_serial(),
+                serial: self.copy_serial(&info, &name),
                 name: name.clone(),
                 notes: notes.clone(),
                 info,

@@ -1,6 +1,5 @@
 //! `daemon stop`, and who uses each volume's `live` file (what a stop would pull the disk from).
 
-use std::sync::atomic::Ordering;
 
 use shadowcopy::probe::{self, FileUsers};
 use shadowcopy::protocol::Answer;
@@ -14,7 +13,7 @@ impl Service {
     pub fn live_in_use(&self, processes: bool) -> Vec<(String, FileUsers)> {
         self.volumes()
             .iter()
-            .filter(|v| v.live_opens.load(Ordering::Acquire) > 0)
+            .filter(|v| v.live_opens() > 0)
             .map(|v| (v.name.clone(), probe::users_of(&self.live_path(v), processes).unwrap_or_default()))
             .collect()
     }

@@ -2,7 +2,6 @@
 //! exposing a copy outside the mount (and undoing that).
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use shadowcopy::fsread::ReadOnlyFs;
@@ -29,7 +28,7 @@ impl Service {
     pub(in crate::service) fn revert(&self, id: Uuid, progress: &mut dyn FnMut(u64, u64)) -> OpResult {
         let _admin = self.admin.lock();
         let (v, copy) = self.find_copy(id)?;
-        if v.live_opens.load(Ordering::Acquire) > 0 {
+        if v.live_opens() > 0 {
             return Err(ServiceError::LiveInUse { live: self.live_path(&v), action: "reverting" });
         }
         let engine = system_of(&v)?;

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use shadowcopy::protocol::{self, Answer, VolumeInfo};
@@ -153,7 +152,7 @@ impl Service {
             }
         }
         let v = self.volume_named(name)?;
-        if v.live_opens.load(Ordering::Acquire) > 0 {
+        if v.live_opens() > 0 {
             return Err(ServiceError::LiveInUse { live: self.live_path(&v), action: "removing the volume" });
         }
         if let Some((copy, at)) = v.copies.read().values().map(|c| (c.info.id, self.exposures.of(c.info.id))).find(|(_, at)| !at.is_empty())
@@ -162,6 +161,7 @@ impl Service {
         }
         self.volumes.write().remove(name);
         self.volumes_by_serial.write().remove(&v.serial);
+        self.settings.ledger.retire_volume(v.serial);
         {
             let mut serials = self.copies_by_serial.write();
             for c in v.copies.read().values() {
