@@ -39,6 +39,7 @@
 mod bytes;
 pub mod cache;
 pub mod coordinator;
+pub mod descriptors;
 pub mod diffarea;
 pub mod engine;
 mod error;

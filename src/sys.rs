@@ -46,3 +46,43 @@ fn fs_ioctl(dir: &File, request: libc::c_ulong) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Clears close-on-exec on `fds` in the child `cmd` starts, between fork and exec, so that the
+/// program it runs inherits them (and nothing else this process has open).
+pub(crate) fn keep_across_exec(cmd: &mut std::process::Command, fds: Vec<std::os::fd::RawFd>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and calls only fcntl, which is
+    // async-signal-safe; it allocates nothing (the vector was made before the fork).
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Descriptor numbers already taken by [`own_inherited`].
+static TAKEN: std::sync::Mutex<Vec<std::os::fd::RawFd>> = std::sync::Mutex::new(Vec::new());
+
+/// Takes ownership of descriptor `fd`, which this process inherited from its parent for it to
+/// own, and marks it close-on-exec. A number that is not open, or was taken already, is refused.
+pub(crate) fn own_inherited(fd: std::os::fd::RawFd) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    if fd < 0 || taken.contains(&fd) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("descriptor {fd} is not an inherited one")));
+    }
+    // SAFETY: fcntl on a descriptor number reads or sets its flags only; a closed number gives
+    // EBADF.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    taken.push(fd);
+    // SAFETY: the descriptor is open (fcntl succeeded), was inherited for this process to own
+    // (the caller's parent named it), and is taken once (TAKEN): nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}

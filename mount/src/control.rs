@@ -120,8 +120,16 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener> {
 /// Serves connections until the listener is shut down.
 pub fn serve(listener: UnixListener, service: Arc<Service>, access: Access) {
     let slots = Arc::new(parking_lot::Mutex::new(Slots::default()));
-    for conn in listener.incoming() {
-        let stream = match conn {
+    loop {
+        // A worker handing over stops accepting: new connections wait in the socket's queue for
+        // the next worker.
+        if service.is_quiesced() {
+            return;
+        }
+        if !readable_within(&listener, Duration::from_millis(100)) {
+            continue;
+        }
+        let stream = match listener.accept().map(|(s, _)| s) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "accepting a control connection failed");
@@ -154,6 +162,15 @@ pub fn serve(listener: UnixListener, service: Arc<Service>, access: Access) {
             tracing::error!(error = %e, "cannot start a thread for a control connection");
         }
     }
+}
+
+/// Whether a connection waits on `listener` within `limit`.
+fn readable_within(listener: &UnixListener, limit: Duration) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+    let timeout = PollTimeout::try_from(limit).unwrap_or(PollTimeout::NONE);
+    matches!(poll(&mut fds, timeout), Ok(n) if n > 0)
 }
 
 fn write_reply(mut s: &UnixStream, r: &Reply) -> std::io::Result<()> {

@@ -11,6 +11,8 @@
 //! | [`control`] | the socket: framing, peer credentials, dispatch | decides what an operation does |
 //! | [`namespace`] | the mount layout in neutral types: node ids, lookups, listings, attributes, cache policy, write refusals | names a frontend's types |
 //! | [`fuse`] | the FUSE frontend: the namespace in fuser's types, INIT capabilities, the errno table | decides anything about the layout |
+//! | [`holder`] | the daemon's main process: the FUSE connection, the socket and the ledger kept across workers; restarts and upgrades | reads a request or opens a volume |
+//! | [`handoff`] | what passes from holder to worker (descriptors, generation, crash route, why) | decides when workers start |
 //! | [`ledger`] | the node ledger: serials, names and `live` opens the kernel knows on one FUSE connection, for the next worker | decides names, or talks to the kernel |
 //! | [`keeper`] | the thaw keeper process: thaws a hold's filesystems if the daemon dies mid-hold | freezes, or reads volumes |
 //! | [`lifecycle`] | when the daemon stops: signals, `daemon stop`, never under a user of `live` | unmounts or flushes |
@@ -26,6 +28,8 @@ pub mod events;
 pub mod expose;
 pub mod failpoints;
 pub mod fuse;
+pub mod handoff;
+pub mod holder;
 pub mod keeper;
 pub mod ledger;
 pub mod lifecycle;

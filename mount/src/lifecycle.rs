@@ -27,6 +27,8 @@ pub enum StopRequest {
         /// Stop even while `live` files are open.
         force: bool,
     },
+    /// `shadowcopy daemon restart`: hand over to a new worker, unmounting nothing.
+    Restart,
 }
 
 /// How a stop signal is treated while `live` files are open.
@@ -50,6 +52,8 @@ pub enum StopReason {
     },
     /// The last user of `live` went away after a stop signal (`--stop-when-unused`).
     Unused,
+    /// `daemon restart`: not a stop; the worker hands over.
+    Restart,
 }
 
 /// How long a stop signal waits for `live` files closing right then (a `losetup -d` just
@@ -107,6 +111,7 @@ pub fn wait_for_stop(service: &Service, requests: &mpsc::Receiver<StopRequest>, 
                 }
             }
             Ok(StopRequest::Asked { force }) => return StopReason::Asked { force },
+            Ok(StopRequest::Restart) => return StopReason::Restart,
             Err(RecvTimeoutError::Timeout) => {
                 if service.live_in_use(false).is_empty() {
                     return StopReason::Unused;

@@ -2,6 +2,7 @@
 //! SIGINT with no `live` file in use (or `shadowcopy daemon stop`), then flushes every volume,
 //! unmounts and exits 0. SIGHUP is ignored. See [`shadowcopy_mount::lifecycle`].
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,13 +12,17 @@ use clap::Parser;
 use fuser::{Config, MountOption, SessionACL};
 use nix::sys::signal::{SigSet, Signal};
 use shadowcopy::fsread::ForeignOwner;
+use shadowcopy::protocol::WorkerStatus;
 use shadowcopy::size::parse_size;
 use shadowcopy_mount::control::{self, Access};
 use shadowcopy_mount::fuse::Frontend;
+use shadowcopy_mount::handoff::{self, CrashRoute, Handoff, StartReason};
+use shadowcopy_mount::holder::{self, Held, WorkerNews};
 use shadowcopy_mount::keeper::{self, ThawKeeper};
-use shadowcopy_mount::lifecycle::{self, WhenInUse};
+use shadowcopy_mount::ledger::NodeLedger;
+use shadowcopy_mount::lifecycle::{self, StopReason, WhenInUse};
 use shadowcopy_mount::namespace::nodes::Node;
-use shadowcopy_mount::service::{Departure, Service, Settings};
+use shadowcopy_mount::service::{Departure, Service, Settings, WorkerIncarnation};
 use shadowcopy_mount::state::StateDir;
 
 #[derive(Parser)]
@@ -76,6 +81,11 @@ struct Args {
     /// of its maximum.
     #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
     diff_area_warn: u8,
+    /// Behave as on a kernel without FUSE_NOTIFY_RESEND (before Linux 6.9): a worker crash then
+    /// fails the requests the dead worker was answering instead of having the kernel resend
+    /// them (for tests and for comparing the two).
+    #[arg(long)]
+    no_resend: bool,
     /// Print the manual page (shadowcopyd.8, roff) on stdout and exit, e.g.
     /// `shadowcopyd --print-manpage > /usr/local/share/man/man8/shadowcopyd.8`.
     #[arg(long)]
@@ -157,51 +167,153 @@ fn main() {
         }
         return;
     }
-    if let Err(e) = run(Args::parse()) {
+    let args = Args::parse();
+    let result = if args.print_manpage {
+        print_manpage()
+    } else {
+        match Handoff::from_env(handoff::WORKER_ENV) {
+            Ok(Some(h)) => run_worker(args, h),
+            Ok(None) => run_holder(args),
+            Err(e) => Err(anyhow::anyhow!(e)),
+        }
+    };
+    if let Err(e) = result {
         eprintln!("shadowcopyd: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run(args: Args) -> Result<()> {
-    if args.print_manpage {
-        use clap::CommandFactory;
-        let mut page = Vec::new();
-        clap_mangen::Man::new(Args::command()).section("8").render(&mut page)?;
-        std::io::Write::write_all(&mut std::io::stdout(), &page)?;
-        return Ok(());
-    }
-    let root = nix::unistd::geteuid().is_root();
-    let state_dir = args.state_dir.unwrap_or_else(|| {
-        if root {
-            "/var/lib/shadowcopy".into()
-        } else {
-            user_dir("XDG_STATE_HOME", ".local/state").join("shadowcopy")
-        }
-    });
-    let runtime = if root { PathBuf::from("/run/shadowcopy") } else { user_dir("XDG_RUNTIME_DIR", ".cache").join("shadowcopy") };
-    let mount = args.mount.unwrap_or_else(|| runtime.join("mnt"));
-    let socket = args.socket.unwrap_or_else(control::default_socket);
-    let admin_gid = args.admin_group.as_deref().map(group_id).transpose().context("--admin-group")?;
-    let socket_gid = args.socket_group.as_deref().map(group_id).transpose().context("--socket-group")?;
+fn print_manpage() -> Result<()> {
+    use clap::CommandFactory;
+    let mut page = Vec::new();
+    clap_mangen::Man::new(Args::command()).section("8").render(&mut page)?;
+    std::io::Write::write_all(&mut std::io::stdout(), &page)?;
+    Ok(())
+}
 
-    shadowcopy_mount::failpoints::init();
-    let state = StateDir::lock(&state_dir)?;
+/// Where things are, from the arguments and the defaults.
+struct Paths {
+    state_dir: PathBuf,
+    mount: PathBuf,
+    socket: PathBuf,
+}
+
+impl Paths {
+    fn of(args: &Args) -> Paths {
+        let root = nix::unistd::geteuid().is_root();
+        let state_dir = args.state_dir.clone().unwrap_or_else(|| {
+            if root {
+                "/var/lib/shadowcopy".into()
+            } else {
+                user_dir("XDG_STATE_HOME", ".local/state").join("shadowcopy")
+            }
+        });
+        let runtime = if root { PathBuf::from("/run/shadowcopy") } else { user_dir("XDG_RUNTIME_DIR", ".cache").join("shadowcopy") };
+        let mount = args.mount.clone().unwrap_or_else(|| runtime.join("mnt"));
+        let socket = args.socket.clone().unwrap_or_else(control::default_socket);
+        Paths { state_dir, mount, socket }
+    }
+
+    /// The mount point as an absolute path, whether or not it exists yet.
+    fn mount_abs(&self) -> PathBuf {
+        match (self.mount.parent(), self.mount.file_name()) {
+            (Some(parent), Some(name)) => parent.canonicalize().map(|p| p.join(name)).unwrap_or_else(|_| self.mount.clone()),
+            _ => self.mount.clone(),
+        }
+    }
+}
+
+fn fuse_config(args: &Args) -> Config {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("shadowcopy".into()),
+        MountOption::Subtype("shadowcopy".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    config.acl = if args.allow_other { SessionACL::All } else { SessionACL::Owner };
+    config
+}
+
+/// The daemon's main process: mounts, binds the socket, and runs workers ([`holder`]). Exec'd
+/// again by a planned restart, it adopts what its predecessor held.
+fn run_holder(args: Args) -> Result<()> {
+    let paths = Paths::of(&args);
+    let worker_args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let Some(h) = Handoff::from_env(handoff::HOLDER_ENV).map_err(|e| anyhow::anyhow!(e))? {
+        let mount = paths.mount.canonicalize().unwrap_or(paths.mount.clone());
+        let held = Held::adopt(h, mount, paths.socket).context("adopting the descriptors of the previous holder")?;
+        tracing::info!(generation = held.generation, "holder restarted in place (planned restart)");
+        std::process::exit(holder::run(held, worker_args));
+    }
+    let socket_gid = args.socket_group.as_deref().map(group_id).transpose().context("--socket-group")?;
     // A daemon and keeper that both died mid-hold (a whole cgroup killed) left filesystems on
     // `live` files frozen: thaw them first, while their backing files still name this mount.
-    let mount_abs = match (mount.parent(), mount.file_name()) {
-        (Some(parent), Some(name)) => parent.canonicalize().map(|p| p.join(name)).unwrap_or_else(|_| mount.clone()),
-        _ => mount.clone(),
-    };
-    for mount_point in keeper::thaw_leftovers(&mount_abs) {
+    for mount_point in keeper::thaw_leftovers(&paths.mount_abs()) {
         tracing::warn!(mount_point = %mount_point.display(), "thawed a filesystem left frozen by a daemon that died mid-hold");
     }
-    clear_stale_mount(&mount)?;
-    std::fs::create_dir_all(&mount).with_context(|| format!("creating the mount point {}", mount.display()))?;
-    let mount = mount.canonicalize()?;
-    if state_dir.canonicalize()?.starts_with(&mount) {
+    clear_stale_mount(&paths.mount)?;
+    std::fs::create_dir_all(&paths.mount).with_context(|| format!("creating the mount point {}", paths.mount.display()))?;
+    let mount = paths.mount.canonicalize()?;
+    std::fs::create_dir_all(&paths.state_dir).with_context(|| format!("creating the state directory {}", paths.state_dir.display()))?;
+    if paths.state_dir.canonicalize()?.starts_with(&mount) {
         bail!("the state directory must not be inside the mount");
     }
+    let listener = control::bind(&paths.socket, socket_gid)?;
+    let (fuse, handle) = fuser::mount_device(&mount, &fuse_config(&args))
+        .with_context(|| format!("mounting FUSE at {} (is /dev/fuse there, and fuse3 installed?)", mount.display()))?;
+    let clones = (0..args.threads.max(2))
+        .map(|_| fuser::clone_device(fuse.as_fd()))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("cloning the FUSE descriptor for the serving threads")?;
+    let held = Held {
+        fuse,
+        clones,
+        control: listener.into(),
+        ledger: NodeLedger::create_file().context("creating the node ledger")?,
+        mount,
+        socket: paths.socket,
+        handle: Some(handle),
+        generation: 0,
+        initialized: false,
+        route: None,
+        reason: StartReason::Start,
+        daemon_started_unix: handoff::now_unix(),
+        program: std::env::current_exe().context("finding this program, to run its workers")?,
+    };
+    std::process::exit(holder::run(held, worker_args));
+}
+
+/// Tells the holder how the worker is doing; nothing to tell when there is none.
+struct HolderLink(parking_lot::Mutex<std::fs::File>);
+
+impl HolderLink {
+    fn tell(&self, news: &WorkerNews) {
+        let mut line = serde_json::to_vec(news).unwrap_or_default();
+        line.push(b'\n');
+        if let Err(e) = std::io::Write::write_all(&mut *self.0.lock(), &line) {
+            tracing::warn!(error = %e, "cannot tell the holder");
+        }
+    }
+}
+
+/// A worker: everything but holding the connection. Exits 0 when the daemon stops (the holder
+/// unmounts), [`holder::RESTART_EXIT`] for a planned restart.
+fn run_worker(args: Args, h: Handoff) -> Result<()> {
+    let paths = Paths::of(&args);
+    let take = shadowcopy::descriptors::take_inherited;
+    let fuse = take(h.fuse).context("the FUSE descriptor")?;
+    let clones = h.clones.iter().map(|&fd| take(fd)).collect::<std::io::Result<Vec<_>>>().context("the FUSE clones")?;
+    let listener = std::os::unix::net::UnixListener::from(take(h.control).context("the control socket")?);
+    let ledger = NodeLedger::open(take(h.ledger).context("the node ledger")?).context("reading the node ledger")?;
+    let holder = HolderLink(parking_lot::Mutex::new(std::fs::File::from(take(h.status).context("the holder's status pipe")?)));
+    let admin_gid = args.admin_group.as_deref().map(group_id).transpose().context("--admin-group")?;
+    let mount = paths.mount.canonicalize()?;
+
+    shadowcopy_mount::failpoints::init();
+    // A dead worker's lock went with it.
+    let state = StateDir::lock(&paths.state_dir)?;
 
     // Block the stop signals in every thread; the main thread waits for them.
     let mut signals = SigSet::empty();
@@ -217,9 +329,10 @@ fn run(args: Args) -> Result<()> {
         fs_owner: ForeignOwner { uid: fs_uid, gid: fs_gid, ..ForeignOwner::default() },
         allow_other: args.allow_other,
         nearly_full_percent: args.diff_area_warn,
+        ledger: Arc::new(ledger),
         ..Settings::new(mount.clone())
     };
-    if !args.allow_other {
+    if !args.allow_other && h.generation == 1 {
         tracing::info!("the mount is for this user only (no --allow-other): Samba and other users see no previous versions");
     }
     let service = Arc::new(Service::start(state, settings));
@@ -227,20 +340,53 @@ fn run(args: Args) -> Result<()> {
     keeper.start().context("starting the thaw keeper")?;
     let _ = service.keeper.set(keeper);
 
-    let listener = control::bind(&socket, socket_gid)?;
-    let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName("shadowcopy".into()),
-        MountOption::Subtype("shadowcopy".into()),
-        MountOption::DefaultPermissions,
-        MountOption::NoDev,
-        MountOption::NoSuid,
-    ];
-    config.acl = if args.allow_other { SessionACL::All } else { SessionACL::Owner };
-    config.n_threads = Some(args.threads.max(2));
-    config.clone_fd = true;
-    let session = fuser::Session::new(Frontend::new(Arc::clone(&service)), &mount, &config)
-        .with_context(|| format!("mounting FUSE at {} (is /dev/fuse there, and fuse3 installed?)", mount.display()))?;
+    let frontend = Frontend::new(Arc::clone(&service));
+    let drain = frontend.drain();
+    let config = fuse_config(&args);
+    let acl = config.acl;
+    let (session, route) = if h.initialized {
+        let session = fuser::Session::from_fd_initialized(frontend, fuse, acl, config);
+        let route = h.route.unwrap_or(CrashRoute::ReplaceClones);
+        if route == CrashRoute::Resend {
+            // Before any thread reads: what the dead worker had read comes again, once.
+            if let Err(e) = fuser::notify_resend(session.as_fd()) {
+                tracing::error!(error = %e, "asking the kernel to resend the previous worker's requests failed");
+            }
+        }
+        (session, route)
+    } else {
+        let session = fuser::Session::from_fd(frontend, fuse, acl, config)
+            .with_context(|| format!("the FUSE handshake at {} (is /dev/fuse there, and fuse3 installed?)", mount.display()))?;
+        // Nothing has been read yet, so a resend now moves nothing: it only says whether the
+        // kernel has it.
+        let route = if args.no_resend {
+            CrashRoute::ReplaceClones
+        } else {
+            match fuser::notify_resend(session.as_fd()) {
+                Ok(()) => CrashRoute::Resend,
+                Err(e) => {
+                    tracing::debug!(error = %e, "FUSE_NOTIFY_RESEND refused");
+                    CrashRoute::ReplaceClones
+                }
+            }
+        };
+        holder.tell(&WorkerNews::Initialized { route });
+        (session, route)
+    };
+    let _ = service.worker.set(WorkerIncarnation {
+        status: WorkerStatus {
+            generation: h.generation,
+            pid: std::process::id(),
+            started_unix: h.started_unix,
+            reason: h.reason.to_string(),
+            crash_route: match route {
+                CrashRoute::Resend => "resend".into(),
+                CrashRoute::ReplaceClones => "replace-clones".into(),
+            },
+        },
+        holder_pid: h.holder_pid,
+        daemon_started_unix: h.daemon_started_unix,
+    });
     let notifier = session.notifier();
     let _ = service.notify.set(Box::new(move |gone: &[Departure]| {
         for d in gone {
@@ -261,8 +407,21 @@ fn run(args: Args) -> Result<()> {
             }
         }
     }));
-    let fuse = session.spawn().context("starting the FUSE session")?;
+    let serving = fuser::ServeStop::new().context("starting the FUSE session")?;
+    let stop_serving = serving.clone();
+    let fuse_thread = std::thread::Builder::new().name("fuser-bg".into()).spawn(move || session.serve_devices(clones, &serving))?;
     raise_readahead(&mount, args.readahead_kb);
+    if h.generation > 1 {
+        // A worker killed mid-hold left its filesystems frozen (its keeper thaws them too, at
+        // the latest by the deadline). Only once serving: a thaw writes the filesystem's
+        // superblock through `live`, which needs this worker to answer.
+        let at = mount.clone();
+        std::thread::Builder::new().name("shadowcopyd-thaw".into()).spawn(move || {
+            for mount_point in keeper::thaw_leftovers(&at) {
+                tracing::warn!(mount_point = %mount_point.display(), "thawed a filesystem the previous worker left frozen");
+            }
+        })?;
+    }
 
     let svc = Arc::clone(&service);
     let access = Access { admin_gid };
@@ -280,7 +439,8 @@ fn run(args: Args) -> Result<()> {
     lifecycle::forward_signals(signals, stop_tx.clone()).context("starting the signal thread")?;
     let _ = service.stop_requests.set(parking_lot::Mutex::new(stop_tx));
 
-    tracing::info!(mount = %mount.display(), socket = %socket.display(), state_dir = %state_dir.display(), volumes = service.volumes().len(), "shadowcopyd ready");
+    tracing::info!(mount = %mount.display(), socket = %paths.socket.display(), state_dir = %paths.state_dir.display(), volumes = service.volumes().len(), generation = h.generation, "shadowcopyd ready");
+    holder.tell(&WorkerNews::Ready);
     let when_in_use = if args.stop_when_unused { WhenInUse::StopWhenUnused } else { WhenInUse::KeepServing };
     let failed = service.unopened_count();
     lifecycle::tell_service_manager(lifecycle::Notice::Ready(&format!(
@@ -290,23 +450,41 @@ fn run(args: Args) -> Result<()> {
         if failed == 0 { String::new() } else { format!("; {failed} could not be opened (shadowcopy volume list)") }
     )));
     let reason = lifecycle::wait_for_stop(&service, &stop_rx, when_in_use);
-    lifecycle::tell_service_manager(lifecycle::Notice::Stopping);
-    tracing::info!(?reason, "stopping: flushing every volume and unmounting");
-    service.exposures.undo_all();
+    let restart = reason == StopReason::Restart;
+    if restart {
+        tracing::info!("planned restart: draining requests, flushing every volume, handing over");
+        lifecycle::tell_service_manager(lifecycle::Notice::Status("restarting the worker in place"));
+    } else {
+        lifecycle::tell_service_manager(lifecycle::Notice::Stopping);
+        tracing::info!(?reason, "stopping: flushing every volume and unmounting");
+        service.exposures.undo_all();
+        service.flush_all();
+        let in_use = service.live_in_use(true);
+        if !in_use.is_empty() {
+            tracing::warn!(
+                "stopping by force while {}: their filesystems get I/O errors from now on",
+                shadowcopy_mount::service::describe_in_use(&in_use)
+            );
+        }
+    }
+    // No operation starts from here on; requests not yet read wait in the kernel for the next
+    // worker (or end with the mount).
+    service.quiesce();
+    stop_serving.stop();
+    match fuse_thread.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "the FUSE session ended with an error"),
+        Err(_) => tracing::error!("the FUSE session panicked"),
+    }
+    if !drain.wait_idle(Duration::from_secs(10)) {
+        tracing::warn!("requests on copies were still being answered after 10 s; handing over anyway (the kernel resends them)");
+    }
     service.flush_all();
-    let in_use = service.live_in_use(true);
-    if !in_use.is_empty() {
-        tracing::warn!(
-            "stopping by force while {}: their filesystems get I/O errors from now on",
-            shadowcopy_mount::service::describe_in_use(&in_use)
-        );
-    }
-    if let Err(e) = fuse.umount_and_join() {
-        tracing::warn!(error = %e, "unmounting failed; detaching the mount lazily");
-        let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
-    }
     service.seal_all();
-    let _ = std::fs::remove_file(&socket);
+    if restart {
+        tracing::info!("handed over");
+        std::process::exit(holder::RESTART_EXIT);
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -195,7 +195,7 @@ fn hostile_images_beside_a_healthy_volume() {
         slowest = slowest.max(took);
         walks += n;
     }
-    let peak = peak_rss(d.pid());
+    let peak = peak_rss(d.worker_pid());
     // The figures, for the log only (see the module's doc).
     eprintln!(
         "healthy volume, 4 KiB random direct writes: alone {alone_iops:.0} IOPS (p99 {alone_p99:.0} µs), beside 15 hostile walkers \

@@ -194,20 +194,52 @@ fn hold_frozen(d: &Daemon) -> HeldFrozen {
 }
 
 #[test]
-fn a_daemon_killed_while_filesystems_are_frozen_leaves_nothing_frozen_and_no_copy() {
-    require_commands(&["mkfs.ext4", "losetup", "mount", "fsfreeze"]);
+fn a_worker_killed_while_filesystems_are_frozen_leaves_nothing_frozen_and_no_copy() {
+    require_commands(&["mkfs.ext4", "losetup", "mount", "fsfreeze", "sync"]);
     let mut d = Daemon::start_with_failpoints();
     let mut held = hold_frozen(&d);
     let killed = Instant::now();
-    d.kill();
-    // A frozen filesystem blocks writes, it never fails them: the write returning at all is the
-    // thaw. (It may fail with EIO: the killed daemon took the loop device's backing file along.)
+    let next = d.kill_worker();
+    assert_eq!(next.reason, "the previous worker was killed by SIGKILL", "status says why the worker restarted");
+    // A frozen filesystem blocks writes, it never fails them: the write returning is the thaw.
+    // The holder kept the connection, so it succeeds.
+    let r = held.write.recv_timeout(Duration::from_secs(10)).expect("the filesystem was thawed within 10 s of the kill");
+    r.expect("the write blocked by the freeze succeeds once thawed: the disk never went away");
+    eprintln!("the blocked write returned {:?} after the worker was killed", killed.elapsed());
+    assert!(
+        d.log().contains("thawed a filesystem the previous worker left frozen")
+            || d.log().contains("thaw keeper: thawed the filesystem because the daemon went away mid-hold"),
+        "{}",
+        d.log()
+    );
+    assert!(!held.create.child().wait().unwrap().success(), "the interrupted create failed");
+    drop(held.stall.take());
+    assert!(d.list().is_empty(), "no copy of the interrupted set is kept: {:?}", d.list());
+    // The filesystem on live carries on.
+    let fs = held.fs.as_ref().unwrap();
+    std::fs::write(fs.path("after"), b"after the crash").expect("the filesystem is writable after the worker crash");
+    run("sync", &["-f", fs.path("after").to_str().unwrap()]);
+    assert_eq!(std::fs::read(fs.path("probe")).unwrap(), b"written after the freeze");
+}
+
+#[test]
+fn a_daemon_killed_while_filesystems_are_frozen_is_thawed_by_its_keeper() {
+    require_commands(&["mkfs.ext4", "losetup", "mount", "fsfreeze"]);
+    let mut d = Daemon::start_with_failpoints();
+    let mut held = hold_frozen(&d);
+    // Holder and worker die, the keeper does not (it has a process of its own).
+    let worker = d.worker_pid();
+    let killed = Instant::now();
+    run("kill", &["-KILL", &d.pid().to_string(), &worker.to_string()]);
+    // The write returning at all is the thaw. (It may fail with EIO: the killed daemon took the
+    // loop device's backing file along.)
     let r = held.write.recv_timeout(Duration::from_secs(10)).expect("the filesystem was thawed within 10 s of the kill");
     eprintln!("the blocked write returned {:?} after the daemon was killed: {r:?}", killed.elapsed());
     assert!(d.log().contains("thaw keeper: thawed the filesystem because the daemon went away mid-hold"), "{}", d.log());
     assert!(!held.create.child().wait().unwrap().success(), "the interrupted create failed");
     drop(held.stall.take());
     drop(held.fs.take());
+    d.kill();
     d.restart();
     assert!(d.list().is_empty(), "no copy of the interrupted set is kept: {:?}", d.list());
 }
@@ -217,11 +249,9 @@ fn a_restarted_daemon_thaws_what_a_killed_daemon_and_keeper_left_frozen() {
     require_commands(&["mkfs.ext4", "losetup", "mount", "pgrep", "fsfreeze"]);
     let mut d = Daemon::start_with_failpoints();
     let mut held = hold_frozen(&d);
-    // The whole service is killed at once (as a cgroup kill would): keeper first, then daemon.
-    let keeper = run_text("pgrep", &["-P", &d.pid().to_string(), "-f", "thaw-keeper"]);
-    let keeper = keeper.trim();
-    assert!(!keeper.is_empty(), "the daemon runs a thaw keeper");
-    run("kill", &["-KILL", keeper]);
+    // The whole service is killed at once (as a cgroup kill would): holder, worker, keeper.
+    let keeper = run_text("pgrep", &["-P", &d.worker_pid().to_string(), "-f", "thaw-keeper"]);
+    assert!(!keeper.trim().is_empty(), "the worker runs a thaw keeper");
     d.kill();
     assert!(held.write.recv_timeout(Duration::from_secs(1)).is_err(), "with daemon and keeper dead, the filesystem stays frozen");
     drop(held.stall.take());

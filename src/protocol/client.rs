@@ -55,6 +55,25 @@ pub struct Client {
     reader: BufReader<Box<dyn Read + Send>>,
     writer: Box<dyn Write + Send>,
     notices: Vec<String>,
+    /// The socket, when connected by path: a request refused because the daemon is replacing
+    /// its worker is sent again on a new connection.
+    path: Option<PathBuf>,
+}
+
+/// How long a call waits for a daemon that is replacing its worker (`restarting`).
+const RESTART_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether a failed call may be sent again on a new connection: the daemon said it did nothing
+/// (`restarting`), or the request never reached it, or it changes nothing.
+fn worth_retrying(e: &ClientError, changes_state: bool, sent: bool) -> bool {
+    match e {
+        ClientError::Daemon(reply) => reply.kind == super::ErrorKind::Restarting,
+        ClientError::Io(io) => {
+            !sent && matches!(io.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset)
+                || !changes_state && io.kind() == io::ErrorKind::UnexpectedEof
+        }
+        _ => false,
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -67,13 +86,15 @@ impl Client {
     /// Connects to the daemon's control socket at `path`.
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
         let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect { path: path.display().to_string(), source })?;
-        Ok(Client::over(stream.try_clone()?, stream))
+        let mut client = Client::over(stream.try_clone()?, stream);
+        client.path = Some(path.to_path_buf());
+        Ok(client)
     }
 
     /// A client on an established connection: replies are read from `reader`, requests written
     /// to `writer` (the two halves of one stream).
     pub fn over(reader: impl Read + Send + 'static, writer: impl Write + Send + 'static) -> Client {
-        Client { reader: BufReader::new(Box::new(reader)), writer: Box::new(writer), notices: Vec::new() }
+        Client { reader: BufReader::new(Box::new(reader)), writer: Box::new(writer), notices: Vec::new(), path: None }
     }
 
     /// The notices the daemon sent with the answers so far (a copy deleted because its diff
@@ -124,12 +145,47 @@ impl Client {
         self.call_with_stages(op, progress, &mut |_| {})
     }
 
-    /// Like [`Client::call`]; `stage` also sees what the daemon is doing now.
+    /// Like [`Client::call`]; `stage` also sees what the daemon is doing now. While the daemon
+    /// replaces its worker (`shadowcopy daemon restart`), a request it did not act on is sent
+    /// again on a new connection, for up to a minute.
     pub fn call_with_stages(
         &mut self,
         op: Op,
         progress: &mut dyn FnMut(u64, u64),
         stage: &mut dyn FnMut(&str),
+    ) -> Result<Answer, ClientError> {
+        let started = std::time::Instant::now();
+        let changes_state = op.changes_state();
+        loop {
+            let mut sent = false;
+            let e = match self.call_once(op.clone(), progress, stage, &mut sent) {
+                Ok(a) => return Ok(a),
+                Err(e) => e,
+            };
+            let Some(path) = self.path.clone() else { return Err(e) };
+            if !worth_retrying(&e, changes_state, sent) || started.elapsed() > RESTART_PATIENCE {
+                return Err(e);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            match Client::connect(&path) {
+                Ok(fresh) => {
+                    let notices = std::mem::take(&mut self.notices);
+                    *self = fresh;
+                    self.notices = notices;
+                }
+                Err(_) => return Err(e),
+            }
+        }
+    }
+
+    /// One attempt of [`Client::call_with_stages`]; `sent` says whether the request was
+    /// written.
+    fn call_once(
+        &mut self,
+        op: Op,
+        progress: &mut dyn FnMut(u64, u64),
+        stage: &mut dyn FnMut(&str),
+        sent: &mut bool,
     ) -> Result<Answer, ClientError> {
         let mut line = serde_json::to_vec(&Request { v: VERSION, op }).map_err(|e| ClientError::BadReply(e.to_string()))?;
         line.push(b'\n');
@@ -143,6 +199,7 @@ impl Client {
             }
             return Err(e.into());
         }
+        *sent = true;
         loop {
             let mut buf = Vec::new();
             let n = Read::take(&mut self.reader, MAX_MESSAGE as u64).read_until(b'\n', &mut buf)?;

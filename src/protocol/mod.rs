@@ -169,6 +169,9 @@ pub enum Op {
         #[serde(default)]
         force: bool,
     },
+    /// Replaces the daemon's worker by a fresh start of its program file (which may be a newer
+    /// version) without unmounting anything: in-flight I/O waits, nothing fails.
+    DaemonRestart,
     /// Sets (or with `policy: null` removes) a volume's schedule and retention policy.
     PolicySet {
         /// The volume.
@@ -231,6 +234,7 @@ impl Op {
             | Op::Expose { .. }
             | Op::Unexpose { .. }
             | Op::DaemonStop { .. }
+            | Op::DaemonRestart
             | Op::PolicySet { .. }
             | Op::Cleanup { .. } => true,
         }
@@ -775,6 +779,9 @@ pub enum ErrorKind {
     Busy,
     /// Writes could not be held in time; the set was aborted and everything thawed.
     Timeout,
+    /// The daemon is replacing its worker (`daemon restart`): nothing was done; the same
+    /// request succeeds on the next worker ([`Client::call`] retries by itself).
+    Restarting,
     /// Anything else (I/O, a damaged diff area, …).
     Failed,
 }
@@ -830,10 +837,10 @@ pub struct StatusInfo {
     pub state_dir: String,
     /// Registered volumes that are served.
     pub volumes: usize,
-    /// The daemon's process id.
+    /// The daemon's process id (its main process, the holder).
     #[serde(default)]
     pub pid: u32,
-    /// When it started, seconds since the Unix epoch (UTC).
+    /// When it started (its first worker), seconds since the Unix epoch (UTC).
     #[serde(default)]
     pub started_unix: f64,
     /// The thaw keeper's process id, if it is running (it thaws frozen filesystems should the
@@ -847,6 +854,27 @@ pub struct StatusInfo {
     /// users need it).
     #[serde(default)]
     pub allow_other: bool,
+    /// The worker that answers (the holder keeps the mount and the socket across workers).
+    #[serde(default)]
+    pub worker: Option<WorkerStatus>,
+}
+
+/// The daemon's current worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerStatus {
+    /// 1 for the first worker, one more for each replacement.
+    pub generation: u64,
+    /// The worker's process id (`pid` of the status is the holder's: the daemon's main
+    /// process, which systemd tracks).
+    pub pid: u32,
+    /// When this worker started, seconds since the Unix epoch (UTC).
+    pub started_unix: f64,
+    /// Why it started: `start`, a planned restart, or how the previous worker died.
+    pub reason: String,
+    /// `resend` (a crash delays I/O, fails nothing) or `replace-clones` (a crash fails the
+    /// requests the dead worker was answering; the kernel lacks FUSE_NOTIFY_RESEND).
+    pub crash_route: String,
 }
 
 /// A registered volume.

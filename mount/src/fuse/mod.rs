@@ -14,6 +14,8 @@
 
 mod pool;
 
+pub use pool::Drain;
+
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
@@ -105,6 +107,11 @@ impl Frontend {
     /// The frontend of `service`'s layout.
     pub fn new(service: Arc<Service>) -> Frontend {
         Frontend { ns: Arc::new(Namespace::new(service)), pools: pool::VolumePools::default() }
+    }
+
+    /// A handle that waits until no request handed to a volume's pool is unanswered.
+    pub fn drain(&self) -> pool::Drain {
+        self.pools.drain()
     }
 
     /// Runs `job` for a request on node `id`: on the pool of the volume the node belongs to when

@@ -6,8 +6,10 @@
 //! a request itself.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Work for a volume's pool.
 pub(super) type Job = Box<dyn FnOnce() + Send>;
@@ -20,12 +22,49 @@ const THREADS_PER_VOLUME: usize = 4;
 #[derive(Default)]
 pub(super) struct VolumePools {
     queues: parking_lot::Mutex<HashMap<u32, mpsc::Sender<Job>>>,
+    /// Jobs queued or running (a worker that hands over waits for none).
+    busy: Arc<AtomicUsize>,
+}
+
+/// Waits for the pools to have nothing queued or running.
+#[derive(Clone)]
+pub struct Drain(Arc<AtomicUsize>);
+
+impl Drain {
+    /// Whether the pools became idle within `limit`.
+    pub fn wait_idle(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.0.load(Ordering::Acquire) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
 }
 
 impl VolumePools {
+    /// A handle that waits for every job to be done.
+    pub(super) fn drain(&self) -> Drain {
+        Drain(Arc::clone(&self.busy))
+    }
+
     /// Queues `job` on volume `serial`'s pool, starting the pool on first use. If no thread
     /// can be started, the job runs here rather than being lost.
     pub(super) fn run(&self, serial: u32, job: Job) {
+        let busy = Arc::clone(&self.busy);
+        busy.fetch_add(1, Ordering::AcqRel);
+        let job: Job = Box::new(move || {
+            struct Done(Arc<AtomicUsize>);
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+            let _done = Done(busy);
+            job();
+        });
         let mut queues = self.queues.lock();
         let tx = match queues.get(&serial) {
             Some(tx) => tx.clone(),

@@ -14,6 +14,9 @@ use uuid::Uuid;
 /// Why an operation was refused or failed.
 #[derive(Debug, Error)]
 pub enum ServiceError {
+    /// The worker is handing over to a new one (or stopping): state changes wait for it.
+    #[error("shadowcopyd is restarting its worker; try again in a moment")]
+    Restarting,
     /// A request that cannot be valid (a missing or contradictory argument).
     #[error("{0}")]
     BadRequest(String),
@@ -156,6 +159,7 @@ impl ServiceError {
             E::VolumeNameTaken(_) | E::ImageRegistered { .. } | E::DiffAreaExists(_) | E::ExportExists(_) => ErrorKind::AlreadyExists,
             E::LiveInUse { .. } | E::CopyExposed { .. } | E::InUseAtStop(_) => ErrorKind::Busy,
             E::HoldExpired(_) | E::FreezeTimeout(_) => ErrorKind::Timeout,
+            E::Restarting => ErrorKind::Restarting,
             E::Engine(e) => match e {
                 shadowcopy::Error::NoSuchCopy(_) => ErrorKind::NotFound,
                 shadowcopy::Error::Config(_) => ErrorKind::BadRequest,

@@ -101,6 +101,17 @@ pub type DepartureHook = Box<dyn Fn(&[Departure]) + Send + Sync>;
 /// The result of one operation.
 type OpResult = Result<Answer, ServiceError>;
 
+/// The worker this service runs in, and the daemon around it (`status`).
+#[derive(Debug, Clone)]
+pub struct WorkerIncarnation {
+    /// What `status` says about the worker.
+    pub status: shadowcopy::protocol::WorkerStatus,
+    /// The holder's process id: the daemon's main process.
+    pub holder_pid: u32,
+    /// When the daemon (its first worker) started, seconds since the Unix epoch.
+    pub daemon_started_unix: f64,
+}
+
 /// Everything the daemon serves, and the operations on it.
 pub struct Service {
     /// Settings the daemon was started with.
@@ -114,6 +125,9 @@ pub struct Service {
     unopened: Mutex<Vec<(VolumeRecord, String)>>,
     /// Serialises changes to the registry and the state file.
     admin: Mutex<()>,
+    /// Held shared by every state-changing operation and timer run; `true` once the worker
+    /// quiesced for a restart or stop (see [`Service::quiesce`]): nothing changes after that.
+    quiesced: parking_lot::RwLock<bool>,
     /// Set when exposed names changed and the state file should be rewritten (by the saver
     /// thread, off the path of `create`: names can be rebuilt from the copies if lost).
     names_dirty: (Mutex<bool>, parking_lot::Condvar),
@@ -132,6 +146,8 @@ pub struct Service {
     /// Keeps frozen filesystems from staying frozen if the daemon dies mid-hold (set by `main`;
     /// a hold that has filesystems to freeze refuses to run without it).
     pub keeper: OnceLock<crate::keeper::ThawKeeper>,
+    /// This worker, when a holder runs it (set by `main`; `daemon restart` needs it).
+    pub worker: OnceLock<WorkerIncarnation>,
     /// Where `daemon stop` goes: the main thread's wait ([`crate::lifecycle`]).
     pub stop_requests: OnceLock<Mutex<std::sync::mpsc::Sender<crate::lifecycle::StopRequest>>>,
     /// What happened (`shadowcopy events`).
@@ -160,6 +176,7 @@ impl Service {
             copies_by_serial: RwLock::new(HashMap::new()),
             unopened: Mutex::new(Vec::new()),
             admin: Mutex::new(()),
+            quiesced: parking_lot::RwLock::new(false),
             names_dirty: (Mutex::new(false), parking_lot::Condvar::new()),
             departures: Mutex::new(Vec::new()),
             notify: OnceLock::new(),
@@ -168,6 +185,7 @@ impl Service {
             exposures,
             stop_requests: OnceLock::new(),
             keeper: OnceLock::new(),
+            worker: OnceLock::new(),
             started: std::time::SystemTime::now(),
         };
         let records = match svc.state.load() {
@@ -396,7 +414,9 @@ impl Service {
     ) -> Reply {
         self.poll_events();
         let named = op.volumes();
-        let r = self.run(op, progress, stage, requester_alive);
+        let gate = self.quiesced.read_recursive();
+        let r = if *gate && op.changes_state() { Err(ServiceError::Restarting) } else { self.run(op, progress, stage, requester_alive) };
+        drop(gate);
         self.poll_events();
         self.flush_departures();
         for n in self.take_notices(named) {
@@ -436,6 +456,7 @@ impl Service {
             Op::Expose { id, at, device, force } => self.expose(id, at.as_deref(), device, force),
             Op::Unexpose { path } => self.unexpose(&path),
             Op::DaemonStop { force } => self.daemon_stop(force),
+            Op::DaemonRestart => self.daemon_restart(),
             Op::PolicySet { volume, policy } => self.policy_set(&volume, policy),
             Op::PolicyList => Ok(self.policy_list()),
             Op::Cleanup { volume, dry_run } => self.cleanup(&volume, dry_run),

@@ -1,5 +1,9 @@
 //! Shared parts of the daemon's end-to-end tests: a running `shadowcopyd` in a temporary
 //! directory (stopped, unmounted and removed on drop, also when the test fails) and a client.
+//!
+//! The daemon runs in its own process group: its main process (the holder), the worker it runs
+//! and the worker's thaw keeper. [`Daemon::kill`] kills them all (a crash of the whole
+//! service); [`Daemon::kill_worker`] kills the worker only (the holder starts another).
 
 #![allow(dead_code)]
 
@@ -97,6 +101,7 @@ impl Daemon {
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("daemon.log")).expect("log file");
         let mut cmd = Command::new(daemon_binary());
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         if let Some(fp) = &self.failpoints {
             cmd.env("SHADOWCOPYD_FAILPOINTS_DIR", fp);
         }
@@ -136,8 +141,46 @@ impl Daemon {
         std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
     }
 
+    /// The daemon's main process (the holder).
     pub(crate) fn pid(&mut self) -> u32 {
         self.child.child().id()
+    }
+
+    /// What `status` says about the worker that answers.
+    pub(crate) fn worker(&self) -> shadowcopy::protocol::WorkerStatus {
+        match self.call(Op::Status) {
+            Ok(Answer::Status(s)) => s.worker.expect("the daemon runs a worker"),
+            other => panic!("status: {other:?}\n{}", self.log()),
+        }
+    }
+
+    /// The worker's process id: the process that opens volumes and answers requests.
+    pub(crate) fn worker_pid(&self) -> u32 {
+        self.worker().pid
+    }
+
+    /// SIGKILLs the worker and waits until its replacement answers; the new worker's status.
+    pub(crate) fn kill_worker(&mut self) -> shadowcopy::protocol::WorkerStatus {
+        let old = self.worker();
+        run("kill", &["-KILL", &old.pid.to_string()]);
+        self.wait_for_generation(old.generation + 1)
+    }
+
+    /// Waits until a worker of generation `generation` or later answers; its status.
+    pub(crate) fn wait_for_generation(&mut self, generation: u64) -> shadowcopy::protocol::WorkerStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Answer::Status(s)) = self.call(Op::Status) {
+                if let Some(w) = s.worker.filter(|w| w.generation >= generation) {
+                    return w;
+                }
+            }
+            if let Some(status) = self.child.child().try_wait().expect("waiting") {
+                panic!("shadowcopyd exited ({status}) instead of starting worker {generation}:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "worker {generation} did not come up:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGTERM and wait: the daemon must flush, unmount and exit 0.
@@ -181,11 +224,13 @@ impl Daemon {
         Command::new(cli_binary()).arg("--socket").arg(&self.socket).args(args).output().expect("running the CLI")
     }
 
-    /// SIGKILL: a crash. The stale mount is left for the next start to clear.
+    /// SIGKILL of every process of the daemon (holder, worker, thaw keeper): a crash of the
+    /// whole service. The stale mount is left for the next start to clear.
     pub(crate) fn kill(&mut self) {
         let mut c = self.child.0.take().expect("running");
-        c.kill().expect("kill");
+        kill_group(c.id());
         c.wait().expect("wait");
+        wait_group_gone(c.id());
     }
 
     pub(crate) fn restart(&mut self) {
@@ -262,6 +307,27 @@ impl Daemon {
     }
 }
 
+/// SIGKILL to every process of the group `pgid` leads.
+fn kill_group(pgid: u32) {
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid as i32), nix::sys::signal::Signal::SIGKILL);
+}
+
+/// Waits (a few seconds at most) until no process of group `pgid` is left.
+fn wait_group_gone(pgid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let in_group = || {
+        std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            // pid (comm) state ppid pgrp …; comm may hold spaces, so split after the last ')'.
+            let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().collect();
+            fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
+        })
+    };
+    while in_group() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(c) = self.child.0.as_mut() {
@@ -274,7 +340,11 @@ impl Drop for Daemon {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        drop(self.child.0.take().map(|c| ChildGuard(Some(c))));
+        if let Some(c) = self.child.0.take() {
+            kill_group(c.id());
+            drop(ChildGuard(Some(c)));
+            // What the TERM left (a worker whose holder went) goes too.
+        }
         if is_mounted(&self.mount) {
             let _ = Command::new(which("umount").unwrap_or_else(|| "umount".into())).args(["-l", self.mount.to_str().unwrap()]).status();
         }

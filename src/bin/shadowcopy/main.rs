@@ -383,6 +383,14 @@ enum DaemonCmd {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Replace shadowcopyd's worker by a fresh start of its program file, which may be a newer
+    /// version (an upgrade): the mount and the control socket stay, in-flight I/O waits and
+    /// nothing fails. Waits until the new worker answers.
+    Restart {
+        /// Return once the daemon accepted, without waiting for the new worker.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 #[derive(Subcommand)]

@@ -53,6 +53,7 @@ pub(crate) fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<(
         Command::Unexpose { path } => Op::Unexpose { path: absolute(path) },
         Command::Status => Op::Status,
         Command::Daemon(DaemonCmd::Stop { force, no_wait }) => return daemon_stop(force, no_wait, socket, json),
+        Command::Daemon(DaemonCmd::Restart { no_wait }) => return daemon_restart(no_wait, socket, json),
         Command::Changes { from, to } => return super::changes::changes(&from, to.as_deref(), socket, json),
         Command::SambaConfig { target, share } => return super::samba::samba_config(&target, share.as_deref(), socket),
         Command::Versions { path, all } => return super::versions::versions(&path, all, socket, json),
@@ -261,6 +262,39 @@ fn daemon_stop(force: bool, no_wait: bool, socket: Option<PathBuf>, json: bool) 
     show(&answer, json, &[])
 }
 
+/// The daemon's status, or why it cannot be had.
+fn status_of(socket: &std::path::Path) -> Result<shadowcopy::protocol::StatusInfo> {
+    match Client::connect(socket)?.call(Op::Status, &mut |_, _| {})? {
+        Answer::Status(s) => Ok(s),
+        other => bail!("the daemon answered `status` with {other:?}"),
+    }
+}
+
+/// Asks the daemon to replace its worker, then (unless `no_wait`) waits until a worker of a
+/// later generation answers.
+fn daemon_restart(no_wait: bool, socket: Option<PathBuf>, json: bool) -> Result<()> {
+    let socket = socket.unwrap_or_else(default_socket_path);
+    let before = status_of(&socket)?.worker.map_or(0, |w| w.generation);
+    let answer = Client::connect(&socket)?.call(Op::DaemonRestart, &mut |_, _| {})?;
+    if !no_wait {
+        const PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+        let started = std::time::Instant::now();
+        loop {
+            // Between workers the socket queues connections: a call may wait or fail once.
+            if let Ok(s) = status_of(&socket) {
+                if s.worker.as_ref().is_some_and(|w| w.generation > before) {
+                    break;
+                }
+            }
+            if started.elapsed() > PATIENCE {
+                bail!("shadowcopyd accepted to restart but no new worker answered within {PATIENCE:?}; see its log");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    show(&answer, json, &[])
+}
+
 /// Prints an answer as JSON or as a table; `notices` (copies deleted for space) go to stderr,
 /// or into the JSON object as `notices`.
 fn show(a: &Answer, json: bool, notices: &[String]) -> Result<()> {
@@ -408,6 +442,25 @@ fn print_table(a: &Answer) {
             out!("state dir: {}", s.state_dir);
             out!("volumes:   {}", s.volumes);
             out!("pid:       {} (thaw keeper: {})", s.pid, s.thaw_keeper.map_or("not running".to_string(), |p| p.to_string()));
+            out!("started:   {}", utc(s.started_unix as u64));
+            if let Some(w) = &s.worker {
+                out!(
+                    "worker:    {} (pid {}, generation {}, since {}: {})",
+                    if w.generation == 1 { "first" } else { "replaced" },
+                    w.pid,
+                    w.generation,
+                    utc(w.started_unix as u64),
+                    w.reason
+                );
+                out!(
+                    "on crash:  {}",
+                    if w.crash_route == "resend" {
+                        "the kernel resends what the dead worker had read (FUSE_NOTIFY_RESEND): I/O waits, nothing fails"
+                    } else {
+                        "the requests the dead worker was answering fail (no FUSE_NOTIFY_RESEND on this kernel); others wait"
+                    }
+                );
+            }
             for u in &s.live_in_use {
                 out!("in use:    {u}");
             }

@@ -1,6 +1,5 @@
 //! `daemon stop`, and who uses each volume's `live` file (what a stop would pull the disk from).
 
-
 use shadowcopy::probe::{self, FileUsers};
 use shadowcopy::protocol::Answer;
 
@@ -30,6 +29,42 @@ impl Service {
             return Err(ServiceError::Failed("this daemon takes no stop requests (it is stopping already)".into()));
         }
         Ok(Answer::Done(if force { "stopping (forced)".into() } else { "stopping".into() }))
+    }
+}
+
+impl Service {
+    pub(in crate::service) fn daemon_restart(&self) -> OpResult {
+        let Some(w) = self.worker.get() else {
+            return Err(ServiceError::Failed("this daemon runs without a holder: it cannot restart in place; stop and start it".into()));
+        };
+        let sent = self.stop_requests.get().is_some_and(|tx| tx.lock().send(StopRequest::Restart).is_ok());
+        if !sent {
+            return Err(ServiceError::Failed("this daemon takes no restart requests (it is stopping already)".into()));
+        }
+        Ok(Answer::Done(format!(
+            "restarting worker {} in place: the mount and the socket stay; requests wait meanwhile",
+            w.status.generation
+        )))
+    }
+
+    /// Waits for the state-changing operations and timer runs in progress, then refuses new
+    /// ones (`restarting`: the client retries on the next worker). For a worker about to exit
+    /// for a restart or a stop; reads go on being answered.
+    pub fn quiesce(&self) {
+        *self.quiesced.write() = true;
+    }
+
+    /// Whether [`Service::quiesce`] was called: the control server stops accepting.
+    pub fn is_quiesced(&self) -> bool {
+        *self.quiesced.read_recursive()
+    }
+
+    /// Runs `f` unless the service quiesced, holding it off meanwhile (for timer work).
+    pub(in crate::service) fn unless_quiesced(&self, f: impl FnOnce()) {
+        let gate = self.quiesced.read_recursive();
+        if !*gate {
+            f();
+        }
     }
 }
 

@@ -96,6 +96,10 @@ impl Service {
     /// One round of the timer: for each volume with a policy, take the scheduled copy if one is
     /// due (one attempt per slot), then apply retention.
     pub fn tick(&self) {
+        self.unless_quiesced(|| self.tick_now());
+    }
+
+    fn tick_now(&self) {
         self.poll_events();
         let now = self.settings.now_secs();
         for v in self.volumes() {

@@ -30,11 +30,15 @@ impl Service {
             mount: self.settings.mount.display().to_string(),
             state_dir: self.state.path().display().to_string(),
             volumes: self.volumes.read().len(),
-            pid: std::process::id(),
-            started_unix: self.started.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+            pid: self.worker.get().map_or(std::process::id(), |w| w.holder_pid),
+            started_unix: self.worker.get().map_or_else(
+                || self.started.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+                |w| w.daemon_started_unix,
+            ),
             thaw_keeper: self.keeper.get().and_then(|k| k.pid()),
             allow_other: self.settings.allow_other,
             live_in_use: self.live_in_use(false).into_iter().map(|(volume, users)| format!("{volume}: {users}")).collect(),
+            worker: self.worker.get().map(|w| w.status.clone()),
         })
     }
 
