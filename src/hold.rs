@@ -25,7 +25,7 @@ use thiserror::Error;
 use crate::{probe, sys};
 
 /// A mounted filesystem that lives on a loop device backed by a live file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MountedFs {
     /// `/dev/loopN`.
     pub device: String,

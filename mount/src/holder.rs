@@ -184,11 +184,14 @@ pub fn run(mut held: Held, worker_args: Vec<std::ffi::OsString>) -> i32 {
         tracing::info!(generation = held.generation, pid = child.id(), reason = %held.reason, "worker started");
         let status = wait_worker(&mut child, &signals);
         // Everything the worker said before it ended.
+        let mut served = false;
         if let Ok(news) = news.join() {
-            if let Some(route) = news.lock().route {
+            let news = news.lock();
+            if let Some(route) = news.route {
                 held.initialized = true;
                 held.route = Some(route);
             }
+            served = news.ready;
         }
         match ended(status) {
             Ended::Stopped => {
@@ -215,7 +218,9 @@ pub fn run(mut held: Held, worker_args: Vec<std::ffi::OsString>) -> i32 {
                 if held.route == Some(CrashRoute::ReplaceClones) {
                     replace_clones(&mut held);
                 }
-                quick_deaths = if started.elapsed() < Duration::from_secs(5) { quick_deaths + 1 } else { 0 };
+                // A worker that dies before serving, again and again (a bad state directory, a
+                // broken upgrade), is restarted ever more slowly; one killed while serving at once.
+                quick_deaths = if served || started.elapsed() > Duration::from_secs(30) { 0 } else { quick_deaths + 1 };
                 if quick_deaths > 2 {
                     std::thread::sleep(backoff(quick_deaths));
                 }
@@ -246,6 +251,8 @@ fn replace_clones(held: &mut Held) {
 #[derive(Default)]
 struct News {
     route: Option<CrashRoute>,
+    /// The worker said it was serving: its death is not a start-up failure.
+    ready: bool,
 }
 
 fn spawn(
@@ -270,7 +277,10 @@ fn spawn(
                     tracing::info!(?route, "{}", route_words(route));
                     shared.lock().route = Some(route);
                 }
-                Ok(WorkerNews::Ready) => tracing::debug!("the worker is serving"),
+                Ok(WorkerNews::Ready) => {
+                    tracing::debug!("the worker is serving");
+                    shared.lock().ready = true;
+                }
                 Err(e) => tracing::warn!(error = %e, %line, "the worker said something the holder does not understand"),
             }
         }

@@ -1,16 +1,23 @@
-//! The thaw keeper: a small process that outlives the daemon and keeps the flush-and-hold
-//! promise (writes are never held longer than the hold limit) even if the daemon dies between
-//! `FIFREEZE` and `FITHAW`.
+//! The thaw keeper: a small process beside the worker that freezes and thaws the filesystems
+//! on `live` files for a set, and keeps the flush-and-hold promise (writes are never held
+//! longer than the hold limit) even if the worker dies between `FIFREEZE` and `FITHAW`.
 //!
-//! The daemon starts it once (`shadowcopyd --thaw-keeper`, the same binary) with one end of a
-//! socket pair as its standard input. Before freezing a set's filesystems the daemon *arms* it
-//! with their mount points and the limit; after thawing them it *disarms* it and waits for the
-//! answer. The keeper thaws what is armed when the limit passes, or at once when the daemon's
-//! end of the socket closes (the daemon exited, crashed or was killed), then exits when the
-//! socket is closed. Stop signals are blocked in it: it ends with the daemon, not before.
+//! Why the freeze and thaw run here, not in the worker: both make the kernel write through the
+//! loop device to `live`, which only a worker answers. A worker SIGKILLed inside `FIFREEZE`
+//! would wait uninterruptibly for its own answer and never finish dying, so the holder could
+//! never start its replacement. The keeper waiting instead is harmless: the next worker
+//! answers, the ioctl returns, and the keeper then thaws what the dead worker held.
 //!
-//! Owns nothing else: it never freezes, never reads volumes, never talks to anything but the
-//! daemon. One JSON line per message each way.
+//! The worker starts it once (`shadowcopyd --thaw-keeper`, the same binary) with one end of a
+//! socket pair as its standard input, and asks it to *hold* a set's filesystems (freeze them,
+//! with the limit's watchdog running) and to *release* them (thaw). The keeper thaws what it
+//! holds when the limit passes, or at once when the worker's end of the socket closes (the
+//! worker exited, crashed or was killed), then exits. A restarted worker also asks it to thaw
+//! what an earlier worker and keeper that both died left frozen. Stop signals are blocked in
+//! it: it ends with the worker, not before.
+//!
+//! Owns nothing else: it never reads volumes, never talks to anything but the worker. One JSON
+//! line per message each way.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -20,50 +27,60 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use shadowcopy::hold::{self, HoldError, MountedFs};
 use thiserror::Error;
 
 /// The hidden first argument that makes `shadowcopyd` the keeper.
 pub const KEEPER_ARG: &str = "--thaw-keeper";
 
-/// How long the daemon waits for the keeper's answer.
+/// How long the worker waits for the keeper's answer, beyond the time the request may take.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long thawing leftovers may take (each thaw writes a superblock through `live`).
+const LEFTOVERS_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 enum Request {
-    /// Keep these filesystems from staying frozen past `limit_ms` from now.
-    Arm { id: u64, limit_ms: u64, mount_points: Vec<PathBuf> },
-    /// The daemon thawed them itself.
-    Disarm { id: u64 },
+    /// Freeze these filesystems, in order, and keep them frozen for at most `limit_ms`.
+    Hold { id: u64, limit_ms: u64, filesystems: Vec<MountedFs> },
+    /// Thaw what hold `id` froze.
+    Release { id: u64 },
+    /// Thaw whatever is still frozen on a loop device over a file under `mount`.
+    ThawLeftovers { mount: PathBuf },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 enum Response {
-    Armed { id: u64 },
-    Disarmed { id: u64 },
-    Refused { id: u64, message: String },
+    Held { id: u64 },
+    Released { id: u64, held_ms: u64, expired: bool },
+    Thawed { mount_points: Vec<PathBuf> },
+    Refused { id: u64, message: String, timeout: bool },
 }
 
-/// Why the keeper could not be armed.
+/// Why a hold could not be had.
 #[derive(Debug, Error)]
 pub enum KeeperError {
     /// Starting the keeper process failed.
     #[error("cannot start the thaw keeper ({0}); no filesystem was frozen")]
     Start(#[source] io::Error),
     /// Talking to it failed.
-    #[error("the thaw keeper does not answer ({0}); no filesystem was frozen")]
+    #[error("the thaw keeper does not answer ({0}); nothing is left frozen by this request")]
     Talk(#[source] io::Error),
-    /// It could not open a mount point.
-    #[error("the thaw keeper cannot watch the filesystem: {0}; no filesystem was frozen")]
+    /// A freeze failed; everything was thawed.
+    #[error("{0}")]
     Refused(String),
+    /// A freeze did not return within the hold limit; everything was thawed.
+    #[error("{0}")]
+    FreezeTimeout(String),
 }
 
-/// The daemon's side: starts the keeper when first needed (and again if it died).
+/// The worker's side: starts the keeper when first needed (and again if it died).
 pub struct ThawKeeper {
     program: PathBuf,
     conn: Mutex<Option<Conn>>,
@@ -78,7 +95,7 @@ struct Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        // Closing our end tells the keeper to finish; it thaws nothing that is disarmed.
+        // Closing our end tells the keeper to finish; it thaws what it still holds.
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
         let _ = self.child.wait();
     }
@@ -117,16 +134,16 @@ impl ThawKeeper {
             .stdout(Stdio::null())
             .spawn()
             .map_err(KeeperError::Start)?;
-        ours.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(KeeperError::Start)?;
         tracing::debug!(pid = child.id(), "thaw keeper started");
         Ok(Conn { child, stream: ours, pending: Vec::new() })
     }
 
-    /// Arms the keeper for `mount_points` (about to be frozen) for `limit`; disarmed when the
-    /// returned guard drops. Starts (or restarts) the keeper if needed.
-    pub fn arm(&self, mount_points: &[PathBuf], limit: Duration) -> Result<Armed<'_>, KeeperError> {
+    /// Has the keeper freeze `filesystems` (in order) for at most `limit`; thawed when the
+    /// returned hold is released or dropped, or by the keeper at the limit or when this
+    /// process dies. Starts (or restarts) the keeper if needed.
+    pub fn hold(&self, filesystems: &[MountedFs], limit: Duration) -> Result<KeeperHold<'_>, KeeperError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let request = Request::Arm { id, limit_ms: limit.as_millis() as u64, mount_points: mount_points.to_vec() };
+        let request = Request::Hold { id, limit_ms: limit.as_millis() as u64, filesystems: filesystems.to_vec() };
         let mut conn = self.conn.lock();
         // A keeper that died (killed by hand) is replaced once.
         for attempt in 0..2 {
@@ -134,50 +151,111 @@ impl ThawKeeper {
                 *conn = Some(self.spawn()?);
             }
             let c = conn.as_mut().expect("started above");
-            match c.ask(&request) {
-                Ok(Response::Armed { id: got }) if got == id => return Ok(Armed { keeper: self, id }),
+            match c.ask(&request, limit + ANSWER_TIMEOUT) {
+                Ok(Response::Held { id: got }) if got == id => {
+                    let mount_points = filesystems.iter().map(|f| f.mount_point.clone()).collect();
+                    return Ok(KeeperHold { keeper: self, id, mount_points, released: false });
+                }
+                Ok(Response::Refused { message, timeout: true, .. }) => return Err(KeeperError::FreezeTimeout(message)),
                 Ok(Response::Refused { message, .. }) => return Err(KeeperError::Refused(message)),
                 Ok(other) => return Err(KeeperError::Talk(io::Error::other(format!("unexpected answer {other:?}")))),
-                Err(e) if attempt == 0 => {
+                Err(e) if attempt == 0 && c.child.try_wait().is_ok_and(|s| s.is_some()) => {
                     tracing::warn!(error = %e, "the thaw keeper is gone; starting a new one");
                     *conn = None;
                 }
-                Err(e) => return Err(KeeperError::Talk(e)),
+                Err(e) => {
+                    // A keeper that does not answer may be frozen in a freeze: dropping the
+                    // connection makes it thaw whatever it got to.
+                    *conn = None;
+                    return Err(KeeperError::Talk(e));
+                }
             }
         }
         unreachable!("the loop returns on its second attempt")
     }
 
-    fn disarm(&self, id: u64) {
+    /// Thaws hold `id`: how long the filesystems were held and whether the limit passed first.
+    fn release(&self, id: u64, mount_points: &[PathBuf]) -> (Duration, bool) {
         let mut conn = self.conn.lock();
-        let Some(c) = conn.as_mut() else { return };
-        match c.ask(&Request::Disarm { id }) {
-            Ok(Response::Disarmed { id: got }) if got == id => {}
-            Ok(other) => tracing::warn!(?other, "the thaw keeper answered a disarm oddly"),
-            Err(e) => {
-                tracing::warn!(error = %e, "the thaw keeper did not answer a disarm; starting a new one next time");
+        let answer = match conn.as_mut() {
+            Some(c) => c.ask(&Request::Release { id }, ANSWER_TIMEOUT + LEFTOVERS_TIMEOUT),
+            None => Err(io::Error::other("no keeper")),
+        };
+        match answer {
+            Ok(Response::Released { id: got, held_ms, expired }) if got == id => (Duration::from_millis(held_ms), expired),
+            other => {
+                // The keeper died with the filesystems frozen (killed by hand): thaw them here,
+                // on a thread of their own.
+                tracing::error!(?other, "the thaw keeper did not release a hold; thawing its filesystems directly");
                 *conn = None;
+                let mount_points = mount_points.to_vec();
+                let _ = std::thread::Builder::new().name("shadowcopyd-thaw".into()).spawn(move || {
+                    for mp in mount_points {
+                        if let Ok(dir) = File::open(&mp) {
+                            let _ = hold::thaw(&dir);
+                        }
+                    }
+                });
+                (Duration::ZERO, true)
+            }
+        }
+    }
+
+    /// Has the keeper thaw whatever is still frozen on a loop device over a file under `mount`
+    /// (left so by a worker and keeper that both died mid-hold); the mount points it thawed.
+    pub fn thaw_leftovers(&self, mount: &std::path::Path) -> Result<Vec<PathBuf>, KeeperError> {
+        let mut conn = self.conn.lock();
+        if conn.is_none() {
+            *conn = Some(self.spawn()?);
+        }
+        let c = conn.as_mut().expect("started above");
+        match c.ask(&Request::ThawLeftovers { mount: mount.to_path_buf() }, LEFTOVERS_TIMEOUT) {
+            Ok(Response::Thawed { mount_points }) => Ok(mount_points),
+            Ok(other) => Err(KeeperError::Talk(io::Error::other(format!("unexpected answer {other:?}")))),
+            Err(e) => {
+                *conn = None;
+                Err(KeeperError::Talk(e))
             }
         }
     }
 }
 
-/// The keeper armed for one hold; disarmed on drop (after the daemon thawed).
-pub struct Armed<'a> {
+/// Filesystems the keeper holds frozen for one set; thawed by [`KeeperHold::release`] or on
+/// drop.
+pub struct KeeperHold<'a> {
     keeper: &'a ThawKeeper,
     id: u64,
+    mount_points: Vec<PathBuf>,
+    released: bool,
 }
 
-impl Drop for Armed<'_> {
+impl KeeperHold<'_> {
+    /// Where the held filesystems are mounted.
+    pub fn mount_points(&self) -> &[PathBuf] {
+        &self.mount_points
+    }
+
+    /// Thaws now: how long the filesystems were held, and whether the limit passed first (the
+    /// keeper thawed them then).
+    pub fn release(mut self) -> (Duration, bool) {
+        self.released = true;
+        self.keeper.release(self.id, &self.mount_points)
+    }
+}
+
+impl Drop for KeeperHold<'_> {
     fn drop(&mut self) {
-        self.keeper.disarm(self.id);
+        if !self.released {
+            self.keeper.release(self.id, &self.mount_points);
+        }
     }
 }
 
 impl Conn {
-    fn ask(&mut self, request: &Request) -> io::Result<Response> {
+    fn ask(&mut self, request: &Request, timeout: Duration) -> io::Result<Response> {
         let mut line = serde_json::to_vec(request).map_err(io::Error::other)?;
         line.push(b'\n');
+        self.stream.set_read_timeout(Some(timeout))?;
         self.stream.write_all(&line)?;
         let line = read_line(&mut self.stream, &mut self.pending)?.ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
         serde_json::from_slice(&line).map_err(io::Error::other)
@@ -207,11 +285,11 @@ fn read_line(stream: &mut UnixStream, pending: &mut Vec<u8>) -> io::Result<Optio
     }
 }
 
-/// What the keeper watches: per hold, its deadline and the open mount points.
-type ArmedHolds = HashMap<u64, (Instant, Vec<(PathBuf, File)>)>;
+/// What the keeper holds: per hold, the frozen filesystems (thawed when dropped).
+type Holds = HashMap<u64, hold::Frozen>;
 
-/// The keeper process's life: serve the daemon on standard input until it closes, thawing what
-/// is armed at its deadline or when the daemon goes away.
+/// The keeper process's life: serve the worker on standard input until it closes; the limit's
+/// watchdog of each hold thaws at the deadline.
 pub fn run_keeper() -> io::Result<()> {
     use nix::sys::signal::{SigSet, Signal};
     let mut stops = SigSet::empty();
@@ -221,78 +299,62 @@ pub fn run_keeper() -> io::Result<()> {
     stops.thread_block().map_err(io::Error::from)?;
     let mut stream = UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned()?);
     let mut pending = Vec::new();
-    let mut armed = ArmedHolds::new();
+    let mut holds = Holds::new();
     loop {
-        let next_deadline = armed.values().map(|(d, _)| *d).min();
-        let wait = next_deadline.map(|d| d.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
-        stream.set_read_timeout(wait)?;
         match read_line(&mut stream, &mut pending) {
             Ok(Some(line)) => {
                 let response = match serde_json::from_slice::<Request>(&line) {
-                    Ok(Request::Arm { id, limit_ms, mount_points }) => match open_all(&mount_points) {
-                        Ok(dirs) => {
-                            armed.insert(id, (Instant::now() + Duration::from_millis(limit_ms), dirs));
-                            Response::Armed { id }
+                    Ok(Request::Hold { id, limit_ms, filesystems }) => match hold::freeze(&filesystems, Duration::from_millis(limit_ms)) {
+                        Ok(frozen) => {
+                            holds.insert(id, frozen);
+                            Response::Held { id }
                         }
-                        Err(message) => Response::Refused { id, message },
+                        Err(e) => Response::Refused { id, timeout: matches!(e, HoldError::FreezeTimeout { .. }), message: e.to_string() },
                     },
-                    Ok(Request::Disarm { id }) => {
-                        armed.remove(&id);
-                        Response::Disarmed { id }
-                    }
-                    Err(e) => Response::Refused { id: 0, message: format!("not a request: {e}") },
+                    Ok(Request::Release { id }) => match holds.remove(&id) {
+                        Some(frozen) => {
+                            let (held, expired) = frozen.release();
+                            Response::Released { id, held_ms: held.as_millis() as u64, expired }
+                        }
+                        None => Response::Refused { id, message: format!("no hold {id}"), timeout: false },
+                    },
+                    Ok(Request::ThawLeftovers { mount }) => Response::Thawed { mount_points: thaw_leftovers(&mount) },
+                    Err(e) => Response::Refused { id: 0, message: format!("not a request: {e}"), timeout: false },
                 };
                 let mut out = serde_json::to_vec(&response).map_err(io::Error::other)?;
                 out.push(b'\n');
                 if stream.write_all(&out).is_err() {
-                    thaw_everything(&mut armed, "the daemon went away");
+                    thaw_everything(holds, "the daemon went away");
                     return Ok(());
                 }
             }
             Ok(None) => {
-                thaw_everything(&mut armed, "the daemon went away mid-hold");
+                thaw_everything(holds, "the daemon went away mid-hold");
                 return Ok(());
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                let now = Instant::now();
-                let expired: Vec<u64> = armed.iter().filter(|(_, (d, _))| *d <= now).map(|(id, _)| *id).collect();
-                for id in expired {
-                    if let Some((_, dirs)) = armed.remove(&id) {
-                        thaw(&dirs, "the hold limit passed");
-                    }
-                }
-            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                thaw_everything(&mut armed, "the daemon's socket failed");
+                thaw_everything(holds, "the daemon's socket failed");
                 return Err(e);
             }
         }
     }
 }
 
-fn open_all(mount_points: &[PathBuf]) -> Result<Vec<(PathBuf, File)>, String> {
-    mount_points.iter().map(|p| File::open(p).map(|f| (p.clone(), f)).map_err(|e| format!("{}: {e}", p.display()))).collect()
-}
-
-fn thaw_everything(armed: &mut ArmedHolds, why: &str) {
-    for (_, (_, dirs)) in armed.drain() {
-        thaw(&dirs, why);
-    }
-}
-
-/// Thaws each filesystem; one that was not frozen (the daemon thawed it already) is fine.
-fn thaw(dirs: &[(PathBuf, File)], why: &str) {
-    for (mount_point, dir) in dirs {
-        match shadowcopy::hold::thaw(dir) {
-            Ok(true) => tracing::warn!(mount_point = %mount_point.display(), "thaw keeper: thawed the filesystem because {why}"),
-            Ok(false) => {}
-            Err(e) => tracing::error!(mount_point = %mount_point.display(), error = %e, "thaw keeper: thawing failed"),
+fn thaw_everything(holds: Holds, why: &str) {
+    for (_, frozen) in holds {
+        if frozen.expired() {
+            continue;
         }
+        for mount_point in &frozen.mount_points {
+            tracing::warn!(mount_point = %mount_point.display(), "thaw keeper: thawed the filesystem because {why}");
+        }
+        drop(frozen);
     }
 }
 
 /// Thaws every still-frozen filesystem on a loop device backed by a file under `mount` (left
-/// so by a daemon and keeper that both died mid-hold); the mount points it thawed. Must run
+/// so by a worker and keeper that both died mid-hold); the mount points it thawed. Must run
 /// before a stale mount at `mount` is detached: the kernel then names the backing files
 /// relative to the detached mount, and they no longer match.
 pub fn thaw_leftovers(mount: &std::path::Path) -> Vec<PathBuf> {

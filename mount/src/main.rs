@@ -415,10 +415,17 @@ fn run_worker(args: Args, h: Handoff) -> Result<()> {
         // A worker killed mid-hold left its filesystems frozen (its keeper thaws them too, at
         // the latest by the deadline). Only once serving: a thaw writes the filesystem's
         // superblock through `live`, which needs this worker to answer.
-        let at = mount.clone();
+        // The keeper thaws, not this process (see `keeper`).
+        let (at, svc) = (mount.clone(), Arc::clone(&service));
         std::thread::Builder::new().name("shadowcopyd-thaw".into()).spawn(move || {
-            for mount_point in keeper::thaw_leftovers(&at) {
-                tracing::warn!(mount_point = %mount_point.display(), "thawed a filesystem the previous worker left frozen");
+            let Some(keeper) = svc.keeper.get() else { return };
+            match keeper.thaw_leftovers(&at) {
+                Ok(thawed) => {
+                    for mount_point in thawed {
+                        tracing::warn!(mount_point = %mount_point.display(), "thawed a filesystem the previous worker left frozen");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "thawing what the previous worker left frozen failed"),
             }
         })?;
     }

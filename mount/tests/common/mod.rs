@@ -26,6 +26,8 @@ pub(crate) struct Daemon {
     failpoints: Option<PathBuf>,
     /// Environment variables the daemon is started with.
     env: Vec<(String, String)>,
+    /// The program file it runs (and a planned restart executes again).
+    pub program: PathBuf,
 }
 
 /// An active fail point; removed (switched off) on drop.
@@ -63,6 +65,11 @@ impl Daemon {
         Self::start_with(&[], true)
     }
 
+    /// A daemon with fail points and these arguments.
+    pub(crate) fn start_with_failpoints_and(extra: &[&str]) -> Daemon {
+        Self::start_with(extra, true)
+    }
+
     /// Switches a fail point on until the returned guard drops.
     pub(crate) fn failpoint(&self, name: &str) -> FailPoint {
         let dir = self.failpoints.as_ref().expect("started with fail points");
@@ -75,7 +82,17 @@ impl Daemon {
         Self::build(extra, failpoints, &[])
     }
 
+    /// A daemon run from a copy of its program file in its own directory (`program`), which a
+    /// test may replace to upgrade it.
+    pub(crate) fn start_from_copy(extra: &[&str]) -> Daemon {
+        Self::build_from(extra, false, &[], true)
+    }
+
     fn build(extra: &[&str], failpoints: bool, env: &[(&str, &str)]) -> Daemon {
+        Self::build_from(extra, failpoints, env, false)
+    }
+
+    fn build_from(extra: &[&str], failpoints: bool, env: &[(&str, &str)], copy_program: bool) -> Daemon {
         require_commands(&["losetup", "mount", "umount"]);
         require(Path::new("/dev/fuse").exists(), "/dev/fuse");
         let dir = TempDir::new("sc-daemon-");
@@ -88,7 +105,12 @@ impl Daemon {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             failpoints: None,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            program: daemon_binary(),
         };
+        if copy_program {
+            d.program = d.dir.join("shadowcopyd");
+            std::fs::copy(daemon_binary(), &d.program).expect("copying the daemon's program file");
+        }
         if failpoints {
             let fp = d.dir.join("failpoints");
             std::fs::create_dir(&fp).expect("fail points directory");
@@ -100,7 +122,7 @@ impl Daemon {
 
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("daemon.log")).expect("log file");
-        let mut cmd = Command::new(daemon_binary());
+        let mut cmd = Command::new(&self.program);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         if let Some(fp) = &self.failpoints {
             cmd.env("SHADOWCOPYD_FAILPOINTS_DIR", fp);

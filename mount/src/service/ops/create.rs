@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use shadowcopy::coordinator::{self, Limits, Sequence};
-use shadowcopy::hold::{self, HoldError};
+use shadowcopy::hold;
 use shadowcopy::protocol::{self, attributes, Answer, DeleteTarget, EventKind, SetView};
 use shadowcopy::{create_set, CreateOptions, ShadowVolume};
 use uuid::Uuid;
@@ -118,26 +118,24 @@ impl Service {
         // Flush and hold, between the writers' Freeze and Thaw.
         let hold = || -> Result<Held, ServiceError> {
             let filesystems = hold::filesystems_on(&lives).map_err(|e| ServiceError::Failed(e.to_string()))?;
-            // Armed before the first freeze, disarmed after the thaw (dropped last): a daemon
-            // that dies in between leaves the thawing to the keeper.
-            let _keeper = if filesystems.is_empty() {
+            // The keeper freezes and thaws (see `crate::keeper` for why not this process); a
+            // worker that dies in between leaves the thawing to it.
+            let frozen = if filesystems.is_empty() {
                 None
             } else {
                 let keeper = self.keeper.get().ok_or_else(|| ServiceError::Failed("no thaw keeper: refusing to freeze".into()))?;
-                let mount_points: Vec<PathBuf> = filesystems.iter().map(|f| f.mount_point.clone()).collect();
-                Some(keeper.arm(&mount_points, HOLD_LIMIT).map_err(|e| ServiceError::Failed(e.to_string()))?)
+                Some(keeper.hold(&filesystems, HOLD_LIMIT).map_err(|e| match e {
+                    crate::keeper::KeeperError::FreezeTimeout(m) => ServiceError::FreezeTimeout(m),
+                    e => ServiceError::Failed(e.to_string()),
+                })?)
             };
-            let frozen = hold::freeze(&filesystems, HOLD_LIMIT).map_err(|e| match e {
-                HoldError::FreezeTimeout { .. } => ServiceError::FreezeTimeout(e.to_string()),
-                _ => ServiceError::Failed(e.to_string()),
-            })?;
             if !filesystems.is_empty() {
                 crate::failpoints::stall("stall-after-freeze");
             }
             let attrs = if filesystems.is_empty() { attrs } else { attrs | attributes::FS_FROZEN };
             let set = create_set(&engines, CreateOptions { volatile, attributes: attrs });
-            let mount_points = frozen.mount_points.clone();
-            let (held, expired) = frozen.release();
+            let mount_points = frozen.as_ref().map_or(Vec::new(), |f| f.mount_points().to_vec());
+            let (held, expired) = frozen.map_or((Duration::ZERO, false), |f| f.release());
             let set = set?;
             if expired {
                 for (e, c) in engines.iter().zip(&set.copies) {
