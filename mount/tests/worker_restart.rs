@@ -86,7 +86,7 @@ impl FioJob {
         let json: Option<serde_json::Value> = stdout.find('{').and_then(|i| serde_json::from_str(&stdout[i..]).ok());
         let error = json.as_ref().and_then(|v| v["jobs"][0]["error"].as_i64()).unwrap_or(-1);
         let verify_failed = stderr.contains("verify:") || error == libc::EILSEQ as i64;
-        let io_failed = !out.status.success() && !verify_failed || (error != 0 && !verify_failed);
+        let io_failed = !verify_failed && (!out.status.success() || error != 0);
         (u64::from(io_failed), u64::from(verify_failed), stderr)
     }
 }
@@ -517,7 +517,10 @@ fn without_resend_a_crash_fails_only_the_requests_in_flight_and_nothing_hangs() 
     stop.store(true, Ordering::Relaxed);
     let (ok, failed) = writer.join().unwrap();
     let longest = Duration::from_nanos(longest_ns.load(Ordering::Relaxed));
-    eprintln!("no-resend route: 5 worker kills; {ok} writes succeeded, {} failed ({failed:?}); the longest write took {longest:?}", failed.len());
+    eprintln!(
+        "no-resend route: 5 worker kills; {ok} writes succeeded, {} failed ({failed:?}); the longest write took {longest:?}",
+        failed.len()
+    );
     assert!(longest < Duration::from_secs(10), "a write waited {longest:?}: a request of the dead worker hung");
     assert!(failed.iter().all(|e| *e == Some(libc::ECONNABORTED) || *e == Some(libc::EIO)), "only aborted requests fail: {failed:?}");
     assert!(ok > 100, "writes went on between the kills");
