@@ -459,7 +459,7 @@ fn run_worker(args: Args, h: Handoff) -> Result<()> {
     let reason = lifecycle::wait_for_stop(&service, &stop_rx, when_in_use);
     let restart = reason == StopReason::Restart;
     if restart {
-        tracing::info!("planned restart: draining requests, flushing every volume, handing over");
+        tracing::info!("planned restart: draining requests, handing every volume over");
         lifecycle::tell_service_manager(lifecycle::Notice::Status("restarting the worker in place"));
     } else {
         lifecycle::tell_service_manager(lifecycle::Notice::Stopping);
@@ -486,12 +486,15 @@ fn run_worker(args: Args, h: Handoff) -> Result<()> {
     if !drain.wait_idle(Duration::from_secs(10)) {
         tracing::warn!("requests on copies were still being answered after 10 s; handing over anyway (the kernel resends them)");
     }
-    service.flush_all();
-    service.seal_all();
     if restart {
+        // No disk flush and no seal: the next worker shares the page cache, and the holder keeps
+        // the mount, so nothing can write the volume behind its back meanwhile.
+        service.hand_over_all();
         tracing::info!("handed over");
         std::process::exit(holder::RESTART_EXIT);
     }
+    service.flush_all();
+    service.seal_all();
     tracing::info!("stopped");
     Ok(())
 }

@@ -440,7 +440,7 @@ fn planned_restarts_from_a_replaced_program_file_fail_nothing() {
     for _ in 0..RESTARTS {
         // An upgrade: a new program file in place (a new inode, as a package manager does).
         let fresh = d.dir.join("shadowcopyd.new");
-        std::fs::copy(daemon_binary(), &fresh).unwrap();
+        copy_program(&daemon_binary(), &fresh);
         std::fs::rename(&fresh, &d.program).unwrap();
         let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&d.program).unwrap());
         let t = Instant::now();

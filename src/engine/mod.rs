@@ -650,6 +650,14 @@ impl ShadowVolume {
         self.inner.read_live(buf, offset)
     }
 
+    /// Makes every record durable, so that the held bytes reach the volume, without waiting
+    /// for the volume's own writes to reach the disk: for handing the volume to another process
+    /// on the same machine (a planned restart of the daemon's worker), which sees the same page
+    /// cache. What a power loss may lose is what it would have lost without the handover.
+    pub fn hand_over(&self) -> Result<(), Error> {
+        self.inner.commit().map(|_| ())
+    }
+
     /// Makes every write acknowledged so far durable.
     pub fn flush(&self) -> Result<(), Error> {
         if let Err(e) = self.inner.commit() {

@@ -481,6 +481,13 @@ impl Service {
         self.save_state_and_each_engine("flushing the volume", |e| e.flush());
     }
 
+    /// Readies every volume for the next worker of a planned restart: records durable and held
+    /// bytes on the volume, without waiting for the disk (the next worker shares the page
+    /// cache; see `ShadowVolume::hand_over`).
+    pub fn hand_over_all(&self) {
+        self.save_state_and_each_engine("handing the volume over", |e| e.hand_over());
+    }
+
     /// Saves the state file, then runs `f` on every volume's engine, logging failures as `what`.
     fn save_state_and_each_engine(&self, what: &str, f: impl Fn(&shadowcopy::ShadowVolume) -> Result<(), shadowcopy::Error>) {
         {

@@ -92,7 +92,7 @@ impl Daemon {
         Self::build_from(extra, failpoints, env, false)
     }
 
-    fn build_from(extra: &[&str], failpoints: bool, env: &[(&str, &str)], copy_program: bool) -> Daemon {
+    fn build_from(extra: &[&str], failpoints: bool, env: &[(&str, &str)], own_program: bool) -> Daemon {
         require_commands(&["losetup", "mount", "umount"]);
         require(Path::new("/dev/fuse").exists(), "/dev/fuse");
         let dir = TempDir::new("sc-daemon-");
@@ -107,9 +107,11 @@ impl Daemon {
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             program: daemon_binary(),
         };
-        if copy_program {
+        if own_program {
             d.program = d.dir.join("shadowcopyd");
-            std::fs::copy(daemon_binary(), &d.program).expect("copying the daemon's program file");
+            // By `cp`, not from this process: a child forked by another test thread while this
+            // process held the file open for writing would make its exec fail (ETXTBSY).
+            copy_program(&daemon_binary(), &d.program);
         }
         if failpoints {
             let fp = d.dir.join("failpoints");
@@ -371,6 +373,11 @@ impl Drop for Daemon {
             let _ = Command::new(which("umount").unwrap_or_else(|| "umount".into())).args(["-l", self.mount.to_str().unwrap()]).status();
         }
     }
+}
+
+/// Copies a program file with `cp` (see [`Daemon::start_from_copy`] for why not here).
+pub(crate) fn copy_program(from: &Path, to: &Path) {
+    run("cp", &[from.to_str().unwrap(), to.to_str().unwrap()]);
 }
 
 pub(crate) fn is_mounted(p: &Path) -> bool {
