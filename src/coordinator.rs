@@ -228,6 +228,12 @@ impl Writers {
             .any(|w| w.connected() && w.registration.name == registration.name && w.registration.instance_id != registration.instance_id)
     }
 
+    /// The connected writer named `name`, if any (a writer that reconnected after the daemon's
+    /// worker was replaced is found again by its name).
+    pub fn connected_named(&self, name: &str) -> Option<Arc<WriterConn>> {
+        self.list.lock().iter().rev().find(|w| w.connected() && w.registration.name == name).cloned()
+    }
+
     /// Every registered writer as `shadowcopy writers` shows it.
     pub fn views(&self) -> Vec<WriterView> {
         self.list.lock().iter().map(|w| w.view()).collect()
@@ -441,6 +447,11 @@ impl Sessions {
     pub fn open(&self, set_id: Uuid, writers: Vec<ChosenWriter>, volumes: Vec<String>, copy_ids: Vec<Uuid>, backup_complete_sent: bool) {
         let s = Session { writers, volumes, copy_ids, backup_complete_sent, requester_gone: false };
         self.open.lock().insert(set_id, s);
+    }
+
+    /// Whether set `set_id` has a session.
+    pub fn is_open(&self, set_id: Uuid) -> bool {
+        self.open.lock().contains_key(&set_id)
     }
 
     /// Sends BackupComplete for a deferred set (once); says what happened.

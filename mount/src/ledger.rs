@@ -39,6 +39,23 @@ enum Fact {
     Exposed { copy: Uuid, place: Place },
     /// The exposure at `place` was undone.
     Unexposed { place: Place },
+    /// Set `set_id` was taken with `--defer-backup-complete`: its writers wait for
+    /// BackupComplete (each by name, with its components).
+    SessionOpened { set_id: Uuid, writers: Vec<(String, Vec<String>)>, volumes: Vec<String>, copy_ids: Vec<Uuid> },
+    /// That session's BackupComplete was sent, or its set released.
+    SessionEnded { set_id: Uuid },
+}
+
+/// A deferred backup session a previous worker opened: what a new worker needs to send
+/// BackupComplete for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingSession {
+    /// The writers, by name, each with its components in the set.
+    pub writers: Vec<(String, Vec<String>)>,
+    /// The set's volumes.
+    pub volumes: Vec<String>,
+    /// The set's copies.
+    pub copy_ids: Vec<Uuid>,
 }
 
 #[derive(Default)]
@@ -47,6 +64,7 @@ struct Known {
     copies: HashMap<Uuid, (u32, String)>,
     live_opens: HashMap<u32, usize>,
     exposures: Vec<(Uuid, Place)>,
+    sessions: HashMap<Uuid, PendingSession>,
     /// The highest serial given so far.
     last: u32,
 }
@@ -74,6 +92,13 @@ impl Known {
             }
             Fact::Exposed { copy, place } => self.exposures.push((*copy, place.clone())),
             Fact::Unexposed { place } => self.exposures.retain(|(_, p)| p != place),
+            Fact::SessionOpened { set_id, writers, volumes, copy_ids } => {
+                let s = PendingSession { writers: writers.clone(), volumes: volumes.clone(), copy_ids: copy_ids.clone() };
+                self.sessions.insert(*set_id, s);
+            }
+            Fact::SessionEnded { set_id } => {
+                self.sessions.remove(set_id);
+            }
         }
     }
 }
@@ -222,6 +247,33 @@ impl NodeLedger {
         let (file, known) = &mut *g;
         Self::record(file, known, Fact::Unexposed { place: place.clone() });
     }
+
+    /// Set `set_id`'s writers wait for a deferred BackupComplete.
+    pub fn session_opened(&self, set_id: Uuid, session: &PendingSession) {
+        let mut g = self.inner.lock();
+        let (file, known) = &mut *g;
+        let fact = Fact::SessionOpened {
+            set_id,
+            writers: session.writers.clone(),
+            volumes: session.volumes.clone(),
+            copy_ids: session.copy_ids.clone(),
+        };
+        Self::record(file, known, fact);
+    }
+
+    /// Set `set_id`'s session needs nothing more (BackupComplete sent, or the set released).
+    pub fn session_ended(&self, set_id: Uuid) {
+        let mut g = self.inner.lock();
+        let (file, known) = &mut *g;
+        if known.sessions.contains_key(&set_id) {
+            Self::record(file, known, Fact::SessionEnded { set_id });
+        }
+    }
+
+    /// The deferred session of set `set_id`, if one was opened on this connection and not ended.
+    pub fn pending_session(&self, set_id: Uuid) -> Option<PendingSession> {
+        self.inner.lock().1.sessions.get(&set_id).cloned()
+    }
 }
 
 #[cfg(test)]
@@ -256,6 +308,26 @@ mod tests {
         // New objects never reuse a serial.
         let w = b.volume_serial("other");
         assert!(w > v && w > c);
+    }
+
+    #[test]
+    fn a_deferred_session_is_pending_for_the_next_worker_until_it_ends() {
+        let fd = NodeLedger::create_file().unwrap();
+        let a = reopen(&fd);
+        let (set, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let pending = PendingSession {
+            writers: vec![("app".into(), vec!["db".into()])],
+            volumes: vec!["data".into()],
+            copy_ids: vec![Uuid::new_v4()],
+        };
+        a.session_opened(set, &pending);
+        a.session_opened(other, &pending);
+        a.session_ended(other);
+        let b = reopen(&fd);
+        assert_eq!(b.pending_session(set), Some(pending));
+        assert_eq!(b.pending_session(other), None);
+        b.session_ended(set);
+        assert_eq!(reopen(&fd).pending_session(set), None);
     }
 
     #[test]

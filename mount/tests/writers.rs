@@ -377,3 +377,36 @@ fn a_writer_name_is_taken_once_and_its_volumes_must_exist() {
     let names: Vec<String> = writers(&d).into_iter().map(|w| w.name).collect();
     assert_eq!(names, ["app"], "only the first writer is registered");
 }
+
+#[test]
+fn a_deferred_backup_complete_survives_a_worker_restart() {
+    let mut d = Daemon::start(&[]);
+    volume(&d);
+    let log = d.dir.join("events.log");
+    let _w = start_writer(&d, "app", &hook(d.dir.path(), "app", &log, ""), "vol");
+    let out = cli(&d, &["--json", "create", "vol", "--defer-backup-complete"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let set: shadowcopy::protocol::SetView = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(events(&log, "app").last().map(String::as_str), Some("post_snapshot"));
+    // The worker that took the set dies; the writer reconnects to the next one.
+    d.kill_worker();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !writers(&d).iter().any(|w| w.name == "app" && w.state != WriterState::Disconnected) {
+        assert!(Instant::now() < deadline, "the writer did not reconnect: {:?}", writers(&d));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = cli(&d, &["backup-complete", &set.set_id.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 writer"),
+        "the new worker told the writer: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    wait_for_event(&log, "app", "backup_shutdown");
+    let seen = events(&log, "app");
+    assert_eq!(seen[seen.len() - 3..], ["post_snapshot", "backup_complete", "backup_shutdown"], "{seen:?}");
+    assert!(d.log().contains("took over the backup session of a set taken by the previous worker"), "{}", d.log());
+    // Once is enough, also across workers.
+    assert!(cli(&d, &["backup-complete", &set.set_id.to_string()]).status.success());
+    assert_eq!(events(&log, "app").iter().filter(|e| *e == "backup_complete").count(), 1);
+}

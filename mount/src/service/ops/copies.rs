@@ -106,6 +106,7 @@ impl Service {
             }
             self.forget_copy(v, c.info.id);
             self.sessions.released(c.info.set_id);
+            self.settings.ledger.session_ended(c.info.set_id);
             let why = match reason {
                 "retention" => "its volume's retention policy no longer keeps it",
                 "released" => "the requester of its auto-release set disconnected",

@@ -179,6 +179,16 @@ impl Service {
         };
         let Held { set, held, mount_points } = taken.result;
         if !chosen.writers.is_empty() {
+            if req.defer_backup_complete {
+                // Kept beside the connection, so that a worker that replaces this one can still
+                // send the BackupComplete (the writers reconnect to it by name).
+                let pending = crate::ledger::PendingSession {
+                    writers: chosen.writers.iter().map(|(w, comps)| (w.registration.name.clone(), comps.clone())).collect(),
+                    volumes: names.clone(),
+                    copy_ids: taken.copy_ids.clone(),
+                };
+                self.settings.ledger.session_opened(taken.set_id, &pending);
+            }
             self.sessions.open(taken.set_id, chosen.writers.clone(), names.clone(), taken.copy_ids, !req.defer_backup_complete);
         }
         let mut views = Vec::new();
@@ -236,12 +246,43 @@ impl Service {
         if self.set_copies(set_id).is_empty() {
             return Err(ServiceError::NoSet(set_id));
         }
-        match self.sessions.backup_complete(set_id) {
+        if let Some(pending) = self.settings.ledger.pending_session(set_id) {
+            self.adopt_session(set_id, pending);
+        }
+        let r = self.sessions.backup_complete(set_id);
+        self.settings.ledger.session_ended(set_id);
+        match r {
             Ok(m) => Ok(Answer::Done(m)),
             Err(coordinator::NoSession) => {
                 Ok(Answer::Done(format!("set {set_id} has no writers waiting for BackupComplete; nothing to tell")))
             }
         }
+    }
+
+    /// Takes over the deferred session of a set that an earlier worker (since replaced) took:
+    /// its writers, found again by name once they reconnected (up to 10 s). Its requester's
+    /// connection went with that worker.
+    fn adopt_session(&self, set_id: Uuid, pending: crate::ledger::PendingSession) {
+        if self.sessions.is_open(set_id) {
+            return;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let writers = loop {
+            let found: Vec<_> =
+                pending.writers.iter().filter_map(|(name, comps)| self.writers.connected_named(name).map(|w| (w, comps.clone()))).collect();
+            if found.len() == pending.writers.len() || std::time::Instant::now() >= deadline {
+                break found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        for (name, _) in &pending.writers {
+            if !writers.iter().any(|(w, _)| &w.registration.name == name) {
+                tracing::warn!(writer = %name, set = %set_id, "writer did not reconnect after the worker restart: it gets no BackupComplete");
+            }
+        }
+        tracing::info!(set = %set_id, writers = writers.len(), "took over the backup session of a set taken by the previous worker");
+        self.sessions.open(set_id, writers, pending.volumes, pending.copy_ids, false);
+        self.sessions.requester_gone(set_id);
     }
 
     /// The requester that created `sets` disconnected: auto-release sets are deleted, and the
