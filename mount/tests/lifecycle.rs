@@ -168,16 +168,7 @@ fn hold_frozen(d: &Daemon) -> HeldFrozen {
     let fs = LiveFs::new(&d.live("vol"), &d.dir.join("fs"), false);
     let thaw = ThawOnDrop(fs.mount.point.clone());
     let stall = d.failpoint("stall-after-freeze");
-    let create = ChildGuard(Some(
-        std::process::Command::new(cli_binary())
-            .arg("--socket")
-            .arg(&d.socket)
-            .args(["create", "vol"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("running the CLI"),
-    ));
+    let create = ChildGuard(Some(d.spawn_cli(&["create", "vol"])));
     let reached = d.dir.join("failpoints/stall-after-freeze.reached");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !reached.exists() {

@@ -22,26 +22,13 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use rand::Rng;
-use shadowcopy::protocol::{CopyView, Op};
+use shadowcopy::protocol::CopyView;
 use shadowcopy::testing::system::*;
 
 /// The volume: big enough for two fio files and the manifest's files.
 const VOLUME: u64 = 128 << 20;
 /// Files the manifest workload renames over, in turn.
 const MANIFEST_SLOTS: u64 = 64;
-
-fn add_unbounded_volume(d: &Daemon, image: &Path) {
-    // Unbounded: no copy is deleted for room during the run, so every one must survive.
-    d.call(Op::VolumeAdd {
-        name: "vol".into(),
-        image: image.display().to_string(),
-        diff_area: None,
-        max_size: Some("unbounded".into()),
-        chunk_size: None,
-        read_only: false,
-    })
-    .unwrap_or_else(|e| panic!("volume add: {e}"));
-}
 
 /// One fio job: random writes with crc32c verification of what it wrote (a backlog during the
 /// run, the rest at its end).
@@ -318,7 +305,8 @@ struct Scene {
 fn scene(d: &Daemon) -> Scene {
     require_commands(&["mkfs.ext4", "losetup", "mount", "fio", "e2fsck", "dmesg"]);
     let image = image_file(&d.dir, "vol.img", VOLUME);
-    add_unbounded_volume(d, &image);
+    // Unbounded: no copy is deleted for room during the run, so every one must survive.
+    d.add_volume_with_max("vol", &image, "unbounded");
     let dmesg_before = run_text("dmesg", &[]);
     let fs = LiveFs::new(&d.live("vol"), &d.dir.join("fs"), false);
     let load = Load::start(&fs.mount.point);
@@ -363,16 +351,7 @@ fn sigkills_of_the_worker_lose_no_acknowledged_write_and_change_no_copy() {
         match i % 6 {
             // During a create: the set is aborted, the frozen filesystem thawed.
             1 => {
-                busy = Some(
-                    std::process::Command::new(cli_binary())
-                        .arg("--socket")
-                        .arg(&d.socket)
-                        .args(["create", "vol"])
-                        .stdout(std::process::Stdio::null())
-                        .stderr(std::process::Stdio::null())
-                        .spawn()
-                        .unwrap(),
-                );
+                busy = Some(d.spawn_cli(&["create", "vol"]));
                 std::thread::sleep(Duration::from_millis(rng.random_range(0..200)));
                 during_create += 1;
             }
@@ -380,16 +359,7 @@ fn sigkills_of_the_worker_lose_no_acknowledged_write_and_change_no_copy() {
             3 if s.taken.copies.len() > 1 => {
                 let (copy, _) = s.taken.copies.last().unwrap().clone();
                 s.taken.maybe_deleted.push(copy.id);
-                busy = Some(
-                    std::process::Command::new(cli_binary())
-                        .arg("--socket")
-                        .arg(&d.socket)
-                        .args(["delete", &copy.id.to_string()])
-                        .stdout(std::process::Stdio::null())
-                        .stderr(std::process::Stdio::null())
-                        .spawn()
-                        .unwrap(),
-                );
+                busy = Some(d.spawn_cli(&["delete", &copy.id.to_string()]));
                 std::thread::sleep(Duration::from_millis(rng.random_range(0..30)));
                 during_delete += 1;
             }

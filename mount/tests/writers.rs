@@ -285,16 +285,23 @@ fn a_backup_in_one_command_reads_the_copy_then_completes_and_releases_it() {
     assert_eq!(events(&log, "app").iter().filter(|e| *e == "identify").count(), 2);
 }
 
+/// A set of `vol` whose BackupComplete is deferred; writer `app` (logging to `log`) is left
+/// after PostSnapshot.
+fn create_deferred(d: &Daemon, log: &Path) -> shadowcopy::protocol::SetView {
+    let out = cli(d, &["--json", "create", "vol", "--defer-backup-complete"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let set = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(events(log, "app").last().map(String::as_str), Some("post_snapshot"));
+    set
+}
+
 #[test]
 fn backup_complete_can_wait_until_the_copies_were_read() {
     let d = Daemon::start(&[]);
     volume(&d);
     let log = d.dir.join("events.log");
     let _w = start_writer(&d, "app", &hook(d.dir.path(), "app", &log, ""), "vol");
-    let out = cli(&d, &["--json", "create", "vol", "--defer-backup-complete"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let set: shadowcopy::protocol::SetView = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(events(&log, "app").last().map(String::as_str), Some("post_snapshot"));
+    let set = create_deferred(&d, &log);
     assert_eq!(writers(&d)[0].state, WriterState::WaitingForBackupComplete);
     // Later, from another process:
     let out = cli(&d, &["backup-complete", &set.set_id.to_string()]);
@@ -384,10 +391,7 @@ fn a_deferred_backup_complete_survives_a_worker_restart() {
     volume(&d);
     let log = d.dir.join("events.log");
     let _w = start_writer(&d, "app", &hook(d.dir.path(), "app", &log, ""), "vol");
-    let out = cli(&d, &["--json", "create", "vol", "--defer-backup-complete"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let set: shadowcopy::protocol::SetView = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(events(&log, "app").last().map(String::as_str), Some("post_snapshot"));
+    let set = create_deferred(&d, &log);
     // The worker that took the set dies; the writer reconnects to the next one.
     d.kill_worker();
     let deadline = Instant::now() + Duration::from_secs(10);

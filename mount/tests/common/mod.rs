@@ -248,6 +248,18 @@ impl Daemon {
         Command::new(cli_binary()).arg("--socket").arg(&self.socket).args(args).output().expect("running the CLI")
     }
 
+    /// Starts the CLI against this daemon in the background, its output discarded.
+    pub(crate) fn spawn_cli(&self, args: &[&str]) -> std::process::Child {
+        Command::new(cli_binary())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("running the CLI")
+    }
+
     /// SIGKILL of every process of the daemon (holder, worker, thaw keeper): a crash of the
     /// whole service. The stale mount is left for the next start to clear.
     pub(crate) fn kill(&mut self) {
@@ -274,11 +286,16 @@ impl Daemon {
 
     /// Registers `image` as volume `name`.
     pub(crate) fn add_volume(&self, name: &str, image: &Path) {
+        self.add_volume_with_max(name, image, "50%");
+    }
+
+    /// Registers `image` as volume `name` with a diff area of at most `max_size`.
+    pub(crate) fn add_volume_with_max(&self, name: &str, image: &Path, max_size: &str) {
         self.call(Op::VolumeAdd {
             name: name.into(),
             image: image.display().to_string(),
             diff_area: None,
-            max_size: Some("50%".into()),
+            max_size: Some(max_size.into()),
             chunk_size: None,
             read_only: false,
         })
