@@ -21,8 +21,42 @@ impl FuseReadBuf {
     ///
     /// The actual buffer may be slightly larger to accommodate alignment requirements.
     pub(crate) fn new() -> Self {
-        Self {
+        let mut buf = Self {
             buffer: vec![0; BUFFER_SIZE],
+        };
+        buf.make_resident();
+        buf
+    }
+
+    /// shadowcopy patch: makes the part of the buffer a request can fill resident and
+    /// writable before the first read, and keeps it so (`mlock`, else a write to each page).
+    ///
+    /// The kernel copies a request into this buffer during `read(2)` and, if the copy fails,
+    /// ends the request with EIO (`fuse_dev_do_read`). A page the copy has to fault in fails
+    /// the copy when the reading process has a fatal signal pending (`__get_user_pages`
+    /// returns EINTR), so a server SIGKILLed while it reads a large write into pages not yet
+    /// touched fails that write with EIO instead of leaving it for `FUSE_NOTIFY_RESEND`. With
+    /// the pages resident the copy takes the fast path that never checks for signals.
+    fn make_resident(&mut self) {
+        let page = page_size::get();
+        // The kernel's limit on pages per request, the header and the alignment: what a
+        // request can fill.
+        let max_pages = std::fs::read_to_string("/proc/sys/fs/fuse/max_pages_limit")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(256);
+        let len = ((max_pages + 2) * page).min(self.buffer.len());
+        let start = self.buffer.as_mut_ptr();
+        // SAFETY: `start..start + len` lies inside `self.buffer`, which lives as long as the
+        // lock (munlock is implicit when the allocation is freed and unmapped).
+        let locked = unsafe { libc::mlock(start.cast(), len) } == 0;
+        if !locked {
+            // Without the privilege to lock: touch each page with a write (volatile, so that
+            // a store of zero into zeroed memory is not optimized away).
+            for offset in (0..len).step_by(page) {
+                // SAFETY: `offset < len <= self.buffer.len()`.
+                unsafe { std::ptr::write_volatile(start.add(offset), 0) };
+            }
         }
     }
 
