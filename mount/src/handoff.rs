@@ -26,6 +26,8 @@ pub enum StartReason {
     Crash(String),
     /// `shadowcopy daemon restart`: a new binary was exec'd.
     Upgrade,
+    /// The holder died and its worker became the holder (the process id of the dead one).
+    HolderLost(i32),
 }
 
 impl std::fmt::Display for StartReason {
@@ -34,6 +36,7 @@ impl std::fmt::Display for StartReason {
             StartReason::Start => f.write_str("start"),
             StartReason::Crash(how) => write!(f, "the previous worker {how}"),
             StartReason::Upgrade => f.write_str("planned restart (daemon restart)"),
+            StartReason::HolderLost(pid) => write!(f, "the holder (pid {pid}) died; its worker became the holder"),
         }
     }
 }

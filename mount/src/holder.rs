@@ -91,7 +91,7 @@ impl Held {
             generation: h.generation,
             initialized: h.initialized,
             route: h.route,
-            reason: StartReason::Upgrade,
+            reason: h.reason,
             daemon_started_unix: h.daemon_started_unix,
             program: h.program,
         })

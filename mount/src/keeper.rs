@@ -116,6 +116,12 @@ impl ThawKeeper {
         Ok(())
     }
 
+    /// Ends the keeper (it thaws what it still holds) and waits for it; the next hold starts
+    /// a new one.
+    pub fn stop(&self) {
+        self.conn.lock().take();
+    }
+
     /// The keeper's process id, if it is running.
     pub fn pid(&self) -> Option<u32> {
         let mut conn = self.conn.lock();

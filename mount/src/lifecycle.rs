@@ -29,6 +29,12 @@ pub enum StopRequest {
     },
     /// `shadowcopy daemon restart`: hand over to a new worker, unmounting nothing.
     Restart,
+    /// The holder died (this process was re-parented): the worker hands over and becomes the
+    /// holder itself, so that the next crash is survived again.
+    HolderGone {
+        /// The dead holder's process id.
+        pid: i32,
+    },
 }
 
 /// How a stop signal is treated while `live` files are open.
@@ -54,7 +60,30 @@ pub enum StopReason {
     Unused,
     /// `daemon restart`: not a stop; the worker hands over.
     Restart,
+    /// The holder died: not a stop; the worker hands over and execs itself as the holder.
+    HolderGone {
+        /// The dead holder's process id.
+        pid: i32,
+    },
 }
+
+/// Watches the holder: once this process is re-parented (the holder died; its worker lives
+/// on holding the connection alone), asks `main` to hand over and become the holder.
+pub fn watch_holder(tx: mpsc::Sender<StopRequest>) -> std::io::Result<()> {
+    let holder = nix::unistd::getppid();
+    std::thread::Builder::new().name("holder-watch".into()).spawn(move || loop {
+        std::thread::sleep(HOLDER_POLL);
+        if nix::unistd::getppid() != holder {
+            tracing::error!(holder = holder.as_raw(), "the holder died; this worker hands over and becomes the holder");
+            let _ = tx.send(StopRequest::HolderGone { pid: holder.as_raw() });
+            return;
+        }
+    })?;
+    Ok(())
+}
+
+/// How often the worker checks that its holder is alive.
+const HOLDER_POLL: Duration = Duration::from_millis(200);
 
 /// How long a stop signal waits for `live` files closing right then (a `losetup -d` just
 /// before the signal: the kernel sends the release a moment later).
@@ -112,6 +141,7 @@ pub fn wait_for_stop(service: &Service, requests: &mpsc::Receiver<StopRequest>, 
             }
             Ok(StopRequest::Asked { force }) => return StopReason::Asked { force },
             Ok(StopRequest::Restart) => return StopReason::Restart,
+            Ok(StopRequest::HolderGone { pid }) => return StopReason::HolderGone { pid },
             Err(RecvTimeoutError::Timeout) => {
                 if service.live_in_use(false).is_empty() {
                     return StopReason::Unused;

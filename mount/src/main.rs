@@ -244,7 +244,7 @@ fn run_holder(args: Args) -> Result<()> {
     if let Some(h) = Handoff::from_env(handoff::HOLDER_ENV).map_err(|e| anyhow::anyhow!(e))? {
         let mount = paths.mount.canonicalize().unwrap_or(paths.mount.clone());
         let held = Held::adopt(h, mount, paths.socket).context("adopting the descriptors of the previous holder")?;
-        tracing::info!(generation = held.generation, "holder restarted in place (planned restart)");
+        tracing::info!(generation = held.generation, reason = %held.reason, "holder restarted in place");
         std::process::exit(holder::run(held, worker_args));
     }
     let socket_gid = args.socket_group.as_deref().map(group_id).transpose().context("--socket-group")?;
@@ -285,6 +285,59 @@ fn run_holder(args: Args) -> Result<()> {
     std::process::exit(holder::run(held, worker_args));
 }
 
+/// Duplicates of the descriptors the holder keeps, so that a worker whose holder died can
+/// exec itself as the holder with them (the connection must never be held by nothing).
+struct Spare {
+    fuse: std::os::fd::OwnedFd,
+    clones: Vec<std::os::fd::OwnedFd>,
+    control: std::os::fd::OwnedFd,
+    ledger: std::os::fd::OwnedFd,
+}
+
+impl Spare {
+    fn of(
+        fuse: &std::os::fd::OwnedFd,
+        clones: &[std::os::fd::OwnedFd],
+        control: &std::os::unix::net::UnixListener,
+        ledger: &std::os::fd::OwnedFd,
+    ) -> std::io::Result<Spare> {
+        Ok(Spare {
+            fuse: fuse.try_clone()?,
+            clones: clones.iter().map(|c| c.try_clone()).collect::<std::io::Result<_>>()?,
+            control: control.as_fd().try_clone_to_owned()?,
+            ledger: ledger.try_clone()?,
+        })
+    }
+
+    /// Execs this program as the holder (as a planned restart's holder does), keeping the
+    /// descriptors; the program file first, then the running binary if that file is gone.
+    /// Returns only on failure.
+    fn become_holder(self, h: &Handoff, route: CrashRoute, dead_holder: i32) -> std::io::Error {
+        use std::os::fd::AsRawFd;
+        let handoff = Handoff {
+            fuse: self.fuse.as_raw_fd(),
+            clones: self.clones.iter().map(|c| c.as_raw_fd()).collect(),
+            control: self.control.as_raw_fd(),
+            ledger: self.ledger.as_raw_fd(),
+            status: -1,
+            initialized: true,
+            route: Some(route),
+            reason: handoff::StartReason::HolderLost(dead_holder),
+            holder_pid: std::process::id(),
+            ..h.clone()
+        };
+        let fds = handoff.descriptors();
+        let mut error = std::io::Error::other("no program to exec");
+        for program in [h.program.clone(), PathBuf::from("/proc/self/exe")] {
+            let mut cmd = std::process::Command::new(&program);
+            cmd.args(std::env::args_os().skip(1)).env(handoff::HOLDER_ENV, handoff.encode()).env_remove(handoff::WORKER_ENV);
+            error = shadowcopy::descriptors::exec_keeping(&mut cmd, &fds);
+            tracing::error!(program = %program.display(), error = %error, "exec as the holder failed");
+        }
+        error
+    }
+}
+
 /// Tells the holder how the worker is doing; nothing to tell when there is none.
 struct HolderLink(parking_lot::Mutex<std::fs::File>);
 
@@ -306,7 +359,9 @@ fn run_worker(args: Args, h: Handoff) -> Result<()> {
     let fuse = take(h.fuse).context("the FUSE descriptor")?;
     let clones = h.clones.iter().map(|&fd| take(fd)).collect::<std::io::Result<Vec<_>>>().context("the FUSE clones")?;
     let listener = std::os::unix::net::UnixListener::from(take(h.control).context("the control socket")?);
-    let ledger = NodeLedger::open(take(h.ledger).context("the node ledger")?).context("reading the node ledger")?;
+    let ledger_fd = take(h.ledger).context("the node ledger")?;
+    let spare = Spare::of(&fuse, &clones, &listener, &ledger_fd).context("keeping spare copies of the held descriptors")?;
+    let ledger = NodeLedger::open(ledger_fd).context("reading the node ledger")?;
     let holder = HolderLink(parking_lot::Mutex::new(std::fs::File::from(take(h.status).context("the holder's status pipe")?)));
     let admin_gid = args.admin_group.as_deref().map(group_id).transpose().context("--admin-group")?;
     let mount = paths.mount.canonicalize()?;
@@ -444,6 +499,7 @@ fn run_worker(args: Args, h: Handoff) -> Result<()> {
 
     let (stop_tx, stop_rx) = std::sync::mpsc::channel();
     lifecycle::forward_signals(signals, stop_tx.clone()).context("starting the signal thread")?;
+    lifecycle::watch_holder(stop_tx.clone()).context("starting the holder watch")?;
     let _ = service.stop_requests.set(parking_lot::Mutex::new(stop_tx));
 
     tracing::info!(mount = %mount.display(), socket = %paths.socket.display(), state_dir = %paths.state_dir.display(), volumes = service.volumes().len(), generation = h.generation, "shadowcopyd ready");
@@ -457,7 +513,11 @@ fn run_worker(args: Args, h: Handoff) -> Result<()> {
         if failed == 0 { String::new() } else { format!("; {failed} could not be opened (shadowcopy volume list)") }
     )));
     let reason = lifecycle::wait_for_stop(&service, &stop_rx, when_in_use);
-    let restart = reason == StopReason::Restart;
+    let holder_gone = match reason {
+        StopReason::HolderGone { pid } => Some(pid),
+        _ => None,
+    };
+    let restart = reason == StopReason::Restart || holder_gone.is_some();
     if restart {
         tracing::info!("planned restart: draining requests, handing every volume over");
         lifecycle::tell_service_manager(lifecycle::Notice::Status("restarting the worker in place"));
@@ -491,6 +551,14 @@ fn run_worker(args: Args, h: Handoff) -> Result<()> {
         // the mount, so nothing can write the volume behind its back meanwhile.
         service.hand_over_all();
         tracing::info!("handed over");
+        if let Some(dead) = holder_gone {
+            if let Some(keeper) = service.keeper.get() {
+                keeper.stop();
+            }
+            let e = spare.become_holder(&h, route, dead);
+            // Nothing holds the connection but this process: exiting ends the mount.
+            bail!("this worker could not become the holder after the holder died: {e}");
+        }
         std::process::exit(holder::RESTART_EXIT);
     }
     service.flush_all();

@@ -252,3 +252,91 @@ fn a_restarted_daemon_thaws_what_a_killed_daemon_and_keeper_left_frozen() {
     eprintln!("the blocked write returned after the restart: {r:?}");
     assert!(d.log().contains("thawed a filesystem left frozen by a daemon that died mid-hold"), "{}", d.log());
 }
+
+/// What `status` says about the worker, without asking the test's child (the first holder,
+/// which the test may have killed).
+fn worker_status(d: &Daemon) -> Option<(u32, shadowcopy::protocol::WorkerStatus)> {
+    match d.call(Op::Status) {
+        Ok(shadowcopy::protocol::Answer::Status(s)) => s.worker.map(|w| (s.pid, w)),
+        _ => None,
+    }
+}
+
+fn wait_for_worker_after(d: &Daemon, generation: u64) -> (u32, shadowcopy::protocol::WorkerStatus) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some((holder, w)) = worker_status(d).filter(|(_, w)| w.generation > generation) {
+            return (holder, w);
+        }
+        assert!(Instant::now() < deadline, "no worker after generation {generation}:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_worker_whose_holder_dies_becomes_the_holder_and_the_filesystem_never_notices() {
+    use std::io::Write;
+    require_commands(&["mkfs.ext4", "losetup", "mount"]);
+    let mut d = Daemon::start(&[]);
+    let image = image_file(&d.dir, "vol.img", 64 << 20);
+    d.add_volume("vol", &image);
+    let fs = LiveFs::new(&d.live("vol"), &d.dir.join("fs"), false);
+    // A writer that writes, fsyncs and renames all along; what it saw acknowledged is checked.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dir = fs.mount.point.clone();
+    let writer = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || -> std::io::Result<u64> {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let tmp = dir.join("note.tmp");
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(format!("generation {n}").as_bytes())?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, dir.join("note"))?;
+                std::fs::File::open(&dir)?.sync_all()?;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(n)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let holder = d.pid();
+    let first = d.worker();
+    run("kill", &["-KILL", &holder.to_string()]);
+    let (new_holder, second) = wait_for_worker_after(&d, first.generation);
+    assert_eq!(new_holder, first.pid, "the worker whose holder died is the holder now");
+    assert_ne!(second.pid, first.pid, "and runs a new worker");
+    assert!(second.reason.contains(&format!("the holder (pid {holder}) died")), "status says why: {}", second.reason);
+    assert!(d.log().contains("the holder died; this worker hands over and becomes the holder"), "{}", d.log());
+
+    // The new holder survives the next worker crash, as the first one did.
+    std::thread::sleep(Duration::from_millis(300));
+    run("kill", &["-KILL", &second.pid.to_string()]);
+    let (holder_now, third) = wait_for_worker_after(&d, second.generation);
+    assert_eq!(holder_now, first.pid, "the same holder starts the next worker");
+    assert!(third.reason.contains("killed by SIGKILL"), "{}", third.reason);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.join().unwrap().expect("every write, fsync and rename of the filesystem on live succeeded");
+    assert!(written > 10, "the writer ran across both events ({written} generations)");
+    let note = std::fs::read_to_string(fs.path("note")).unwrap();
+    assert_eq!(note, format!("generation {written}"), "the last acknowledged generation is there");
+    let device = fs.loop_dev.device.clone();
+    let LiveFs { mount, loop_dev } = fs;
+    drop(mount);
+    run("e2fsck", &["-fn", &device]);
+    drop(loop_dev);
+
+    // The new holder stops as the first would: SIGTERM once nothing uses live.
+    run("kill", &["-TERM", &first.pid.to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::path::Path::new(&format!("/proc/{}", first.pid)).exists()
+        && !std::fs::read_to_string(format!("/proc/{}/stat", first.pid)).unwrap_or_default().contains(") Z")
+    {
+        assert!(Instant::now() < deadline, "the new holder did not stop on SIGTERM:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!is_mounted(&d.mount), "the mount is gone with the new holder");
+}
