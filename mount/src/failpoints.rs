@@ -4,6 +4,8 @@
 //!
 //! - `stall-live-writes`: writes to any `live` file wait until the file is removed (a device that
 //!   stops answering; lets a test make a filesystem freeze hang).
+//! - `stall-live-open-answer`: an open of a `live` file, once counted, waits before its answer
+//!   until the file is removed (lets a test kill the worker between the two).
 //! - `stall-tree-open-<volume>`: opening the filesystem in a copy of that volume waits until the
 //!   file is removed (a copy whose parsing never ends; lets a test check that other volumes are
 //!   served meanwhile).
@@ -63,6 +65,11 @@ pub fn stall(name: &str) {
 /// Waits while `stall-live-writes` is active.
 pub fn stall_live_write() {
     stall("stall-live-writes");
+}
+
+/// Waits while `stall-live-open-answer` is active.
+pub fn stall_live_open_answer() {
+    stall("stall-live-open-answer");
 }
 
 /// Waits while `stall-tree-open-<volume>` is active.

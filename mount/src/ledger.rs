@@ -10,7 +10,7 @@
 //!
 //! Owns nothing else: never decides a name (the registry does) and never talks to the kernel.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -31,8 +31,13 @@ enum Fact {
     Retired { serial: u32 },
     /// Copy `id` is served as `serial` under `name`.
     Copy { id: Uuid, serial: u32, name: String },
-    /// A `live` file of volume `serial` was opened.
-    Opened { serial: u32 },
+    /// A `live` file of volume `serial` was opened, by request `request` (if the frontend
+    /// names requests).
+    Opened {
+        serial: u32,
+        #[serde(default)]
+        request: Option<u64>,
+    },
     /// One of those opens was released.
     Released { serial: u32 },
     /// Copy `copy` was exposed at `place`.
@@ -63,6 +68,9 @@ struct Known {
     volumes: HashMap<String, u32>,
     copies: HashMap<Uuid, (u32, String)>,
     live_opens: HashMap<u32, usize>,
+    /// The requests of the latest opens, newest last (at most [`RECENT_OPENS`]): a request the
+    /// kernel resends after a worker died is found here if that worker had counted it.
+    recent_opens: VecDeque<u64>,
     exposures: Vec<(Uuid, Place)>,
     sessions: HashMap<Uuid, PendingSession>,
     /// The highest serial given so far.
@@ -84,7 +92,15 @@ impl Known {
                 self.copies.insert(*id, (*serial, name.clone()));
                 self.last = self.last.max(*serial);
             }
-            Fact::Opened { serial } => *self.live_opens.entry(*serial).or_default() += 1,
+            Fact::Opened { serial, request } => {
+                *self.live_opens.entry(*serial).or_default() += 1;
+                if let Some(r) = request {
+                    if self.recent_opens.len() == RECENT_OPENS {
+                        self.recent_opens.pop_front();
+                    }
+                    self.recent_opens.push_back(*r);
+                }
+            }
             Fact::Released { serial } => {
                 if let Some(n) = self.live_opens.get_mut(serial) {
                     *n = n.saturating_sub(1);
@@ -101,6 +117,20 @@ impl Known {
             }
         }
     }
+}
+
+/// How many of the latest opens are remembered by request: far more than can be in flight when a
+/// worker dies (one per serving thread).
+const RECENT_OPENS: usize = 1024;
+
+/// The request an open answers, as the frontend names it: the same `id` when the kernel sends it
+/// again to the next worker (`resent`), so that it is counted once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenRequest {
+    /// The request's id (FUSE: its `unique`, without the resend bit).
+    pub id: u64,
+    /// Whether this is a resend of a request a dead worker had read.
+    pub resent: bool,
 }
 
 /// The ledger of one FUSE connection.
@@ -215,11 +245,18 @@ impl NodeLedger {
         self.inner.lock().1.live_opens.get(&serial).copied().unwrap_or(0)
     }
 
-    /// A `live` file of volume `serial` was opened.
-    pub fn live_opened(&self, serial: u32) {
+    /// A `live` file of volume `serial` was opened by `request`. A resent request that a dead
+    /// worker had already counted (its answer was lost with it) is not counted again.
+    pub fn live_opened(&self, serial: u32, request: Option<OpenRequest>) {
         let mut g = self.inner.lock();
         let (file, known) = &mut *g;
-        Self::record(file, known, Fact::Opened { serial });
+        if let Some(r) = request.filter(|r| r.resent) {
+            if known.recent_opens.contains(&r.id) {
+                tracing::debug!(request = r.id, "a resent open of live was counted by the previous worker");
+                return;
+            }
+        }
+        Self::record(file, known, Fact::Opened { serial, request: request.map(|r| r.id) });
     }
 
     /// An open of volume `serial`'s `live` file was released.
@@ -292,8 +329,8 @@ mod tests {
         let v = a.volume_serial("data");
         let id = Uuid::new_v4();
         let c = a.copy_serial(id, "@GMT-2026.12.02-10.00.00");
-        a.live_opened(v);
-        a.live_opened(v);
+        a.live_opened(v, None);
+        a.live_opened(v, None);
         a.live_released(v);
         a.exposed(id, &Place::Device("/dev/loop9".into()));
         a.exposed(id, &Place::Folder("/srv/restore".into()));
@@ -331,11 +368,29 @@ mod tests {
     }
 
     #[test]
+    fn a_resent_open_the_dead_worker_counted_is_counted_once() {
+        let fd = NodeLedger::create_file().unwrap();
+        let a = reopen(&fd);
+        let v = a.volume_serial("data");
+        a.live_opened(v, Some(OpenRequest { id: 7, resent: false }));
+        drop(a);
+        // The next worker gets request 7 again (its answer died with the first worker), and
+        // request 8, which the first worker had read but not counted.
+        let b = reopen(&fd);
+        b.live_opened(v, Some(OpenRequest { id: 7, resent: true }));
+        assert_eq!(b.live_opens(v), 1);
+        b.live_opened(v, Some(OpenRequest { id: 8, resent: true }));
+        assert_eq!(b.live_opens(v), 2);
+        b.live_opened(v, Some(OpenRequest { id: 9, resent: false }));
+        assert_eq!(reopen(&fd).live_opens(v), 3);
+    }
+
+    #[test]
     fn a_retired_volume_name_gets_a_new_serial() {
         let fd = NodeLedger::create_file().unwrap();
         let a = reopen(&fd);
         let v = a.volume_serial("data");
-        a.live_opened(v);
+        a.live_opened(v, None);
         a.retire_volume(v);
         let b = reopen(&fd);
         let again = b.volume_serial("data");

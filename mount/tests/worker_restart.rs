@@ -619,3 +619,33 @@ fn large_writes_read_by_a_worker_as_it_is_killed_are_resent_not_failed() {
     assert!(errors.is_empty(), "the kernel logged errors for {device}: {errors:?}");
     eprintln!("{KILLS} SIGKILLs under 1 MiB writes: {runs} fio runs, 0 failed, no kernel I/O error");
 }
+
+/// An open of `live` that the worker had counted when it was killed, before its answer: the
+/// kernel resends it, the next worker answers it without counting it again, and once the file
+/// is closed nothing uses `live` (a plain stop is not refused).
+#[test]
+fn an_open_the_dead_worker_had_counted_is_counted_once_when_resent() {
+    let mut d = Daemon::start_with_failpoints();
+    assert_eq!(d.worker().crash_route, "resend", "this kernel resends (6.9 or later)");
+    let image = image_file(&d.dir, "vol.img", 16 << 20);
+    d.add_volume("vol", &image);
+    let stall = d.failpoint("stall-live-open-answer");
+    let live = d.live("vol");
+    let opener = std::thread::spawn(move || std::fs::OpenOptions::new().read(true).write(true).open(&live));
+    let reached = d.dir.join("failpoints/stall-live-open-answer.reached");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !reached.exists() {
+        assert!(Instant::now() < deadline, "the open never reached the worker:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let generation = d.worker().generation;
+    run("kill", &["-KILL", &d.worker_pid().to_string()]);
+    drop(stall);
+    let _ = std::fs::remove_file(&reached);
+    d.wait_for_generation(generation + 1);
+    let file = opener.join().unwrap().expect("the resent open succeeds");
+    file.write_at(b"resent", 0).expect("the file the resent open gave is writable");
+    drop(file);
+    // Counted twice, the volume would stay in use and the stop below be refused.
+    d.stop();
+}

@@ -28,12 +28,15 @@ use fuser::{
 };
 use shadowcopy::fsread::FileKind;
 
+use crate::ledger::OpenRequest;
 use crate::namespace::nodes::Node;
 use crate::namespace::{Allocation, Attr, Cache, Namespace, NsError};
 use crate::service::Service;
 
 /// The file handle of an open `live` file (its release is counted).
 const LIVE_FH: u64 = 1;
+/// The bit the kernel sets in `unique` of a request it sends again (`FUSE_NOTIFY_RESEND`).
+const FUSE_UNIQUE_RESEND: u64 = 1 << 63;
 
 /// The FUSE filesystem: the namespace, answered in fuser's terms.
 pub struct Frontend {
@@ -260,9 +263,11 @@ impl Filesystem for Frontend {
         });
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let writing = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
-        self.on_volume(ino.0, move |ns| match ns.resolve(ino.0).and_then(|r| ns.open(&r, writing)) {
+        let unique = req.unique().0;
+        let request = OpenRequest { id: unique & !FUSE_UNIQUE_RESEND, resent: unique & FUSE_UNIQUE_RESEND != 0 };
+        self.on_volume(ino.0, move |ns| match ns.resolve(ino.0).and_then(|r| ns.open(&r, writing, Some(request))) {
             // Direct I/O: every write reaches the engine at once (no page cache between the
             // loop device and the copy-on-write), and writes run in parallel.
             Ok(Cache::Never) => reply.opened(FileHandle(LIVE_FH), FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES),

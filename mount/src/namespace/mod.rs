@@ -412,12 +412,14 @@ impl Namespace {
     }
 
     /// Opens a file; the live file counts its opens (revert and remove refuse while it is open)
-    /// and must be closed with [`Namespace::close_live`].
-    pub fn open(&self, r: &Resolved, writing: bool) -> Result<Cache, NsError> {
+    /// and must be closed with [`Namespace::close_live`]. `request` names the open so that one
+    /// sent again after a worker died is counted once.
+    pub fn open(&self, r: &Resolved, writing: bool, request: Option<crate::ledger::OpenRequest>) -> Result<Cache, NsError> {
         match r {
             Resolved::Live(v) if writing && v.read_only() => Err(NsError::ReadOnly),
             Resolved::Live(v) => {
-                v.live_opened();
+                v.live_opened(request);
+                crate::failpoints::stall_live_open_answer();
                 Ok(Cache::Never)
             }
             Resolved::Image(..) | Resolved::Tree(..) if writing => Err(NsError::ReadOnly),

@@ -142,9 +142,9 @@ impl Volume {
         self.ledger.live_opens(self.serial)
     }
 
-    /// A handle on its `live` file was opened.
-    pub fn live_opened(&self) {
-        self.ledger.live_opened(self.serial);
+    /// A handle on its `live` file was opened (by `request`, if the frontend names requests).
+    pub fn live_opened(&self, request: Option<crate::ledger::OpenRequest>) {
+        self.ledger.live_opened(self.serial, request);
     }
 
     /// A handle on its `live` file was released.

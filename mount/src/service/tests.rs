@@ -205,7 +205,7 @@ fn an_open_live_file_makes_remove_and_revert_busy() {
     f.add("v", &f.image("v.img", 64 << 20));
     let id = f.create("v");
     let v = f.svc.volume("v").unwrap();
-    v.live_opened();
+    v.live_opened(None);
     for (op, action) in [(Op::VolumeRemove { name: "v".into() }, "removing the volume"), (Op::Revert { id }, "reverting")] {
         let e = f.err(op);
         assert_eq!(e.kind, ErrorKind::Busy, "{}", e.message);
