@@ -169,12 +169,7 @@ fn hold_frozen(d: &Daemon) -> HeldFrozen {
     let thaw = ThawOnDrop(fs.mount.point.clone());
     let stall = d.failpoint("stall-after-freeze");
     let create = ChildGuard(Some(d.spawn_cli(&["create", "vol"])));
-    let reached = d.dir.join("failpoints/stall-after-freeze.reached");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !reached.exists() {
-        assert!(Instant::now() < deadline, "the create never reached the frozen state:\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.wait_until_reached("stall-after-freeze", "the create");
     let (tx, write) = std::sync::mpsc::channel();
     let probe = fs.path("probe");
     std::thread::spawn(move || {
@@ -253,26 +248,6 @@ fn a_restarted_daemon_thaws_what_a_killed_daemon_and_keeper_left_frozen() {
     assert!(d.log().contains("thawed a filesystem left frozen by a daemon that died mid-hold"), "{}", d.log());
 }
 
-/// What `status` says about the worker, without asking the test's child (the first holder,
-/// which the test may have killed).
-fn worker_status(d: &Daemon) -> Option<(u32, shadowcopy::protocol::WorkerStatus)> {
-    match d.call(Op::Status) {
-        Ok(shadowcopy::protocol::Answer::Status(s)) => s.worker.map(|w| (s.pid, w)),
-        _ => None,
-    }
-}
-
-fn wait_for_worker_after(d: &Daemon, generation: u64) -> (u32, shadowcopy::protocol::WorkerStatus) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some((holder, w)) = worker_status(d).filter(|(_, w)| w.generation > generation) {
-            return (holder, w);
-        }
-        assert!(Instant::now() < deadline, "no worker after generation {generation}:\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_worker_whose_holder_dies_becomes_the_holder_and_the_filesystem_never_notices() {
     use std::io::Write;
@@ -305,7 +280,7 @@ fn a_worker_whose_holder_dies_becomes_the_holder_and_the_filesystem_never_notice
     let holder = d.pid();
     let first = d.worker();
     run("kill", &["-KILL", &holder.to_string()]);
-    let (new_holder, second) = wait_for_worker_after(&d, first.generation);
+    let (new_holder, second) = d.wait_for_generation_any_holder(first.generation + 1);
     assert_eq!(new_holder, first.pid, "the worker whose holder died is the holder now");
     assert_ne!(second.pid, first.pid, "and runs a new worker");
     assert!(second.reason.contains(&format!("the holder (pid {holder}) died")), "status says why: {}", second.reason);
@@ -314,7 +289,7 @@ fn a_worker_whose_holder_dies_becomes_the_holder_and_the_filesystem_never_notice
     // The new holder survives the next worker crash, as the first one did.
     std::thread::sleep(Duration::from_millis(300));
     run("kill", &["-KILL", &second.pid.to_string()]);
-    let (holder_now, third) = wait_for_worker_after(&d, second.generation);
+    let (holder_now, third) = d.wait_for_generation_any_holder(second.generation + 1);
     assert_eq!(holder_now, first.pid, "the same holder starts the next worker");
     assert!(third.reason.contains("killed by SIGKILL"), "{}", third.reason);
     std::thread::sleep(Duration::from_millis(300));

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::*;
 use shadowcopy::protocol::{Client, CreateRequest, Op};
 
@@ -26,12 +24,7 @@ fn kill_mid_set(d: &mut Daemon, point: &str) {
         let req = CreateRequest { persistent: Some(true), ..CreateRequest::new(vec!["a".into(), "b".into()]) };
         Client::connect(&socket).and_then(|mut c| c.call(Op::Create(req), &mut |_, _| {}))
     });
-    let reached = d.dir.join(&format!("failpoints/{point}.reached"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !reached.exists() {
-        assert!(Instant::now() < deadline, "the set never reached {point}:\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let reached = d.wait_until_reached(point, "the set");
     d.kill();
     assert!(requester.join().unwrap().is_err(), "the requester of the killed set got an error");
     drop(stall);

@@ -521,12 +521,7 @@ fn write_in_flight_at_a_kill(extra: &[&str]) -> (std::io::Result<usize>, Vec<u8>
         buf.fill(0x5a);
         f.write_at(buf, 4096)
     });
-    let reached = d.dir.join("failpoints/stall-live-writes.reached");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !reached.exists() {
-        assert!(Instant::now() < deadline, "the write never reached the worker:\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let reached = d.wait_until_reached("stall-live-writes", "the write");
     let generation = d.worker().generation;
     let pid = d.worker_pid();
     run("kill", &["-KILL", &pid.to_string()]);
@@ -632,12 +627,7 @@ fn an_open_the_dead_worker_had_counted_is_counted_once_when_resent() {
     let stall = d.failpoint("stall-live-open-answer");
     let live = d.live("vol");
     let opener = std::thread::spawn(move || std::fs::OpenOptions::new().read(true).write(true).open(&live));
-    let reached = d.dir.join("failpoints/stall-live-open-answer.reached");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !reached.exists() {
-        assert!(Instant::now() < deadline, "the open never reached the worker:\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let reached = d.wait_until_reached("stall-live-open-answer", "the open");
     let generation = d.worker().generation;
     run("kill", &["-KILL", &d.worker_pid().to_string()]);
     drop(stall);

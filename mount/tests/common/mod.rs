@@ -192,19 +192,43 @@ impl Daemon {
 
     /// Waits until a worker of generation `generation` or later answers; its status.
     pub(crate) fn wait_for_generation(&mut self, generation: u64) -> shadowcopy::protocol::WorkerStatus {
+        self.await_worker(generation, true).1
+    }
+
+    /// Like [`Daemon::wait_for_generation`], for a daemon whose first holder (the test's child)
+    /// may be dead: the holder's process id, and the worker's status.
+    pub(crate) fn wait_for_generation_any_holder(&mut self, generation: u64) -> (u32, shadowcopy::protocol::WorkerStatus) {
+        self.await_worker(generation, false)
+    }
+
+    fn await_worker(&mut self, generation: u64, child_is_holder: bool) -> (u32, shadowcopy::protocol::WorkerStatus) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Answer::Status(s)) = self.call(Op::Status) {
                 if let Some(w) = s.worker.filter(|w| w.generation >= generation) {
-                    return w;
+                    return (s.pid, w);
                 }
             }
-            if let Some(status) = self.child.child().try_wait().expect("waiting") {
-                panic!("shadowcopyd exited ({status}) instead of starting worker {generation}:\n{}", self.log());
+            if child_is_holder {
+                if let Some(status) = self.child.child().try_wait().expect("waiting") {
+                    panic!("shadowcopyd exited ({status}) instead of starting worker {generation}:\n{}", self.log());
+                }
             }
             assert!(Instant::now() < deadline, "worker {generation} did not come up:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits until the daemon stalls at fail point `point` (its `.reached` file appears) for
+    /// `what`; the `.reached` file, for the test to remove once it moves on.
+    pub(crate) fn wait_until_reached(&self, point: &str, what: &str) -> PathBuf {
+        let reached = self.dir.join(&format!("failpoints/{point}.reached"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !reached.exists() {
+            assert!(Instant::now() < deadline, "{what} never reached {point}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        reached
     }
 
     /// SIGTERM and wait: the daemon must flush, unmount and exit 0.
