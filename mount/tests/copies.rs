@@ -33,7 +33,10 @@ fn spawn_writer(root: std::path::PathBuf, gate: Arc<Mutex<()>>, stop: Arc<Atomic
                 0 | 1 => std::fs::write(&p, format!("version {n}\n").repeat((n % 500) as usize + 1)).unwrap(),
                 2 => {
                     use std::io::Write;
-                    let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&p).unwrap();
+                    // Appends, starting over past 400 KB: the work set stays a few MiB, so the
+                    // diff area holds what changed between copies, not an ever-growing file.
+                    let restart = std::fs::metadata(&p).is_ok_and(|m| m.len() > 400_000);
+                    let mut f = std::fs::OpenOptions::new().append(!restart).write(true).truncate(restart).create(true).open(&p).unwrap();
                     f.write_all(&vec![n as u8; 40_000]).unwrap();
                 }
                 3 => {
