@@ -83,6 +83,22 @@ pub struct Handoff {
     pub program: PathBuf,
     /// The holder's process id.
     pub holder_pid: u32,
+    /// Where the daemon's state, mount and socket are, as its first holder resolved them
+    /// (flags, then the configuration file): a configuration edited since applies at the next
+    /// start, never under a running mount. `None` from a holder older than this field.
+    #[serde(default)]
+    pub paths: Option<DaemonPaths>,
+}
+
+/// Where a daemon keeps its state, mounts and listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonPaths {
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// The mount point.
+    pub mount: PathBuf,
+    /// The control socket.
+    pub socket: PathBuf,
 }
 
 impl Handoff {

@@ -74,12 +74,16 @@ pub struct Held {
     pub daemon_started_unix: f64,
     /// The program file (exec'd for workers and upgrades).
     pub program: PathBuf,
+    /// The state directory (passed to workers with the mount and the socket).
+    pub state_dir: PathBuf,
 }
 
 impl Held {
     /// A holder's descriptors as its exec'd successor finds them.
-    pub fn adopt(h: Handoff, mount: PathBuf, socket: PathBuf) -> std::io::Result<Held> {
+    /// `fallback` gives the paths when the previous holder did not pass them.
+    pub fn adopt(h: Handoff, fallback: crate::handoff::DaemonPaths) -> std::io::Result<Held> {
         let take = shadowcopy::descriptors::take_inherited;
+        let crate::handoff::DaemonPaths { state_dir, mount, socket } = h.paths.clone().unwrap_or(fallback);
         Ok(Held {
             fuse: take(h.fuse)?,
             clones: h.clones.iter().map(|&fd| take(fd)).collect::<Result<_, _>>()?,
@@ -94,6 +98,7 @@ impl Held {
             reason: h.reason,
             daemon_started_unix: h.daemon_started_unix,
             program: h.program,
+            state_dir,
         })
     }
 
@@ -112,6 +117,11 @@ impl Held {
             daemon_started_unix: self.daemon_started_unix,
             program: self.program.clone(),
             holder_pid: std::process::id(),
+            paths: Some(crate::handoff::DaemonPaths {
+                state_dir: self.state_dir.clone(),
+                mount: self.mount.clone(),
+                socket: self.socket.clone(),
+            }),
         }
     }
 

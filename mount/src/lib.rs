@@ -7,6 +7,8 @@
 //! | [`events`] | the event log (`shadowcopy events`): numbering, `events.jsonl`, followers | decides what is an event |
 //! | [`retention`] | schedules and retention as pure functions of a policy, the copies and the time | touches a copy or reads a clock |
 //! | [`state`] | `volumes.json` and the state-directory lock | holds copy data |
+//! | [`config`] | `shadowcopy.toml`: the daemon's settings and what to attach per volume; problems as `file:line` | attaches, mounts or registers anything |
+//! | [`attach`] | loop devices over `live` and the filesystems mounted from them, made and undone with util-linux | decides what to attach, or holds a service lock |
 //! | [`expose`] | exposures: copies bind-mounted on folders or on read-only loop devices | decides which copies exist |
 //! | [`control`] | the socket: framing, peer credentials, dispatch | decides what an operation does |
 //! | [`namespace`] | the mount layout in neutral types: node ids, lookups, listings, attributes, cache policy, write refusals | names a frontend's types |
@@ -23,6 +25,8 @@
 
 #![warn(missing_docs)]
 
+pub mod attach;
+pub mod config;
 pub mod control;
 pub mod events;
 pub mod expose;

@@ -111,7 +111,14 @@ pub fn forward_signals(signals: SigSet, tx: mpsc::Sender<StopRequest>) -> std::i
 }
 
 /// Waits until the daemon may stop, and says why.
-pub fn wait_for_stop(service: &Service, requests: &mpsc::Receiver<StopRequest>, when_in_use: WhenInUse) -> StopReason {
+/// With `unmount_at_stop`, a stop signal first undoes the configured attachments (in reverse
+/// order; retried while waiting for `live` to be unused).
+pub fn wait_for_stop(
+    service: &Service,
+    requests: &mpsc::Receiver<StopRequest>,
+    when_in_use: WhenInUse,
+    unmount_at_stop: bool,
+) -> StopReason {
     let mut pending = false;
     loop {
         let next = if pending { requests.recv_timeout(UNUSED_POLL) } else { requests.recv().map_err(|_| RecvTimeoutError::Disconnected) };
@@ -120,6 +127,11 @@ pub fn wait_for_stop(service: &Service, requests: &mpsc::Receiver<StopRequest>, 
                 tracing::info!("SIGHUP ignored: shadowcopyd keeps running (stop it with SIGTERM or `shadowcopy daemon stop`)");
             }
             Ok(StopRequest::Signal(sig)) => {
+                if unmount_at_stop {
+                    if let Err(e) = service.detach_configured() {
+                        tracing::warn!(signal = ?sig, "unmounting what the configuration mounted failed: {e}");
+                    }
+                }
                 let in_use = in_use_after_grace(service);
                 if in_use.is_empty() {
                     return StopReason::Signal(sig);
@@ -143,6 +155,11 @@ pub fn wait_for_stop(service: &Service, requests: &mpsc::Receiver<StopRequest>, 
             Ok(StopRequest::Restart) => return StopReason::Restart,
             Ok(StopRequest::HolderGone { pid }) => return StopReason::HolderGone { pid },
             Err(RecvTimeoutError::Timeout) => {
+                if unmount_at_stop {
+                    if let Err(e) = service.detach_configured() {
+                        tracing::debug!("unmounting what the configuration mounted still fails: {e}");
+                    }
+                }
                 if service.live_in_use(false).is_empty() {
                     return StopReason::Unused;
                 }

@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use fuser::{Config, MountOption, SessionACL};
+use fuser::{MountOption, SessionACL};
 use nix::sys::signal::{SigSet, Signal};
 use shadowcopy::fsread::ForeignOwner;
 use shadowcopy::protocol::WorkerStatus;
 use shadowcopy::size::parse_size;
+use shadowcopy_mount::config::{self, Config};
 use shadowcopy_mount::control::{self, Access};
 use shadowcopy_mount::fuse::Frontend;
 use shadowcopy_mount::handoff::{self, CrashRoute, Handoff, StartReason};
@@ -39,6 +40,15 @@ use shadowcopy_mount::state::StateDir;
                   `shadowcopy daemon stop --force` stops anyway. SIGHUP is ignored. Logs: RUST_LOG=shadowcopy=debug."
 )]
 struct Args {
+    /// The configuration file: settings (flags win over them) and what to attach per volume
+    /// at start. A missing file is an empty configuration.
+    /// [default: /etc/shadowcopy/shadowcopy.toml for root, $XDG_CONFIG_HOME/shadowcopy/shadowcopy.toml otherwise]
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Read the configuration file, print what is wrong in it (`file:line: what to change`)
+    /// and exit: 0 if nothing, 1 otherwise.
+    #[arg(long)]
+    check_config: bool,
     /// Where registered volumes and (by default) diff areas are kept.
     /// [default: /var/lib/shadowcopy for root, $XDG_STATE_HOME/shadowcopy otherwise]
     #[arg(long)]
@@ -54,9 +64,9 @@ struct Args {
     /// enforces every copy's own permissions).
     #[arg(long)]
     allow_other: bool,
-    /// Base-volume cache per volume (e.g. 64M).
-    #[arg(long, default_value = "64M", value_parser = parse_size)]
-    cache_size: u64,
+    /// Base-volume cache per volume. [default: 64M]
+    #[arg(long, value_parser = parse_size)]
+    cache_size: Option<u64>,
     /// Members of this group may change state through the socket (besides root).
     #[arg(long)]
     admin_group: Option<String>,
@@ -67,20 +77,25 @@ struct Args {
     /// [default: the owner of the volume's image]
     #[arg(long, value_parser = parse_owner)]
     fs_owner: Option<(u32, u32)>,
-    /// FUSE worker threads.
-    #[arg(long, default_value_t = 8)]
-    threads: usize,
+    /// FUSE worker threads. [default: 8]
+    #[arg(long)]
+    threads: Option<usize>,
     /// Readahead of the mount in KiB (the kernel's default for FUSE is 128); 0 leaves it.
-    #[arg(long, default_value_t = 1024)]
-    readahead_kb: u32,
+    /// [default: 1024]
+    #[arg(long)]
+    readahead_kb: Option<u32>,
     /// On SIGTERM/SIGINT while a `live` file is in use, stop by itself once it no longer is
     /// (instead of only saying what uses it and carrying on).
     #[arg(long)]
     stop_when_unused: bool,
+    /// On SIGTERM/SIGINT, first unmount the filesystems the configuration mounted (in reverse
+    /// order) and detach their loop devices, as `shadowcopy daemon stop --unmount` does.
+    #[arg(long)]
+    unmount_at_stop: bool,
     /// Report a diff area as nearly full (`shadowcopy events`) once it is this full, in percent
-    /// of its maximum.
-    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
-    diff_area_warn: u8,
+    /// of its maximum. [default: 90]
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
+    diff_area_warn: Option<u8>,
     /// Behave as on a kernel without FUSE_NOTIFY_RESEND (before Linux 6.9): a worker crash then
     /// fails the requests the dead worker was answering instead of having the kernel resend
     /// them (for tests and for comparing the two).
@@ -90,6 +105,43 @@ struct Args {
     /// `shadowcopyd --print-manpage > /usr/local/share/man/man8/shadowcopyd.8`.
     #[arg(long)]
     print_manpage: bool,
+}
+
+impl Args {
+    /// The configuration file's path.
+    fn config_path(&self) -> PathBuf {
+        self.config.clone().unwrap_or_else(|| {
+            if nix::unistd::geteuid().is_root() {
+                config::SYSTEM_PATH.into()
+            } else {
+                user_dir("XDG_CONFIG_HOME", ".config").join("shadowcopy/shadowcopy.toml")
+            }
+        })
+    }
+
+    /// Takes every setting the command line left out from the configuration.
+    fn fill_from(&mut self, c: &config::DaemonSettings) {
+        fn or<T: Clone>(flag: &mut Option<T>, conf: &Option<T>) {
+            if flag.is_none() {
+                flag.clone_from(conf);
+            }
+        }
+        or(&mut self.state_dir, &c.state_dir);
+        or(&mut self.mount, &c.mount);
+        or(&mut self.socket, &c.socket);
+        or(&mut self.admin_group, &c.admin_group);
+        or(&mut self.socket_group, &c.socket_group);
+        or(&mut self.threads, &c.threads);
+        or(&mut self.readahead_kb, &c.readahead_kb);
+        or(&mut self.diff_area_warn, &c.diff_area_warn);
+        if self.cache_size.is_none() {
+            // Checked when the file was read.
+            self.cache_size = c.cache_size.as_deref().and_then(|s| parse_size(s).ok());
+        }
+        self.allow_other |= c.allow_other.unwrap_or(false);
+        self.stop_when_unused |= c.stop_when_unused.unwrap_or(false);
+        self.unmount_at_stop |= c.unmount_at_stop.unwrap_or(false);
+    }
 }
 
 fn parse_owner(s: &str) -> Result<(u32, u32), String> {
@@ -167,13 +219,22 @@ fn main() {
         }
         return;
     }
-    let args = Args::parse();
+    let mut args = Args::parse();
+    let config = Config::load(&args.config_path());
+    args.fill_from(&config.daemon);
     let result = if args.print_manpage {
         print_manpage()
+    } else if args.check_config {
+        check_config(&config)
     } else {
         match Handoff::from_env(handoff::WORKER_ENV) {
-            Ok(Some(h)) => run_worker(args, h),
-            Ok(None) => run_holder(args),
+            Ok(Some(h)) => run_worker(args, config, h),
+            Ok(None) => {
+                for e in &config.errors {
+                    tracing::error!("configuration: {e}");
+                }
+                run_holder(args)
+            }
             Err(e) => Err(anyhow::anyhow!(e)),
         }
     };
@@ -181,6 +242,22 @@ fn main() {
         eprintln!("shadowcopyd: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// `--check-config`: what is wrong, or that nothing is.
+fn check_config(config: &Config) -> Result<()> {
+    for e in &config.errors {
+        println!("{e}");
+    }
+    if !config.errors.is_empty() {
+        std::process::exit(1);
+    }
+    if config.found {
+        println!("{}: ok ({} volumes to attach)", config.path.display(), config.volumes.len());
+    } else {
+        println!("{}: not there (an empty configuration: nothing is attached at start)", config.path.display());
+    }
+    Ok(())
 }
 
 fn print_manpage() -> Result<()> {
@@ -214,6 +291,11 @@ impl Paths {
         Paths { state_dir, mount, socket }
     }
 
+    /// As the holder passes them to its workers.
+    fn handed(&self) -> handoff::DaemonPaths {
+        handoff::DaemonPaths { state_dir: self.state_dir.clone(), mount: self.mount.clone(), socket: self.socket.clone() }
+    }
+
     /// The mount point as an absolute path, whether or not it exists yet.
     fn mount_abs(&self) -> PathBuf {
         match (self.mount.parent(), self.mount.file_name()) {
@@ -223,8 +305,8 @@ impl Paths {
     }
 }
 
-fn fuse_config(args: &Args) -> Config {
-    let mut config = Config::default();
+fn fuse_config(args: &Args) -> fuser::Config {
+    let mut config = fuser::Config::default();
     config.mount_options = vec![
         MountOption::FSName("shadowcopy".into()),
         MountOption::Subtype("shadowcopy".into()),
@@ -243,7 +325,8 @@ fn run_holder(args: Args) -> Result<()> {
     let worker_args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     if let Some(h) = Handoff::from_env(handoff::HOLDER_ENV).map_err(|e| anyhow::anyhow!(e))? {
         let mount = paths.mount.canonicalize().unwrap_or(paths.mount.clone());
-        let held = Held::adopt(h, mount, paths.socket).context("adopting the descriptors of the previous holder")?;
+        let fallback = handoff::DaemonPaths { mount, ..paths.handed() };
+        let held = Held::adopt(h, fallback).context("adopting the descriptors of the previous holder")?;
         tracing::info!(generation = held.generation, reason = %held.reason, "holder restarted in place");
         std::process::exit(holder::run(held, worker_args));
     }
@@ -263,7 +346,7 @@ fn run_holder(args: Args) -> Result<()> {
     let listener = control::bind(&paths.socket, socket_gid)?;
     let (fuse, handle) = fuser::mount_device(&mount, &fuse_config(&args))
         .with_context(|| format!("mounting FUSE at {} (is /dev/fuse there, and fuse3 installed?)", mount.display()))?;
-    let clones = (0..args.threads.max(2))
+    let clones = (0..args.threads.unwrap_or(8).max(2))
         .map(|_| fuser::clone_device(fuse.as_fd()))
         .collect::<std::io::Result<Vec<_>>>()
         .context("cloning the FUSE descriptor for the serving threads")?;
@@ -281,6 +364,7 @@ fn run_holder(args: Args) -> Result<()> {
         reason: StartReason::Start,
         daemon_started_unix: handoff::now_unix(),
         program: std::env::current_exe().context("finding this program, to run its workers")?,
+        state_dir: paths.state_dir.canonicalize()?,
     };
     std::process::exit(holder::run(held, worker_args));
 }
@@ -353,8 +437,11 @@ impl HolderLink {
 
 /// A worker: everything but holding the connection. Exits 0 when the daemon stops (the holder
 /// unmounts), [`holder::RESTART_EXIT`] for a planned restart.
-fn run_worker(args: Args, h: Handoff) -> Result<()> {
-    let paths = Paths::of(&args);
+fn run_worker(args: Args, config: Config, h: Handoff) -> Result<()> {
+    let paths = match &h.paths {
+        Some(p) => Paths { state_dir: p.state_dir.clone(), mount: p.mount.clone(), socket: p.socket.clone() },
+        None => Paths::of(&args),
+    };
     let take = shadowcopy::descriptors::take_inherited;
     let fuse = take(h.fuse).context("the FUSE descriptor")?;
     let clones = h.clones.iter().map(|&fd| take(fd)).collect::<std::io::Result<Vec<_>>>().context("the FUSE clones")?;
@@ -380,11 +467,12 @@ fn run_worker(args: Args, h: Handoff) -> Result<()> {
     let (uid, gid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
     let (fs_uid, fs_gid) = args.fs_owner.unwrap_or((uid, gid));
     let settings = Settings {
-        cache_chunks: (args.cache_size / (16 << 10)).max(16) as usize,
+        cache_chunks: (args.cache_size.unwrap_or(64 << 20) / (16 << 10)).max(16) as usize,
         fs_owner: ForeignOwner { uid: fs_uid, gid: fs_gid, ..ForeignOwner::default() },
         allow_other: args.allow_other,
-        nearly_full_percent: args.diff_area_warn,
+        nearly_full_percent: args.diff_area_warn.unwrap_or(90),
         ledger: Arc::new(ledger),
+        config,
         ..Settings::new(mount.clone())
     };
     if !args.allow_other && h.generation == 1 {
@@ -465,7 +553,7 @@ fn run_worker(args: Args, h: Handoff) -> Result<()> {
     let serving = fuser::ServeStop::new().context("starting the FUSE session")?;
     let stop_serving = serving.clone();
     let fuse_thread = std::thread::Builder::new().name("fuser-bg".into()).spawn(move || session.serve_devices(clones, &serving))?;
-    raise_readahead(&mount, args.readahead_kb);
+    raise_readahead(&mount, args.readahead_kb.unwrap_or(1024));
     if h.generation > 1 {
         // A worker killed mid-hold left its filesystems frozen (its keeper thaws them too, at
         // the latest by the deadline). Only once serving: a thaw writes the filesystem's
@@ -502,17 +590,32 @@ fn run_worker(args: Args, h: Handoff) -> Result<()> {
     lifecycle::watch_holder(stop_tx.clone()).context("starting the holder watch")?;
     let _ = service.stop_requests.set(parking_lot::Mutex::new(stop_tx));
 
+    // The first worker attaches what the configuration says (in order), before READY=1, so
+    // units ordered after the daemon find their filesystems mounted. Later workers leave the
+    // attachments as they are (an admin may have unmounted one on purpose).
+    let not_attached = if h.generation == 1 { service.attach_configured() } else { 0 };
     tracing::info!(mount = %mount.display(), socket = %paths.socket.display(), state_dir = %paths.state_dir.display(), volumes = service.volumes().len(), generation = h.generation, "shadowcopyd ready");
     holder.tell(&WorkerNews::Ready);
     let when_in_use = if args.stop_when_unused { WhenInUse::StopWhenUnused } else { WhenInUse::KeepServing };
     let failed = service.unopened_count();
+    let config_errors = service.settings.config.errors.len();
+    let mut problems = Vec::new();
+    if failed > 0 {
+        problems.push(format!("{failed} could not be opened (shadowcopy volume list)"));
+    }
+    if not_attached > 0 {
+        problems.push(format!("{not_attached} could not be attached (shadowcopy volume list)"));
+    }
+    if config_errors > 0 {
+        problems.push(format!("{config_errors} problems in {} (shadowcopyd --check-config)", service.settings.config.path.display()));
+    }
     lifecycle::tell_service_manager(lifecycle::Notice::Ready(&format!(
         "serving {} volumes at {}{}",
         service.volumes().len(),
         mount.display(),
-        if failed == 0 { String::new() } else { format!("; {failed} could not be opened (shadowcopy volume list)") }
+        problems.iter().map(|p| format!("; {p}")).collect::<String>()
     )));
-    let reason = lifecycle::wait_for_stop(&service, &stop_rx, when_in_use);
+    let reason = lifecycle::wait_for_stop(&service, &stop_rx, when_in_use, args.unmount_at_stop);
     let holder_gone = match reason {
         StopReason::HolderGone { pid } => Some(pid),
         _ => None,

@@ -57,6 +57,24 @@ pub enum Op {
         /// Windows shadow copies found on it.
         #[serde(default)]
         read_only: bool,
+        /// Also attach a loop device over its `live` now and at every start (written to the
+        /// daemon's configuration file), optionally with a filesystem mounted from it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attach: Option<AttachSpec>,
+    },
+    /// Attaches a registered volume now and at every start (see [`AttachSpec`]); replaces the
+    /// attachment the configuration had for it.
+    VolumeAttach {
+        /// The volume.
+        name: String,
+        /// What to attach.
+        spec: AttachSpec,
+    },
+    /// Unmounts what was mounted from a volume's attached loop device, detaches it and takes
+    /// the attachment out of the configuration file.
+    VolumeDetach {
+        /// The volume.
+        name: String,
     },
     /// The registered volumes.
     VolumeList,
@@ -168,6 +186,10 @@ pub enum Op {
         /// Stop even though users of `live` then get I/O errors.
         #[serde(default)]
         force: bool,
+        /// First unmount the filesystems the configuration mounted (in reverse order) and
+        /// detach their loop devices; the stop is refused if one of them is busy.
+        #[serde(default)]
+        unmount: bool,
     },
     /// Replaces the daemon's worker by a fresh start of its program file (which may be a newer
     /// version) without unmounting anything: in-flight I/O waits, nothing fails.
@@ -224,6 +246,8 @@ impl Op {
             // A writer takes part in sets: it must be trusted like an administrator.
             Op::WriterRegister(_) | Op::WriterAnswer { .. } => true,
             Op::VolumeAdd { .. }
+            | Op::VolumeAttach { .. }
+            | Op::VolumeDetach { .. }
             | Op::VolumeRemove { .. }
             | Op::Create(_)
             | Op::BackupComplete { .. }
@@ -245,7 +269,9 @@ impl Op {
     /// because its diff area was full) go with the answer to the next operation that names it.
     pub fn volumes(&self) -> Option<Vec<String>> {
         match self {
-            Op::VolumeAdd { name, .. } | Op::VolumeRemove { name } => Some(vec![name.clone()]),
+            Op::VolumeAdd { name, .. } | Op::VolumeAttach { name, .. } | Op::VolumeDetach { name } | Op::VolumeRemove { name } => {
+                Some(vec![name.clone()])
+            }
             Op::Create(req) => Some(req.volumes.clone()),
             Op::List { volume: Some(v) } => Some(vec![v.clone()]),
             Op::Delete { target: DeleteTarget::Oldest(v) | DeleteTarget::All(v) } => Some(vec![v.clone()]),
@@ -857,6 +883,42 @@ pub struct StatusInfo {
     /// The worker that answers (the holder keeps the mount and the socket across workers).
     #[serde(default)]
     pub worker: Option<WorkerStatus>,
+    /// The configuration file the daemon read at start, if any.
+    #[serde(default)]
+    pub config: Option<String>,
+    /// What was wrong in it (`file:line: what to change`); the rest was used.
+    #[serde(default)]
+    pub config_errors: Vec<String>,
+}
+
+/// What to attach at start for a volume: a loop device over its `live` file and, optionally,
+/// a filesystem mounted from it (`mount -o loop`, so unmounting it detaches the device too).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachSpec {
+    /// Where to mount the filesystem on the volume (an absolute directory outside the mount).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
+    /// Its type (`mount -t`); found by `mount` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs_type: Option<String>,
+    /// Its mount options (`mount -o`, e.g. `noatime`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs_options: Option<String>,
+}
+
+/// A volume's attachment as configured, and what is attached now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachmentInfo {
+    /// What the configuration asks for.
+    pub spec: AttachSpec,
+    /// The loop devices over the volume's `live` file now.
+    pub devices: Vec<String>,
+    /// Where the configured filesystem is mounted now (`None`: not mounted).
+    pub mounted_at: Option<String>,
+    /// Why the last attempt to attach failed, if it did.
+    pub problem: Option<String>,
 }
 
 /// The daemon's current worker.
@@ -899,6 +961,9 @@ pub struct VolumeInfo {
     pub live: String,
     /// Why the diff area stopped, if it did.
     pub failure: Option<String>,
+    /// What the configuration attaches for it at start, and what is attached now.
+    #[serde(default)]
+    pub attachment: Option<AttachmentInfo>,
 }
 
 /// A shadow copy as clients see it.

@@ -136,6 +136,17 @@ pub enum ServiceError {
     /// The engine refused or failed.
     #[error(transparent)]
     Engine(#[from] shadowcopy::Error),
+    /// Attaching or detaching a volume's loop device or filesystem failed.
+    #[error("volume `{volume}`: {source}")]
+    Attach {
+        /// The volume.
+        volume: String,
+        /// What failed.
+        source: crate::attach::AttachError,
+    },
+    /// The configuration file could not be changed.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigWriteError),
     /// Something else failed (flush and hold, the system).
     #[error("{0}")]
     Failed(String),
@@ -166,7 +177,16 @@ impl ServiceError {
                 _ => ErrorKind::Failed,
             },
             E::SetAborted(e) => e.kind(),
-            E::OpenFailed(_) | E::CopyFailed { .. } | E::RestoreRefused(_) | E::Expose(_) | E::Failed(_) => ErrorKind::Failed,
+            E::Attach { source: crate::attach::AttachError::Busy { .. } | crate::attach::AttachError::MountedElsewhere { .. }, .. } => {
+                ErrorKind::Busy
+            }
+            E::OpenFailed(_)
+            | E::CopyFailed { .. }
+            | E::RestoreRefused(_)
+            | E::Expose(_)
+            | E::Attach { .. }
+            | E::Config(_)
+            | E::Failed(_) => ErrorKind::Failed,
         }
     }
 }

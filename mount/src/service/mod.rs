@@ -32,6 +32,7 @@ use uuid::Uuid;
 pub use self::error::ServiceError;
 pub use self::model::{Backend, ImageSource, Owner, ShadowCopy, Volume};
 pub use self::ops::daemon::describe_in_use;
+pub use self::registry::check_name as check_volume_name;
 use crate::state::{StateDir, VolumeRecord};
 
 /// The hard limit on holding writes (filesystems frozen) for one set, as VSS's 10 s.
@@ -56,6 +57,8 @@ pub struct Settings {
     /// The serials, names and `live` opens the kernel knows on this FUSE connection (kept by
     /// the holder across workers).
     pub ledger: std::sync::Arc<crate::ledger::NodeLedger>,
+    /// The configuration file as read at start (what to attach per volume).
+    pub config: crate::config::Config,
 }
 
 impl Settings {
@@ -69,6 +72,7 @@ impl Settings {
             clock: std::time::SystemTime::now,
             nearly_full_percent: 90,
             ledger: Default::default(),
+            config: crate::config::Config::default(),
         }
     }
 
@@ -157,6 +161,10 @@ pub struct Service {
     notices: Mutex<BTreeMap<String, Vec<String>>>,
     /// Per volume, the schedule slot last tried (one attempt per slot, also when it fails).
     schedule_tried: Mutex<HashMap<String, u64>>,
+    /// The configuration: what to attach per volume (changed by `volume attach`/`detach`).
+    config: Mutex<crate::config::Config>,
+    /// Per volume, why its configured attachment failed last.
+    attach_problems: Mutex<BTreeMap<String, String>>,
 }
 
 impl Service {
@@ -169,6 +177,8 @@ impl Service {
             events,
             notices: Mutex::new(BTreeMap::new()),
             schedule_tried: Mutex::new(HashMap::new()),
+            config: Mutex::new(settings.config.clone()),
+            attach_problems: Mutex::new(BTreeMap::new()),
             settings,
             state,
             volumes: RwLock::new(BTreeMap::new()),
@@ -432,9 +442,20 @@ impl Service {
     fn run(&self, op: Op, progress: &mut dyn FnMut(u64, u64), stage: &mut dyn FnMut(&str), requester_alive: &dyn Fn() -> bool) -> OpResult {
         match op {
             Op::Status => Ok(self.status()),
-            Op::VolumeAdd { name, image, diff_area, max_size, chunk_size, read_only } => {
-                self.volume_add(ops::volume::AddRequest { name, image, diff_area, max_size, chunk_size, read_only })
+            Op::VolumeAdd { name, image, diff_area, max_size, chunk_size, read_only, attach } => {
+                let added =
+                    self.volume_add(ops::volume::AddRequest { name: name.clone(), image, diff_area, max_size, chunk_size, read_only })?;
+                match attach {
+                    None => Ok(added),
+                    Some(spec) => self.volume_attach(&name, spec).map_err(|e| {
+                        ServiceError::Failed(format!(
+                            "volume `{name}` was added, but not attached: {e}; once that is fixed, `shadowcopy volume attach {name}` attaches it"
+                        ))
+                    }),
+                }
             }
+            Op::VolumeAttach { name, spec } => self.volume_attach(&name, spec),
+            Op::VolumeDetach { name } => self.volume_detach(&name),
             Op::VolumeList => Ok(self.volume_list()),
             Op::VolumeRemove { name } => self.volume_remove(&name),
             Op::Create(req) => self.create(&req, stage, requester_alive),
@@ -455,7 +476,7 @@ impl Service {
             Op::Changes { id, to } => self.changes(id, to),
             Op::Expose { id, at, device, force } => self.expose(id, at.as_deref(), device, force),
             Op::Unexpose { path } => self.unexpose(&path),
-            Op::DaemonStop { force } => self.daemon_stop(force),
+            Op::DaemonStop { force, unmount } => self.daemon_stop(force, unmount),
             Op::DaemonRestart => self.daemon_restart(),
             Op::PolicySet { volume, policy } => self.policy_set(&volume, policy),
             Op::PolicyList => Ok(self.policy_list()),

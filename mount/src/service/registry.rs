@@ -22,7 +22,7 @@ use super::Service;
 use crate::state::VolumeRecord;
 
 /// Volume names become folder names: keep them plain.
-pub(super) fn check_name(name: &str) -> Result<(), ServiceError> {
+pub fn check_name(name: &str) -> Result<(), ServiceError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with(['.', '@', '-'])

@@ -73,7 +73,15 @@ fn add_op(name: &str, image: &str) -> Op {
 }
 
 fn add_op_with(name: &str, image: &str, diff_area: Option<String>, max_size: Option<&str>, read_only: bool) -> Op {
-    Op::VolumeAdd { name: name.into(), image: image.into(), diff_area, max_size: max_size.map(Into::into), chunk_size: None, read_only }
+    Op::VolumeAdd {
+        name: name.into(),
+        image: image.into(),
+        diff_area,
+        max_size: max_size.map(Into::into),
+        chunk_size: None,
+        read_only,
+        attach: None,
+    }
 }
 
 #[test]
@@ -308,8 +316,15 @@ fn a_name_once_used_on_a_volume_is_never_given_again() {
 fn a_failed_volume_add_leaves_nothing_behind() {
     let f = Fixture::new();
     let image = f.image("v.img", 64 << 20);
-    let bad =
-        Op::VolumeAdd { name: "v".into(), image: image.clone(), diff_area: None, max_size: None, chunk_size: Some(3000), read_only: false };
+    let bad = Op::VolumeAdd {
+        name: "v".into(),
+        image: image.clone(),
+        diff_area: None,
+        max_size: None,
+        chunk_size: Some(3000),
+        read_only: false,
+        attach: None,
+    };
     let e = f.err(bad);
     assert_eq!(e.kind, ErrorKind::Failed, "{}", e.message);
     assert!(e.message.contains("chunk"), "{}", e.message);

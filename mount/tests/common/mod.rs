@@ -20,6 +20,9 @@ pub(crate) struct Daemon {
     pub mount: PathBuf,
     pub socket: PathBuf,
     pub state: PathBuf,
+    /// Its configuration file (`--config`; none there unless a test writes it), so that no
+    /// test ever reads the host's /etc/shadowcopy.
+    pub config: PathBuf,
     child: ChildGuard,
     extra: Vec<String>,
     /// Fail points directory (`SHADOWCOPYD_FAILPOINTS_DIR`), when enabled.
@@ -100,6 +103,7 @@ impl Daemon {
             mount: dir.join("mnt"),
             socket: dir.join("control.sock"),
             state: dir.join("state"),
+            config: dir.join("shadowcopy.toml"),
             dir,
             child: ChildGuard(None),
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -138,6 +142,8 @@ impl Daemon {
                 self.mount.to_str().unwrap(),
                 "--socket",
                 self.socket.to_str().unwrap(),
+                "--config",
+                self.config.to_str().unwrap(),
             ])
             .args(&self.extra)
             .env("RUST_LOG", "info")
@@ -322,6 +328,7 @@ impl Daemon {
             max_size: Some(max_size.into()),
             chunk_size: None,
             read_only: false,
+            attach: None,
         })
         .unwrap_or_else(|e| panic!("volume add: {e}"));
     }
@@ -335,6 +342,7 @@ impl Daemon {
             max_size: None,
             chunk_size: None,
             read_only: true,
+            attach: None,
         })
         .unwrap_or_else(|e| panic!("volume add --read-only: {e}"));
     }

@@ -346,11 +346,43 @@ enum VolumeCmd {
         /// Windows shadow copies found on an NTFS volume as `@GMT-…` folders.
         #[arg(long, conflicts_with_all = ["diff_area", "max_size", "chunk_size"])]
         read_only: bool,
+        /// Also attach a loop device over its `live` now and at every start of the daemon
+        /// (written to its configuration file); see `volume attach`.
+        #[arg(long)]
+        attach: bool,
+        #[command(flatten)]
+        at: AttachArgs,
     },
+    /// Attach a loop device over a volume's `live` now and at every start of the daemon
+    /// (written to its configuration file, /etc/shadowcopy/shadowcopy.toml), optionally with
+    /// the filesystem on it mounted (`mount -o loop`). Replaces the volume's attachment.
+    Attach {
+        name: String,
+        #[command(flatten)]
+        at: AttachArgs,
+    },
+    /// Unmount the filesystem a volume's attachment mounted, detach its loop device, and take
+    /// the attachment out of the daemon's configuration file.
+    Detach { name: String },
     /// List registered volumes.
     List,
     /// Unregister a volume and delete its diff area (its copies are lost).
     Remove { name: String },
+}
+
+/// Where and how an attached volume's filesystem is mounted.
+#[derive(Args)]
+struct AttachArgs {
+    /// Mount the filesystem on the volume here (created if missing); without it only a loop
+    /// device is attached.
+    #[arg(long, value_name = "DIR")]
+    mount: Option<PathBuf>,
+    /// Its type (`mount -t`), e.g. ext4 or xfs [default: what `mount` finds].
+    #[arg(long, requires = "mount")]
+    fs_type: Option<String>,
+    /// Its mount options (`mount -o`), e.g. `noatime,discard`.
+    #[arg(long, requires = "mount", allow_hyphen_values = true)]
+    fs_options: Option<String>,
 }
 
 #[derive(Args)]
@@ -379,6 +411,10 @@ enum DaemonCmd {
         /// Stop even though `live` is in use: the filesystems on it then fail (I/O errors).
         #[arg(long)]
         force: bool,
+        /// First unmount the filesystems the configuration mounted, in reverse order, and
+        /// detach their loop devices (refused, and nothing stops, if one is busy).
+        #[arg(long)]
+        unmount: bool,
         /// Return once the daemon accepted, without waiting for it to be gone.
         #[arg(long)]
         no_wait: bool,

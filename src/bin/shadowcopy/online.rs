@@ -15,10 +15,21 @@ use super::{Command, CreateArgs, DaemonCmd, DeleteArgs, StorageCmd, VolumeCmd, W
 pub(crate) fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<()> {
     let names = Names::new(&socket);
     let op = match cmd {
-        Command::Volume(VolumeCmd::Add { name, image, diff_area, max_size, chunk_size, read_only }) => {
+        Command::Volume(VolumeCmd::Add { name, image, diff_area, max_size, chunk_size, read_only, attach, at }) => {
             let image = image.canonicalize().with_context(|| format!("the image {} cannot be found", image.display()))?;
-            Op::VolumeAdd { name, image: image.display().to_string(), diff_area: diff_area.map(absolute), max_size, chunk_size, read_only }
+            let attach = (attach || at.mount.is_some()).then(|| attach_spec(at));
+            Op::VolumeAdd {
+                name,
+                image: image.display().to_string(),
+                diff_area: diff_area.map(absolute),
+                max_size,
+                chunk_size,
+                read_only,
+                attach,
+            }
         }
+        Command::Volume(VolumeCmd::Attach { name, at }) => Op::VolumeAttach { name, spec: attach_spec(at) },
+        Command::Volume(VolumeCmd::Detach { name }) => Op::VolumeDetach { name },
         Command::Volume(VolumeCmd::List) => Op::VolumeList,
         Command::Volume(VolumeCmd::Remove { name }) => Op::VolumeRemove { name },
         Command::Create(args) => return create(args, socket, json),
@@ -52,7 +63,7 @@ pub(crate) fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<(
         Command::Events { follow, lines, after } => return super::policy::events(follow, lines, after, socket, json),
         Command::Unexpose { path } => Op::Unexpose { path: absolute(path) },
         Command::Status => Op::Status,
-        Command::Daemon(DaemonCmd::Stop { force, no_wait }) => return daemon_stop(force, no_wait, socket, json),
+        Command::Daemon(DaemonCmd::Stop { force, unmount, no_wait }) => return daemon_stop(force, unmount, no_wait, socket, json),
         Command::Daemon(DaemonCmd::Restart { no_wait }) => return daemon_restart(no_wait, socket, json),
         Command::Changes { from, to } => return super::changes::changes(&from, to.as_deref(), socket, json),
         Command::SambaConfig { target, share } => return super::samba::samba_config(&target, share.as_deref(), socket),
@@ -176,7 +187,6 @@ fn absolute(p: PathBuf) -> String {
     std::path::absolute(&p).unwrap_or(p).display().to_string()
 }
 
-/// Prints an answer as JSON or as a table.
 /// Turns what people type for a copy or a set into its id, asking the daemon for the list of
 /// copies once, only when a name is not a whole id.
 pub(crate) struct Names<'a> {
@@ -245,10 +255,14 @@ impl<'a> Names<'a> {
     }
 }
 
+fn attach_spec(at: super::AttachArgs) -> shadowcopy::protocol::AttachSpec {
+    shadowcopy::protocol::AttachSpec { mount: at.mount.map(absolute), fs_type: at.fs_type, fs_options: at.fs_options }
+}
+
 /// Asks the daemon to stop, then (unless `no_wait`) waits until its socket is gone.
-fn daemon_stop(force: bool, no_wait: bool, socket: Option<PathBuf>, json: bool) -> Result<()> {
+fn daemon_stop(force: bool, unmount: bool, no_wait: bool, socket: Option<PathBuf>, json: bool) -> Result<()> {
     let socket = socket.unwrap_or_else(default_socket_path);
-    let answer = Client::connect(&socket)?.call(Op::DaemonStop { force }, &mut |_, _| {})?;
+    let answer = Client::connect(&socket)?.call(Op::DaemonStop { force, unmount }, &mut |_, _| {})?;
     if !no_wait {
         const PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
         let started = std::time::Instant::now();
@@ -333,6 +347,21 @@ fn answer_json(a: &Answer) -> Result<serde_json::Value> {
         Answer::Changes(c) => json!({ "changes": c }),
         Answer::Done(m) => json!({ "message": m }),
     })
+}
+
+/// A volume's configured attachment and what is there now, in a few words.
+fn attached(a: Option<&shadowcopy::protocol::AttachmentInfo>) -> String {
+    let Some(a) = a else { return "no".into() };
+    let now = match (&a.mounted_at, a.devices.first()) {
+        (Some(at), _) => format!("mounted at {at}"),
+        (None, Some(d)) if a.spec.mount.is_none() => d.clone(),
+        (None, Some(d)) => format!("{d}, not mounted at {}", a.spec.mount.as_deref().unwrap_or_default()),
+        (None, None) => "not attached now".into(),
+    };
+    match &a.problem {
+        Some(p) => format!("{now} (failed: {p})"),
+        None => now,
+    }
 }
 
 fn created(c: &CopyView) -> String {
@@ -481,11 +510,12 @@ fn print_table(a: &Answer) {
                         v.copies.to_string(),
                         v.image.clone(),
                         v.live.clone(),
+                        attached(v.attachment.as_ref()),
                         v.failure.clone().unwrap_or_else(|| "ok".into()),
                     ]
                 })
                 .collect();
-            table(&["VOLUME", "SIZE", "ACCESS", "PROVIDER", "COPIES", "IMAGE", "LIVE FILE", "STATE"], &rows);
+            table(&["VOLUME", "SIZE", "ACCESS", "PROVIDER", "COPIES", "IMAGE", "LIVE FILE", "ATTACHED AT START", "STATE"], &rows);
         }
         Answer::Volume(v) if v.read_only => {
             out!(

@@ -17,7 +17,10 @@ impl Service {
             .collect()
     }
 
-    pub(in crate::service) fn daemon_stop(&self, force: bool) -> OpResult {
+    pub(in crate::service) fn daemon_stop(&self, force: bool, unmount: bool) -> OpResult {
+        if unmount {
+            self.detach_configured()?;
+        }
         if !force {
             let in_use = self.live_in_use(true);
             if !in_use.is_empty() {

@@ -4,6 +4,7 @@
 //! | file | operations |
 //! |---|---|
 //! | [`volume`] | status, volume add/list/remove |
+//! | `attach` | volume attach/detach, and what the configuration attaches at start and detaches at stop |
 //! | `create` | create (a set, with writers, flush and hold), backup-complete, auto-release |
 //! | `copies` | list, delete |
 //! | `storage` | storage list, resize |
@@ -11,6 +12,7 @@
 //! | `policy` | policy set/list, cleanup, and the timer's tick (scheduled copies, retention) |
 //! | [`daemon`] | daemon stop, and who uses each `live` file |
 
+mod attach;
 mod copies;
 mod create;
 pub(super) mod daemon;

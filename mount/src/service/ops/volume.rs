@@ -39,6 +39,11 @@ impl Service {
             allow_other: self.settings.allow_other,
             live_in_use: self.live_in_use(false).into_iter().map(|(volume, users)| format!("{volume}: {users}")).collect(),
             worker: self.worker.get().map(|w| w.status.clone()),
+            config: {
+                let c = self.config.lock();
+                c.found.then(|| c.path.display().to_string())
+            },
+            config_errors: self.config_problems(),
         })
     }
 
@@ -56,6 +61,7 @@ impl Service {
                 copies: 0,
                 live: String::new(),
                 failure: Some(format!("not opened: {why}")),
+                attachment: None,
             });
         }
         all.sort_by(|a, b| a.name.cmp(&b.name));
@@ -73,6 +79,7 @@ impl Service {
             copies: v.copies.read().len(),
             live: self.live_path(v).display().to_string(),
             failure: v.system().and_then(|e| e.failure()),
+            attachment: self.attachment_info(v),
         }
     }
 
@@ -175,6 +182,13 @@ impl Service {
         }
         self.departures.lock().push(Departure::Volume { name: name.to_string() });
         self.save_state();
+        let config_path = self.config.lock().path.clone();
+        if self.config.lock().volumes.iter().any(|e| e.name == name) {
+            if let Err(e) = crate::config::remove_attachment(&config_path, name) {
+                tracing::warn!(volume = %name, error = %e, "the removed volume's attachment stays in the configuration");
+            }
+            self.config.lock().volumes.retain(|e| e.name != name);
+        }
         let diff_area = v.diff_area.clone();
         let n = v.copies.read().len();
         let has_diff_area = v.system().is_some();
