@@ -104,8 +104,11 @@ fn configured_filesystems_come_up_in_order_and_go_down_in_reverse_and_a_bad_entr
 
     // The admin adds by hand: the inner volume mounted inside the outer one (so order
     // matters), a comment, a mistyped entry and an entry for a volume that is not registered.
+    let previous = d.dir.join("previous");
+    std::fs::create_dir(&previous).unwrap();
     let text = format!(
-        "[daemon]\nunmount_at_stop = false\n\n{written}\n# inside outer: must come after it\n[[volume]]\nname = \"inner\"\nmount = \"{}\"\n\n[[volume]]\nname = \"typo\"\nmonut = \"/nowhere\"\n\n[[volume]]\nname = \"ghost\"\n",
+        "[daemon]\nunmount_at_stop = false\n\n{written}[[volume.expose]]\ncopy = \"newest\"\nat = \"{}\"\n\n# inside outer: must come after it\n[[volume]]\nname = \"inner\"\nmount = \"{}\"\n\n[[volume]]\nname = \"typo\"\nmonut = \"/nowhere\"\n\n[[volume]]\nname = \"ghost\"\n",
+        previous.display(),
         nested.display()
     );
     std::fs::write(&d.config, &text).unwrap();
@@ -122,6 +125,8 @@ fn configured_filesystems_come_up_in_order_and_go_down_in_reverse_and_a_bad_entr
     // Stop with --unmount: nothing is left mounted or attached over `live`, the daemon exits.
     std::fs::write(srv.join("written-before-stop"), "kept\n").unwrap();
     run("sync", &[]);
+    d.create(&["outer"], false);
+    std::fs::write(srv.join("written-after-the-copy"), "not in the copy\n").unwrap();
     ok(d.cli(&["daemon", "stop", "--unmount"]), "daemon stop --unmount");
     assert!(d.wait_exit(Duration::from_secs(30)).is_some_and(|s| s.success()), "the daemon stopped:\n{}", d.log());
     assert!(kernel_mount(&srv).is_none(), "outer was unmounted");
@@ -131,6 +136,9 @@ fn configured_filesystems_come_up_in_order_and_go_down_in_reverse_and_a_bad_entr
     let vs = wait_mounted(&d, &["outer", "inner"]);
     assert_eq!(std::fs::read_to_string(srv.join("written-before-stop")).unwrap(), "kept\n");
     assert_eq!(std::fs::read_to_string(nested.join("hello")).unwrap(), "inner\n");
+    // The newest copy of outer is exposed where the configuration says.
+    assert_eq!(std::fs::read_to_string(previous.join("written-before-stop")).unwrap(), "kept\n");
+    assert!(!previous.join("written-after-the-copy").exists(), "the exposure is the copy, not live");
     let inner_info = vs.iter().find(|v| v.name == "inner").unwrap().attachment.clone().unwrap();
     assert_eq!(inner_info.mounted_at.as_deref(), Some(nested.canonicalize().unwrap().to_str().unwrap()));
     assert!(inner_info.problem.is_none(), "{inner_info:?}");
