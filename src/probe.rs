@@ -208,6 +208,30 @@ pub fn device_identity(path: &Path) -> io::Result<Option<DeviceIdentity>> {
 }
 
 /// The processes (pid, command name) with a descriptor on `file` (canonical).
+/// Processes that use the filesystem on device `dev` (`major:minor`, as in mountinfo): an open
+/// file, their working directory or their root on it. What `umount` would call busy, as far as
+/// this process namespace shows it.
+pub fn processes_on_filesystem(dev: &str) -> io::Result<Vec<(u32, String)>> {
+    use std::os::unix::fs::MetadataExt;
+    let on = |p: &Path| std::fs::metadata(p).is_ok_and(|m| format!("{}:{}", libc::major(m.dev()), libc::minor(m.dev())) == dev);
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if pid == std::process::id() {
+            continue;
+        }
+        let dir = entry.path();
+        let uses = on(&dir.join("cwd"))
+            || on(&dir.join("root"))
+            || std::fs::read_dir(dir.join("fd")).is_ok_and(|fds| fds.flatten().any(|fd| on(&fd.path())));
+        if uses {
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            found.push((pid, comm.trim_end().to_string()));
+        }
+    }
+    Ok(found)
+}
+
 fn processes_with_open(file: &Path) -> io::Result<Vec<(u32, String)>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc")?.flatten() {

@@ -12,6 +12,7 @@ macro_rules! out {
     };
 }
 
+mod adopt;
 mod changes;
 mod hook;
 mod locate;
@@ -226,6 +227,13 @@ enum Command {
     /// Write the manual pages (shadowcopy.1 and one per subcommand, shadowcopy-create.1, …) to
     /// DIR, e.g. /usr/local/share/man/man1.
     Manpages { dir: PathBuf },
+    /// Turn a mounted filesystem (on a block device or an image file) into a shadowcopy volume
+    /// with a moment's downtime: refused while any process uses it (they are named); unmounts
+    /// it, registers it, mounts it again at the same place with the same type and options
+    /// through the volume's `live` (at every start of the daemon too), comments out its fstab
+    /// line (keeping a backup) and verifies. A failure after the unmount puts the original mount
+    /// back. The root filesystem is refused.
+    Adopt(adopt::AdoptArgs),
 }
 
 #[derive(Args)]

@@ -65,6 +65,7 @@ pub(crate) fn run(cmd: Command, socket: Option<PathBuf>, json: bool) -> Result<(
         Command::Status => Op::Status,
         Command::Daemon(DaemonCmd::Stop { force, unmount, no_wait }) => return daemon_stop(force, unmount, no_wait, socket, json),
         Command::Daemon(DaemonCmd::Restart { no_wait }) => return daemon_restart(no_wait, socket, json),
+        Command::Adopt(args) => return super::adopt::adopt(args, socket, json),
         Command::Changes { from, to } => return super::changes::changes(&from, to.as_deref(), socket, json),
         Command::SambaConfig { target, share } => return super::samba::samba_config(&target, share.as_deref(), socket),
         Command::Versions { path, all } => return super::versions::versions(&path, all, socket, json),
