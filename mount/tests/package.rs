@@ -9,21 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::is_mounted;
+use common::{built_package, is_mounted};
 use shadowcopy::protocol::{Answer, Client, Op};
 use shadowcopy::testing::system::{mkfs_ext4, require, require_commands, TempDir};
 
 const INSTALLED_CONFIG: &str = "/etc/shadowcopy/shadowcopy.toml";
-
-/// The package `scripts/package` built.
-fn package() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debian");
-    let found = std::fs::read_dir(&dir)
-        .ok()
-        .and_then(|entries| entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "deb")).max());
-    require(found.is_some(), &format!("the .deb in {} (scripts/package builds it; scripts/test runs it)", dir.display()));
-    found.unwrap()
-}
 
 fn sh(cmd: &str, args: &[&str]) -> Output {
     Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("running {cmd}: {e}"))
@@ -133,7 +123,7 @@ impl Drop for InstalledDaemon {
 #[test]
 fn the_installed_package_protects_a_volume_that_comes_back_mounted_after_a_restart() {
     require_commands(&["dpkg", "dpkg-query", "mkfs.ext4", "man", "systemd-analyze", "bash"]);
-    let deb = package();
+    let deb = built_package();
     let _installed = Installed::new(&deb);
 
     // Its files, where Debian keeps them.

@@ -424,6 +424,16 @@ impl Drop for Daemon {
     }
 }
 
+/// The Debian package `scripts/package` built (`scripts/test` builds it first).
+pub(crate) fn built_package() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debian");
+    let found = std::fs::read_dir(&dir)
+        .ok()
+        .and_then(|entries| entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "deb")).max());
+    require(found.is_some(), &format!("the .deb in {} (scripts/package builds it; scripts/test runs it)", dir.display()));
+    found.unwrap()
+}
+
 /// Copies a program file with `cp` (see [`Daemon::start_from_copy`] for why not here).
 pub(crate) fn copy_program(from: &Path, to: &Path) {
     run("cp", &[from.to_str().unwrap(), to.to_str().unwrap()]);
