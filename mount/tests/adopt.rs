@@ -171,6 +171,27 @@ fn an_xfs_whose_adoption_fails_midway_is_mounted_back_then_adopted() {
     assert_eq!(mounted(&srv).unwrap().fstype, "xfs");
     assert_eq!(std::fs::read_to_string(srv.join("report.txt")).unwrap(), "xfs content\n");
     assert!(shadowcopy::probe::loop_devices().unwrap().iter().all(|l| l.backing_file != image), "the image's own loop device is gone");
+
+    // A copy of an XFS has the live filesystem's UUID: exposing it as a device says how to
+    // mount it, and that way works beside the live one.
+    let copy = d.create(&["xfs"], false).copies[0].clone();
+    std::fs::write(
+        srv.join("report.txt"),
+        "changed after the copy
+",
+    )
+    .unwrap();
+    let exposed = d.cli(&["expose", &copy.id.to_string(), "--device"]);
+    assert!(exposed.status.success(), "{}", stderr(&exposed));
+    let said = String::from_utf8_lossy(&exposed.stdout).into_owned();
+    assert!(said.contains("mount -o ro,nouuid,norecovery /dev/loop"), "{said}");
+    let device = said.split_whitespace().find(|w| w.starts_with("/dev/loop")).unwrap().trim_end_matches([',', ';', ')']).to_string();
+    let at = d.dir.join("xfs-copy");
+    std::fs::create_dir(&at).unwrap();
+    run("mount", &["-o", "ro,nouuid,norecovery", &device, at.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(at.join("report.txt")).unwrap(), "xfs content\n");
+    run("umount", &[at.to_str().unwrap()]);
+    assert!(d.cli(&["unexpose", &device]).status.success());
 }
 
 #[test]

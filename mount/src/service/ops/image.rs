@@ -137,11 +137,19 @@ impl Service {
             }
         }
         .map_err(ServiceError::Expose)?;
-        let warning = if c.info.stale.is_some() {
-            " (warning: this copy is stale: its volume was written while shadowcopy was not serving it, after the copy was taken, so it may show some of those changes)"
+        let mut warning = if c.info.stale.is_some() {
+            " (warning: this copy is stale: its volume was written while shadowcopy was not serving it, after the copy was taken, so it may show some of those changes)".to_string()
         } else {
-            ""
+            String::new()
         };
+        if device && copy_is_xfs(&v, id) {
+            // The copy's XFS has the live filesystem's UUID, which the kernel refuses to mount
+            // twice; and its log is the instant's, which a read-only device cannot replay.
+            warning.push_str(&format!(
+                "; it holds XFS with the live filesystem's UUID: mount it with `mount -o ro,nouuid,norecovery {} DIR`",
+                place.path()
+            ));
+        }
         Ok(Answer::Done(format!("shadow copy {id} exposed at {}{warning}", place.path())))
     }
 
@@ -150,4 +158,10 @@ impl Service {
         let e = self.exposures.undo(path).map_err(ServiceError::Expose)?;
         Ok(Answer::Done(format!("shadow copy {} is no longer exposed at {path}", e.copy)))
     }
+}
+
+/// Whether the copy's image starts with an XFS superblock (`XFSB`).
+fn copy_is_xfs(v: &super::super::Volume, id: Uuid) -> bool {
+    let mut magic = [0u8; 4];
+    v.read_copy(id, &mut magic, 0).is_ok() && &magic == b"XFSB"
 }
