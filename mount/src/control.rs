@@ -117,6 +117,31 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// The listening socket the service manager passed (systemd's socket activation: `LISTEN_PID`
+/// is this process, `LISTEN_FDS` ≥ 1, the socket is descriptor 3), if it passed one. The
+/// variables are removed so that nothing this process starts takes them for its own.
+pub fn inherited_from_service_manager() -> Result<Option<UnixListener>> {
+    let for_us = std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
+    let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<u32>().ok()).unwrap_or(0);
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(var);
+    }
+    if !for_us || count == 0 {
+        return Ok(None);
+    }
+    if count > 1 {
+        tracing::warn!(count, "the service manager passed more than one socket; the control socket is the first, the others are ignored");
+    }
+    const FIRST: std::os::fd::RawFd = 3;
+    let fd = shadowcopy::descriptors::take_inherited(FIRST).context("taking the socket the service manager passed")?;
+    let listening = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::AcceptConn).unwrap_or(false);
+    let unix = nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(std::os::fd::AsRawFd::as_raw_fd(&fd)).is_ok();
+    if !listening || !unix {
+        bail!("the socket the service manager passed is not a listening Unix stream socket (ListenStream= a path in shadowcopyd.socket)");
+    }
+    Ok(Some(UnixListener::from(fd)))
+}
+
 /// Serves connections until the listener is shut down.
 pub fn serve(listener: UnixListener, service: Arc<Service>, access: Access) {
     let slots = Arc::new(parking_lot::Mutex::new(Slots::default()));

@@ -88,6 +88,9 @@ pub struct Handoff {
     /// start, never under a running mount. `None` from a holder older than this field.
     #[serde(default)]
     pub paths: Option<DaemonPaths>,
+    /// Whether the service manager passed the control socket (socket activation).
+    #[serde(default)]
+    pub socket_activated: bool,
 }
 
 /// Where a daemon keeps its state, mounts and listens.

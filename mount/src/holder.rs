@@ -76,6 +76,9 @@ pub struct Held {
     pub program: PathBuf,
     /// The state directory (passed to workers with the mount and the socket).
     pub state_dir: PathBuf,
+    /// Whether the service manager passed the control socket (then its path is the manager's:
+    /// left in place at the end).
+    pub socket_activated: bool,
 }
 
 impl Held {
@@ -99,6 +102,7 @@ impl Held {
             daemon_started_unix: h.daemon_started_unix,
             program: h.program,
             state_dir,
+            socket_activated: h.socket_activated,
         })
     }
 
@@ -117,11 +121,19 @@ impl Held {
             daemon_started_unix: self.daemon_started_unix,
             program: self.program.clone(),
             holder_pid: std::process::id(),
+            socket_activated: self.socket_activated,
             paths: Some(crate::handoff::DaemonPaths {
                 state_dir: self.state_dir.clone(),
                 mount: self.mount.clone(),
                 socket: self.socket.clone(),
             }),
+        }
+    }
+
+    /// Removes the control socket's path, unless the service manager owns it.
+    fn remove_socket(&self) {
+        if !self.socket_activated {
+            let _ = std::fs::remove_file(&self.socket);
         }
     }
 
@@ -207,7 +219,7 @@ pub fn run(mut held: Held, worker_args: Vec<std::ffi::OsString>) -> i32 {
             Ended::Stopped => {
                 tracing::info!("the worker stopped the daemon: unmounting");
                 held.unmount();
-                let _ = std::fs::remove_file(&held.socket);
+                held.remove_socket();
                 return 0;
             }
             Ended::Restart => {
@@ -221,7 +233,7 @@ pub fn run(mut held: Held, worker_args: Vec<std::ffi::OsString>) -> i32 {
                 if !held.initialized {
                     tracing::error!("the first worker {how} before the FUSE handshake: the daemon did not start");
                     held.unmount();
-                    let _ = std::fs::remove_file(&held.socket);
+                    held.remove_socket();
                     return 1;
                 }
                 tracing::warn!(generation = held.generation, "the worker {how}; starting another on the same connection");

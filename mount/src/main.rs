@@ -343,7 +343,14 @@ fn run_holder(args: Args) -> Result<()> {
     if paths.state_dir.canonicalize()?.starts_with(&mount) {
         bail!("the state directory must not be inside the mount");
     }
-    let listener = control::bind(&paths.socket, socket_gid)?;
+    // Socket activation (shadowcopyd.socket): the service manager owns the socket's path.
+    let (listener, socket_activated) = match control::inherited_from_service_manager()? {
+        Some(l) => {
+            tracing::info!(socket = %paths.socket.display(), "serving the control socket the service manager passed (socket activation)");
+            (l, true)
+        }
+        None => (control::bind(&paths.socket, socket_gid)?, false),
+    };
     let (fuse, handle) = fuser::mount_device(&mount, &fuse_config(&args))
         .with_context(|| format!("mounting FUSE at {} (is /dev/fuse there, and fuse3 installed?)", mount.display()))?;
     let clones = (0..args.threads.unwrap_or(8).max(2))
@@ -365,6 +372,7 @@ fn run_holder(args: Args) -> Result<()> {
         daemon_started_unix: handoff::now_unix(),
         program: std::env::current_exe().context("finding this program, to run its workers")?,
         state_dir: paths.state_dir.canonicalize()?,
+        socket_activated,
     };
     std::process::exit(holder::run(held, worker_args));
 }

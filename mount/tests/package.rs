@@ -132,6 +132,7 @@ fn the_installed_package_protects_a_volume_that_comes_back_mounted_after_a_resta
         "/usr/bin/shadowcopy",
         "/usr/sbin/shadowcopyd",
         "/usr/lib/systemd/system/shadowcopyd.service",
+        "/usr/lib/systemd/system/shadowcopyd.socket",
         INSTALLED_CONFIG,
         "/usr/share/man/man1/shadowcopy.1.gz",
         "/usr/share/man/man1/shadowcopy-volume-attach.1.gz",

@@ -381,7 +381,7 @@ impl Daemon {
 }
 
 /// SIGKILL to every process of the group `pgid` leads.
-fn kill_group(pgid: u32) {
+pub(crate) fn kill_group(pgid: u32) {
     let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid as i32), nix::sys::signal::Signal::SIGKILL);
 }
 
