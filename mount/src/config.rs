@@ -210,15 +210,16 @@ impl Config {
     /// `[daemon]` whole, or else key by key: a bad setting keeps its default, the rest apply.
     fn parse_daemon(&mut self, file: &str, text: &str, start: usize, section: &str, table: &toml::Table) {
         match toml::from_str::<DaemonSection>(section) {
-            Ok(s) => match check_daemon(&s.daemon) {
-                Ok(()) => self.daemon = s.daemon,
-                Err((key, why)) => {
+            Ok(s) => {
+                let mut daemon = s.daemon;
+                // Each value that parses but cannot work is reported and dropped, one by one.
+                while let Err((key, why)) = check_daemon(&daemon) {
                     let line = key_line(text, start, section, &key);
                     self.errors.push(format!("{file}:{line}: [daemon] {key}: {why}; its default is used"));
-                    self.daemon = DaemonSettings { ..s.daemon };
-                    clear_key(&mut self.daemon, &key);
+                    clear_key(&mut daemon, &key);
                 }
-            },
+                self.daemon = daemon;
+            }
             Err(e) => {
                 let line = e.span().map_or(line_of(text, start), |s| line_of(text, start + s.start));
                 let mut good = DaemonSettings::default();
@@ -283,6 +284,7 @@ fn check_daemon(d: &DaemonSettings) -> Result<(), (String, String)> {
     Ok(())
 }
 
+/// Drops the setting `key` (one that [`check_daemon`] can name).
 fn clear_key(d: &mut DaemonSettings, key: &str) {
     match key {
         "cache_size" => d.cache_size = None,
@@ -291,7 +293,7 @@ fn clear_key(d: &mut DaemonSettings, key: &str) {
         "state_dir" => d.state_dir = None,
         "mount" => d.mount = None,
         "socket" => d.socket = None,
-        _ => {}
+        other => unreachable!("check_daemon named `{other}`, which clear_key does not know"),
     }
 }
 
@@ -489,6 +491,14 @@ mod tests {
         assert_eq!(c.errors.len(), 2, "{:?}", c.errors);
         assert!(c.errors.iter().any(|e| e.contains(":2: [daemon] threads")), "{:?}", c.errors);
         assert!(c.errors.iter().any(|e| e.contains(":4: [daemon] cache_size")), "{:?}", c.errors);
+    }
+
+    #[test]
+    fn every_unusable_daemon_value_is_reported_on_its_own_line() {
+        let c = parse("[daemon]\nthreads = 0\nmount = \"relative\"\nallow_other = true\n");
+        assert_eq!((c.daemon.threads, c.daemon.mount.clone(), c.daemon.allow_other), (None, None, Some(true)));
+        assert_eq!(c.errors.len(), 2, "{:?}", c.errors);
+        assert!(c.errors[0].contains(":2: [daemon] threads") && c.errors[1].contains(":3: [daemon] mount"), "{:?}", c.errors);
     }
 
     #[test]
