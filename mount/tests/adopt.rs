@@ -12,33 +12,6 @@ use common::*;
 use shadowcopy::protocol::{Answer, Op};
 use shadowcopy::testing::system::{mkfs_ext4, require_commands, run, run_text, TempDir};
 
-/// On drop: unmounts what is mounted under `dir` (innermost first) and detaches the loop
-/// devices backed by files under it or under the daemon's mount.
-struct Cleanup {
-    dir: PathBuf,
-    daemon_mount: PathBuf,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let mut points: Vec<PathBuf> = shadowcopy::probe::mounts()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|m| m.mount_point)
-            .filter(|p| p.starts_with(&self.dir) && !p.starts_with(&self.daemon_mount))
-            .collect();
-        points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        for p in points {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&p).status();
-        }
-        for l in shadowcopy::probe::loop_devices().unwrap_or_default() {
-            if l.backing_file.starts_with(&self.dir) {
-                let _ = std::process::Command::new("losetup").args(["-d", &l.device]).status();
-            }
-        }
-    }
-}
-
 fn mounted(point: &Path) -> Option<shadowcopy::probe::Mount> {
     shadowcopy::probe::mount_at(&point.canonicalize().ok()?).unwrap()
 }
@@ -73,7 +46,7 @@ fn stderr(o: &std::process::Output) -> String {
 fn an_ext4_from_fstab_on_a_loop_device_is_adopted_in_place() {
     require_commands(&["mkfs.ext4"]);
     let d = Daemon::start(&[]);
-    let _cleanup = Cleanup { dir: d.dir.path().to_path_buf(), daemon_mount: d.mount.clone() };
+    let _cleanup = MountsUnder::of(&d);
     let image = image_with(&d.dir, "data", "before\n");
     let device = run_text("losetup", &["--find", "--show", image.to_str().unwrap()]).trim().to_string();
     let srv = d.dir.join("srv data");
@@ -141,7 +114,7 @@ fn an_ext4_from_fstab_on_a_loop_device_is_adopted_in_place() {
 fn an_xfs_whose_adoption_fails_midway_is_mounted_back_then_adopted() {
     require_commands(&["mkfs.xfs"]);
     let d = Daemon::start(&[]);
-    let _cleanup = Cleanup { dir: d.dir.path().to_path_buf(), daemon_mount: d.mount.clone() };
+    let _cleanup = MountsUnder::of(&d);
     let image = d.dir.join("xfs.img");
     std::fs::File::create(&image).unwrap().set_len(320 << 20).unwrap();
     run("mkfs.xfs", &["-q", image.to_str().unwrap()]);

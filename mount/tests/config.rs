@@ -12,33 +12,6 @@ use common::*;
 use shadowcopy::protocol::{Answer, Op, VolumeInfo};
 use shadowcopy::testing::system::{mkfs_ext4, require_commands, run, TempDir};
 
-/// On drop (also when a test fails): unmounts everything mounted under `dir`, innermost first,
-/// and detaches the loop devices over the daemon's `live` files, so the daemon can stop.
-struct MountsUnder {
-    dir: PathBuf,
-    daemon_mount: PathBuf,
-}
-
-impl Drop for MountsUnder {
-    fn drop(&mut self) {
-        let mut points: Vec<PathBuf> = shadowcopy::probe::mounts()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|m| m.mount_point)
-            .filter(|p| p.starts_with(&self.dir) && !p.starts_with(&self.daemon_mount))
-            .collect();
-        points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        for p in points {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&p).status();
-        }
-        for l in shadowcopy::probe::loop_devices().unwrap_or_default() {
-            if l.backing_file.starts_with(&self.daemon_mount) {
-                let _ = std::process::Command::new("losetup").args(["-d", &l.device]).status();
-            }
-        }
-    }
-}
-
 /// An ext4 image holding `file` with `content`.
 fn ext4_image(dir: &TempDir, name: &str, file: &str, content: &str) -> PathBuf {
     let root = dir.join(&format!("{name}-root"));
@@ -85,7 +58,7 @@ fn ok(out: std::process::Output, what: &str) -> String {
 fn configured_filesystems_come_up_in_order_and_go_down_in_reverse_and_a_bad_entry_stops_nothing() {
     require_commands(&["mkfs.ext4"]);
     let mut d = Daemon::start(&[]);
-    let _cleanup = MountsUnder { dir: d.dir.path().to_path_buf(), daemon_mount: d.mount.clone() };
+    let _cleanup = MountsUnder::of(&d);
     let outer = ext4_image(&d.dir, "outer", "hello", "outer\n");
     let inner = ext4_image(&d.dir, "inner", "hello", "inner\n");
     d.add_volume("outer", &outer);
@@ -192,7 +165,7 @@ fn configured_filesystems_come_up_in_order_and_go_down_in_reverse_and_a_bad_entr
 fn volume_add_with_a_mount_point_attaches_it_and_detach_takes_it_out_of_the_file() {
     require_commands(&["mkfs.ext4"]);
     let d = Daemon::start(&[]);
-    let _cleanup = MountsUnder { dir: d.dir.path().to_path_buf(), daemon_mount: d.mount.clone() };
+    let _cleanup = MountsUnder::of(&d);
     std::fs::write(&d.config, "# the admin's own words\n[daemon]\nthreads = 4\n").unwrap();
     let image = ext4_image(&d.dir, "data", "hello", "data\n");
     let at = d.dir.join("data");

@@ -424,6 +424,40 @@ impl Drop for Daemon {
     }
 }
 
+/// On drop (also when a test fails): unmounts every filesystem mounted under a daemon's
+/// directory outside its own mount, innermost first, and detaches the loop devices backed by
+/// files there (images, `live` files), so the daemon can stop. Declare it after the daemon.
+pub(crate) struct MountsUnder {
+    dir: PathBuf,
+    daemon_mount: PathBuf,
+}
+
+impl MountsUnder {
+    pub(crate) fn of(d: &Daemon) -> MountsUnder {
+        MountsUnder { dir: d.dir.path().to_path_buf(), daemon_mount: d.mount.clone() }
+    }
+}
+
+impl Drop for MountsUnder {
+    fn drop(&mut self) {
+        let mut points: Vec<PathBuf> = shadowcopy::probe::mounts()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| m.mount_point)
+            .filter(|p| p.starts_with(&self.dir) && !p.starts_with(&self.daemon_mount))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for p in points {
+            let _ = Command::new("umount").arg("-l").arg(&p).status();
+        }
+        for l in shadowcopy::probe::loop_devices().unwrap_or_default() {
+            if l.backing_file.starts_with(&self.dir) {
+                let _ = Command::new("losetup").args(["-d", &l.device]).status();
+            }
+        }
+    }
+}
+
 /// The Debian package `scripts/package` built (`scripts/test` builds it first).
 pub(crate) fn built_package() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debian");
