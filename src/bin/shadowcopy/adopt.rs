@@ -197,9 +197,18 @@ fn make_plan(args: &AdoptArgs, daemon_mount: &Path, client: &mut Client) -> Resu
 
 /// The steps after the unmount.
 fn finish(plan: &Plan, args: &AdoptArgs, client: &mut Client, daemon_mount: &Path) -> Result<()> {
-    if let Source::Image { device, .. } = &plan.source {
+    if let Source::Image { file, device } = &plan.source {
         if probe::loop_devices()?.iter().any(|l| &l.device == device) {
             run(&["losetup", "-d", device])?;
+        }
+        // A device with autoclear (`mount -o loop`), or one `losetup -d` found busy, is detached
+        // by the kernel a moment after its last close: the image is not free before that.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !probe::loop_devices_backed_by(file)?.is_empty() {
+            if std::time::Instant::now() > deadline {
+                bail!("{} is still attached to a loop device 10 s after the unmount", file.display());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
     let spec = AttachSpec {
