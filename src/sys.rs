@@ -86,3 +86,15 @@ pub(crate) fn own_inherited(fd: std::os::fd::RawFd) -> io::Result<std::os::fd::O
     // (the caller's parent named it), and is taken once (TAKEN): nothing else owns it.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
+
+/// Gives the C allocator's free memory back to the kernel (`malloc_trim(0)`): after a large
+/// transient allocation, such as the maps of a diff area's recovery, freed memory would
+/// otherwise stay resident. glibc only; elsewhere nothing happens.
+pub(crate) fn release_free_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim takes no pointers and only walks the allocator's own structures,
+    // under its own locks; it is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -30,11 +30,53 @@ pub(crate) struct Recovered {
     pub seal: Option<[u32; 4]>,
 }
 
+/// Which record names each slot, while the journal is replayed: one flat array over the slots
+/// the store can hold (16 bytes a slot, one allocation, freed whole), sized by the records
+/// replayed so that a damaged store length cannot make it large; slots past it (rare: a store
+/// that shrank, a damaged record) go to a map.
+struct SlotOwners {
+    dense: Vec<(u64, u32)>,
+    sparse: BTreeMap<u32, (u64, u32)>,
+}
+
+/// `dense` entry of a slot no record names.
+const NO_OWNER: (u64, u32) = (u64::MAX, 0);
+
+impl SlotOwners {
+    fn new(dense: usize) -> Self {
+        SlotOwners { dense: vec![NO_OWNER; dense], sparse: BTreeMap::new() }
+    }
+
+    /// Records that `(chunk, upper)` names `slot`; returns the record that named it before.
+    fn insert(&mut self, slot: u32, chunk: u64, upper: u32) -> Option<(u64, u32)> {
+        match self.dense.get_mut(slot as usize) {
+            Some(owner) => Some(std::mem::replace(owner, (chunk, upper))).filter(|o| *o != NO_OWNER),
+            None => self.sparse.insert(slot, (chunk, upper)),
+        }
+    }
+
+    fn remove(&mut self, slot: u32) {
+        match self.dense.get_mut(slot as usize) {
+            Some(owner) => *owner = NO_OWNER,
+            None => {
+                self.sparse.remove(&slot);
+            }
+        }
+    }
+}
+
 /// Replays `items` for a volume of `volume_chunks` chunks and a store of `store_slots` slots.
 pub(crate) fn recover(items: Vec<ReplayItem>, volume_chunks: u64, store_slots: u64) -> Recovered {
     let mut copies: BTreeMap<u32, CopyMeta> = BTreeMap::new();
     let mut index = ChunkIndex::new();
-    let mut slot_owner: BTreeMap<u32, (u64, u32)> = BTreeMap::new();
+    let preserved = items
+        .iter()
+        .map(|i| match i {
+            ReplayItem::Batch(records) => records.iter().filter(|r| matches!(r, Record::Preserved { .. })).count(),
+            ReplayItem::Damage { .. } => 0,
+        })
+        .sum::<usize>();
+    let mut slot_owner = SlotOwners::new(store_slots.min(preserved as u64) as usize);
     let mut max_size = None;
     let mut damage = Vec::new();
     let mut max_epoch = 0u32;
@@ -101,12 +143,12 @@ pub(crate) fn recover(items: Vec<ReplayItem>, volume_chunks: u64, store_slots: u
                 }
                 Record::Preserved { chunk, upper, slot } => {
                     max_epoch = max_epoch.max(upper);
-                    if let Some((old_chunk, old_upper)) = slot_owner.insert(slot, (chunk, upper)) {
+                    if let Some((old_chunk, old_upper)) = slot_owner.insert(slot, chunk, upper) {
                         index.remove(old_chunk, old_upper);
                     }
                     if let Some(old_slot) = index.insert(Entry { chunk, upper, slot }) {
                         if old_slot != slot {
-                            slot_owner.remove(&old_slot);
+                            slot_owner.remove(old_slot);
                         }
                     }
                 }
@@ -138,4 +180,38 @@ pub(crate) fn recover(items: Vec<ReplayItem>, volume_chunks: u64, store_slots: u
     }
     catalog.collect_garbage();
     Recovered { catalog, max_size, damage, seal }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diffarea::format::SnapshotRecord;
+
+    fn created(epoch: u32) -> Record {
+        Record::SnapshotCreated(SnapshotRecord { epoch, id: [epoch as u8; 16], set_id: [0; 16], created_ns: 0, set_size: 1, attributes: 0 })
+    }
+
+    /// A slot named again replaces the record that named it before (after a durable deletion
+    /// the earlier record is garbage anyway; here copy 1 still exists, so only the rule removes
+    /// it), whether the slot is in the flat array (sized by the records replayed) or past it.
+    #[test]
+    fn a_slot_named_again_replaces_its_earlier_record_in_and_past_the_flat_array() {
+        // Four `Preserved` records: the flat array covers slots 0..4; slot 7 is past it.
+        let items = vec![
+            ReplayItem::Batch(vec![
+                created(1),
+                Record::Preserved { chunk: 10, upper: 1, slot: 1 },
+                Record::Preserved { chunk: 11, upper: 1, slot: 7 },
+            ]),
+            ReplayItem::Batch(vec![Record::Preserved { chunk: 20, upper: 1, slot: 1 }, Record::Preserved { chunk: 21, upper: 1, slot: 7 }]),
+        ];
+        let recovered = recover(items, 100, 8);
+        assert!(recovered.damage.is_empty(), "{:?}", recovered.damage);
+        let entries: Vec<Entry> = recovered.catalog.index().iter().collect();
+        assert_eq!(
+            entries,
+            vec![Entry { chunk: 20, upper: 1, slot: 1 }, Entry { chunk: 21, upper: 1, slot: 7 }],
+            "each slot is named once, by its latest record"
+        );
+    }
 }

@@ -475,6 +475,8 @@ impl ShadowVolume {
             vol.inner.commit_compacting()?;
         }
         vol.inner.trim_store();
+        // Recovery's maps are gone; what they took would otherwise stay resident.
+        crate::sys::release_free_heap();
         tracing::info!(diff_area = %vol.inner.diff_area_id, copies = vol.inner.catalog.read().copies().len(), "diff area opened");
         Ok(vol)
     }

@@ -10,8 +10,10 @@
 //!   [`SimDisk::after_process_death`] builds what a restarted process finds instead: every
 //!   completed write (the page cache survived), on the same boot.
 //!   Writes can also be made to fail with an errno (a full disk, a dying device).
+//! - [`ZeroStorage`]: reads zeros, drops writes, keeps a length.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -71,6 +73,46 @@ impl Storage for MemStorage {
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.data.lock().resize(len as usize, 0);
+        Ok(())
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Storage whose bytes are all zeros and whose writes are dropped: only its length is kept.
+/// For building diff areas of millions of records through the engine's own write path without
+/// writing their bytes (`shadowcopy-bench scale`), where the records are the point, not the
+/// content.
+#[derive(Debug, Default)]
+pub struct ZeroStorage {
+    len: AtomicU64,
+}
+
+impl ZeroStorage {
+    /// `len` bytes of zeros.
+    pub fn new(len: u64) -> Self {
+        ZeroStorage { len: AtomicU64::new(len) }
+    }
+}
+
+impl Storage for ZeroStorage {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.len.load(Ordering::Acquire))
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if offset + buf.len() as u64 > self.len.load(Ordering::Acquire) {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.fill(0);
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.len.fetch_max(offset + buf.len() as u64, Ordering::AcqRel);
+        Ok(())
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.len.store(len, Ordering::Release);
         Ok(())
     }
     fn sync_data(&self) -> io::Result<()> {

@@ -19,6 +19,8 @@ use shadowcopy::diffarea::index::{ChunkIndex, Entry};
 use shadowcopy::size::{format_size, parse_size};
 use shadowcopy::{create_set, CreateOptions, DiffAreaOptions, EngineOptions, MaxSize, ShadowVolume};
 
+mod scale;
+
 /// Counts live heap bytes, for the index's memory figure.
 #[global_allocator]
 static ALLOC: shadowcopy::testing::alloc::CountingAlloc = shadowcopy::testing::alloc::CountingAlloc::new();
@@ -53,6 +55,30 @@ enum What {
         #[arg(long)]
         json: bool,
     },
+    /// Opening a diff area as it grows: open time, resident memory, reads of an old copy, at
+    /// several numbers of preserved chunks (4 KiB chunks).
+    Scale {
+        /// Directory for the diff areas (one at a time; removed at the end).
+        #[arg(long, default_value = "target/bench-scale")]
+        dir: PathBuf,
+        /// Numbers of preserved chunks, smallest first (K, M suffixes: 1M = 1,048,576).
+        #[arg(long, value_delimiter = ',', default_value = "1M,4M,16M,64M", value_parser = parse_count)]
+        chunks: Vec<u64>,
+        /// Random 4 KiB reads of the copy after each open.
+        #[arg(long, default_value_t = 1_000_000)]
+        reads: usize,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The child of `scale`: opens one diff area and prints its figures as JSON.
+    #[command(hide = true)]
+    ScaleOpen {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        reads: usize,
+    },
     /// Writes the hostile images of the daemon's isolation figure (`scripts/bench mount`) into
     /// a directory, one `NAME.img` each, built as the attacks on the readers built them.
     HostileImages {
@@ -74,11 +100,23 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.what {
         What::Engine { dir, size, random_writes, copies, repeat, json } => engine(&dir, size, random_writes, copies, repeat, json),
+        What::Scale { dir, chunks, reads, json } => scale::scale(&dir, &chunks, reads, json),
+        What::ScaleOpen { dir, reads } => scale::open_child(&dir, reads),
         What::HostileImages { dir } => hostile_images(&dir),
     }
 }
 
 const MIB: usize = 1 << 20;
+
+/// A count with an optional K or M suffix (powers of two).
+fn parse_count(s: &str) -> Result<u64, String> {
+    let (digits, mult) = match s.trim().to_ascii_uppercase() {
+        t if t.ends_with('K') => (t.trim_end_matches('K').to_string(), 1u64 << 10),
+        t if t.ends_with('M') => (t.trim_end_matches('M').to_string(), 1u64 << 20),
+        t => (t, 1),
+    };
+    digits.parse::<u64>().map(|n| n * mult).map_err(|e| format!("{s}: {e}"))
+}
 
 /// The hostile images beside which `scripts/bench mount` measures a healthy volume.
 fn hostile_images(dir: &Path) -> Result<()> {
