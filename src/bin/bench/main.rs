@@ -61,8 +61,8 @@ enum What {
         /// Directory for the diff areas (one at a time; removed at the end).
         #[arg(long, default_value = "target/bench-scale")]
         dir: PathBuf,
-        /// Numbers of preserved chunks, smallest first (K, M suffixes: 1M = 1,048,576).
-        #[arg(long, value_delimiter = ',', default_value = "1M,4M,16M,64M", value_parser = parse_count)]
+        /// Numbers of preserved chunks, smallest first (binary K, M suffixes as for sizes: 1M = 1,048,576).
+        #[arg(long, value_delimiter = ',', default_value = "1M,4M,16M,64M", value_parser = parse_size)]
         chunks: Vec<u64>,
         /// Random 4 KiB reads of the copy after each open.
         #[arg(long, default_value_t = 1_000_000)]
@@ -107,16 +107,6 @@ fn main() -> Result<()> {
 }
 
 const MIB: usize = 1 << 20;
-
-/// A count with an optional K or M suffix (powers of two).
-fn parse_count(s: &str) -> Result<u64, String> {
-    let (digits, mult) = match s.trim().to_ascii_uppercase() {
-        t if t.ends_with('K') => (t.trim_end_matches('K').to_string(), 1u64 << 10),
-        t if t.ends_with('M') => (t.trim_end_matches('M').to_string(), 1u64 << 20),
-        t => (t, 1),
-    };
-    digits.parse::<u64>().map(|n| n * mult).map_err(|e| format!("{s}: {e}"))
-}
 
 /// The hostile images beside which `scripts/bench mount` measures a healthy volume.
 fn hostile_images(dir: &Path) -> Result<()> {

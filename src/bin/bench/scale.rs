@@ -131,6 +131,9 @@ fn get(v: &serde_json::Value, key: &str) -> f64 {
 
 /// Builds and opens a diff area for every count in `counts`, printing a table (or JSON lines).
 pub(crate) fn scale(dir: &Path, counts: &[u64], reads: usize, json: bool) -> Result<()> {
+    if counts.contains(&0) {
+        bail!("--chunks: every count must be at least 1");
+    }
     let exe = std::env::current_exe()?;
     let mut rows = Vec::new();
     for &n in counts {
