@@ -12,12 +12,15 @@ use uuid::Uuid;
 pub enum DiffAreaPart {
     /// The header of a journal file (both copies were checked).
     JournalHeader,
+    /// The checkpointed index file (`index.0`/`index.1`).
+    Index,
 }
 
 impl std::fmt::Display for DiffAreaPart {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             DiffAreaPart::JournalHeader => "journal header",
+            DiffAreaPart::Index => "checkpointed index",
         })
     }
 }

@@ -19,7 +19,7 @@ fn mem_volume(initial: Vec<u8>) -> ShadowVolume {
     let m = || Arc::new(MemStorage::default());
     ShadowVolume::create(
         Arc::new(MemStorage::from_vec(initial)),
-        DiffAreaFiles::new(m(), [m(), m()]),
+        DiffAreaFiles::new(m(), [m(), m()], [m(), m()]),
         DiffAreaOptions { chunk_size: CHUNK as u32, max_size: MaxSize::Unbounded },
         EngineOptions::default(),
     )

@@ -83,16 +83,16 @@ fn an_image_in_use_is_refused_even_with_another_diff_area() {
 fn a_newer_format_is_refused_with_a_clear_error() {
     let (_dir, img, da, vol) = fresh();
     vol.close().unwrap();
-    // Rewrite the header as a future version would (version 2, valid checksum).
+    // Rewrite the header as a future version would (version 3, valid checksum).
     let j = OpenOptions::new().read(true).write(true).open(da.join("journal.0")).unwrap();
     let mut h = vec![0u8; 4096];
     j.read_exact_at(&mut h, 0).unwrap();
-    h[8..12].copy_from_slice(&2u32.to_le_bytes());
+    h[8..12].copy_from_slice(&3u32.to_le_bytes());
     let crc = crc32c::crc32c(&h[..64]);
     h[64..68].copy_from_slice(&crc.to_le_bytes());
     j.write_all_at(&h, 0).unwrap();
     let err = ShadowVolume::open_at(&img, &da, EngineOptions::default()).unwrap_err();
-    assert!(matches!(err, Error::DiffArea(DiffAreaError::NewerFormat { found: 2, supported: 1 })), "{err:?}");
+    assert!(matches!(err, Error::DiffArea(DiffAreaError::NewerFormat { found: 3, supported: 2 })), "{err:?}");
     assert!(err.to_string().contains("upgrade shadowcopy"), "{err}");
 }
 

@@ -2,12 +2,15 @@
 //! the rules that tie them together — which copy a write must preserve for, which records
 //! are garbage once copies go, which records must be journaled.
 //!
-//! Pure bookkeeping: no I/O, no locking (the engine holds it under one lock).
+//! Pure bookkeeping, no locking (the engine holds it under one lock); its only I/O is the
+//! index's reads of checkpoint pages, whose failures it returns.
 
 use std::collections::{BTreeMap, HashMap};
 
 use super::format::{Record, SnapshotRecord};
-use super::index::{ChunkIndex, Entry};
+use super::index::Entry;
+use super::layered::{Fate, LayeredIndex};
+use crate::DiffAreaError;
 
 /// A shadow copy as the diff area knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,20 +36,16 @@ impl CopyMeta {
 }
 
 /// Copies and preserved chunks.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Catalog {
     copies: BTreeMap<u32, CopyMeta>,
     by_id: HashMap<[u8; 16], u32>,
-    index: ChunkIndex,
+    index: LayeredIndex,
     next_epoch: u32,
 }
 
 impl Catalog {
-    pub(crate) fn new(next_epoch: u32) -> Self {
-        Self::from_parts(BTreeMap::new(), ChunkIndex::new(), next_epoch)
-    }
-
-    pub(crate) fn from_parts(copies: BTreeMap<u32, CopyMeta>, index: ChunkIndex, next_epoch: u32) -> Self {
+    pub(crate) fn from_parts(copies: BTreeMap<u32, CopyMeta>, index: LayeredIndex, next_epoch: u32) -> Self {
         let by_id = copies.iter().map(|(e, m)| (m.record.id, *e)).collect();
         Catalog { copies, by_id, index, next_epoch: next_epoch.max(1) }
     }
@@ -68,8 +67,17 @@ impl Catalog {
         self.copies.get_mut(&epoch)
     }
 
-    pub(crate) fn index(&self) -> &ChunkIndex {
+    pub(crate) fn index(&self) -> &LayeredIndex {
         &self.index
+    }
+
+    pub(crate) fn index_mut(&mut self) -> &mut LayeredIndex {
+        &mut self.index
+    }
+
+    /// A snapshot of the copies, for a merge that decides without the lock.
+    pub(crate) fn copies_snapshot(&self) -> BTreeMap<u32, CopyMeta> {
+        self.copies.clone()
     }
 
     /// The epoch the next copy gets.
@@ -98,34 +106,34 @@ impl Catalog {
     }
 
     /// The epoch a write to `chunk` must preserve the current content for, if any.
-    pub(crate) fn needs_preserve(&self, chunk: u64) -> Option<u32> {
-        let newest = self.newest_protected()?;
-        match self.index.last_of(chunk) {
+    pub(crate) fn needs_preserve(&self, chunk: u64) -> Result<Option<u32>, DiffAreaError> {
+        let Some(newest) = self.newest_protected() else { return Ok(None) };
+        Ok(match self.index.last_of(chunk)? {
             Some(e) if e.upper >= newest => None,
             _ => Some(newest),
-        }
+        })
     }
 
     /// The slot holding `chunk` as copy `epoch` saw it, or `None` when the volume still has it.
-    pub(crate) fn lookup(&self, chunk: u64, epoch: u32) -> Option<u32> {
-        self.index.covering(chunk, epoch).map(|e| e.slot)
+    pub(crate) fn lookup(&self, chunk: u64, epoch: u32) -> Result<Option<u32>, DiffAreaError> {
+        Ok(self.index.covering(chunk, epoch)?.map(|e| e.slot))
     }
 
     fn any_in(&self, lower: u32, upper: u32, pred: impl Fn(&CopyMeta) -> bool) -> bool {
-        lower < upper && self.copies.range(lower + 1..=upper).any(|(_, m)| pred(m))
+        any_in(&self.copies, lower, upper, pred)
     }
 
     /// Records the preservation of `chunk` for copies up to `upper` in `slot`. Returns whether
     /// the record must be journaled (it serves a persistent copy), or `Err(slot)` when no copy
     /// needs it any more (the copy went while the chunk was being copied).
-    pub(crate) fn insert_preserved(&mut self, chunk: u64, upper: u32, slot: u32) -> Result<bool, u32> {
-        let lower = self.index.last_of(chunk).map_or(0, |e| e.upper);
+    pub(crate) fn insert_preserved(&mut self, chunk: u64, upper: u32, slot: u32) -> Result<Result<bool, u32>, DiffAreaError> {
+        let lower = self.index.last_of(chunk)?.map_or(0, |e| e.upper);
         if !self.any_in(lower, upper, CopyMeta::protected) {
-            return Err(slot);
+            return Ok(Err(slot));
         }
         let persistent = self.any_in(lower, upper, |m| m.persistent && m.protected());
-        self.index.insert(Entry { chunk, upper, slot });
-        Ok(persistent)
+        self.index.insert(Entry { chunk, upper, slot })?;
+        Ok(Ok(persistent))
     }
 
     /// Removes a copy. Its records become garbage; [`Catalog::collect_garbage_step`] drops them.
@@ -145,26 +153,34 @@ impl Catalog {
         }
     }
 
-    /// Drops every record whose epoch range holds no protected copy; returns them.
-    pub(crate) fn collect_garbage(&mut self) -> Vec<Entry> {
-        let copies = &self.copies;
-        self.index.retain(|lower, e| lower < e.upper && copies.range(lower + 1..=e.upper).any(|(_, m)| m.protected()))
+    /// Drops every record whose epoch range holds no protected copy; returns them. Reads the
+    /// whole index.
+    pub(crate) fn collect_garbage(&mut self) -> Result<Vec<Entry>, DiffAreaError> {
+        let mut removed = Vec::new();
+        let mut from = Some((0u64, 0u32));
+        while let Some(start) = from {
+            let (garbage, next) = self.collect_garbage_step(start, 4096)?;
+            removed.extend(garbage);
+            from = next;
+        }
+        Ok(removed)
+    }
+
+    /// Forgets every record (all copies failed); the slots are the caller's to reset.
+    pub(crate) fn clear_index(&mut self, empty: LayeredIndex) {
+        self.index = empty;
     }
 
     /// One bounded step of garbage collection: looks at up to `budget` records from key
     /// `start`, drops the garbage among them and returns it with the key to resume from.
     /// A record that is garbage stays garbage (new copies only get newer epochs), so the
     /// steps may be interleaved with any other use of the catalog.
-    pub(crate) fn collect_garbage_step(&mut self, start: (u64, u32), budget: usize) -> (Vec<Entry>, Option<(u64, u32)>) {
-        let mut lower = self.index.lower_bound(start.0, start.1);
+    pub(crate) fn collect_garbage_step(&mut self, start: (u64, u32), budget: usize) -> Result<(Vec<Entry>, Option<(u64, u32)>), DiffAreaError> {
+        let mut lower = self.index.lower_bound(start.0, start.1)?;
         let mut prev_chunk = start.0;
+        let (records, next) = self.index.scan(start, budget)?;
         let mut garbage = Vec::new();
-        let mut next = None;
-        for (n, e) in self.index.iter_from(start.0, start.1).enumerate() {
-            if n == budget {
-                next = Some((e.chunk, e.upper));
-                break;
-            }
+        for e in records {
             let lo = if e.chunk == prev_chunk { lower } else { 0 };
             if !self.any_in(lo, e.upper, CopyMeta::protected) {
                 garbage.push(e);
@@ -173,14 +189,16 @@ impl Catalog {
             lower = e.upper;
         }
         for g in &garbage {
-            self.index.remove(g.chunk, g.upper);
+            self.index.remove(g.chunk, g.upper)?;
         }
-        (garbage, next)
+        Ok((garbage, next))
     }
 
-    /// The first payload of a compaction: the configuration and the persistent copies.
-    pub(crate) fn durable_copies(&self, max_size: u64) -> Vec<u8> {
+    /// The first payload of a compaction: the configuration, the checkpoint the journal's
+    /// records continue, and the persistent copies.
+    pub(crate) fn durable_copies(&self, max_size: u64, checkpoint: Option<Record>) -> Vec<u8> {
         let mut out = Vec::new();
+        checkpoint.iter().for_each(|c| c.encode_into(&mut out));
         Record::Config { max_size }.encode_into(&mut out);
         for (_, m) in self.copies.iter().filter(|(_, m)| m.persistent && m.journaled) {
             Record::SnapshotCreated(m.record).encode_into(&mut out);
@@ -196,24 +214,21 @@ impl Catalog {
         }
         out
     }
+}
 
-    /// One bounded step of a compaction: the records from key `start` (up to `budget` of them)
-    /// that serve a persistent copy, encoded, and the key to resume from.
-    pub(crate) fn durable_records_step(&self, start: (u64, u32), budget: usize) -> (Vec<u8>, Option<(u64, u32)>) {
-        let mut out = Vec::new();
-        let mut lower = self.index.lower_bound(start.0, start.1);
-        let mut prev_chunk = start.0;
-        for (n, e) in self.index.iter_from(start.0, start.1).enumerate() {
-            if n == budget {
-                return (out, Some((e.chunk, e.upper)));
-            }
-            let lo = if e.chunk == prev_chunk { lower } else { 0 };
-            if self.any_in(lo, e.upper, |m| m.persistent && m.protected()) {
-                Record::Preserved { chunk: e.chunk, upper: e.upper, slot: e.slot }.encode_into(&mut out);
-            }
-            prev_chunk = e.chunk;
-            lower = e.upper;
-        }
-        (out, None)
+fn any_in(copies: &BTreeMap<u32, CopyMeta>, lower: u32, upper: u32, pred: impl Fn(&CopyMeta) -> bool) -> bool {
+    lower < upper && copies.range(lower + 1..=upper).any(|(_, m)| pred(m))
+}
+
+/// What a merge does with a record serving copies `(lower, upper]`, by the copies as they were
+/// when the merge began (a record that is garbage then stays garbage): into the checkpoint if
+/// it serves a persistent copy, kept in memory if only volatile ones, else dropped.
+pub(crate) fn merge_fate(copies: &BTreeMap<u32, CopyMeta>, lower: u32, e: &Entry) -> Fate {
+    if any_in(copies, lower, e.upper, |m| m.persistent && m.protected()) {
+        Fate::Keep
+    } else if any_in(copies, lower, e.upper, CopyMeta::protected) {
+        Fate::Carry
+    } else {
+        Fate::Drop
     }
 }

@@ -1,11 +1,12 @@
 //! The diff area's on-disk format: encoding and decoding only, no I/O.
 //!
-//! A diff area is a directory with six files:
+//! A diff area is a directory with eight files:
 //!
 //! | file | content |
 //! |---|---|
 //! | `store` | preserved chunks; slot *n* is the bytes `[n*chunk_size, (n+1)*chunk_size)` |
 //! | `journal.0`, `journal.1` | two journal files; the one with the higher valid generation is active |
+//! | `index.0`, `index.1` | two checkpointed index files; the journal's `IndexCheckpoint` names the live one |
 //! | `redo.0`, `redo.1` | the redo log of answered live writes still held back (format in [`super::redo`]) |
 //! | `lock` | held with `flock` by the process that has the diff area open |
 //!
@@ -47,6 +48,7 @@
 //! | 7 | `Sealed` | `crc [u32; 4]`: the daemon stopped cleanly and the volume's fingerprint (see `fingerprint.rs`) was this; any later record unseals |
 //! | 8 | `SnapshotStale` | `epoch u32, len u16, reason [len]`: the volume was written while nobody served it, after this copy was taken: blocks changed then were not preserved, so the copy may show them |
 //! | 9 | `Unsealed` | (empty): the volume is served again |
+//! | 10 | `IndexCheckpoint` | `file u8, generation u64`: the records so far are in `index.<file>` (format in [`super::base`]), whose header carries `generation`; the journal holds the records since. Only first in a journal (format version 2) |
 //!
 //! A reader that finds a `version` above [`FORMAT_VERSION`] refuses the diff area; an unknown tag
 //! inside a batch whose checksum is good is corruption.
@@ -55,8 +57,9 @@ use thiserror::Error;
 
 use crate::bytes::{le, Reader};
 
-/// The format version this build writes and the newest it reads.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The format version this build writes and the newest it reads (2: the journal may start with
+/// an `IndexCheckpoint`; version 1 journals hold every record and are read as they are).
+pub(crate) const FORMAT_VERSION: u32 = 2;
 /// Bytes reserved for the journal header.
 pub(crate) const HEADER_LEN: u64 = 4096;
 /// Batches start on multiples of this.
@@ -169,6 +172,7 @@ pub(crate) enum Record {
     Sealed { fingerprint: [u32; 4] },
     SnapshotStale { epoch: u32, reason: String },
     Unsealed,
+    IndexCheckpoint { file: u8, generation: u64 },
 }
 
 /// What the journal keeps of a shadow copy.
@@ -191,6 +195,7 @@ const TAG_SET_COMPLETE: u8 = 6;
 const TAG_SEALED: u8 = 7;
 const TAG_STALE: u8 = 8;
 const TAG_UNSEALED: u8 = 9;
+const TAG_CHECKPOINT: u8 = 10;
 
 impl Record {
     /// Appends the encoding of this record to `out`.
@@ -234,6 +239,11 @@ impl Record {
                 }
             }
             Record::Unsealed => out.push(TAG_UNSEALED),
+            Record::IndexCheckpoint { file, generation } => {
+                out.push(TAG_CHECKPOINT);
+                out.push(*file);
+                out.extend_from_slice(&generation.to_le_bytes());
+            }
             Record::SetComplete { epoch } => {
                 out.push(TAG_SET_COMPLETE);
                 out.extend_from_slice(&epoch.to_le_bytes());
@@ -284,6 +294,13 @@ impl Record {
                     Record::SnapshotStale { epoch, reason: String::from_utf8_lossy(bytes).into_owned() }
                 }
                 TAG_UNSEALED => Record::Unsealed,
+                TAG_CHECKPOINT => {
+                    let file = r.u8().ok_or_else(bad)?;
+                    if file > 1 {
+                        return Err(bad());
+                    }
+                    Record::IndexCheckpoint { file, generation: r.u64().ok_or_else(bad)? }
+                }
                 _ => return Err(bad()),
             };
             records.push(record);
@@ -379,6 +396,7 @@ mod tests {
             Record::SnapshotDeleted { epoch: 9 },
             Record::SnapshotFailed { epoch: 4, reason: "journal batch 3 damaged".into() },
             Record::Unsealed,
+            Record::IndexCheckpoint { file: 1, generation: 12 },
             Record::SetComplete { epoch: 9 },
             Record::SnapshotStale { epoch: 9, reason: "written while nobody served it".into() },
             // Last: cutting one byte off must break a record, not end the payload cleanly.

@@ -21,7 +21,8 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn key(&self) -> (u64, u32) {
+    /// The sort key: `(chunk, upper)`.
+    pub fn key(&self) -> (u64, u32) {
         (self.chunk, self.upper)
     }
 }
@@ -141,6 +142,27 @@ impl ChunkIndex {
             Some((p, i)) if self.pages[p][i].chunk == chunk && self.pages[p][i].upper < upper => self.pages[p][i].upper,
             _ => 0,
         }
+    }
+
+    /// The first record with key `>= key`.
+    pub fn first_at_or_after(&self, key: (u64, u32)) -> Option<Entry> {
+        self.iter_from(key.0, key.1).next()
+    }
+
+    /// The record with exactly this key.
+    pub fn get(&self, key: (u64, u32)) -> Option<Entry> {
+        self.first_at_or_after(key).filter(|e| e.key() == key)
+    }
+
+    /// The last record with key `< key` (or `<= key` when `inclusive`).
+    pub fn last_before(&self, key: (u64, u32), inclusive: bool) -> Option<Entry> {
+        if self.pages.is_empty() {
+            return None;
+        }
+        let before = |e: &Entry| if inclusive { e.key() <= key } else { e.key() < key };
+        let p = self.pages.partition_point(|pg| pg.first().is_some_and(|e| before(e)));
+        let page = &self.pages[p.checked_sub(1)?];
+        page.iter().rev().find(|e| before(e)).copied()
     }
 
     /// Position of the last entry with key `< key`, or `== key` when `key.1 == u32::MAX`.

@@ -157,7 +157,7 @@ impl Journal {
     pub(crate) fn compact(&mut self, payloads: &[Vec<u8>]) -> Result<(), DiffAreaError> {
         self.check_failed()?;
         let other = 1 - self.active;
-        let header = Header { generation: self.header.generation + 1, ..self.header };
+        let header = Header { generation: self.header.generation + 1, version: format::FORMAT_VERSION, ..self.header };
         let file = Arc::clone(&self.files[other]);
         let result = (|| -> io::Result<u64> {
             file.set_len(HEADER_LEN)?;

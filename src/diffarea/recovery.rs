@@ -1,8 +1,11 @@
-//! Rebuilds the [`Catalog`] from the journal's replay.
+//! Rebuilds the [`Catalog`] from the checkpointed index and the journal's replay (the tail
+//! since the checkpoint): work proportional to the tail, except after damage or a deletion
+//! the checkpoint does not reflect yet, when garbage is collected over the whole index.
 //!
 //! Rules (see `docs/design.md`, "Recovery"):
 //! - A `Preserved` record naming a slot that an earlier record named replaces that earlier
-//!   record: the slot was freed (by a durable deletion) before it was reused.
+//!   record: the slot was freed (by a durable deletion) before it was reused. An earlier record
+//!   in the checkpoint is hidden (the checkpoint's free-slot bitmap says which slots it names).
 //! - Damage in the middle of the journal loses records of unknown content: every copy that
 //!   existed at that point is marked failed; copies created later stay good.
 //! - A record that names a slot beyond the store or a chunk beyond the volume, and still serves
@@ -10,12 +13,15 @@
 //!   slot past the end: the store is trimmed on open.)
 //! - Volatile copies are never journaled, so they are simply absent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
+use super::base::{BaseIndex, FreeBitmap};
 use super::catalog::{Catalog, CopyMeta};
 use super::format::Record;
-use super::index::{ChunkIndex, Entry};
+use super::index::Entry;
 use super::journal::ReplayItem;
+use super::layered::LayeredIndex;
+use crate::DiffAreaError;
 
 /// What recovery produced.
 #[derive(Debug)]
@@ -28,6 +34,48 @@ pub(crate) struct Recovered {
     /// The volume's fingerprint when the daemon last stopped cleanly, if nothing was journaled
     /// since (see `Sealed`).
     pub seal: Option<[u32; 4]>,
+    /// Free slots below `high_water` (bit set: free).
+    pub free: FreeBitmap,
+    /// 1 + the highest slot a record names.
+    pub high_water: u32,
+    /// Records replayed from the journal.
+    pub replayed: usize,
+    /// Whether garbage was collected over the whole index (the checkpoint no longer matches
+    /// the copies): the engine then writes a new one.
+    pub collected_all: bool,
+}
+
+/// A free-slot bitmap with its high water.
+struct Slots {
+    free: FreeBitmap,
+    high_water: u32,
+}
+
+impl Slots {
+    fn is_free(&self, s: u32) -> bool {
+        s >= self.high_water || self.free[s as usize / 64] >> (s % 64) & 1 == 1
+    }
+
+    fn set(&mut self, s: u32, free: bool) {
+        if s >= self.high_water {
+            if !free {
+                // Slots between the old high water and `s` are free.
+                let words = (s as usize + 1).div_ceil(64);
+                self.free.resize(words, 0);
+                for t in self.high_water..s {
+                    self.free[t as usize / 64] |= 1 << (t % 64);
+                }
+                self.high_water = s + 1;
+                self.free[s as usize / 64] &= !(1 << (s % 64));
+            }
+            return;
+        }
+        if free {
+            self.free[s as usize / 64] |= 1 << (s % 64);
+        } else {
+            self.free[s as usize / 64] &= !(1 << (s % 64));
+        }
+    }
 }
 
 /// Which record names each slot, while the journal is replayed: one flat array over the slots
@@ -65,10 +113,31 @@ impl SlotOwners {
     }
 }
 
-/// Replays `items` for a volume of `volume_chunks` chunks and a store of `store_slots` slots.
-pub(crate) fn recover(items: Vec<ReplayItem>, volume_chunks: u64, store_slots: u64) -> Recovered {
+/// The checkpoint a journal continues, if it names one (always its first record).
+pub(crate) fn checkpoint_of(items: &[ReplayItem]) -> Option<(u8, u64)> {
+    match items.first() {
+        Some(ReplayItem::Batch(records)) => match records.first() {
+            Some(Record::IndexCheckpoint { file, generation }) => Some((*file, *generation)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Replays `items` over the checkpoint `base` (with its free-slot bitmap `free`) for a volume
+/// of `volume_chunks` chunks and a store of `store_slots` slots.
+pub(crate) fn recover(
+    items: Vec<ReplayItem>,
+    base: BaseIndex,
+    free: FreeBitmap,
+    volume_chunks: u64,
+    store_slots: u64,
+) -> Result<Recovered, DiffAreaError> {
     let mut copies: BTreeMap<u32, CopyMeta> = BTreeMap::new();
-    let mut index = ChunkIndex::new();
+    let base_next_epoch = base.next_epoch();
+    let mut slots = Slots { free, high_water: base.high_water() };
+    let base_high_water = base.high_water();
+    let mut index = LayeredIndex::over(base);
     let preserved = items
         .iter()
         .map(|i| match i {
@@ -77,10 +146,12 @@ pub(crate) fn recover(items: Vec<ReplayItem>, volume_chunks: u64, store_slots: u
         })
         .sum::<usize>();
     let mut slot_owner = SlotOwners::new(store_slots.min(preserved as u64) as usize);
+    let mut hidden: HashSet<u32> = HashSet::new();
     let mut max_size = None;
     let mut damage = Vec::new();
     let mut max_epoch = 0u32;
     let mut seal = None;
+    let mut copies_went = false;
 
     let fail_all = |copies: &mut BTreeMap<u32, CopyMeta>, why: &str| {
         for m in copies.values_mut() {
@@ -123,14 +194,15 @@ pub(crate) fn recover(items: Vec<ReplayItem>, volume_chunks: u64, store_slots: u
                     );
                 }
                 Record::SnapshotDeleted { epoch } => {
-                    copies.remove(&epoch);
+                    copies_went |= copies.remove(&epoch).is_some();
                 }
                 Record::SnapshotFailed { epoch, reason } => {
                     if let Some(m) = copies.get_mut(&epoch) {
                         m.failed = Some(reason);
+                        copies_went = true;
                     }
                 }
-                Record::Sealed { .. } | Record::Unsealed => {}
+                Record::Sealed { .. } | Record::Unsealed | Record::IndexCheckpoint { .. } => {}
                 Record::SnapshotStale { epoch, reason } => {
                     if let Some(m) = copies.get_mut(&epoch) {
                         m.stale = Some(reason);
@@ -144,9 +216,12 @@ pub(crate) fn recover(items: Vec<ReplayItem>, volume_chunks: u64, store_slots: u
                 Record::Preserved { chunk, upper, slot } => {
                     max_epoch = max_epoch.max(upper);
                     if let Some((old_chunk, old_upper)) = slot_owner.insert(slot, chunk, upper) {
-                        index.remove(old_chunk, old_upper);
+                        index.remove(old_chunk, old_upper)?;
+                    } else if slot < base_high_water && !slots.is_free(slot) {
+                        // The checkpoint's record of this slot is garbage whose slot was reused.
+                        hidden.insert(slot);
                     }
-                    if let Some(old_slot) = index.insert(Entry { chunk, upper, slot }) {
+                    if let Some(old_slot) = index.insert_replayed(Entry { chunk, upper, slot }) {
                         if old_slot != slot {
                             slot_owner.remove(old_slot);
                         }
@@ -155,37 +230,78 @@ pub(crate) fn recover(items: Vec<ReplayItem>, volume_chunks: u64, store_slots: u
             }
         }
     }
-    let next_epoch = max_epoch.saturating_add(1);
+    if !hidden.is_empty() {
+        // `hidden` holds slots the checkpoint names: one record each.
+        let n = hidden.len() as u64;
+        index.hide_slots(hidden, n);
+    }
+    let next_epoch = max_epoch.saturating_add(1).max(base_next_epoch);
     let mut catalog = Catalog::from_parts(copies, index, next_epoch);
-    catalog.collect_garbage();
-    // Records that still serve a copy but point outside the volume or the store: those copies
-    // cannot be read whole. (Garbage records may point past a store that was trimmed since.)
-    let out_of_bounds: Vec<(Entry, u32)> = catalog
-        .index()
-        .iter()
-        .filter(|e| e.chunk >= volume_chunks || u64::from(e.slot) >= store_slots)
-        .map(|e| (e, catalog.index().lower_bound(e.chunk, e.upper)))
-        .collect();
-    for (e, lower) in out_of_bounds {
+    let mut collected_all = false;
+    let mut garbage = Vec::new();
+    // Records the tail added, and checks that do not need the whole index.
+    let mut tail = Vec::new();
+    catalog.index().for_each_in_memory(|e| tail.push(e));
+    // The checkpoint's records were checked against the store when written; a store that
+    // shrank since (damage) sends every record through the bounds check.
+    let whole = !damage.is_empty() || copies_went || u64::from(base_high_water) > store_slots;
+    if whole {
+        garbage.extend(catalog.collect_garbage()?);
+        collected_all = true;
+    }
+    let out_of_bounds = |e: &Entry| e.chunk >= volume_chunks || u64::from(e.slot) >= store_slots;
+    let mut suspects: Vec<Entry> = tail.into_iter().filter(out_of_bounds).collect();
+    if u64::from(base_high_water) > store_slots {
+        suspects.clear();
+        catalog.index().for_each(|e| {
+            if out_of_bounds(&e) {
+                suspects.push(e)
+            }
+        })?;
+    }
+    let mut failed_any = false;
+    for e in suspects {
+        // Still there and still serving a copy after garbage collection?
+        if catalog.index().covering(e.chunk, e.upper)?.is_none_or(|c| c != e) {
+            continue;
+        }
+        let lower = catalog.index().lower_bound(e.chunk, e.upper)?;
         let why = format!(
             "diff-area record for chunk {} names {}; this copy's data is incomplete",
             e.chunk,
             if e.chunk >= volume_chunks { "a chunk beyond the volume" } else { "a slot beyond the store file" }
         );
-        damage.push(why.clone());
         let epochs: Vec<u32> = catalog.copies().range(lower + 1..=e.upper).map(|(k, _)| *k).collect();
+        if epochs.is_empty() {
+            continue;
+        }
+        damage.push(why.clone());
         for k in epochs {
             catalog.fail_copy(k, why.clone());
         }
+        failed_any = true;
     }
-    catalog.collect_garbage();
-    Recovered { catalog, max_size, damage, seal }
+    if failed_any {
+        garbage.extend(catalog.collect_garbage()?);
+        collected_all = true;
+    }
+    for g in &garbage {
+        slots.set(g.slot, true);
+    }
+    let mut replayed = 0;
+    catalog.index().for_each_in_memory(|e| {
+        slots.set(e.slot, false);
+        replayed += 1;
+    });
+    Ok(Recovered { catalog, max_size, damage, seal, free: slots.free, high_water: slots.high_water, replayed, collected_all })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diffarea::base::PageCache;
     use crate::diffarea::format::SnapshotRecord;
+    use std::sync::Arc;
 
     fn created(epoch: u32) -> Record {
         Record::SnapshotCreated(SnapshotRecord { epoch, id: [epoch as u8; 16], set_id: [0; 16], created_ns: 0, set_size: 1, attributes: 0 })
@@ -205,9 +321,10 @@ mod tests {
             ]),
             ReplayItem::Batch(vec![Record::Preserved { chunk: 20, upper: 1, slot: 1 }, Record::Preserved { chunk: 21, upper: 1, slot: 7 }]),
         ];
-        let recovered = recover(items, 100, 8);
+        let recovered = recover(items, BaseIndex::empty(Arc::new(PageCache::new(0))), Vec::new(), 100, 8).unwrap();
         assert!(recovered.damage.is_empty(), "{:?}", recovered.damage);
-        let entries: Vec<Entry> = recovered.catalog.index().iter().collect();
+        let mut entries: Vec<Entry> = Vec::new();
+        recovered.catalog.index().for_each(|e| entries.push(e)).unwrap();
         assert_eq!(
             entries,
             vec![Entry { chunk: 20, upper: 1, slot: 1 }, Entry { chunk: 21, upper: 1, slot: 7 }],

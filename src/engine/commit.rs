@@ -3,20 +3,30 @@
 //! One commit at a time (the journal lock). A commit takes the records buffered so far, syncs the
 //! store (so the slots those records name are durable), appends the records as one journal batch
 //! and syncs it, then writes the chunks held for this commit to the volume and frees the slots
-//! released before it. When the journal has grown past its budget the commit writes the whole
-//! live state into the other journal file instead (compaction).
+//! released before it.
+//!
+//! When the journal's tail has grown past its budget, the commit is a merge instead: the
+//! records added since the last checkpoint are frozen, merged with the checkpoint into the
+//! other index file (read and written without the catalog's lock, so writers and readers carry
+//! on), and the journal is compacted to the new checkpoint, the copies and the records added
+//! during the merge. The switch is the journal's header write; a crash before it leaves the old
+//! checkpoint and journal whole (see `docs/design.md`, "The checkpointed index").
 
 use std::mem;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::Inner;
+use crate::diffarea::base::{BaseIndex, BaseWriter};
+use crate::diffarea::catalog;
 use crate::diffarea::format::Record;
+use crate::diffarea::journal::Journal;
+use crate::diffarea::layered;
 use crate::error::{DiffAreaError, Error};
 
-enum Work {
-    Append(Vec<u8>),
-    Compact(Vec<Vec<u8>>),
-}
+/// A merge asked for by a deletion waits at least this long after the previous one.
+const MERGE_SPACING: Duration = Duration::from_secs(5);
 
 impl Inner {
     /// Runs one commit; returns its number. A diff-area failure stops the diff area (copies
@@ -26,7 +36,7 @@ impl Inner {
         self.commit_inner(false)
     }
 
-    /// A commit that compacts the journal whatever its size.
+    /// A commit that merges the index and compacts the journal whatever their size.
     pub(super) fn commit_compacting(&self) -> Result<u64, Error> {
         self.commit_inner(true)
     }
@@ -38,65 +48,111 @@ impl Inner {
         }
         let mut journal = self.journal.lock();
         let compact = force_compact || journal.active_len() > self.compaction_threshold();
-        let (work, n) = if compact {
-            let (n, seal) = {
-                let mut log = self.log.lock();
-                // The compacted state is rebuilt from the catalog, which does not hold a seal
-                // (the clean-stop fingerprint): if the log ends with one, it goes last again.
-                let seal = Record::decode_all(&log.payload).ok().and_then(|mut records| match records.pop() {
-                    Some(r @ Record::Sealed { .. }) => Some(r),
-                    _ => None,
-                });
-                log.payload.clear();
-                log.commit_no += 1;
-                (log.commit_no - 1, seal)
-            };
-            // The state is read in bounded steps so that writers are never held for a whole
-            // scan. What changes meanwhile is also in the log, appended after the compacted
-            // state by the next commit; replaying a record twice is harmless (see design.md).
-            let max = self.max_size.lock().unwrap_or(u64::MAX);
-            let mut payloads = vec![self.catalog.read().durable_copies(max)];
-            let mut from = Some((0u64, 0u32));
-            while let Some(start) = from {
-                let (payload, next) = self.catalog.read().durable_records_step(start, 4096);
-                if !payload.is_empty() {
-                    payloads.push(payload);
-                }
-                from = next;
-            }
-            if let Some(seal) = seal {
-                let mut last = Vec::new();
-                seal.encode_into(&mut last);
-                payloads.push(last);
-            }
-            (Work::Compact(payloads), n)
+        let (result, n) = if compact {
+            self.merge_and_compact(&mut journal)
         } else {
-            let mut log = self.log.lock();
-            let n = log.commit_no;
-            log.commit_no += 1;
-            (Work::Append(mem::take(&mut log.payload)), n)
-        };
-        let result = match &work {
-            Work::Append(p) if p.is_empty() => Ok(()),
-            _ => self.store.sync_data().map_err(|source| DiffAreaError::Io { what: "syncing the store", source }).and_then(
-                |()| match &work {
-                    Work::Append(p) => journal.append(p),
-                    Work::Compact(ps) => journal.compact(ps),
-                },
-            ),
+            let payload = {
+                let mut log = self.log.lock();
+                log.commit_no += 1;
+                (mem::take(&mut log.payload), log.commit_no - 1)
+            };
+            let result = if payload.0.is_empty() {
+                Ok(())
+            } else {
+                self.store
+                    .sync_data()
+                    .map_err(|source| DiffAreaError::Io { what: "syncing the store", source })
+                    .and_then(|()| journal.append(&payload.0))
+            };
+            (result, payload.1)
         };
         drop(journal);
         if let Err(e) = result {
             self.fail_diff_area(e.to_string());
             return Err(e.into());
         }
-        if compact {
-            tracing::debug!(commit = n, "journal compacted");
-        }
         self.release_held(Some(n))?;
         self.slots.lock().commit_done(n);
         self.pending.checkpoint_if_due();
         Ok(n)
+    }
+
+    /// The merge (see the module docs). Returns the outcome and the commit's number.
+    fn merge_and_compact(&self, journal: &mut Journal) -> (Result<(), DiffAreaError>, u64) {
+        let started = Instant::now();
+        let (frozen, copies, next_epoch, n, seal) = {
+            let mut cat = self.catalog.write();
+            let mut log = self.log.lock();
+            // The compacted journal is rebuilt from the catalog, which does not hold a seal
+            // (the clean-stop fingerprint): if the log ends with one, it goes last again.
+            let seal = Record::decode_all(&log.payload).ok().and_then(|mut records| match records.pop() {
+                Some(r @ Record::Sealed { .. }) => Some(r),
+                _ => None,
+            });
+            // The log's records are in the catalog: in the frozen layer, or copies.
+            log.payload.clear();
+            log.commit_no += 1;
+            (cat.index_mut().freeze(), cat.copies_snapshot(), cat.next_epoch(), log.commit_no - 1, seal)
+        };
+        let generation = journal.header().generation + 1;
+        let file_no = 1 - self.index_file.load(Ordering::Acquire);
+        let file = Arc::clone(&self.index_files[usize::from(file_no)]);
+        let merged = (|| {
+            let writer = BaseWriter::new(Arc::clone(&file), generation, *self.diff_area_id.as_bytes())?;
+            let (merged, _) = layered::merge(&frozen, writer, next_epoch, |lower, e| catalog::merge_fate(&copies, lower, e))?;
+            let (base, _) = BaseIndex::open(file, generation, *self.diff_area_id.as_bytes(), Arc::clone(&self.page_cache))?;
+            Ok::<_, DiffAreaError>((base, merged))
+        })();
+        drop(frozen);
+        let (base, merged) = match merged {
+            Ok(m) => m,
+            Err(e) => {
+                self.catalog.write().index_mut().thaw();
+                return (Err(e), n);
+            }
+        };
+        // The journal: the checkpoint, the copies, then the records added since the freeze, read
+        // in bounded steps (what changes meanwhile is also in the log, appended by the next
+        // commit; replaying a record twice is harmless, see design.md).
+        let max = self.max_size.lock().unwrap_or(u64::MAX);
+        let checkpoint = Record::IndexCheckpoint { file: file_no, generation };
+        let mut payloads = vec![self.catalog.read().durable_copies(max, Some(checkpoint))];
+        let mut from = Some((0u64, 0u32));
+        while let Some(start) = from {
+            let (records, next) = self.catalog.read().index().scan_in_memory(start, 4096);
+            let mut payload = Vec::new();
+            for e in records {
+                Record::Preserved { chunk: e.chunk, upper: e.upper, slot: e.slot }.encode_into(&mut payload);
+            }
+            if !payload.is_empty() {
+                payloads.push(payload);
+            }
+            from = next;
+        }
+        if let Some(seal) = seal {
+            let mut last = Vec::new();
+            seal.encode_into(&mut last);
+            payloads.push(last);
+        }
+        let result = self
+            .store
+            .sync_data()
+            .map_err(|source| DiffAreaError::Io { what: "syncing the store", source })
+            .and_then(|()| journal.compact(&payloads));
+        if let Err(e) = result {
+            self.catalog.write().index_mut().thaw();
+            return (Err(e), n);
+        }
+        let records = merged.records;
+        let collected = self.catalog.write().index_mut().install(base, merged);
+        self.index_file.store(file_no, Ordering::Release);
+        if !collected.is_empty() {
+            let mut slots = self.slots.lock();
+            collected.iter().for_each(|e| slots.release(e.slot, n));
+        }
+        *self.last_merge.lock() = Some(Instant::now());
+        tracing::debug!(commit = n, records, collected = collected.len(), ms = started.elapsed().as_millis() as u64, "index merged, journal compacted");
+        (Ok(()), n)
     }
 
     /// Writes held-back chunks of commits `<= upto` to the volume.
@@ -106,22 +162,23 @@ impl Inner {
             .map_err(Error::volume("writing held-back data to the volume"))
     }
 
-    /// Bytes the active journal file may reach before a commit compacts it.
+    /// Bytes the active journal file may reach before a commit merges: what the diff area's
+    /// maximum size reserves for it, and at most what keeps an open's replay short (the tail
+    /// is replayed at every open; the checkpoint is not).
     fn compaction_threshold(&self) -> u64 {
         if let Some(t) = self.options.journal_compact_bytes {
             return t;
         }
+        let checkpointed = self.catalog.read().index().base().len();
+        let tail_cap = (checkpointed / 16 * 17).clamp(4 << 20, 16 << 20);
         match *self.max_size.lock() {
-            Some(max) => (128 << 10) + (max / u64::from(self.chunk_size)) * 32,
-            None => {
-                let cat = self.catalog.read();
-                let live = cat.index().len() as u64 * 17 + cat.copies().len() as u64 * 80;
-                (1 << 20).max(3 * live)
-            }
+            Some(max) => ((128 << 10) + (max / u64::from(self.chunk_size)) * 32).min(tail_cap),
+            None => tail_cap,
         }
     }
 
-    /// The background committer: every `commit_interval`, commits if anything waits.
+    /// The background committer: every `commit_interval`, commits if anything waits; merges
+    /// when a deletion left garbage in the checkpoint.
     pub(super) fn run_committer(&self) {
         let (lock, cv) = &self.wake;
         loop {
@@ -134,6 +191,13 @@ impl Inner {
             }
             if self.shutdown.load(Ordering::Acquire) {
                 return;
+            }
+            let spaced = self.last_merge.lock().is_none_or(|t| t.elapsed() >= MERGE_SPACING);
+            if spaced && self.merge_due.swap(false, Ordering::AcqRel) {
+                if let Err(e) = self.commit_compacting() {
+                    tracing::error!(error = %e, "background merge failed");
+                }
+                continue;
             }
             let waiting = !self.pending.is_empty() || !self.log.lock().payload.is_empty();
             if waiting {

@@ -36,16 +36,18 @@ mod write;
 
 use std::fs::File;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 use uuid::Uuid;
 
 use crate::cache::ChunkCache;
+use crate::diffarea::base::{BaseIndex, PageCache, PageCacheStats};
 use crate::diffarea::catalog::{Catalog, CopyMeta};
+use crate::diffarea::layered::LayeredIndex;
 use crate::diffarea::format::{self, Header, Record};
 use crate::diffarea::journal::Journal;
 use crate::diffarea::recovery;
@@ -126,6 +128,8 @@ pub struct EngineOptions {
     /// The time a copy is stamped with when it is taken. The daemon passes its own clock, so
     /// that retention and schedules can be tested with time made to pass.
     pub clock: fn() -> SystemTime,
+    /// Bytes of checkpointed-index pages kept in memory (`--index-cache`).
+    pub index_cache_bytes: u64,
 }
 
 impl Default for EngineOptions {
@@ -136,6 +140,7 @@ impl Default for EngineOptions {
             commit_interval: Duration::from_millis(5),
             journal_compact_bytes: None,
             clock: SystemTime::now,
+            index_cache_bytes: 64 << 20,
         }
     }
 }
@@ -151,6 +156,8 @@ pub struct DiffAreaFiles {
     pub store: Arc<dyn Storage>,
     /// The two journal files.
     pub journal: [Arc<dyn Storage>; 2],
+    /// The two checkpointed-index files.
+    pub index: [Arc<dyn Storage>; 2],
     /// The two redo files, and the boot they are replayed on (see [`DiffAreaFiles::with_redo`]).
     redo: Option<RedoFiles>,
     /// Held while open so that a second process cannot open the same diff area.
@@ -160,8 +167,8 @@ pub struct DiffAreaFiles {
 impl DiffAreaFiles {
     /// Files from any storage (no inter-process lock, no redo log: held live bytes then live in
     /// memory only, which only a test that models power loss alone may want).
-    pub fn new(store: Arc<dyn Storage>, journal: [Arc<dyn Storage>; 2]) -> Self {
-        DiffAreaFiles { store, journal, redo: None, lock: None }
+    pub fn new(store: Arc<dyn Storage>, journal: [Arc<dyn Storage>; 2], index: [Arc<dyn Storage>; 2]) -> Self {
+        DiffAreaFiles { store, journal, index, redo: None, lock: None }
     }
 
     /// Adds the redo log's two files: answered live writes whose bytes are still held back are
@@ -195,10 +202,12 @@ impl DiffAreaFiles {
         lock.try_lock().map_err(|_| Error::Locked(dir.display().to_string()))?;
         let wrap =
             |f: File| -> Result<Arc<dyn Storage>, Error> { Ok(Arc::new(FileStorage::new(f).map_err(io("opening a diff-area file"))?)) };
-        // The redo files are made when missing: a diff area from before they existed has none.
+        // The redo and index files are made when missing: a diff area from before they existed
+        // has none.
         let files = DiffAreaFiles {
             store: wrap(open("store", create)?)?,
             journal: [wrap(open("journal.0", create)?)?, wrap(open("journal.1", create)?)?],
+            index: [wrap(open("index.0", true)?)?, wrap(open("index.1", true)?)?],
             redo: Some(([wrap(open("redo.0", true)?)?, wrap(open("redo.1", true)?)?], crate::diffarea::redo::boot_id())),
             lock: Some(lock),
         };
@@ -287,8 +296,17 @@ pub struct Usage {
     pub slots_in_use: u32,
     /// See `slots_in_use`.
     pub slot_capacity: Option<u32>,
-    /// Heap bytes of the in-memory index.
+    /// Heap bytes of the index kept in memory besides its page cache: the records added since
+    /// the last checkpoint, the checkpoint's fence keys, the free-slot bitmap.
     pub index_bytes: usize,
+    /// Bytes of the checkpointed index file.
+    pub index_disk_bytes: u64,
+    /// Records in the checkpoint (the rest are in memory, and in the journal's tail).
+    pub checkpointed_chunks: u64,
+    /// The checkpoint's page cache.
+    pub index_cache: PageCacheStats,
+    /// How long the last open took (journal replay and recovery), if this handle was opened.
+    pub open_duration: Option<Duration>,
 }
 
 /// Records waiting for the next commit.
@@ -313,6 +331,14 @@ struct Inner {
     log: Mutex<LogBuffer>,
     slots: Mutex<SlotAllocator>,
     journal: Mutex<Journal>,
+    index_files: [Arc<dyn Storage>; 2],
+    /// The index file the journal's checkpoint names (the next merge writes the other).
+    index_file: AtomicU8,
+    page_cache: Arc<PageCache>,
+    /// A deletion left garbage in the checkpoint: the committer merges soon.
+    merge_due: AtomicBool,
+    last_merge: Mutex<Option<Instant>>,
+    open_duration: Mutex<Option<Duration>>,
     pending: Pending,
     cache: ChunkCache,
     max_size: Mutex<Option<u64>>,
@@ -391,16 +417,12 @@ impl ShadowVolume {
             ),
             None => None,
         };
-        let vol = Self::assemble(
-            volume,
-            files,
-            redo,
-            journal,
-            Catalog::new(1),
-            SlotAllocator::from_used(std::iter::empty(), capacity),
-            max_size,
-            engine,
-        );
+        let page_cache = Arc::new(PageCache::new(engine.index_cache_bytes));
+        let catalog = Catalog::from_parts(Default::default(), LayeredIndex::over(BaseIndex::empty(Arc::clone(&page_cache))), 1);
+        for f in &files.index {
+            f.set_len(0).map_err(|source| DiffAreaError::Io { what: "creating the index", source })?;
+        }
+        let vol = Self::assemble(volume, files, redo, journal, catalog, (SlotAllocator::empty(capacity), 1, page_cache), max_size, engine);
         vol.inner.push_record(&Record::Config { max_size: max_size.unwrap_or(u64::MAX) });
         vol.inner.commit()?;
         vol.inner.pending.allow_checkpoints();
@@ -428,6 +450,7 @@ impl ShadowVolume {
     /// Opens an existing diff area: replays its journal, drops volatile copies, marks damaged
     /// copies failed (reported as [`Event::CopyFailed`]) and keeps the rest.
     pub fn open(volume: Arc<dyn Storage>, files: DiffAreaFiles, engine: EngineOptions) -> Result<Self, Error> {
+        let started = Instant::now();
         let (journal, items) = Journal::open(files.journal.clone())?;
         let header = *journal.header();
         let volume_size = volume.len().map_err(Error::volume("reading the volume size"))?;
@@ -436,22 +459,32 @@ impl ShadowVolume {
         }
         let chunk = u64::from(header.chunk_size);
         let store_len = files.store.len().map_err(|source| DiffAreaError::Io { what: "reading the store size", source })?;
-        let recovered = recovery::recover(items, volume_size.div_ceil(chunk), store_len.div_ceil(chunk));
+        let page_cache = Arc::new(PageCache::new(engine.index_cache_bytes));
+        let (base, free, index_file) = match recovery::checkpoint_of(&items) {
+            Some((file, generation)) => {
+                let f = Arc::clone(&files.index[usize::from(file)]);
+                let (base, free) = BaseIndex::open(f, generation, header.diff_area_id, Arc::clone(&page_cache))?;
+                (base, free, file)
+            }
+            None => (BaseIndex::empty(Arc::clone(&page_cache)), Vec::new(), 1),
+        };
+        let recovered = recovery::recover(items, base, free, volume_size.div_ceil(chunk), store_len.div_ceil(chunk))?;
         let max_size = match recovered.max_size {
             Some(u64::MAX) => None,
             Some(m) => Some(m),
             None => MaxSize::PercentOfVolume(10).resolve(volume_size),
         };
         let capacity = slot_capacity(max_size, header.chunk_size)?;
-        let slots = SlotAllocator::from_used(recovered.catalog.index().iter().map(|e| e.slot), capacity);
+        let slots = SlotAllocator::from_free(recovered.free, recovered.high_water, capacity);
         let failed: Vec<Event> = recovered
             .catalog
             .copies()
             .values()
             .filter_map(|m| m.failed.as_ref().map(|r| Event::CopyFailed { id: Uuid::from_bytes(m.record.id), reason: r.clone() }))
             .collect();
-        let damaged = !recovered.damage.is_empty();
+        let damaged = !recovered.damage.is_empty() || recovered.collected_all;
         let seal = recovered.seal;
+        let replayed = recovered.replayed;
         let (redo, redone) = match &files.redo {
             Some((redo_files, boot)) => {
                 let (log, found) = RedoLog::open(redo_files.clone(), *boot, header.diff_area_id, header.chunk_size, volume_size)
@@ -460,7 +493,7 @@ impl ShadowVolume {
             }
             None => (None, Default::default()),
         };
-        let vol = Self::assemble(volume, files, redo, journal, recovered.catalog, slots, max_size, engine);
+        let vol = Self::assemble(volume, files, redo, journal, recovered.catalog, (slots, index_file, page_cache), max_size, engine);
         vol.check_seal(seal)?;
         vol.replay_redo(redone)?;
         for e in &failed {
@@ -469,15 +502,25 @@ impl ShadowVolume {
             }
         }
         vol.inner.events.lock().extend(failed);
-        // Fold damage into a fresh journal so that the failed marks are durable, and give back
-        // store space that no record names.
+        // Fold damage into a fresh journal so that the failed marks are durable, and a
+        // collection over the whole index into a fresh checkpoint; give back store space that no
+        // record names.
         if damaged {
             vol.inner.commit_compacting()?;
         }
         vol.inner.trim_store();
         // Recovery's maps are gone; what they took would otherwise stay resident.
         crate::sys::release_free_heap();
-        tracing::info!(diff_area = %vol.inner.diff_area_id, copies = vol.inner.catalog.read().copies().len(), "diff area opened");
+        let took = started.elapsed();
+        *vol.inner.open_duration.lock() = Some(took);
+        tracing::info!(
+            diff_area = %vol.inner.diff_area_id,
+            copies = vol.inner.catalog.read().copies().len(),
+            checkpointed = vol.inner.catalog.read().index().base().len(),
+            replayed,
+            ms = took.as_millis() as u64,
+            "diff area opened"
+        );
         Ok(vol)
     }
 
@@ -581,7 +624,7 @@ impl ShadowVolume {
         redo: Option<RedoLog>,
         journal: Journal,
         catalog: Catalog,
-        slots: SlotAllocator,
+        (slots, index_file, page_cache): (SlotAllocator, u8, Arc<PageCache>),
         max_size: Option<u64>,
         options: EngineOptions,
     ) -> Self {
@@ -600,6 +643,12 @@ impl ShadowVolume {
             log: Mutex::new(LogBuffer { payload: Vec::new(), commit_no: 1 }),
             slots: Mutex::new(slots),
             journal: Mutex::new(journal),
+            index_files: files.index,
+            index_file: AtomicU8::new(index_file),
+            page_cache,
+            merge_due: AtomicBool::new(false),
+            last_merge: Mutex::new(None),
+            open_duration: Mutex::new(None),
             pending: Pending::new(
                 header.chunk_size.trailing_zeros(),
                 (options.pending_limit / u64::from(header.chunk_size)).min(1 << 16) as usize,
@@ -777,9 +826,9 @@ impl Inner {
     fn usage(&self) -> Usage {
         let journal = self.journal.lock().disk_bytes();
         let store = self.store.len().unwrap_or(0);
-        let (slots, slot_capacity) = {
+        let (slots, slot_capacity, slot_bytes) = {
             let s = self.slots.lock();
-            (s.in_use(), s.capacity())
+            (s.in_use(), s.capacity(), s.heap_bytes())
         };
         let cat = self.catalog.read();
         Usage {
@@ -788,8 +837,12 @@ impl Inner {
             max_bytes: *self.max_size.lock(),
             chunk_size: self.chunk_size,
             copies: cat.copies().len(),
-            preserved_chunks: cat.index().len(),
-            index_bytes: cat.index().heap_bytes(),
+            preserved_chunks: cat.index().len() as usize,
+            index_bytes: cat.index().heap_bytes() + slot_bytes,
+            index_disk_bytes: cat.index().base().disk_bytes(),
+            checkpointed_chunks: cat.index().base().len(),
+            index_cache: self.page_cache.stats(),
+            open_duration: *self.open_duration.lock(),
             slots_in_use: slots,
             slot_capacity,
         }
@@ -807,6 +860,7 @@ impl Inner {
             (CopyInfo::from_meta(&meta), log.commit_no)
         };
         self.collect_garbage(n);
+        self.merge_due.store(true, Ordering::Release);
         match reason {
             DeleteReason::Requested => tracing::info!(copy = %info.id, "shadow copy deleted"),
             DeleteReason::DiffAreaFull => tracing::warn!(copy = %info.id, "diff area full: deleted the oldest shadow copy"),
@@ -822,7 +876,14 @@ impl Inner {
         const STEP: usize = 4096;
         let mut from = Some((0u64, 0u32));
         while let Some(start) = from {
-            let (garbage, next) = self.catalog.write().collect_garbage_step(start, STEP);
+            let step = self.catalog.write().collect_garbage_step(start, STEP);
+            let (garbage, next) = match step {
+                Ok(step) => step,
+                Err(e) => {
+                    self.fail_diff_area(format!("reading the index to free the space of a deleted copy failed: {e}"));
+                    return;
+                }
+            };
             if !garbage.is_empty() {
                 let mut slots = self.slots.lock();
                 garbage.iter().for_each(|e| slots.release(e.slot, n));
@@ -889,14 +950,16 @@ impl Inner {
                 }
                 events.push(Event::CopyFailed { id: Uuid::from_bytes(m.record.id), reason: reason.clone() });
             }
-            let n = log.commit_no;
             drop(log);
             for e in epochs {
                 cat.fail_copy(e, reason.clone());
             }
-            let freed = cat.collect_garbage();
+            // Every copy failed: every record is garbage. The index starts over empty, and so do
+            // the slots (nothing is preserved for anyone any more).
+            cat.clear_index(LayeredIndex::over(BaseIndex::empty(Arc::clone(&self.page_cache))));
             let mut slots = self.slots.lock();
-            freed.iter().for_each(|e| slots.release(e.slot, n));
+            let capacity = slots.capacity();
+            *slots = SlotAllocator::empty(capacity);
             events
         };
         self.events.lock().extend(events);

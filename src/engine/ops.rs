@@ -38,18 +38,20 @@ impl ShadowVolume {
         let chunk = u64::from(self.inner.chunk_size);
         let mut out: Vec<ChangedRange> = Vec::new();
         let mut last_chunk = None;
-        for e in cat.index().iter() {
-            if e.upper < a || e.upper >= b || last_chunk == Some(e.chunk) {
-                continue;
-            }
-            last_chunk = Some(e.chunk);
-            let offset = e.chunk * chunk;
-            let len = chunk.min(self.inner.volume_size - offset);
-            match out.last_mut() {
-                Some(r) if r.offset + r.len == offset => r.len += len,
-                _ => out.push(ChangedRange { offset, len }),
-            }
-        }
+        cat.index()
+            .for_each(|e| {
+                if e.upper < a || e.upper >= b || last_chunk == Some(e.chunk) {
+                    return;
+                }
+                last_chunk = Some(e.chunk);
+                let offset = e.chunk * chunk;
+                let len = chunk.min(self.inner.volume_size - offset);
+                match out.last_mut() {
+                    Some(r) if r.offset + r.len == offset => r.len += len,
+                    _ => out.push(ChangedRange { offset, len }),
+                }
+            })
+            .map_err(Error::DiffArea)?;
         Ok(out)
     }
 

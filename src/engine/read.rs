@@ -78,7 +78,7 @@ impl Inner {
         let _stripes = self.stripes.read_range(first, last);
         let slots: Vec<Option<u32>> = {
             let cat = self.catalog.read();
-            (first..=last).map(|c| cat.lookup(c, epoch)).collect()
+            (first..=last).map(|c| cat.lookup(c, epoch)).collect::<Result<_, _>>().map_err(Error::DiffArea)?
         };
         // Byte range of chunk `c` within the request, relative to `offset`.
         let span = |c: u64| -> (usize, usize) {

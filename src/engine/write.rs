@@ -65,14 +65,30 @@ impl Inner {
         }
     }
 
-    /// Step 1, the write's ordering point: which chunks to preserve for which copy.
+    /// Step 1, the write's ordering point: which chunks to preserve for which copy. An index
+    /// that cannot be read stops the diff area (its copies cannot be trusted); the write goes on
+    /// with nothing to preserve.
     fn plan(&self, first: u64, last: u64) -> (Option<Plan>, super::inflight::Ticket<'_>) {
+        let planned = {
+            let cat = self.catalog.read();
+            let ticket = self.inflight.enter(cat.next_epoch());
+            let plan = cat.newest_protected().map(|epoch| -> Result<Plan, crate::DiffAreaError> {
+                let mut chunks = Vec::new();
+                for c in first..=last {
+                    if cat.needs_preserve(c)?.is_some() {
+                        chunks.push(c);
+                    }
+                }
+                Ok(Plan { epoch, chunks })
+            });
+            match plan.transpose() {
+                Ok(plan) => return (plan, ticket),
+                Err(e) => e,
+            }
+        };
+        self.fail_diff_area(format!("reading the index failed: {planned}"));
         let cat = self.catalog.read();
-        let ticket = self.inflight.enter(cat.next_epoch());
-        let plan = cat
-            .newest_protected()
-            .map(|epoch| Plan { epoch, chunks: (first..=last).filter(|c| cat.needs_preserve(*c).is_some()).collect() });
-        (plan, ticket)
+        (None, self.inflight.enter(cat.next_epoch()))
     }
 
     /// Zeroes a live range: preserved like a write, deallocated on the volume where possible.
@@ -146,17 +162,22 @@ impl Inner {
             return Ok(Vec::new());
         }
         let mut freed_now = Vec::new();
+        let mut index_failed = None;
         {
             let mut cat = self.catalog.write();
             let mut log = self.log.lock();
             for (p, slot) in out.iter_mut().zip(&slots) {
                 match cat.insert_preserved(p.chunk, epoch, *slot) {
-                    Ok(true) => {
+                    Ok(Ok(true)) => {
                         Record::Preserved { chunk: p.chunk, upper: epoch, slot: *slot }.encode_into(&mut log.payload);
                         p.hold_until = Some(log.commit_no);
                     }
-                    Ok(false) => {}
-                    Err(slot) => freed_now.push(slot),
+                    Ok(Ok(false)) => {}
+                    Ok(Err(slot)) => freed_now.push(slot),
+                    Err(e) => {
+                        index_failed.get_or_insert(e);
+                        freed_now.push(*slot);
+                    }
                 }
             }
         }
@@ -165,6 +186,9 @@ impl Inner {
             let mut s = self.slots.lock();
             freed_now.iter().for_each(|slot| s.release(*slot, 0));
             s.commit_done(0);
+        }
+        if let Some(e) = index_failed {
+            self.fail_diff_area(format!("reading the index failed: {e}"));
         }
         Ok(out)
     }

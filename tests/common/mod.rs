@@ -28,14 +28,14 @@ pub(crate) fn quiet_engine() -> EngineOptions {
 /// The diff area's files on the disk: store, journal and the redo log for the disk's boot.
 fn files(disk: &Arc<SimDisk>) -> DiffAreaFiles {
     let f = |i| -> Arc<dyn Storage> { disk.file(i) };
-    DiffAreaFiles::new(f(STORE), [f(2), f(3)]).with_redo([f(4), f(5)], Some(disk.boot_id()))
+    DiffAreaFiles::new(f(STORE), [f(2), f(3)], [f(6), f(7)]).with_redo([f(4), f(5)], Some(disk.boot_id()))
 }
 
 /// A new disk holding a volume with `initial` content and an empty diff area.
 pub(crate) fn create(initial: Vec<u8>, options: DiffAreaOptions, engine: EngineOptions) -> (Arc<SimDisk>, ShadowVolume) {
     let disk = SimDisk::new();
     disk.add_file(initial);
-    for _ in 0..5 {
+    for _ in 0..7 {
         disk.add_file(Vec::new());
     }
     let vol = ShadowVolume::create(disk.file(VOLUME), files(&disk), options, engine).expect("create diff area");

@@ -401,7 +401,7 @@ fn engine(dir: &Path, size: u64, random_writes: usize, ncopies: usize, repeat: u
     let mem = || -> Arc<dyn shadowcopy::volume::Storage> { Arc::new(shadowcopy::testing::MemStorage::default()) };
     let on_memory = ShadowVolume::create(
         Arc::new(shadowcopy::testing::MemStorage::new(size as usize)),
-        shadowcopy::DiffAreaFiles::new(mem(), [mem(), mem()]),
+        shadowcopy::DiffAreaFiles::new(mem(), [mem(), mem()], [mem(), mem()]),
         DiffAreaOptions { chunk_size: 16384, max_size: MaxSize::Unbounded },
         EngineOptions::default(),
     )?;

@@ -36,7 +36,7 @@ fn build(dir: &Path, chunks: u64) -> Result<f64> {
         let f = File::options().read(true).write(true).create(true).truncate(true).open(da.join(name))?;
         Ok(Arc::new(FileStorage::new(f)?))
     };
-    let files = DiffAreaFiles::new(store.clone(), [journal("journal.0")?, journal("journal.1")?]);
+    let files = DiffAreaFiles::new(store.clone(), [journal("journal.0")?, journal("journal.1")?], [journal("index.0")?, journal("index.1")?]);
     let options = DiffAreaOptions { chunk_size: CHUNK as u32, max_size: MaxSize::Unbounded };
     let vol = ShadowVolume::create(volume, files, options, EngineOptions::default())?;
     create_set(&[&vol], CreateOptions::default())?;
