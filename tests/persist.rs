@@ -415,3 +415,54 @@ fn the_seal_survives_a_compaction_at_close() {
     let vol = ShadowVolume::open_at(&img, &da, options).unwrap();
     assert!(vol.copy(a).unwrap().stale.is_some(), "the write behind the back was noticed through a compacted journal");
 }
+
+/// The index a merge checkpointed is opened, not rebuilt: the open reads none of its pages and
+/// replays only the journal's tail, then lookups read pages through the cache and answer as
+/// before; a deletion after the checkpoint still frees its space after a reopen.
+#[test]
+fn an_open_reads_no_page_of_the_checkpoint_and_copies_read_through_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path());
+    let da = dir.path().join("diff");
+    let small = DiffAreaOptions { chunk_size: 4096, max_size: MaxSize::Unbounded };
+    let merging = EngineOptions { journal_compact_bytes: Some(4096), ..EngineOptions::default() };
+    let vol = ShadowVolume::create_at(&img, &da, small, merging).unwrap();
+    let first_image = std::fs::read(&img).unwrap();
+    let first = create_set(&[&vol], CreateOptions::default()).unwrap().copies[0].id;
+    // Every chunk preserved for `first`, in many commits: the journal passes 4 KiB many times.
+    for i in 0..(SIZE / 65536) {
+        vol.write_at(&pattern(100 + i as u64, 65536), (i * 65536) as u64).unwrap();
+        vol.flush().unwrap();
+    }
+    let second_image = {
+        let mut b = vec![0u8; SIZE];
+        vol.read_at(&mut b, 0).unwrap();
+        b
+    };
+    let second = create_set(&[&vol], CreateOptions::default()).unwrap().copies[0].id;
+    vol.write_at(&pattern(7, 8192), 4096).unwrap();
+    vol.close().unwrap();
+
+    let vol = ShadowVolume::open_at(&img, &da, EngineOptions::default()).unwrap();
+    let usage = vol.usage();
+    let chunks = (SIZE / 4096) as u64;
+    assert!(usage.checkpointed_chunks >= chunks / 2, "most records are in the checkpoint: {usage:?}");
+    assert_eq!(usage.preserved_chunks as u64, chunks + 2, "{usage:?}");
+    assert_eq!((usage.index_cache.hits, usage.index_cache.misses), (0, 0), "the open read no page: {usage:?}");
+    assert!(usage.index_disk_bytes >= usage.checkpointed_chunks * 16, "{usage:?}");
+    assert!(usage.open_duration.is_some());
+    assert!(read_all(&vol, first).unwrap() == first_image, "the first copy reads through the checkpoint");
+    assert!(read_all(&vol, second).unwrap() == second_image, "the second copy too");
+    let after = vol.usage();
+    assert!(after.index_cache.misses > 0 && after.index_cache.hits > 0, "{after:?}");
+
+    // Deleting the first copy makes the checkpoint's records garbage: the space comes back,
+    // and stays back after a reopen.
+    vol.delete(first).unwrap();
+    let used = vol.usage().slots_in_use;
+    assert_eq!(used, 2, "only the second copy's two chunks remain");
+    drop(vol);
+    let vol = ShadowVolume::open_at(&img, &da, EngineOptions::default()).unwrap();
+    assert_eq!(vol.usage().slots_in_use, 2, "{:?}", vol.usage());
+    assert!(read_all(&vol, second).unwrap() == second_image);
+}
