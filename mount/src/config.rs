@@ -35,6 +35,8 @@ pub struct DaemonSettings {
     pub allow_other: Option<bool>,
     /// `--cache-size` (`64M`).
     pub cache_size: Option<String>,
+    /// `--index-cache` (`64M`).
+    pub index_cache: Option<String>,
     /// `--admin-group`.
     pub admin_group: Option<String>,
     /// `--socket-group`.
@@ -265,9 +267,11 @@ fn key_line(text: &str, start: usize, section: &str, key: &str) -> usize {
 
 fn check_daemon(d: &DaemonSettings) -> Result<(), (String, String)> {
     let bad = |key: &str, why: String| Err((key.to_string(), why));
-    if let Some(s) = &d.cache_size {
-        if let Err(e) = shadowcopy::size::parse_size(s) {
-            return bad("cache_size", format!("{e} (write e.g. \"64M\")"));
+    for (key, value) in [("cache_size", &d.cache_size), ("index_cache", &d.index_cache)] {
+        if let Some(s) = value {
+            if let Err(e) = shadowcopy::size::parse_size(s) {
+                return bad(key, format!("{e} (write e.g. \"64M\")"));
+            }
         }
     }
     if d.threads == Some(0) {
@@ -288,6 +292,7 @@ fn check_daemon(d: &DaemonSettings) -> Result<(), (String, String)> {
 fn clear_key(d: &mut DaemonSettings, key: &str) {
     match key {
         "cache_size" => d.cache_size = None,
+        "index_cache" => d.index_cache = None,
         "threads" => d.threads = None,
         "diff_area_warn" => d.diff_area_warn = None,
         "state_dir" => d.state_dir = None,
@@ -308,6 +313,7 @@ fn merge(into: &mut DaemonSettings, from: DaemonSettings) {
         socket,
         allow_other,
         cache_size,
+        index_cache,
         admin_group,
         socket_group,
         threads,

@@ -67,6 +67,11 @@ struct Args {
     /// Base-volume cache per volume. [default: 64M]
     #[arg(long, value_parser = parse_size)]
     cache_size: Option<u64>,
+    /// Pages of each volume's checkpointed index kept in memory: the index's memory is this
+    /// plus the records added since the last checkpoint, whatever the diff area's size.
+    /// [default: 64M]
+    #[arg(long, value_parser = parse_size)]
+    index_cache: Option<u64>,
     /// Members of this group may change state through the socket (besides root).
     #[arg(long)]
     admin_group: Option<String>,
@@ -137,6 +142,9 @@ impl Args {
         if self.cache_size.is_none() {
             // Checked when the file was read.
             self.cache_size = c.cache_size.as_deref().and_then(|s| parse_size(s).ok());
+        }
+        if self.index_cache.is_none() {
+            self.index_cache = c.index_cache.as_deref().and_then(|s| parse_size(s).ok());
         }
         self.allow_other |= c.allow_other.unwrap_or(false);
         self.stop_when_unused |= c.stop_when_unused.unwrap_or(false);
@@ -476,6 +484,7 @@ fn run_worker(args: Args, config: Config, h: Handoff) -> Result<()> {
     let (fs_uid, fs_gid) = args.fs_owner.unwrap_or((uid, gid));
     let settings = Settings {
         cache_chunks: (args.cache_size.unwrap_or(64 << 20) / (16 << 10)).max(16) as usize,
+        index_cache_bytes: args.index_cache.unwrap_or(64 << 20),
         fs_owner: ForeignOwner { uid: fs_uid, gid: fs_gid, ..ForeignOwner::default() },
         allow_other: args.allow_other,
         nearly_full_percent: args.diff_area_warn.unwrap_or(90),

@@ -889,6 +889,40 @@ pub struct StatusInfo {
     /// What was wrong in it (`file:line: what to change`); the rest was used.
     #[serde(default)]
     pub config_errors: Vec<String>,
+    /// The index of each volume with a diff area.
+    #[serde(default)]
+    pub indexes: Vec<IndexStatus>,
+}
+
+/// A volume's index of preserved chunks: a checkpoint on disk read through a bounded page
+/// cache, plus the records added since in memory.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexStatus {
+    /// The volume.
+    pub volume: String,
+    /// Chunks preserved (records in the index).
+    pub preserved_chunks: u64,
+    /// Of them, in the checkpoint on disk.
+    pub checkpointed_chunks: u64,
+    /// Bytes of the checkpoint file.
+    pub disk_bytes: u64,
+    /// Bytes in memory besides the page cache (records since the checkpoint, fence keys,
+    /// free-slot bitmap).
+    pub memory_bytes: u64,
+    /// The page cache's size (`--index-cache`), and what it holds now.
+    pub cache_bytes: u64,
+    /// See `cache_bytes`.
+    pub cache_resident_bytes: u64,
+    /// Lookups the cache answered, and those that read a page.
+    pub cache_hits: u64,
+    /// See `cache_hits`.
+    pub cache_misses: u64,
+    /// `cache_hits / (cache_hits + cache_misses)`, when there was a lookup.
+    pub cache_hit_rate: Option<f64>,
+    /// How long opening the diff area took at the last start (journal tail replayed, checkpoint
+    /// opened), in seconds.
+    pub open_seconds: Option<f64>,
 }
 
 /// What to attach at start for a volume: a loop device over its `live` file and, optionally,

@@ -45,6 +45,8 @@ pub struct Settings {
     pub mount: PathBuf,
     /// Chunks of each volume's base-volume cache.
     pub cache_chunks: usize,
+    /// Bytes of each volume's checkpointed-index pages kept in memory.
+    pub index_cache_bytes: u64,
     /// Owner shown for files of filesystems without POSIX owners.
     pub fs_owner: ForeignOwner,
     /// Whether users other than the daemon's may see the mount (`--allow-other`; Samba needs it).
@@ -67,6 +69,7 @@ impl Settings {
         Settings {
             mount,
             cache_chunks: 4096,
+            index_cache_bytes: 64 << 20,
             fs_owner: ForeignOwner::default(),
             allow_other: false,
             clock: std::time::SystemTime::now,

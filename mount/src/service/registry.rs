@@ -53,7 +53,12 @@ impl Service {
     }
 
     fn engine_options(&self) -> EngineOptions {
-        EngineOptions { cache_chunks: self.settings.cache_chunks, clock: self.settings.clock, ..EngineOptions::default() }
+        EngineOptions {
+            cache_chunks: self.settings.cache_chunks,
+            clock: self.settings.clock,
+            index_cache_bytes: self.settings.index_cache_bytes,
+            ..EngineOptions::default()
+        }
     }
 
     /// Opens a volume: its engine (creating the diff area with `create`), or for a read-only

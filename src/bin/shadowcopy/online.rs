@@ -494,6 +494,19 @@ fn print_table(a: &Answer) {
             for u in &s.live_in_use {
                 out!("in use:    {u}");
             }
+            for i in &s.indexes {
+                out!(
+                    "index:     {}: {} chunks ({} checkpointed, {} on disk), {} in memory, cache {} ({}), opened in {}",
+                    i.volume,
+                    i.preserved_chunks,
+                    i.checkpointed_chunks,
+                    format_size(i.disk_bytes),
+                    format_size(i.memory_bytes),
+                    format_size(i.cache_bytes),
+                    i.cache_hit_rate.map_or("no lookup yet".to_string(), |r| format!("hit rate {:.1}%", r * 100.0)),
+                    i.open_seconds.map_or("-".to_string(), |s| format!("{s:.2} s")),
+                );
+            }
         }
         Answer::Volumes(vs) => {
             if vs.is_empty() {

@@ -44,6 +44,29 @@ impl Service {
                 c.found.then(|| c.path.display().to_string())
             },
             config_errors: self.config_problems(),
+            indexes: self
+                .volumes
+                .read()
+                .values()
+                .filter_map(|v| {
+                    let u = v.system()?.usage();
+                    let c = u.index_cache;
+                    let lookups = c.hits + c.misses;
+                    Some(protocol::IndexStatus {
+                        volume: v.name.clone(),
+                        preserved_chunks: u.preserved_chunks as u64,
+                        checkpointed_chunks: u.checkpointed_chunks,
+                        disk_bytes: u.index_disk_bytes,
+                        memory_bytes: u.index_bytes as u64,
+                        cache_bytes: c.capacity_bytes,
+                        cache_resident_bytes: c.resident_bytes,
+                        cache_hits: c.hits,
+                        cache_misses: c.misses,
+                        cache_hit_rate: (lookups > 0).then(|| c.hits as f64 / lookups as f64),
+                        open_seconds: u.open_duration.map(|d| d.as_secs_f64()),
+                    })
+                })
+                .collect(),
         })
     }
 
