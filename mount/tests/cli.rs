@@ -237,6 +237,22 @@ fn json_objects_tables_that_fit_labels_and_eviction_notices() {
     assert!(out.status.success() && err.contains("note:") && err.contains(&evicted) && err.contains("diff area was full"), "{err}");
     let again = cli(&d, &["list", "small"]);
     assert!(!String::from_utf8_lossy(&again.stderr).contains("note:"), "said once");
+    // Status reports each volume's index: 1 MiB written over `vol`'s copies preserved 64 chunks.
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).open(d.live("vol")).unwrap();
+        f.write_all(&vec![0x5a; 1 << 20]).unwrap();
+        f.sync_all().unwrap();
+    }
+    let status = json(&d, &["status"]);
+    let indexes = status["indexes"].as_array().unwrap_or_else(|| panic!("status has indexes: {status}"));
+    let vol_index = indexes.iter().find(|i| i["volume"] == "vol").unwrap_or_else(|| panic!("{status}"));
+    assert_eq!(vol_index["preserved_chunks"].as_u64(), Some(64), "1 MiB of 16 KiB chunks: {vol_index}");
+    assert_eq!(vol_index["cache_bytes"].as_u64(), Some(64 << 20), "the default --index-cache: {vol_index}");
+    assert!(vol_index["open_seconds"].is_null(), "created, not opened, in this daemon: {vol_index}");
+    assert!(indexes.iter().any(|i| i["volume"] == "small"), "{status}");
+    let table = String::from_utf8_lossy(&cli(&d, &["status"]).stdout).to_string();
+    assert!(table.lines().any(|l| l.starts_with("index:") && l.contains("vol: 64 chunks")), "{table}");
     let events = json(&d, &["events", "-n", "100"]);
     let deleted: Vec<&serde_json::Value> = events["events"].as_array().unwrap().iter().filter(|e| e["kind"] == "copy_deleted").collect();
     assert!(deleted.iter().any(|e| e["copy"] == evicted.as_str() && e["reason"] == "diff_area_full"), "{events}");
