@@ -42,7 +42,11 @@ fn version_of(b: usize, data: &[u8]) -> u64 {
 
 fn volume(blocks: usize) -> ShadowVolume {
     let initial: Vec<u8> = (0..blocks).flat_map(|b| block(b, 0)).collect();
-    let files = DiffAreaFiles::new(Arc::new(MemStorage::default()), [Arc::new(MemStorage::default()), Arc::new(MemStorage::default())], [Arc::new(MemStorage::default()), Arc::new(MemStorage::default())]);
+    let files = DiffAreaFiles::new(
+        Arc::new(MemStorage::default()),
+        [Arc::new(MemStorage::default()), Arc::new(MemStorage::default())],
+        [Arc::new(MemStorage::default()), Arc::new(MemStorage::default())],
+    );
     let engine = EngineOptions {
         cache_chunks: 256,
         pending_limit: 4 << 20,
@@ -190,7 +194,11 @@ fn rapid_persistent_sets_over_few_chunks() {
 /// chunks only afterwards — kept the stale volume bytes, so a newer copy preserved old data.
 #[test]
 fn a_release_racing_a_preservation_read_is_never_stale() {
-    let files = DiffAreaFiles::new(Arc::new(MemStorage::default()), [Arc::new(MemStorage::default()), Arc::new(MemStorage::default())], [Arc::new(MemStorage::default()), Arc::new(MemStorage::default())]);
+    let files = DiffAreaFiles::new(
+        Arc::new(MemStorage::default()),
+        [Arc::new(MemStorage::default()), Arc::new(MemStorage::default())],
+        [Arc::new(MemStorage::default()), Arc::new(MemStorage::default())],
+    );
     let engine = EngineOptions {
         cache_chunks: 16,
         pending_limit: 64 << 20,

@@ -466,3 +466,41 @@ fn an_open_reads_no_page_of_the_checkpoint_and_copies_read_through_it() {
     assert_eq!(vol.usage().slots_in_use, 2, "{:?}", vol.usage());
     assert!(read_all(&vol, second).unwrap() == second_image);
 }
+
+/// Space freed by deleting a copy whose records are in the checkpoint is reused, but the store
+/// is never cut below a slot the checkpoint names (its garbage goes at the next merge): the
+/// diff area opens after a shrink.
+#[test]
+fn the_store_is_not_cut_below_the_checkpoint_before_the_next_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path());
+    let da = dir.path().join("diff");
+    let small = DiffAreaOptions { chunk_size: 4096, max_size: MaxSize::Unbounded };
+    // No background commits (so no merge the test does not ask for).
+    let engine = EngineOptions {
+        journal_compact_bytes: Some(4096),
+        commit_interval: std::time::Duration::from_secs(3600),
+        ..EngineOptions::default()
+    };
+    let vol = ShadowVolume::create_at(&img, &da, small, engine).unwrap();
+    let gone = create_set(&[&vol], CreateOptions::default()).unwrap().copies[0].id;
+    for i in 0..(SIZE / 65536) {
+        vol.write_at(&pattern(300 + i as u64, 65536), (i * 65536) as u64).unwrap();
+        vol.flush().unwrap();
+    }
+    vol.close().unwrap();
+    // Reopened so that no commit merges any more: the deletion's garbage stays in the checkpoint.
+    let engine = EngineOptions { journal_compact_bytes: Some(1 << 30), ..engine };
+    let vol = ShadowVolume::open_at(&img, &da, engine).unwrap();
+    assert!(vol.usage().checkpointed_chunks > 0);
+    vol.delete(gone).unwrap();
+    let usage = vol.resize(MaxSize::Unbounded).unwrap();
+    assert_eq!(usage.slots_in_use, 0);
+    let kept = create_set(&[&vol], CreateOptions::default()).unwrap().copies[0].id;
+    let before = std::fs::read(&img).unwrap();
+    vol.write_at(&pattern(9, 4096), 0).unwrap();
+    drop(vol);
+    let vol = ShadowVolume::open_at(&img, &da, EngineOptions::default()).unwrap();
+    assert!(read_all(&vol, kept).unwrap() == before, "the copy taken after the shrink reads right");
+    assert_eq!(vol.usage().slots_in_use, 1, "{:?}", vol.usage());
+}

@@ -132,11 +132,13 @@ impl BaseIndex {
     }
 
     /// Opens the file a journal checkpoint names; returns it with its free-slot bitmap.
+    /// `store_slots` (the slots the store file holds) bounds what the header may claim.
     pub(crate) fn open(
         file: Arc<dyn Storage>,
         generation: u64,
         diff_area_id: [u8; 16],
         cache: Arc<PageCache>,
+        store_slots: u64,
     ) -> Result<(Self, FreeBitmap), DiffAreaError> {
         let len = file.len().map_err(io("reading the index"))?;
         if len < HEADER_LEN {
@@ -164,6 +166,16 @@ impl BaseIndex {
         let entries = le::u64(&h, 40);
         let pages = le::u32(&h, 48);
         let high_water = le::u32(&h, 56);
+        // Each record names its own slot, every slot it names is in the store: this bounds the
+        // memory the header can make an open take by what the store holds.
+        if entries > u64::from(high_water) || u64::from(high_water) > store_slots {
+            return Err(corrupt(
+                0,
+                format!(
+                    "{entries} records naming slots up to {high_water}, with {store_slots} slots in the store (was the store file cut?)"
+                ),
+            ));
+        }
         let fences_at = HEADER_LEN + u64::from(pages) * PAGE_LEN as u64;
         let fences_len = pages as usize * FENCE_LEN;
         let words = (high_water as usize).div_ceil(64);
@@ -171,7 +183,10 @@ impl BaseIndex {
         // allocation they drive.
         let need = fences_at + fences_len as u64 + words as u64 * 8;
         if need > len || entries > u64::from(pages) * PAGE_ENTRIES as u64 || entries < u64::from(pages) {
-            return Err(corrupt(0, format!("the header describes {need} bytes and {entries} records in {pages} pages; the file has {len} bytes")));
+            return Err(corrupt(
+                0,
+                format!("the header describes {need} bytes and {entries} records in {pages} pages; the file has {len} bytes"),
+            ));
         }
         let mut raw = vec![0u8; fences_len];
         file.read_at(&mut raw, fences_at).map_err(io("reading the index"))?;
@@ -441,7 +456,8 @@ impl BaseWriter {
     pub(crate) fn finish(mut self, next_epoch: u32) -> Result<u64, DiffAreaError> {
         self.end_page()?;
         self.flush_out()?;
-        let high_water = self.used.iter().enumerate().rev().find(|(_, w)| **w != 0).map_or(0, |(i, w)| i * 64 + 64 - w.leading_zeros() as usize);
+        let high_water =
+            self.used.iter().enumerate().rev().find(|(_, w)| **w != 0).map_or(0, |(i, w)| i * 64 + 64 - w.leading_zeros() as usize);
         let words = high_water.div_ceil(64);
         let mut free = Vec::with_capacity(words * 8);
         for i in 0..words {
@@ -498,7 +514,7 @@ mod tests {
     fn lookups_match_a_sorted_list_across_pages() {
         let entries = sample(1000);
         let (file, _) = write(&entries, 3);
-        let (base, _) = BaseIndex::open(file, 3, [7; 16], Arc::new(PageCache::new(2 * PAGE_LEN as u64))).unwrap();
+        let (base, _) = BaseIndex::open(file, 3, [7; 16], Arc::new(PageCache::new(2 * PAGE_LEN as u64)), 1 << 20).unwrap();
         assert_eq!(base.len(), 1000);
         assert_eq!(base.next_epoch(), 99);
         for probe in 0..(entries.last().unwrap().chunk + 3) {
@@ -523,10 +539,12 @@ mod tests {
 
     #[test]
     fn the_free_bitmap_is_the_complement_of_the_named_slots() {
-        let entries = vec![Entry { chunk: 1, upper: 1, slot: 0 }, Entry { chunk: 2, upper: 1, slot: 3 }, Entry { chunk: 3, upper: 1, slot: 70 }];
+        let entries =
+            vec![Entry { chunk: 1, upper: 1, slot: 0 }, Entry { chunk: 2, upper: 1, slot: 3 }, Entry { chunk: 3, upper: 1, slot: 70 }];
         let (file, hw) = write(&entries, 1);
         assert_eq!(hw, 71);
-        let (_, free) = BaseIndex::open(file, 1, [7; 16], Arc::new(PageCache::new(0))).unwrap();
+        let (_, free) = BaseIndex::open(Arc::clone(&file), 1, [7; 16], Arc::new(PageCache::new(0)), 71).unwrap();
+        assert!(BaseIndex::open(Arc::clone(&file), 1, [7; 16], Arc::new(PageCache::new(0)), 70).is_err(), "a store cut short");
         let is_free = |s: u32| free[s as usize / 64] >> (s % 64) & 1 == 1;
         assert!(!is_free(0) && !is_free(3) && !is_free(70));
         assert!(is_free(1) && is_free(2) && is_free(69));
@@ -538,19 +556,19 @@ mod tests {
         let entries = sample(600);
         let (file, _) = write(&entries, 5);
         let cache = || Arc::new(PageCache::new(1 << 20));
-        assert!(BaseIndex::open(Arc::clone(&file), 6, [7; 16], cache()).is_err(), "another generation");
-        assert!(BaseIndex::open(Arc::clone(&file), 5, [8; 16], cache()).is_err(), "another diff area");
+        assert!(BaseIndex::open(Arc::clone(&file), 6, [7; 16], cache(), 1 << 20).is_err(), "another generation");
+        assert!(BaseIndex::open(Arc::clone(&file), 5, [8; 16], cache(), 1 << 20).is_err(), "another diff area");
         // One flipped bit in the second page's records.
         let mut b = [0u8; 1];
         let at = HEADER_LEN + PAGE_LEN as u64 + 100;
         file.read_at(&mut b, at).unwrap();
         file.write_at(&[b[0] ^ 4], at).unwrap();
-        let (base, _) = BaseIndex::open(Arc::clone(&file), 5, [7; 16], cache()).unwrap();
+        let (base, _) = BaseIndex::open(Arc::clone(&file), 5, [7; 16], cache(), 1 << 20).unwrap();
         let key = entries[PAGE_ENTRIES + 3].key();
         assert!(matches!(base.first_at_or_after(key), Err(DiffAreaError::Corrupt { .. })));
         assert!(base.first_at_or_after(entries[3].key()).is_ok(), "the other pages still read");
         // A header that claims more than the file holds.
         file.set_len(HEADER_LEN + 10).unwrap();
-        assert!(BaseIndex::open(file, 5, [7; 16], cache()).is_err());
+        assert!(BaseIndex::open(file, 5, [7; 16], cache(), 1 << 20).is_err());
     }
 }

@@ -175,7 +175,11 @@ impl Catalog {
     /// `start`, drops the garbage among them and returns it with the key to resume from.
     /// A record that is garbage stays garbage (new copies only get newer epochs), so the
     /// steps may be interleaved with any other use of the catalog.
-    pub(crate) fn collect_garbage_step(&mut self, start: (u64, u32), budget: usize) -> Result<(Vec<Entry>, Option<(u64, u32)>), DiffAreaError> {
+    pub(crate) fn collect_garbage_step(
+        &mut self,
+        start: (u64, u32),
+        budget: usize,
+    ) -> Result<(Vec<Entry>, Option<(u64, u32)>), DiffAreaError> {
         let mut lower = self.index.lower_bound(start.0, start.1)?;
         let mut prev_chunk = start.0;
         let (records, next) = self.index.scan(start, budget)?;

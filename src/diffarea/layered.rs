@@ -326,10 +326,8 @@ impl LayeredIndex {
     /// Abandons a merge that failed: the frozen layer goes back under the active one.
     pub(crate) fn thaw(&mut self) {
         let Some(frozen) = self.frozen.take() else { return };
-        let frozen = Arc::try_unwrap(frozen).unwrap_or_else(|shared| Delta {
-            records: shared.records.iter().collect_index(),
-            dead: shared.dead.iter().collect_index(),
-        });
+        let frozen = Arc::try_unwrap(frozen)
+            .unwrap_or_else(|shared| Delta { records: shared.records.iter().collect_index(), dead: shared.dead.iter().collect_index() });
         let newer = std::mem::replace(&mut self.active, frozen);
         for d in newer.dead.iter() {
             if self.active.records.remove(d.chunk, d.upper).is_none() {
@@ -467,7 +465,7 @@ mod tests {
                             1 => Fate::Carry,
                             _ => Fate::Keep,
                         }).unwrap();
-                        let (base, _) = BaseIndex::open(file, generation, [1; 16], Arc::clone(&cache)).unwrap();
+                        let (base, _) = BaseIndex::open(file, generation, [1; 16], Arc::clone(&cache), 1 << 20).unwrap();
                         // Dropped records still live are handed back, and are gone.
                         for c in idx.install(base, merged) {
                             prop_assert_eq!(model.remove(&c.key()), Some(c.slot));

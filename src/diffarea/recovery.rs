@@ -242,23 +242,14 @@ pub(crate) fn recover(
     // Records the tail added, and checks that do not need the whole index.
     let mut tail = Vec::new();
     catalog.index().for_each_in_memory(|e| tail.push(e));
-    // The checkpoint's records were checked against the store when written; a store that
-    // shrank since (damage) sends every record through the bounds check.
-    let whole = !damage.is_empty() || copies_went || u64::from(base_high_water) > store_slots;
+    // The checkpoint's records name slots inside the store (its open checked the high water).
+    let whole = !damage.is_empty() || copies_went;
     if whole {
         garbage.extend(catalog.collect_garbage()?);
         collected_all = true;
     }
     let out_of_bounds = |e: &Entry| e.chunk >= volume_chunks || u64::from(e.slot) >= store_slots;
-    let mut suspects: Vec<Entry> = tail.into_iter().filter(out_of_bounds).collect();
-    if u64::from(base_high_water) > store_slots {
-        suspects.clear();
-        catalog.index().for_each(|e| {
-            if out_of_bounds(&e) {
-                suspects.push(e)
-            }
-        })?;
-    }
+    let suspects: Vec<Entry> = tail.into_iter().filter(out_of_bounds).collect();
     let mut failed_any = false;
     for e in suspects {
         // Still there and still serving a copy after garbage collection?

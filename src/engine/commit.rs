@@ -100,7 +100,12 @@ impl Inner {
         let merged = (|| {
             let writer = BaseWriter::new(Arc::clone(&file), generation, *self.diff_area_id.as_bytes())?;
             let (merged, _) = layered::merge(&frozen, writer, next_epoch, |lower, e| catalog::merge_fate(&copies, lower, e))?;
-            let (base, _) = BaseIndex::open(file, generation, *self.diff_area_id.as_bytes(), Arc::clone(&self.page_cache))?;
+            let store_slots = self
+                .store
+                .len()
+                .map_err(|source| DiffAreaError::Io { what: "reading the store size", source })?
+                .div_ceil(u64::from(self.chunk_size));
+            let (base, _) = BaseIndex::open(file, generation, *self.diff_area_id.as_bytes(), Arc::clone(&self.page_cache), store_slots)?;
             Ok::<_, DiffAreaError>((base, merged))
         })();
         drop(frozen);
@@ -146,12 +151,21 @@ impl Inner {
         let records = merged.records;
         let collected = self.catalog.write().index_mut().install(base, merged);
         self.index_file.store(file_no, Ordering::Release);
+        // The old file is named by no journal any more (the old journal was cut to its header,
+        // as a compaction does): give its space back.
+        let _ = self.index_files[usize::from(1 - file_no)].set_len(0);
         if !collected.is_empty() {
             let mut slots = self.slots.lock();
             collected.iter().for_each(|e| slots.release(e.slot, n));
         }
         *self.last_merge.lock() = Some(Instant::now());
-        tracing::debug!(commit = n, records, collected = collected.len(), ms = started.elapsed().as_millis() as u64, "index merged, journal compacted");
+        tracing::debug!(
+            commit = n,
+            records,
+            collected = collected.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "index merged, journal compacted"
+        );
         (Ok(()), n)
     }
 

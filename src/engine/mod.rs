@@ -47,9 +47,9 @@ use uuid::Uuid;
 use crate::cache::ChunkCache;
 use crate::diffarea::base::{BaseIndex, PageCache, PageCacheStats};
 use crate::diffarea::catalog::{Catalog, CopyMeta};
-use crate::diffarea::layered::LayeredIndex;
 use crate::diffarea::format::{self, Header, Record};
 use crate::diffarea::journal::Journal;
+use crate::diffarea::layered::LayeredIndex;
 use crate::diffarea::recovery;
 use crate::diffarea::redo::RedoLog;
 use crate::diffarea::slots::SlotAllocator;
@@ -363,7 +363,9 @@ impl std::fmt::Debug for ShadowVolume {
     }
 }
 
-/// Bytes kept aside for the journal in a bounded diff area of `max` bytes.
+/// Bytes kept aside for the journal and the checkpointed index in a bounded diff area of `max`
+/// bytes: the journal's budget (32 bytes a slot) and two index files (16 bytes a slot each,
+/// both present during a merge).
 fn journal_reserve(max: u64, chunk: u32) -> u64 {
     (384 << 10) + (max / u64::from(chunk)) * 64
 }
@@ -463,7 +465,7 @@ impl ShadowVolume {
         let (base, free, index_file) = match recovery::checkpoint_of(&items) {
             Some((file, generation)) => {
                 let f = Arc::clone(&files.index[usize::from(file)]);
-                let (base, free) = BaseIndex::open(f, generation, header.diff_area_id, Arc::clone(&page_cache))?;
+                let (base, free) = BaseIndex::open(f, generation, header.diff_area_id, Arc::clone(&page_cache), store_len.div_ceil(chunk))?;
                 (base, free, file)
             }
             None => (BaseIndex::empty(Arc::clone(&page_cache)), Vec::new(), 1),
@@ -824,7 +826,8 @@ impl Inner {
     }
 
     fn usage(&self) -> Usage {
-        let journal = self.journal.lock().disk_bytes();
+        // The journal and the checkpointed index count together (`journal_reserve` covers both).
+        let journal = self.journal.lock().disk_bytes() + self.index_files.iter().map(|f| f.len().unwrap_or(0)).sum::<u64>();
         let store = self.store.len().unwrap_or(0);
         let (slots, slot_capacity, slot_bytes) = {
             let s = self.slots.lock();
@@ -921,10 +924,14 @@ impl Inner {
     }
 
     /// Shrinks the store file to the slots in use (under the slots lock, so that no slot being
-    /// allocated can be cut).
+    /// allocated can be cut), never below a slot the checkpointed index names (garbage there
+    /// goes at the next merge; the journal's lock keeps a merge from installing meanwhile).
     fn trim_store(&self) {
+        let _no_merge = self.journal.lock();
+        let cat = self.catalog.read();
+        let floor = cat.index().base().high_water();
         let mut slots = self.slots.lock();
-        let want = u64::from(slots.trim()) * u64::from(self.chunk_size);
+        let want = u64::from(slots.trim().max(floor)) * u64::from(self.chunk_size);
         if self.store.len().is_ok_and(|len| len > want) {
             if let Err(e) = self.store.set_len(want) {
                 tracing::warn!(error = %e, "could not shrink the diff-area store");
