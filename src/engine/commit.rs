@@ -184,7 +184,7 @@ impl Inner {
             return t;
         }
         let checkpointed = self.catalog.read().index().base().len();
-        let tail_cap = (checkpointed / 16 * 17).clamp(4 << 20, 16 << 20);
+        let tail_cap = (checkpointed / 16 * 17).clamp(2 << 20, 8 << 20);
         match *self.max_size.lock() {
             Some(max) => ((128 << 10) + (max / u64::from(self.chunk_size)) * 32).min(tail_cap),
             None => tail_cap,
