@@ -55,12 +55,16 @@ const VERSION: u32 = 1;
 const FENCE_LEN: usize = 12;
 
 type Key = (u64, u32);
+/// A page's records, shared between the cache and its readers.
+type Page = Arc<[Entry]>;
+/// A page in the cache: (generation of its checkpoint, page number).
+type PageId = (u64, u32);
 
 /// Pages of checkpointed indexes kept in memory, shared by every generation of one diff area
 /// (keys carry the generation, so a merge needs no flush), with hit counters for `status`.
 #[derive(Debug)]
 pub struct PageCache {
-    lru: Mutex<LruCache<(u64, u32), Arc<[Entry]>>>,
+    lru: Mutex<LruCache<PageId, Page>>,
     capacity_pages: usize,
     hits: AtomicU64,
     misses: AtomicU64,

@@ -175,11 +175,7 @@ impl Catalog {
     /// `start`, drops the garbage among them and returns it with the key to resume from.
     /// A record that is garbage stays garbage (new copies only get newer epochs), so the
     /// steps may be interleaved with any other use of the catalog.
-    pub(crate) fn collect_garbage_step(
-        &mut self,
-        start: (u64, u32),
-        budget: usize,
-    ) -> Result<(Vec<Entry>, Option<(u64, u32)>), DiffAreaError> {
+    pub(crate) fn collect_garbage_step(&mut self, start: (u64, u32), budget: usize) -> Result<GarbageStep, DiffAreaError> {
         let mut lower = self.index.lower_bound(start.0, start.1)?;
         let mut prev_chunk = start.0;
         let (records, next) = self.index.scan(start, budget)?;
@@ -219,6 +215,9 @@ impl Catalog {
         out
     }
 }
+
+/// The garbage one step of collection found, and the key to resume from.
+pub(crate) type GarbageStep = (Vec<Entry>, Option<(u64, u32)>);
 
 fn any_in(copies: &BTreeMap<u32, CopyMeta>, lower: u32, upper: u32, pred: impl Fn(&CopyMeta) -> bool) -> bool {
     lower < upper && copies.range(lower + 1..=upper).any(|(_, m)| pred(m))

@@ -160,7 +160,7 @@ impl ChunkIndex {
             return None;
         }
         let before = |e: &Entry| if inclusive { e.key() <= key } else { e.key() < key };
-        let p = self.pages.partition_point(|pg| pg.first().is_some_and(|e| before(e)));
+        let p = self.pages.partition_point(|pg| pg.first().is_some_and(&before));
         let page = &self.pages[p.checked_sub(1)?];
         page.iter().rev().find(|e| before(e)).copied()
     }

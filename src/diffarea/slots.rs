@@ -30,7 +30,7 @@ impl SlotAllocator {
     /// Builds the allocator from a free-slot bitmap over `0..high_water` (bit set: free).
     pub(crate) fn from_free(mut free: Vec<u64>, high_water: u32, capacity: Option<u32>) -> Self {
         free.resize((high_water as usize).div_ceil(64), 0);
-        if high_water % 64 != 0 {
+        if !high_water.is_multiple_of(64) {
             if let Some(last) = free.last_mut() {
                 *last &= (1u64 << (high_water % 64)) - 1;
             }
