@@ -504,3 +504,40 @@ fn the_store_is_not_cut_below_the_checkpoint_before_the_next_merge() {
     assert!(read_all(&vol, kept).unwrap() == before, "the copy taken after the shrink reads right");
     assert_eq!(vol.usage().slots_in_use, 1, "{:?}", vol.usage());
 }
+
+/// A checkpointed index page that does not match its checksum is an error, never a wrong
+/// answer: a read of the copy gets an error, a live write over it goes on (the diff area stops,
+/// its copies are marked failed) and lands on the volume.
+#[test]
+fn a_damaged_index_page_fails_reads_and_copies_never_live_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path());
+    let da = dir.path().join("diff");
+    let small = DiffAreaOptions { chunk_size: 4096, max_size: MaxSize::Unbounded };
+    let merging = EngineOptions { journal_compact_bytes: Some(4096), ..EngineOptions::default() };
+    let vol = ShadowVolume::create_at(&img, &da, small, merging).unwrap();
+    let copy = create_set(&[&vol], CreateOptions::default()).unwrap().copies[0].id;
+    for i in 0..(SIZE / 65536) {
+        vol.write_at(&pattern(500 + i as u64, 65536), (i * 65536) as u64).unwrap();
+        vol.flush().unwrap();
+    }
+    vol.close().unwrap();
+    // The checkpoint in use is the index file that is not empty; damage a record of its first page.
+    let index = ["index.0", "index.1"].map(|f| da.join(f)).into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let f = OpenOptions::new().read(true).write(true).open(&index).unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, 4096 + 8 + 5).unwrap();
+    f.write_all_at(&[b[0] ^ 0x40], 4096 + 8 + 5).unwrap();
+    drop(f);
+
+    let vol = ShadowVolume::open_at(&img, &da, EngineOptions::default()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let err = vol.read_copy(copy, &mut buf, 0).unwrap_err();
+    assert!(err.to_string().contains("checkpointed index is damaged"), "{err}");
+    let data = pattern(77, 4096);
+    vol.write_at(&data, 0).unwrap();
+    assert!(vol.failure().is_some_and(|f| f.contains("index")), "{:?}", vol.failure());
+    assert!(vol.copies().iter().all(|c| c.failed.is_some()), "the copies are marked failed");
+    vol.read_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, data, "the live write landed");
+}

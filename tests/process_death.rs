@@ -4,7 +4,8 @@
 //! (which replays the redo log) and checks, byte for byte, that every answered write is on the
 //! volume and every copy reads what the volume held when it was taken. Forty rounds on the same
 //! volume, half of them with the background commit slowed down to an hour so that answered
-//! bytes are still held back when the child dies.
+//! bytes are still held back when the child dies; the child merges its index every 32 KiB of
+//! journal, so kills also land in merges.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -41,6 +42,8 @@ fn child_workload(dir: &str) {
     let engine = EngineOptions {
         commit_interval: if slow { Duration::from_secs(3600) } else { Duration::from_millis(2) },
         pending_limit: if slow { 1 << 30 } else { 64 << 20 },
+        // Merges every 32 KiB of journal: kills land in the middle of merges too.
+        journal_compact_bytes: Some(32 << 10),
         ..EngineOptions::default()
     };
     let vol = ShadowVolume::open_at(&img, &da, engine).expect("child: open");
@@ -139,6 +142,7 @@ fn process_death_loses_no_answered_write() {
     let mut copies: BTreeMap<Uuid, Vec<u8>> = BTreeMap::new();
     let mut rng = StdRng::seed_from_u64(0x5eed);
     let (mut replayed_rounds, mut replayed_bytes, mut answered_writes, mut in_flight_writes) = (0, 0u64, 0u64, 0u64);
+    let mut checkpointed_rounds = 0;
     for round in 0..ROUNDS {
         let exe = std::env::current_exe().unwrap();
         let child = Command::new(exe)
@@ -193,6 +197,9 @@ fn process_death_loses_no_answered_write() {
 
         let vol = ShadowVolume::open_at(&img, &da, EngineOptions::default()).unwrap();
         let report = vol.redo_report();
+        if vol.usage().checkpointed_chunks > 0 {
+            checkpointed_rounds += 1;
+        }
         assert!(report.discarded.is_none(), "round {round}: {report:?}");
         if report.replayed_bytes > 0 {
             replayed_rounds += 1;
@@ -239,8 +246,10 @@ fn process_death_loses_no_answered_write() {
     }
     eprintln!(
         "{ROUNDS} kills: {answered_writes} answered writes checked, {replayed_rounds} rounds replayed held writes \
-         ({replayed_bytes} bytes), {in_flight_writes} kills in the middle of a write"
+         ({replayed_bytes} bytes), {in_flight_writes} kills in the middle of a write, {checkpointed_rounds} opens over a \
+         checkpointed index"
     );
+    assert!(checkpointed_rounds >= ROUNDS / 4, "only {checkpointed_rounds} of {ROUNDS} opens found a checkpointed index");
     // The test means something only if deaths really hit held bytes.
     assert!(replayed_rounds >= ROUNDS / 4, "only {replayed_rounds} of {ROUNDS} kills found held bytes to replay");
 }
