@@ -467,9 +467,8 @@ fn an_open_reads_no_page_of_the_checkpoint_and_copies_read_through_it() {
     assert!(read_all(&vol, second).unwrap() == second_image);
 }
 
-/// Space freed by deleting a copy whose records are in the checkpoint is reused, but the store
-/// is never cut below a slot the checkpoint names (its garbage goes at the next merge): the
-/// diff area opens after a shrink.
+/// Space freed by deleting a copy whose records are in the checkpoint comes back at once (the
+/// deletion merges), the store shrinks, the space is reused, and the diff area opens after.
 #[test]
 fn the_store_is_not_cut_below_the_checkpoint_before_the_next_merge() {
     let dir = tempfile::tempdir().unwrap();
@@ -489,7 +488,7 @@ fn the_store_is_not_cut_below_the_checkpoint_before_the_next_merge() {
         vol.flush().unwrap();
     }
     vol.close().unwrap();
-    // Reopened so that no commit merges any more: the deletion's garbage stays in the checkpoint.
+    // Reopened so that no commit merges by the journal's size: only the deletion does.
     let engine = EngineOptions { journal_compact_bytes: Some(1 << 30), ..engine };
     let vol = ShadowVolume::open_at(&img, &da, engine).unwrap();
     assert!(vol.usage().checkpointed_chunks > 0);

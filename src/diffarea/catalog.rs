@@ -153,45 +153,36 @@ impl Catalog {
         }
     }
 
-    /// Drops every record whose epoch range holds no protected copy; returns them. Reads the
-    /// whole index.
-    pub(crate) fn collect_garbage(&mut self) -> Result<Vec<Entry>, DiffAreaError> {
-        let mut removed = Vec::new();
-        let mut from = Some((0u64, 0u32));
-        while let Some(start) = from {
-            let (garbage, next) = self.collect_garbage_step(start, 4096)?;
-            removed.extend(garbage);
-            from = next;
-        }
-        Ok(removed)
-    }
-
     /// Forgets every record (all copies failed); the slots are the caller's to reset.
     pub(crate) fn clear_index(&mut self, empty: LayeredIndex) {
         self.index = empty;
     }
 
-    /// One bounded step of garbage collection: looks at up to `budget` records from key
-    /// `start`, drops the garbage among them and returns it with the key to resume from.
-    /// A record that is garbage stays garbage (new copies only get newer epochs), so the
-    /// steps may be interleaved with any other use of the catalog.
-    pub(crate) fn collect_garbage_step(&mut self, start: (u64, u32), budget: usize) -> Result<GarbageStep, DiffAreaError> {
-        let mut lower = self.index.lower_bound(start.0, start.1)?;
-        let mut prev_chunk = start.0;
-        let (records, next) = self.index.scan(start, budget)?;
+    /// One bounded step of garbage collection over the records held in memory (added since the
+    /// last merge): looks at up to `budget` of them from key `start`, drops the garbage among
+    /// them and returns it with the key to resume from. Garbage in the checkpoint is the
+    /// merge's to drop. A record's range is taken from the previous record *in memory* (0 if
+    /// none): at most as far down as its true range, so a record kept here may be garbage (the
+    /// next merge drops it), never the reverse. A record that is garbage stays garbage (new
+    /// copies only get newer epochs), so the steps may be interleaved with any other use.
+    pub(crate) fn collect_memory_garbage_step(&mut self, start: (u64, u32), budget: usize) -> (Vec<Entry>, Option<(u64, u32)>) {
+        let (records, next) = self.index.scan_in_memory(start, budget);
         let mut garbage = Vec::new();
+        let mut prev: Option<Entry> = None;
         for e in records {
-            let lo = if e.chunk == prev_chunk { lower } else { 0 };
-            if !self.any_in(lo, e.upper, CopyMeta::protected) {
+            let lower = match prev {
+                Some(p) if p.chunk == e.chunk => p.upper,
+                _ => 0,
+            };
+            prev = Some(e);
+            if !self.any_in(lower, e.upper, CopyMeta::protected) {
                 garbage.push(e);
             }
-            prev_chunk = e.chunk;
-            lower = e.upper;
         }
         for g in &garbage {
-            self.index.remove(g.chunk, g.upper)?;
+            self.index.remove_in_memory(g.chunk, g.upper);
         }
-        Ok((garbage, next))
+        (garbage, next)
     }
 
     /// The first payload of a compaction: the configuration, the checkpoint the journal's
@@ -215,9 +206,6 @@ impl Catalog {
         out
     }
 }
-
-/// The garbage one step of collection found, and the key to resume from.
-pub(crate) type GarbageStep = (Vec<Entry>, Option<(u64, u32)>);
 
 fn any_in(copies: &BTreeMap<u32, CopyMeta>, lower: u32, upper: u32, pred: impl Fn(&CopyMeta) -> bool) -> bool {
     lower < upper && copies.range(lower + 1..=upper).any(|(_, m)| pred(m))

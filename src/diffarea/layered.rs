@@ -58,12 +58,26 @@ pub(crate) enum Fate {
     Drop,
 }
 
-/// What a merge wrote and what stays in memory.
+/// What a merge wrote, what stays in memory, and what it dropped.
 #[derive(Debug)]
 pub(crate) struct Merged {
     pub records: u64,
     pub carried: Vec<Entry>,
+    /// Records of the frozen layer it dropped (as many as the layer: bounded by the journal's
+    /// budget).
     pub dropped: Vec<Entry>,
+    /// Slots of the checkpoint's records it dropped, as a bitmap (one bit a slot, however many
+    /// records a deletion made garbage).
+    pub dropped_slots: Vec<u64>,
+}
+
+/// What [`LayeredIndex::install`] hands back: the slots of dropped records, to be freed.
+#[derive(Debug, Default)]
+pub(crate) struct Freed {
+    /// Dropped records of the frozen layer.
+    pub records: Vec<Entry>,
+    /// Slots of dropped checkpoint records (bit set: free it).
+    pub slots: Vec<u64>,
 }
 
 impl LayeredIndex {
@@ -280,6 +294,13 @@ impl LayeredIndex {
         self.active.records.iter().for_each(f);
     }
 
+    /// Removes a record held in the active layer (no page is read); returns its slot.
+    pub(crate) fn remove_in_memory(&mut self, chunk: u64, upper: u32) -> Option<u32> {
+        let slot = self.active.records.remove(chunk, upper)?;
+        self.len -= 1;
+        Some(slot)
+    }
+
     /// Up to `budget` records held in the active layer from `start`, and the key to go on from.
     pub(crate) fn scan_in_memory(&self, start: Key, budget: usize) -> (Vec<Entry>, Option<Key>) {
         let mut it = self.active.records.iter_from(start.0, start.1);
@@ -298,17 +319,27 @@ impl LayeredIndex {
 
     /// Ends a merge: `base` (written by [`merge`] from what [`Self::freeze`] returned) replaces
     /// the frozen layer and the old checkpoint. Records the merge carried stay in memory, unless
-    /// they were removed meanwhile. Returns the records the merge dropped that were still live
-    /// (garbage that no collection had reached yet): their slots are the caller's to free.
-    pub(crate) fn install(&mut self, base: BaseIndex, merged: Merged) -> Vec<Entry> {
-        let mut collected = Vec::new();
+    /// they were removed meanwhile. Returns the records the merge dropped that were still live:
+    /// their slots are the caller's to free (those removed meanwhile were freed by whoever
+    /// removed them).
+    pub(crate) fn install(&mut self, base: BaseIndex, merged: Merged) -> Freed {
+        let mut freed = Freed { records: Vec::new(), slots: merged.dropped_slots };
         if self.frozen.is_none() {
             // The index was cleared meanwhile (the diff area failed): nothing to install.
-            return collected;
+            return Freed::default();
         }
         for d in merged.dropped {
             if self.active.dead.remove(d.chunk, d.upper).is_none() {
-                collected.push(d);
+                freed.records.push(d);
+            }
+        }
+        // A dead key naming a dropped checkpoint slot is that record (a slot is named once).
+        let dead: Vec<Entry> = self.active.dead.iter().collect();
+        for d in dead {
+            let (w, b) = (d.slot as usize / 64, d.slot % 64);
+            if freed.slots.get(w).is_some_and(|x| x >> b & 1 == 1) {
+                freed.slots[w] &= !(1 << b);
+                self.active.dead.remove(d.chunk, d.upper);
             }
         }
         for c in merged.carried {
@@ -320,7 +351,7 @@ impl LayeredIndex {
         self.frozen = None;
         self.hidden = Arc::default();
         self.len = self.base.len() + self.active.records.len() as u64 - self.active.dead.len() as u64;
-        collected
+        freed
     }
 
     /// Abandons a merge that failed: the frozen layer goes back under the active one.
@@ -363,9 +394,9 @@ pub(crate) fn merge(
     next_epoch: u32,
     mut fate: impl FnMut(u32, &Entry) -> Fate,
 ) -> Result<(Merged, u64), DiffAreaError> {
-    let mut out = Merged { records: 0, carried: Vec::new(), dropped: Vec::new() };
+    let mut out = Merged { records: 0, carried: Vec::new(), dropped: Vec::new(), dropped_slots: Vec::new() };
     let mut prev: Option<Entry> = None;
-    let mut step = |e: Entry, writer: &mut BaseWriter| -> Result<(), DiffAreaError> {
+    let mut step = |e: Entry, from_base: bool, writer: &mut BaseWriter| -> Result<(), DiffAreaError> {
         let lower = match prev {
             Some(p) if p.chunk == e.chunk => p.upper,
             _ => 0,
@@ -374,6 +405,13 @@ pub(crate) fn merge(
         match fate(lower, &e) {
             Fate::Keep => writer.push(e)?,
             Fate::Carry => out.carried.push(e),
+            Fate::Drop if from_base => {
+                let w = e.slot as usize / 64;
+                if out.dropped_slots.len() <= w {
+                    out.dropped_slots.resize(w + 1, 0);
+                }
+                out.dropped_slots[w] |= 1 << (e.slot % 64);
+            }
             Fate::Drop => out.dropped.push(e),
         }
         Ok(())
@@ -385,13 +423,13 @@ pub(crate) fn merge(
                 continue;
             }
             while let Some(d) = delta.next_if(|d| d.key() < e.key()) {
-                step(d, &mut writer)?;
+                step(d, false, &mut writer)?;
             }
-            step(*e, &mut writer)?;
+            step(*e, true, &mut writer)?;
         }
     }
     for d in delta {
-        step(d, &mut writer)?;
+        step(d, false, &mut writer)?;
     }
     out.records = writer.len();
     let high_water = writer.finish(next_epoch)?;
@@ -466,10 +504,21 @@ mod tests {
                             _ => Fate::Keep,
                         }).unwrap();
                         let (base, _) = BaseIndex::open(file, generation, [1; 16], Arc::clone(&cache), 1 << 20).unwrap();
-                        // Dropped records still live are handed back, and are gone.
-                        for c in idx.install(base, merged) {
-                            prop_assert_eq!(model.remove(&c.key()), Some(c.slot));
-                            prop_assert_eq!(idx.remove(c.chunk, c.upper).unwrap(), None);
+                        // Dropped records still live are handed back, and are gone (slots are
+                        // unique here, as in the engine).
+                        let freed = idx.install(base, merged);
+                        let bit = |s: u32| freed.slots.get(s as usize / 64).is_some_and(|w| w >> (s % 64) & 1 == 1);
+                        let gone: Vec<(Key, u32)> = model
+                            .iter()
+                            .filter(|(k, v)| freed.records.contains(&Entry { chunk: k.0, upper: k.1, slot: **v }) || bit(**v))
+                            .map(|(k, v)| (*k, *v))
+                            .collect();
+                        let handed_back = freed.records.len() + freed.slots.iter().map(|w| w.count_ones() as usize).sum::<usize>();
+                        prop_assert_eq!(gone.len(), handed_back, "every slot handed back was a live record's");
+                        for (k, _) in gone {
+                            prop_assert_eq!(k.0, 0, "only chunk 0 is dropped");
+                            model.remove(&k);
+                            prop_assert_eq!(idx.remove(k.0, k.1).unwrap(), None);
                         }
                     }
                     9 if pending.is_some() => {

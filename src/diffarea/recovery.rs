@@ -40,9 +40,9 @@ pub(crate) struct Recovered {
     pub high_water: u32,
     /// Records replayed from the journal.
     pub replayed: usize,
-    /// Whether garbage was collected over the whole index (the checkpoint no longer matches
-    /// the copies): the engine then writes a new one.
-    pub collected_all: bool,
+    /// Whether the checkpoint (or the tail) may hold garbage, or failures must be made
+    /// durable: the engine then merges at once.
+    pub needs_merge: bool,
 }
 
 /// A free-slot bitmap with its high water.
@@ -237,54 +237,39 @@ pub(crate) fn recover(
     }
     let next_epoch = max_epoch.saturating_add(1).max(base_next_epoch);
     let mut catalog = Catalog::from_parts(copies, index, next_epoch);
-    let mut collected_all = false;
-    let mut garbage = Vec::new();
-    // Records the tail added, and checks that do not need the whole index.
+    // Records the tail added, and the bounds checks that do not need the checkpoint (its
+    // records name slots inside the store: its open checked the high water).
     let mut tail = Vec::new();
     catalog.index().for_each_in_memory(|e| tail.push(e));
-    // The checkpoint's records name slots inside the store (its open checked the high water).
-    let whole = !damage.is_empty() || copies_went;
-    if whole {
-        garbage.extend(catalog.collect_garbage()?);
-        collected_all = true;
-    }
     let out_of_bounds = |e: &Entry| e.chunk >= volume_chunks || u64::from(e.slot) >= store_slots;
     let suspects: Vec<Entry> = tail.into_iter().filter(out_of_bounds).collect();
     let mut failed_any = false;
     for e in suspects {
-        // Still there and still serving a copy after garbage collection?
-        if catalog.index().covering(e.chunk, e.upper)?.is_none_or(|c| c != e) {
-            continue;
-        }
         let lower = catalog.index().lower_bound(e.chunk, e.upper)?;
+        let epochs: Vec<u32> = catalog.copies().range(lower + 1..=e.upper).filter(|(_, m)| m.failed.is_none()).map(|(k, _)| *k).collect();
+        if epochs.is_empty() {
+            continue; // garbage: serves no copy
+        }
         let why = format!(
             "diff-area record for chunk {} names {}; this copy's data is incomplete",
             e.chunk,
             if e.chunk >= volume_chunks { "a chunk beyond the volume" } else { "a slot beyond the store file" }
         );
-        let epochs: Vec<u32> = catalog.copies().range(lower + 1..=e.upper).map(|(k, _)| *k).collect();
-        if epochs.is_empty() {
-            continue;
-        }
         damage.push(why.clone());
         for k in epochs {
             catalog.fail_copy(k, why.clone());
         }
         failed_any = true;
     }
-    if failed_any {
-        garbage.extend(catalog.collect_garbage()?);
-        collected_all = true;
-    }
-    for g in &garbage {
-        slots.set(g.slot, true);
-    }
+    // Garbage: the checkpoint no longer matches the copies when copies went or failed in the
+    // tail; the merge the engine then runs at once drops it (with the tail's own garbage).
+    let needs_merge = !damage.is_empty() || copies_went || failed_any;
     let mut replayed = 0;
     catalog.index().for_each_in_memory(|e| {
         slots.set(e.slot, false);
         replayed += 1;
     });
-    Ok(Recovered { catalog, max_size, damage, seal, free: slots.free, high_water: slots.high_water, replayed, collected_all })
+    Ok(Recovered { catalog, max_size, damage, seal, free: slots.free, high_water: slots.high_water, replayed, needs_merge })
 }
 
 #[cfg(test)]

@@ -18,6 +18,8 @@ pub(crate) struct SlotAllocator {
     /// No free slot lies in a word before this one.
     first_word: usize,
     pending: Vec<(u64, u32)>,
+    /// Many slots released at once (a merge's garbage), as bitmaps.
+    pending_bulk: Vec<(u64, Vec<u64>)>,
     in_use: u32,
 }
 
@@ -36,7 +38,15 @@ impl SlotAllocator {
             }
         }
         let free_count: u32 = free.iter().map(|w| w.count_ones()).sum();
-        SlotAllocator { capacity, high_water, free, first_word: 0, pending: Vec::new(), in_use: high_water - free_count }
+        SlotAllocator {
+            capacity,
+            high_water,
+            free,
+            first_word: 0,
+            pending: Vec::new(),
+            pending_bulk: Vec::new(),
+            in_use: high_water - free_count,
+        }
     }
 
     /// Builds the allocator from the slots that records name.
@@ -108,8 +118,38 @@ impl SlotAllocator {
         self.pending.push((after_commit, slot));
     }
 
+    /// Slots no record needs any more, as a bitmap (bit set: release it); reusable once commit
+    /// `after_commit` is done.
+    pub(crate) fn release_bitmap(&mut self, mut bits: Vec<u64>, after_commit: u64) {
+        bits.truncate((self.high_water as usize).div_ceil(64));
+        if !self.high_water.is_multiple_of(64) {
+            if let Some(last) = bits.get_mut((self.high_water / 64) as usize) {
+                *last &= (1u64 << (self.high_water % 64)) - 1;
+            }
+        }
+        let n: u32 = bits.iter().map(|w| w.count_ones()).sum();
+        if n > 0 {
+            self.in_use = self.in_use.saturating_sub(n);
+            self.pending_bulk.push((after_commit, bits));
+        }
+    }
+
     /// Commit `n` is durable: slots released before it may be reused.
     pub(crate) fn commit_done(&mut self, n: u64) {
+        let mut i = 0;
+        while i < self.pending_bulk.len() {
+            if self.pending_bulk[i].0 <= n {
+                let (_, bits) = self.pending_bulk.swap_remove(i);
+                for (w, b) in bits.into_iter().enumerate() {
+                    if b != 0 && w < self.free.len() {
+                        self.free[w] |= b;
+                        self.first_word = self.first_word.min(w);
+                    }
+                }
+            } else {
+                i += 1;
+            }
+        }
         let mut now = Vec::new();
         self.pending.retain(|&(c, s)| {
             if c <= n {
@@ -129,7 +169,7 @@ impl SlotAllocator {
 
     /// Slots waiting for a commit before they become free.
     pub(crate) fn pending(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.pending_bulk.iter().map(|(_, b)| b.iter().map(|w| w.count_ones() as usize).sum::<usize>()).sum::<usize>()
     }
 
     /// Drops trailing free slots; returns the new number of slots the store needs.
@@ -153,7 +193,7 @@ impl SlotAllocator {
 
     /// Heap bytes it holds.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.free.capacity() * 8 + self.pending.capacity() * 16
+        self.free.capacity() * 8 + self.pending.capacity() * 16 + self.pending_bulk.iter().map(|(_, b)| b.capacity() * 8).sum::<usize>()
     }
 }
 
@@ -192,5 +232,22 @@ mod tests {
         assert_eq!(a.allocate(), Some(5), "a freed low slot is found again");
         assert_eq!(a.trim(), 199, "trailing free slots are dropped");
         assert_eq!(a.allocate(), Some(199));
+    }
+
+    #[test]
+    fn a_bitmap_of_released_slots_waits_for_its_commit_too() {
+        let mut a = SlotAllocator::from_used(0..130, None);
+        let mut bits = vec![0u64; 3];
+        bits[0] |= 1 << 3;
+        bits[1] |= 1 << 1; // slot 65
+        bits[2] |= 1 << 10; // slot 138: beyond the high water, ignored
+        a.release_bitmap(bits, 4);
+        assert_eq!((a.in_use(), a.pending()), (128, 2));
+        assert_eq!(a.allocate(), Some(130), "not before commit 4");
+        a.commit_done(4);
+        assert_eq!(a.pending(), 0);
+        assert_eq!(a.allocate(), Some(3));
+        assert_eq!(a.allocate(), Some(65));
+        assert_eq!(a.allocate(), Some(131));
     }
 }

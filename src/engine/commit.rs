@@ -15,7 +15,7 @@
 use std::mem;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::Inner;
 use crate::diffarea::base::{BaseIndex, BaseWriter};
@@ -29,9 +29,6 @@ use crate::error::{DiffAreaError, Error};
 /// 0.1 s. A constant, so that the open's work does not grow with the diff area; the price is the
 /// merge's rewrite of the whole checkpoint once per budget (see `docs/design.md`).
 const TAIL_BUDGET: u64 = 4 << 20;
-
-/// A merge asked for by a deletion waits at least this long after the previous one.
-const MERGE_SPACING: Duration = Duration::from_secs(5);
 
 impl Inner {
     /// Runs one commit; returns its number. A diff-area failure stops the diff area (copies
@@ -154,23 +151,18 @@ impl Inner {
             return (Err(e), n);
         }
         let records = merged.records;
-        let collected = self.catalog.write().index_mut().install(base, merged);
+        let freed = self.catalog.write().index_mut().install(base, merged);
         self.index_file.store(file_no, Ordering::Release);
         // The old file is named by no journal any more (the old journal was cut to its header,
         // as a compaction does): give its space back.
         let _ = self.index_files[usize::from(1 - file_no)].set_len(0);
-        if !collected.is_empty() {
+        let collected = freed.records.len() + freed.slots.iter().map(|w| w.count_ones() as usize).sum::<usize>();
+        {
             let mut slots = self.slots.lock();
-            collected.iter().for_each(|e| slots.release(e.slot, n));
+            freed.records.iter().for_each(|e| slots.release(e.slot, n));
+            slots.release_bitmap(freed.slots, n);
         }
-        *self.last_merge.lock() = Some(Instant::now());
-        tracing::debug!(
-            commit = n,
-            records,
-            collected = collected.len(),
-            ms = started.elapsed().as_millis() as u64,
-            "index merged, journal compacted"
-        );
+        tracing::debug!(commit = n, records, collected, ms = started.elapsed().as_millis() as u64, "index merged, journal compacted");
         (Ok(()), n)
     }
 
@@ -195,8 +187,7 @@ impl Inner {
         }
     }
 
-    /// The background committer: every `commit_interval`, commits if anything waits; merges
-    /// when a deletion left garbage in the checkpoint.
+    /// The background committer: every `commit_interval`, commits if anything waits.
     pub(super) fn run_committer(&self) {
         let (lock, cv) = &self.wake;
         loop {
@@ -209,13 +200,6 @@ impl Inner {
             }
             if self.shutdown.load(Ordering::Acquire) {
                 return;
-            }
-            let spaced = self.last_merge.lock().is_none_or(|t| t.elapsed() >= MERGE_SPACING);
-            if spaced && self.merge_due.swap(false, Ordering::AcqRel) {
-                if let Err(e) = self.commit_compacting() {
-                    tracing::error!(error = %e, "background merge failed");
-                }
-                continue;
             }
             let waiting = !self.pending.is_empty() || !self.log.lock().payload.is_empty();
             if waiting {

@@ -335,9 +335,6 @@ struct Inner {
     /// The index file the journal's checkpoint names (the next merge writes the other).
     index_file: AtomicU8,
     page_cache: Arc<PageCache>,
-    /// A deletion left garbage in the checkpoint: the committer merges soon.
-    merge_due: AtomicBool,
-    last_merge: Mutex<Option<Instant>>,
     open_duration: Mutex<Option<Duration>>,
     pending: Pending,
     cache: ChunkCache,
@@ -484,7 +481,10 @@ impl ShadowVolume {
             .values()
             .filter_map(|m| m.failed.as_ref().map(|r| Event::CopyFailed { id: Uuid::from_bytes(m.record.id), reason: r.clone() }))
             .collect();
-        let damaged = !recovered.damage.is_empty() || recovered.collected_all;
+        for d in &recovered.damage {
+            tracing::error!(diff_area = %Uuid::from_bytes(header.diff_area_id), damage = %d, "diff area damaged");
+        }
+        let damaged = recovered.needs_merge;
         let seal = recovered.seal;
         let replayed = recovered.replayed;
         let (redo, redone) = match &files.redo {
@@ -648,8 +648,6 @@ impl ShadowVolume {
             index_files: files.index,
             index_file: AtomicU8::new(index_file),
             page_cache,
-            merge_due: AtomicBool::new(false),
-            last_merge: Mutex::new(None),
             open_duration: Mutex::new(None),
             pending: Pending::new(
                 header.chunk_size.trailing_zeros(),
@@ -851,42 +849,43 @@ impl Inner {
         }
     }
 
-    /// Removes a copy; its slots become free after the commit that records the deletion.
+    /// Removes a copy; its slots become free after the commit that records the deletion. A
+    /// persistent copy's records may be in the checkpoint: the deletion's commit is a merge,
+    /// which drops them (a read of the whole checkpoint, and a write of what stays). A volatile
+    /// copy's own records are all in memory (a checkpoint keeps only records that serve a
+    /// persistent copy): they are collected there.
     fn delete_epoch(&self, epoch: u32, reason: DeleteReason) -> Result<Option<CopyInfo>, Error> {
-        let (info, n) = {
+        let (info, n, persistent) = {
             let mut cat = self.catalog.write();
             let Some(meta) = cat.remove_copy(epoch) else { return Ok(None) };
             let mut log = self.log.lock();
             if meta.persistent && meta.journaled {
                 Record::SnapshotDeleted { epoch }.encode_into(&mut log.payload);
             }
-            (CopyInfo::from_meta(&meta), log.commit_no)
+            (CopyInfo::from_meta(&meta), log.commit_no, meta.persistent)
         };
-        self.collect_garbage(n);
-        self.merge_due.store(true, Ordering::Release);
         match reason {
             DeleteReason::Requested => tracing::info!(copy = %info.id, "shadow copy deleted"),
             DeleteReason::DiffAreaFull => tracing::warn!(copy = %info.id, "diff area full: deleted the oldest shadow copy"),
         }
         self.events.lock().push(Event::CopyDeleted { id: info.id, reason });
-        self.commit()?;
+        if persistent {
+            self.commit_compacting()?;
+        } else {
+            self.collect_memory_garbage(n);
+            self.commit()?;
+        }
         Ok(Some(info))
     }
 
-    /// Drops records no copy needs, a bounded step at a time so that writers and readers are
-    /// never held for a whole scan; their slots become free after commit `n`.
-    fn collect_garbage(&self, n: u64) {
+    /// Drops records held in memory that no copy needs, a bounded step at a time so that
+    /// writers and readers are never held for a whole scan; their slots become free after
+    /// commit `n`.
+    fn collect_memory_garbage(&self, n: u64) {
         const STEP: usize = 4096;
         let mut from = Some((0u64, 0u32));
         while let Some(start) = from {
-            let step = self.catalog.write().collect_garbage_step(start, STEP);
-            let (garbage, next) = match step {
-                Ok(step) => step,
-                Err(e) => {
-                    self.fail_diff_area(format!("reading the index to free the space of a deleted copy failed: {e}"));
-                    return;
-                }
-            };
+            let (garbage, next) = self.catalog.write().collect_memory_garbage_step(start, STEP);
             if !garbage.is_empty() {
                 let mut slots = self.slots.lock();
                 garbage.iter().for_each(|e| slots.release(e.slot, n));
