@@ -290,7 +290,7 @@ impl BaseIndex {
             return Ok(None);
         }
         let page = self.page(p)?;
-        match page.iter().find(|e| e.key() >= key) {
+        match page.get(page.partition_point(|e| e.key() < key)) {
             Some(e) => Ok(Some(*e)),
             None if p + 1 < self.pages() => Ok(self.page(p + 1)?.first().copied()),
             None => Ok(None),
@@ -302,7 +302,8 @@ impl BaseIndex {
         let p = self.fences.partition_point(|f| if inclusive { *f <= key } else { *f < key });
         let Some(p) = p.checked_sub(1) else { return Ok(None) };
         let page = self.page(p as u32)?;
-        Ok(page.iter().rev().find(|e| if inclusive { e.key() <= key } else { e.key() < key }).copied())
+        let end = page.partition_point(|e| if inclusive { e.key() <= key } else { e.key() < key });
+        Ok(end.checked_sub(1).map(|i| page[i]))
     }
 
     /// A cursor over the records from `key` on, in key order, reading pages through the cache.
