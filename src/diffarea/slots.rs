@@ -6,15 +6,129 @@
 //! is done ([`SlotAllocator::commit_done`]). Lowest free slots are reused first so that the store
 //! file can shrink.
 
-/// The free slots as a bitmap (bit set: free) over `0..high_water`: one bit a slot, whatever
-/// the number of free slots.
+/// Words of a [`SparseBits`] block (32 Ki bits, 4 KiB).
+const BLOCK_WORDS: usize = 512;
+
+/// A bitmap kept in blocks of 32 Ki bits, where a block with no bit set takes no memory: the
+/// free slots of a full diff area cost nothing, whatever its number of slots.
+#[derive(Debug, Default)]
+struct SparseBits {
+    blocks: Vec<Option<Box<[u64; BLOCK_WORDS]>>>,
+}
+
+impl SparseBits {
+    /// From a dense bitmap.
+    fn from_words(words: &[u64]) -> Self {
+        let blocks = words
+            .chunks(BLOCK_WORDS)
+            .map(|c| {
+                c.iter().any(|w| *w != 0).then(|| {
+                    let mut b = Box::new([0u64; BLOCK_WORDS]);
+                    b[..c.len()].copy_from_slice(c);
+                    b
+                })
+            })
+            .collect();
+        SparseBits { blocks }
+    }
+
+    fn word(&self, w: usize) -> u64 {
+        self.blocks.get(w / BLOCK_WORDS).and_then(|b| b.as_ref()).map_or(0, |b| b[w % BLOCK_WORDS])
+    }
+
+    fn get(&self, s: u32) -> bool {
+        self.word(s as usize / 64) >> (s % 64) & 1 == 1
+    }
+
+    /// ORs `bits` into word `w`.
+    fn or_word(&mut self, w: usize, bits: u64) {
+        if bits == 0 {
+            return;
+        }
+        let b = w / BLOCK_WORDS;
+        if self.blocks.len() <= b {
+            self.blocks.resize_with(b + 1, || None);
+        }
+        self.blocks[b].get_or_insert_with(|| Box::new([0u64; BLOCK_WORDS]))[w % BLOCK_WORDS] |= bits;
+    }
+
+    fn set(&mut self, s: u32) {
+        self.or_word(s as usize / 64, 1 << (s % 64));
+    }
+
+    fn clear(&mut self, s: u32) {
+        let w = s as usize / 64;
+        let b = w / BLOCK_WORDS;
+        if let Some(Some(block)) = self.blocks.get_mut(b) {
+            block[w % BLOCK_WORDS] &= !(1 << (s % 64));
+            if block[w % BLOCK_WORDS] == 0 && block.iter().all(|x| *x == 0) {
+                self.blocks[b] = None;
+            }
+        }
+    }
+
+    /// The first set bit in word `from` or after; `from` moves past words found empty.
+    fn first_set(&self, from: &mut usize) -> Option<u32> {
+        while *from / BLOCK_WORDS < self.blocks.len() {
+            match &self.blocks[*from / BLOCK_WORDS] {
+                None => *from = (*from / BLOCK_WORDS + 1) * BLOCK_WORDS,
+                Some(block) => {
+                    let w = block[*from % BLOCK_WORDS];
+                    if w != 0 {
+                        return Some(*from as u32 * 64 + w.trailing_zeros());
+                    }
+                    *from += 1;
+                }
+            }
+        }
+        None
+    }
+
+    /// Drops every bit at or above `bits`.
+    fn truncate(&mut self, bits: u32) {
+        let words = (bits as usize).div_ceil(64);
+        self.blocks.truncate(words.div_ceil(BLOCK_WORDS));
+        // The block holding word `words` (the first whole word dropped), if it was kept.
+        let (b, start) = (words / BLOCK_WORDS, words % BLOCK_WORDS);
+        if start != 0 {
+            if let Some(Some(block)) = self.blocks.get_mut(b) {
+                block[start..].fill(0);
+            }
+        }
+        if !bits.is_multiple_of(64) {
+            let w = bits as usize / 64;
+            if let Some(Some(block)) = self.blocks.get_mut(w / BLOCK_WORDS) {
+                block[w % BLOCK_WORDS] &= (1u64 << (bits % 64)) - 1;
+            }
+        }
+        if let Some(last) = self.blocks.last_mut() {
+            if last.as_ref().is_some_and(|b| b.iter().all(|w| *w == 0)) {
+                *last = None;
+            }
+        }
+        while matches!(self.blocks.last(), Some(None)) {
+            self.blocks.pop();
+        }
+    }
+
+    fn count(&self) -> u32 {
+        self.blocks.iter().flatten().map(|b| b.iter().map(|w| w.count_ones()).sum::<u32>()).sum()
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.blocks.capacity() * 8 + self.blocks.iter().flatten().count() * BLOCK_WORDS * 8
+    }
+}
+
+/// Free slots (a sparse bitmap over `0..high_water`, bit set: free), slots in use, and slots
+/// released but waiting for a commit.
 #[derive(Debug)]
 pub(crate) struct SlotAllocator {
     /// Most slots the diff area may use (`None`: unbounded).
     capacity: Option<u32>,
     /// Slots `0..high_water` exist in the store file.
     high_water: u32,
-    free: Vec<u64>,
+    free: SparseBits,
     /// No free slot lies in a word before this one.
     first_word: usize,
     pending: Vec<(u64, u32)>,
@@ -30,14 +144,10 @@ impl SlotAllocator {
     }
 
     /// Builds the allocator from a free-slot bitmap over `0..high_water` (bit set: free).
-    pub(crate) fn from_free(mut free: Vec<u64>, high_water: u32, capacity: Option<u32>) -> Self {
-        free.resize((high_water as usize).div_ceil(64), 0);
-        if !high_water.is_multiple_of(64) {
-            if let Some(last) = free.last_mut() {
-                *last &= (1u64 << (high_water % 64)) - 1;
-            }
-        }
-        let free_count: u32 = free.iter().map(|w| w.count_ones()).sum();
+    pub(crate) fn from_free(free: Vec<u64>, high_water: u32, capacity: Option<u32>) -> Self {
+        let mut free = SparseBits::from_words(&free);
+        free.truncate(high_water);
+        let free_count = free.count();
         SlotAllocator {
             capacity,
             high_water,
@@ -70,35 +180,21 @@ impl SlotAllocator {
         self.capacity = capacity;
     }
 
-    fn lowest_free(&mut self) -> Option<u32> {
-        while let Some(w) = self.free.get(self.first_word) {
-            if *w != 0 {
-                return Some(self.first_word as u32 * 64 + w.trailing_zeros());
-            }
-            self.first_word += 1;
-        }
-        None
-    }
-
     fn mark_free(&mut self, s: u32) {
-        let w = s as usize / 64;
-        self.free[w] |= 1 << (s % 64);
-        self.first_word = self.first_word.min(w);
+        self.free.set(s);
+        self.first_word = self.first_word.min(s as usize / 64);
     }
 
     /// A free slot, or `None` when the diff area is full.
     pub(crate) fn allocate(&mut self) -> Option<u32> {
         let cap = self.capacity.unwrap_or(u32::MAX);
-        let slot = match self.lowest_free() {
+        let slot = match self.free.first_set(&mut self.first_word) {
             Some(s) if s < cap => {
-                self.free[s as usize / 64] &= !(1 << (s % 64));
+                self.free.clear(s);
                 s
             }
             _ if self.high_water < cap => {
                 self.high_water += 1;
-                if self.free.len() * 64 < self.high_water as usize {
-                    self.free.push(0);
-                }
                 self.high_water - 1
             }
             _ => return None,
@@ -140,9 +236,10 @@ impl SlotAllocator {
         while i < self.pending_bulk.len() {
             if self.pending_bulk[i].0 <= n {
                 let (_, bits) = self.pending_bulk.swap_remove(i);
-                for (w, b) in bits.into_iter().enumerate() {
-                    if b != 0 && w < self.free.len() {
-                        self.free[w] |= b;
+                let hw_words = (self.high_water as usize).div_ceil(64);
+                for (w, b) in bits.into_iter().enumerate().take(hw_words) {
+                    if b != 0 {
+                        self.free.or_word(w, b);
                         self.first_word = self.first_word.min(w);
                     }
                 }
@@ -159,7 +256,8 @@ impl SlotAllocator {
                 true
             }
         });
-        now.into_iter().for_each(|s| self.mark_free(s));
+        let high_water = self.high_water;
+        now.into_iter().filter(|s| *s < high_water).for_each(|s| self.mark_free(s));
     }
 
     /// Slots in use.
@@ -174,16 +272,11 @@ impl SlotAllocator {
 
     /// Drops trailing free slots; returns the new number of slots the store needs.
     pub(crate) fn trim(&mut self) -> u32 {
-        while self.high_water > 0 {
-            let s = self.high_water - 1;
-            let w = s as usize / 64;
-            if self.free[w] >> (s % 64) & 1 == 0 {
-                break;
-            }
-            self.free[w] &= !(1 << (s % 64));
+        while self.high_water > 0 && self.free.get(self.high_water - 1) {
+            self.free.clear(self.high_water - 1);
             self.high_water -= 1;
         }
-        self.free.truncate((self.high_water as usize).div_ceil(64));
+        self.free.truncate(self.high_water);
         self.high_water
     }
 
@@ -193,7 +286,7 @@ impl SlotAllocator {
 
     /// Heap bytes it holds.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.free.capacity() * 8 + self.pending.capacity() * 16 + self.pending_bulk.iter().map(|(_, b)| b.capacity() * 8).sum::<usize>()
+        self.free.heap_bytes() + self.pending.capacity() * 16 + self.pending_bulk.iter().map(|(_, b)| b.capacity() * 8).sum::<usize>()
     }
 }
 
@@ -232,6 +325,44 @@ mod tests {
         assert_eq!(a.allocate(), Some(5), "a freed low slot is found again");
         assert_eq!(a.trim(), 199, "trailing free slots are dropped");
         assert_eq!(a.allocate(), Some(199));
+    }
+
+    /// The sparse bitmap against a plain set, through every operation the allocator uses.
+    #[test]
+    fn sparse_bits_behave_like_a_set() {
+        use std::collections::BTreeSet;
+        let mut bits = SparseBits::default();
+        let mut model = BTreeSet::new();
+        let mut x = 7u64;
+        for i in 0..20_000u32 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let s = (x >> 40) as u32 % 200_000;
+            match i % 5 {
+                0 | 1 => {
+                    bits.set(s);
+                    model.insert(s);
+                }
+                2 => {
+                    bits.clear(s);
+                    model.remove(&s);
+                }
+                3 => {
+                    let mut from = (s / 64) as usize;
+                    assert_eq!(bits.first_set(&mut from), model.range((s / 64) * 64..).next().copied());
+                }
+                _ if i % 1000 == 4 => {
+                    let cut = 150_000 + s % 50_000;
+                    bits.truncate(cut);
+                    model.retain(|t| *t < cut);
+                }
+                _ => assert_eq!(bits.get(s), model.contains(&s)),
+            }
+        }
+        assert_eq!(bits.count() as usize, model.len());
+        for s in model.iter().copied() {
+            bits.clear(s);
+        }
+        assert_eq!(bits.heap_bytes(), bits.blocks.capacity() * 8, "empty blocks take no memory");
     }
 
     #[test]
