@@ -416,24 +416,36 @@ fn the_seal_survives_a_compaction_at_close() {
     assert!(vol.copy(a).unwrap().stale.is_some(), "the write behind the back was noticed through a compacted journal");
 }
 
+/// A 4 KiB-chunk, unbounded diff area on a new image in `dir`, opened with `engine`.
+fn small_chunks(dir: &Path, engine: EngineOptions) -> (std::path::PathBuf, std::path::PathBuf, ShadowVolume) {
+    let img = image(dir);
+    let da = dir.join("diff");
+    let small = DiffAreaOptions { chunk_size: 4096, max_size: MaxSize::Unbounded };
+    let vol = ShadowVolume::create_at(&img, &da, small, engine).unwrap();
+    (img, da, vol)
+}
+
+/// Writes every chunk of the volume, 64 KiB and a flush at a time (many commits: with a small
+/// journal budget, many merges), with patterns from `seed` on.
+fn overwrite_all_flushing(vol: &ShadowVolume, seed: u64) {
+    for i in 0..(SIZE / 65536) {
+        vol.write_at(&pattern(seed + i as u64, 65536), (i * 65536) as u64).unwrap();
+        vol.flush().unwrap();
+    }
+}
+
 /// The index a merge checkpointed is opened, not rebuilt: the open reads none of its pages and
 /// replays only the journal's tail, then lookups read pages through the cache and answer as
 /// before; a deletion after the checkpoint still frees its space after a reopen.
 #[test]
 fn an_open_reads_no_page_of_the_checkpoint_and_copies_read_through_it() {
     let dir = tempfile::tempdir().unwrap();
-    let img = image(dir.path());
-    let da = dir.path().join("diff");
-    let small = DiffAreaOptions { chunk_size: 4096, max_size: MaxSize::Unbounded };
     let merging = EngineOptions { journal_compact_bytes: Some(4096), ..EngineOptions::default() };
-    let vol = ShadowVolume::create_at(&img, &da, small, merging).unwrap();
+    let (img, da, vol) = small_chunks(dir.path(), merging);
     let first_image = std::fs::read(&img).unwrap();
     let first = create_set(&[&vol], CreateOptions::default()).unwrap().copies[0].id;
     // Every chunk preserved for `first`, in many commits: the journal passes 4 KiB many times.
-    for i in 0..(SIZE / 65536) {
-        vol.write_at(&pattern(100 + i as u64, 65536), (i * 65536) as u64).unwrap();
-        vol.flush().unwrap();
-    }
+    overwrite_all_flushing(&vol, 100);
     let second_image = {
         let mut b = vec![0u8; SIZE];
         vol.read_at(&mut b, 0).unwrap();
@@ -472,21 +484,15 @@ fn an_open_reads_no_page_of_the_checkpoint_and_copies_read_through_it() {
 #[test]
 fn the_store_is_not_cut_below_the_checkpoint_before_the_next_merge() {
     let dir = tempfile::tempdir().unwrap();
-    let img = image(dir.path());
-    let da = dir.path().join("diff");
-    let small = DiffAreaOptions { chunk_size: 4096, max_size: MaxSize::Unbounded };
     // No background commits (so no merge the test does not ask for).
     let engine = EngineOptions {
         journal_compact_bytes: Some(4096),
         commit_interval: std::time::Duration::from_secs(3600),
         ..EngineOptions::default()
     };
-    let vol = ShadowVolume::create_at(&img, &da, small, engine).unwrap();
+    let (img, da, vol) = small_chunks(dir.path(), engine);
     let gone = create_set(&[&vol], CreateOptions::default()).unwrap().copies[0].id;
-    for i in 0..(SIZE / 65536) {
-        vol.write_at(&pattern(300 + i as u64, 65536), (i * 65536) as u64).unwrap();
-        vol.flush().unwrap();
-    }
+    overwrite_all_flushing(&vol, 300);
     vol.close().unwrap();
     // Reopened so that no commit merges by the journal's size: only the deletion does.
     let engine = EngineOptions { journal_compact_bytes: Some(1 << 30), ..engine };
@@ -510,16 +516,10 @@ fn the_store_is_not_cut_below_the_checkpoint_before_the_next_merge() {
 #[test]
 fn a_damaged_index_page_fails_reads_and_copies_never_live_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let img = image(dir.path());
-    let da = dir.path().join("diff");
-    let small = DiffAreaOptions { chunk_size: 4096, max_size: MaxSize::Unbounded };
     let merging = EngineOptions { journal_compact_bytes: Some(4096), ..EngineOptions::default() };
-    let vol = ShadowVolume::create_at(&img, &da, small, merging).unwrap();
+    let (img, da, vol) = small_chunks(dir.path(), merging);
     let copy = create_set(&[&vol], CreateOptions::default()).unwrap().copies[0].id;
-    for i in 0..(SIZE / 65536) {
-        vol.write_at(&pattern(500 + i as u64, 65536), (i * 65536) as u64).unwrap();
-        vol.flush().unwrap();
-    }
+    overwrite_all_flushing(&vol, 500);
     vol.close().unwrap();
     // The checkpoint in use is the index file that is not empty; damage a record of its first page.
     let index = ["index.0", "index.1"].map(|f| da.join(f)).into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
