@@ -8,9 +8,8 @@
 //!   in the checkpoint is hidden (the checkpoint's free-slot bitmap says which slots it names).
 //! - Damage in the middle of the journal loses records of unknown content: every copy that
 //!   existed at that point is marked failed; copies created later stay good.
-//! - A record that names a slot beyond the store or a chunk beyond the volume, and still serves
-//!   a copy after garbage collection, fails the copies it serves. (A garbage record may name a
-//!   slot past the end: the store is trimmed on open.)
+//! - A record of the tail that names a slot beyond the store or a chunk beyond the volume fails
+//!   the copies it serves, and leaves the index (a garbage one just leaves).
 //! - Volatile copies are never journaled, so they are simply absent.
 
 use std::collections::{BTreeMap, HashSet};
@@ -56,25 +55,18 @@ impl Slots {
         s >= self.high_water || self.free[s as usize / 64] >> (s % 64) & 1 == 1
     }
 
-    fn set(&mut self, s: u32, free: bool) {
+    /// Marks slot `s` named by a record (the bitmap grows past the high water as needed).
+    fn mark_used(&mut self, s: u32) {
         if s >= self.high_water {
-            if !free {
-                // Slots between the old high water and `s` are free.
-                let words = (s as usize + 1).div_ceil(64);
-                self.free.resize(words, 0);
-                for t in self.high_water..s {
-                    self.free[t as usize / 64] |= 1 << (t % 64);
-                }
-                self.high_water = s + 1;
-                self.free[s as usize / 64] &= !(1 << (s % 64));
+            // Slots between the old high water and `s` are free.
+            let words = (s as usize + 1).div_ceil(64);
+            self.free.resize(words, 0);
+            for t in self.high_water..s {
+                self.free[t as usize / 64] |= 1 << (t % 64);
             }
-            return;
+            self.high_water = s + 1;
         }
-        if free {
-            self.free[s as usize / 64] |= 1 << (s % 64);
-        } else {
-            self.free[s as usize / 64] &= !(1 << (s % 64));
-        }
+        self.free[s as usize / 64] &= !(1 << (s % 64));
     }
 }
 
@@ -247,6 +239,9 @@ pub(crate) fn recover(
     for e in suspects {
         let lower = catalog.index().lower_bound(e.chunk, e.upper)?;
         let epochs: Vec<u32> = catalog.copies().range(lower + 1..=e.upper).filter(|(_, m)| m.failed.is_none()).map(|(k, _)| *k).collect();
+        // Unreadable either way: gone from the index, so that its slot (past the store) never
+        // reaches the allocator.
+        catalog.index_mut().remove_in_memory(e.chunk, e.upper);
         if epochs.is_empty() {
             continue; // garbage: serves no copy
         }
@@ -266,7 +261,7 @@ pub(crate) fn recover(
     let needs_merge = !damage.is_empty() || copies_went || failed_any;
     let mut replayed = 0;
     catalog.index().for_each_in_memory(|e| {
-        slots.set(e.slot, false);
+        slots.mark_used(e.slot);
         replayed += 1;
     });
     Ok(Recovered { catalog, max_size, damage, seal, free: slots.free, high_water: slots.high_water, replayed, needs_merge })
