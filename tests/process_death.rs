@@ -44,6 +44,9 @@ fn child_workload(dir: &str) {
         pending_limit: if slow { 1 << 30 } else { 64 << 20 },
         // Merges every 32 KiB of journal: kills land in the middle of merges too.
         journal_compact_bytes: Some(32 << 10),
+        // Redo checkpoints from 64 KiB: kills land around them too, and a file emptied by one
+        // keeps its old entries past its new end (stale, never to be replayed).
+        redo_checkpoint_bytes: Some(64 << 10),
         ..EngineOptions::default()
     };
     let vol = ShadowVolume::open_at(&img, &da, engine).expect("child: open");
@@ -142,7 +145,7 @@ fn process_death_loses_no_answered_write() {
     let mut copies: BTreeMap<Uuid, Vec<u8>> = BTreeMap::new();
     let mut rng = StdRng::seed_from_u64(0x5eed);
     let (mut replayed_rounds, mut replayed_bytes, mut answered_writes, mut in_flight_writes) = (0, 0u64, 0u64, 0u64);
-    let mut checkpointed_rounds = 0;
+    let (mut checkpointed_rounds, mut stale_rounds) = (0, 0);
     for round in 0..ROUNDS {
         let exe = std::env::current_exe().unwrap();
         let child = Command::new(exe)
@@ -201,6 +204,11 @@ fn process_death_loses_no_answered_write() {
             checkpointed_rounds += 1;
         }
         assert!(report.discarded.is_none(), "round {round}: {report:?}");
+        // More than a torn entry (one chunk at most) past the end: entries from before a redo
+        // checkpoint emptied the file, which the replay had to skip.
+        if report.torn_bytes > 16 << 10 {
+            stale_rounds += 1;
+        }
         if report.replayed_bytes > 0 {
             replayed_rounds += 1;
             replayed_bytes += report.replayed_bytes;
@@ -247,8 +255,9 @@ fn process_death_loses_no_answered_write() {
     eprintln!(
         "{ROUNDS} kills: {answered_writes} answered writes checked, {replayed_rounds} rounds replayed held writes \
          ({replayed_bytes} bytes), {in_flight_writes} kills in the middle of a write, {checkpointed_rounds} opens over a \
-         checkpointed index"
+         checkpointed index, {stale_rounds} opens skipped stale redo entries"
     );
+    assert!(stale_rounds >= ROUNDS / 4, "only {stale_rounds} of {ROUNDS} opens met redo entries left by a checkpoint");
     assert!(checkpointed_rounds >= ROUNDS / 4, "only {checkpointed_rounds} of {ROUNDS} opens found a checkpointed index");
     // The test means something only if deaths really hit held bytes.
     assert!(replayed_rounds >= ROUNDS / 4, "only {replayed_rounds} of {ROUNDS} kills found held bytes to replay");

@@ -130,6 +130,9 @@ pub struct EngineOptions {
     pub clock: fn() -> SystemTime,
     /// Bytes of checkpointed-index pages kept in memory (`--index-cache`).
     pub index_cache_bytes: u64,
+    /// The least a redo file grows to before a checkpoint moves the held chunks to the other
+    /// one (default: 8 MiB; tests set it low so that deaths land around checkpoints).
+    pub redo_checkpoint_bytes: Option<u64>,
 }
 
 impl Default for EngineOptions {
@@ -141,6 +144,7 @@ impl Default for EngineOptions {
             journal_compact_bytes: None,
             clock: SystemTime::now,
             index_cache_bytes: 64 << 20,
+            redo_checkpoint_bytes: None,
         }
     }
 }
@@ -226,7 +230,8 @@ pub struct RedoReport {
     pub replayed_writes: usize,
     /// Bytes replayed.
     pub replayed_bytes: u64,
-    /// Bytes of a torn last entry (a process killed in the middle of an append), dropped.
+    /// Bytes past the last good entry of a file, dropped: a torn last entry (a process killed in
+    /// the middle of an append), or entries from before the file was last emptied.
     pub torn_bytes: u64,
     /// Why the log was not replayed, when it was not (written on an earlier boot, …).
     pub discarded: Option<String>,
@@ -653,6 +658,7 @@ impl ShadowVolume {
                 header.chunk_size.trailing_zeros(),
                 (options.pending_limit / u64::from(header.chunk_size)).min(1 << 16) as usize,
                 redo,
+                options.redo_checkpoint_bytes.unwrap_or(pending::CHECKPOINT_MIN),
             ),
             cache: ChunkCache::new(options.cache_chunks),
             max_size: Mutex::new(max_size),

@@ -44,8 +44,8 @@ struct Held {
 /// Reads bytes of the volume: `(byte offset, buffer)`.
 pub(super) type VolumeRead<'a> = &'a dyn Fn(u64, &mut [u8]) -> io::Result<()>;
 
-/// Below this, a redo file is never checkpointed.
-const CHECKPOINT_MIN: u64 = 8 << 20;
+/// Below this, a redo file is never checkpointed (by default).
+pub(super) const CHECKPOINT_MIN: u64 = 8 << 20;
 
 #[derive(Debug, Default)]
 struct Shard {
@@ -77,6 +77,8 @@ pub(super) struct Pending {
     checkpoint: Mutex<()>,
     /// The file shards move to at the next checkpoint is the other one.
     active: AtomicUsize,
+    /// Below this, the active redo file is never checkpointed.
+    checkpoint_min: u64,
     bytes: AtomicU64,
     chunk_shift: u32,
     /// Released chunk buffers kept for reuse: fresh allocations cost a page fault per page.
@@ -85,9 +87,9 @@ pub(super) struct Pending {
 }
 
 impl Pending {
-    /// Holds chunks of `1 << chunk_shift` bytes, logging them to `redo`; keeps up to
-    /// `spare_max` released buffers.
-    pub(super) fn new(chunk_shift: u32, spare_max: usize, redo: Option<RedoLog>) -> Self {
+    /// Holds chunks of `1 << chunk_shift` bytes, logging them to `redo` (checkpointed once a
+    /// file passes `checkpoint_min` bytes); keeps up to `spare_max` released buffers.
+    pub(super) fn new(chunk_shift: u32, spare_max: usize, redo: Option<RedoLog>, checkpoint_min: u64) -> Self {
         Pending {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             redo,
@@ -95,6 +97,7 @@ impl Pending {
             checkpoints: AtomicBool::new(false),
             checkpoint: Mutex::new(()),
             active: AtomicUsize::new(0),
+            checkpoint_min,
             bytes: AtomicU64::new(0),
             chunk_shift,
             spare: Mutex::new(Vec::new()),
@@ -188,7 +191,7 @@ impl Pending {
         }
         if let Some(redo) = &self.redo {
             for i in 0..2 {
-                if let Err(e) = redo.reset(i) {
+                if let Err(e) = redo.clear(i) {
                     tracing::error!(error = %e, file = i, "emptying a redo file failed");
                 }
             }
@@ -300,14 +303,14 @@ impl Pending {
             return;
         }
         for i in 0..2 {
-            if let Err(e) = redo.reset(i) {
+            if let Err(e) = redo.clear(i) {
                 self.redo_failed(&e);
             }
         }
     }
 
     /// Moves every shard to the other redo file once the active one has grown past both
-    /// [`CHECKPOINT_MIN`] and four times the bytes held (so the rewriting costs at most a
+    /// `checkpoint_min` ([`CHECKPOINT_MIN`] by default) and four times the bytes held (so the rewriting costs at most a
     /// quarter of what was logged), then empties the first file.
     pub(super) fn checkpoint_if_due(&self) {
         let Some(redo) = &self.redo else { return };
@@ -316,7 +319,7 @@ impl Pending {
         }
         let old = self.active.load(Ordering::Acquire);
         let len = redo.len(old);
-        if len < CHECKPOINT_MIN || len < 4 * self.bytes() {
+        if len < self.checkpoint_min || len < 4 * self.bytes() {
             return;
         }
         let Some(_one) = self.checkpoint.try_lock() else { return };
@@ -379,9 +382,19 @@ mod tests {
     const SHIFT: u32 = 14; // 16 KiB chunks
     const CHUNK: usize = 1 << SHIFT;
 
-    /// Applies what a new process would replay from `files` to `volume`.
+    /// Applies what a new process would replay from `files` to `volume`. The replay reads
+    /// copies of the files: an open starts empty files afresh, which must not disturb the log
+    /// still in use.
     fn replayed(files: &[Arc<dyn Storage>; 2], mut volume: Vec<u8>) -> Vec<u8> {
-        let (_log, rec) = RedoLog::open(files.clone(), Some([1; 16]), [2; 16], CHUNK as u32, volume.len() as u64).unwrap();
+        let copy = |f: &Arc<dyn Storage>| -> Arc<dyn Storage> {
+            let mut bytes = vec![0u8; f.len().unwrap() as usize];
+            f.read_at(&mut bytes, 0).unwrap();
+            let c = MemStorage::default();
+            c.write_at(&bytes, 0).unwrap();
+            Arc::new(c)
+        };
+        let files = [copy(&files[0]), copy(&files[1])];
+        let (_log, rec) = RedoLog::open(files, Some([1; 16]), [2; 16], CHUNK as u32, volume.len() as u64).unwrap();
         for (at, data) in rec.writes {
             volume[at as usize..at as usize + data.len()].copy_from_slice(&data);
         }
@@ -391,7 +404,7 @@ mod tests {
     #[test]
     fn a_checkpoint_keeps_held_chunks_and_empties_the_old_file() {
         let files: [Arc<dyn Storage>; 2] = [Arc::new(MemStorage::default()), Arc::new(MemStorage::default())];
-        let pending = Pending::new(SHIFT, 4, Some(RedoLog::create(files.clone(), [1; 16], [2; 16]).unwrap()));
+        let pending = Pending::new(SHIFT, 4, Some(RedoLog::create(files.clone(), [1; 16], [2; 16]).unwrap()), CHECKPOINT_MIN);
         pending.allow_checkpoints();
         let volume = vec![0u8; 256 * CHUNK];
         let read = |at: u64, b: &mut [u8]| -> io::Result<()> {
