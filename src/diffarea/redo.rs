@@ -77,6 +77,10 @@ const ENTRY_LEN: usize = 32;
 const KIND_HELD: u8 = 1;
 const KIND_RELEASED: u8 = 2;
 
+/// Bytes a file emptied in place keeps, at most: what steady work reuses (a checkpoint is due
+/// from 8 MiB), while the space a burst of held bytes took goes back to the filesystem.
+const KEEP_MAX: u64 = 32 << 20;
+
 /// Bytes of a file scanned at open, at most: a working log stays within a few times the held
 /// bytes (tens of MiB), so a longer file is damage, and its rest is treated as a torn tail. This
 /// bounds the memory and time of a replay.
@@ -306,22 +310,24 @@ impl RedoLog {
 
     /// Empties file `i` and keeps its bytes for the next appends (see the module docs): its
     /// header is rewritten with a `first_seq` above every entry it holds and a new nonce.
+    /// A file that grew past [`KEEP_MAX`] (a burst of held bytes) is cut to it.
     pub(crate) fn reset(&self, i: usize) -> io::Result<()> {
-        self.start(i, false)
+        self.start(i, KEEP_MAX)
     }
 
     /// Empties file `i` and gives its space back: truncated, then a new header.
     pub(crate) fn clear(&self, i: usize) -> io::Result<()> {
-        self.start(i, true)
+        self.start(i, 0)
     }
 
-    fn start(&self, i: usize, truncate: bool) -> io::Result<()> {
+    /// Starts file `i` afresh, keeping at most `keep` of its bytes.
+    fn start(&self, i: usize, keep: u64) -> io::Result<()> {
         let mut tail = self.tails[i].lock();
         let first_seq = self.seq.fetch_add(1, Ordering::AcqRel);
         // From the system's random source (a v4 UUID's random bits): not guessable by a writer.
         let nonce = uuid::Uuid::new_v4().as_u64_pair().0;
-        if truncate {
-            self.files[i].set_len(0)?;
+        if keep == 0 || self.files[i].len()? > keep {
+            self.files[i].set_len(keep)?;
         }
         self.files[i].write_at(&header(self.boot_id, self.diff_area_id, first_seq, nonce), 0)?;
         *tail = Tail { end: REDO_HEADER_LEN, nonce: Some(nonce) };
@@ -523,6 +529,22 @@ mod tests {
         drop(log);
         let (_log, rec) = RedoLog::open(f, Some(BOOT), DA, 4096, 1 << 20).unwrap();
         assert_eq!(rec.writes, vec![(8192, vec![3; 4096])], "the old second entry, whole after the new first one, is not replayed");
+    }
+
+    #[test]
+    fn a_reset_gives_back_what_a_burst_took_beyond_the_kept_bytes() {
+        let f = files();
+        let log = RedoLog::create(f.clone(), BOOT, DA).unwrap();
+        let chunk = vec![1u8; 1 << 20];
+        while log.len(0) <= KEEP_MAX + (1 << 20) {
+            log.append_held(0, 0, &chunk).unwrap();
+        }
+        log.reset(0).unwrap();
+        assert_eq!(f[0].len().unwrap(), KEEP_MAX);
+        log.append_held(0, 0, &[2; 10]).unwrap();
+        drop(log);
+        let (_log, rec) = RedoLog::open(f, Some(BOOT), DA, 1 << 20, 1 << 30).unwrap();
+        assert_eq!(rec.writes, vec![(0, vec![2; 10])]);
     }
 
     #[test]
