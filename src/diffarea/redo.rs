@@ -315,22 +315,32 @@ impl RedoLog {
         self.start(i, KEEP_MAX)
     }
 
-    /// Empties file `i` and gives its space back: truncated, then a new header.
+    /// Empties file `i` and gives its space back: cut to nothing (which retires every entry
+    /// even if what follows fails), then a new header.
     pub(crate) fn clear(&self, i: usize) -> io::Result<()> {
         self.start(i, 0)
     }
 
     /// Starts file `i` afresh, keeping at most `keep` of its bytes.
+    ///
+    /// When bytes are kept, the new header goes first: it retires every entry the file holds at
+    /// once. Cutting the file first would not: a death before the header write would leave the
+    /// old header over the entries below the cut, without the release entries above it that
+    /// retired some of them — and a replay would put their old bytes over newer ones.
     fn start(&self, i: usize, keep: u64) -> io::Result<()> {
         let mut tail = self.tails[i].lock();
         let first_seq = self.seq.fetch_add(1, Ordering::AcqRel);
         // From the system's random source (a v4 UUID's random bits): not guessable by a writer.
         let nonce = uuid::Uuid::new_v4().as_u64_pair().0;
-        if keep == 0 || self.files[i].len()? > keep {
-            self.files[i].set_len(keep)?;
+        let file = &self.files[i];
+        if keep == 0 {
+            file.set_len(0)?;
         }
-        self.files[i].write_at(&header(self.boot_id, self.diff_area_id, first_seq, nonce), 0)?;
+        file.write_at(&header(self.boot_id, self.diff_area_id, first_seq, nonce), 0)?;
         *tail = Tail { end: REDO_HEADER_LEN, nonce: Some(nonce) };
+        if keep > 0 && file.len()? > keep {
+            file.set_len(keep)?;
+        }
         Ok(())
     }
 
@@ -545,6 +555,57 @@ mod tests {
         drop(log);
         let (_log, rec) = RedoLog::open(f, Some(BOOT), DA, 1 << 20, 1 << 30).unwrap();
         assert_eq!(rec.writes, vec![(0, vec![2; 10])]);
+    }
+
+    /// Storage whose header writes "die" once armed: the process is gone at that step, so
+    /// nothing after it happens (steps before it did).
+    #[derive(Debug, Default)]
+    struct DiesAtHeaderWrite {
+        inner: MemStorage,
+        dead: std::sync::atomic::AtomicBool,
+    }
+
+    impl Storage for DiesAtHeaderWrite {
+        fn len(&self) -> io::Result<u64> {
+            self.inner.len()
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            self.inner.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+            if offset == 0 && self.dead.load(Ordering::Acquire) {
+                return Err(io::Error::other("the process died here"));
+            }
+            self.inner.write_at(buf, offset)
+        }
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> io::Result<()> {
+            self.inner.sync_data()
+        }
+    }
+
+    #[test]
+    fn a_death_while_a_grown_file_is_emptied_replays_nothing_it_retired() {
+        // Chunk 0 held early, then more than KEEP_MAX of other entries, then chunk 0 released:
+        // the release lies beyond what a reset keeps.
+        let dying = Arc::new(DiesAtHeaderWrite::default());
+        let f: [Arc<dyn Storage>; 2] = [dying.clone(), Arc::new(MemStorage::default())];
+        let log = RedoLog::create(f.clone(), BOOT, DA).unwrap();
+        log.append_held(0, 0, &[1; 100]).unwrap();
+        let filler = vec![2u8; 1 << 20];
+        while log.len(0) <= KEEP_MAX + (1 << 20) {
+            log.append_held(0, 1 << 20, &filler).unwrap();
+        }
+        log.append_released(0, &[0, 1]).unwrap();
+        // The process dies as the checkpoint empties the file.
+        dying.dead.store(true, Ordering::Release);
+        assert!(log.reset(0).is_err());
+        drop(log);
+        dying.dead.store(false, Ordering::Release);
+        let (_log, rec) = RedoLog::open(f, Some(BOOT), DA, 1 << 20, 1 << 30).unwrap();
+        assert_eq!(rec.writes, vec![], "the held bytes of chunk 0 were released: replaying them would undo newer writes");
     }
 
     #[test]
