@@ -77,9 +77,10 @@ const ENTRY_LEN: usize = 32;
 const KIND_HELD: u8 = 1;
 const KIND_RELEASED: u8 = 2;
 
-/// Bytes a file emptied in place keeps, at most: what steady work reuses (a checkpoint is due
-/// from 8 MiB), while the space a burst of held bytes took goes back to the filesystem.
-const KEEP_MAX: u64 = 32 << 20;
+/// Bytes a file emptied in place keeps at least (a checkpoint is due from 8 MiB). Beyond this
+/// it keeps what its last round of entries used, so that steady work reuses its pages while the
+/// space of a one-off burst of held bytes goes back to the filesystem at the round after it.
+const KEEP_MIN: u64 = 32 << 20;
 
 /// Bytes of a file scanned at open, at most: a working log stays within a few times the held
 /// bytes (tens of MiB), so a longer file is damage, and its rest is treated as a torn tail. This
@@ -310,25 +311,28 @@ impl RedoLog {
 
     /// Empties file `i` and keeps its bytes for the next appends (see the module docs): its
     /// header is rewritten with a `first_seq` above every entry it holds and a new nonce.
-    /// A file that grew past [`KEEP_MAX`] (a burst of held bytes) is cut to it.
+    /// It keeps what this round of entries used, and at least [`KEEP_MIN`]: the bytes of an
+    /// earlier, longer round (a burst of held bytes) go back to the filesystem.
     pub(crate) fn reset(&self, i: usize) -> io::Result<()> {
-        self.start(i, KEEP_MAX)
+        self.start(i, Some(KEEP_MIN))
     }
 
     /// Empties file `i` and gives its space back: cut to nothing (which retires every entry
     /// even if what follows fails), then a new header.
     pub(crate) fn clear(&self, i: usize) -> io::Result<()> {
-        self.start(i, 0)
+        self.start(i, None)
     }
 
-    /// Starts file `i` afresh, keeping at most `keep` of its bytes.
+    /// Starts file `i` afresh, keeping the bytes this round used and at least `keep_min` of
+    /// them; nothing with `None`.
     ///
     /// When bytes are kept, the new header goes first: it retires every entry the file holds at
     /// once. Cutting the file first would not: a death before the header write would leave the
     /// old header over the entries below the cut, without the release entries above it that
     /// retired some of them — and a replay would put their old bytes over newer ones.
-    fn start(&self, i: usize, keep: u64) -> io::Result<()> {
+    fn start(&self, i: usize, keep_min: Option<u64>) -> io::Result<()> {
         let mut tail = self.tails[i].lock();
+        let keep = keep_min.map_or(0, |min| min.max(tail.end));
         let first_seq = self.seq.fetch_add(1, Ordering::AcqRel);
         // From the system's random source (a v4 UUID's random bits): not guessable by a writer.
         let nonce = uuid::Uuid::new_v4().as_u64_pair().0;
@@ -542,15 +546,21 @@ mod tests {
     }
 
     #[test]
-    fn a_reset_gives_back_what_a_burst_took_beyond_the_kept_bytes() {
+    fn a_reset_keeps_what_the_round_used_and_gives_back_a_burst_later() {
         let f = files();
         let log = RedoLog::create(f.clone(), BOOT, DA).unwrap();
         let chunk = vec![1u8; 1 << 20];
-        while log.len(0) <= KEEP_MAX + (1 << 20) {
+        while log.len(0) <= KEEP_MIN + (4 << 20) {
+            log.append_held(0, 0, &chunk).unwrap();
+        }
+        let burst = log.len(0);
+        log.reset(0).unwrap();
+        assert_eq!(f[0].len().unwrap(), burst, "the round that just ended used it all: kept");
+        for _ in 0..3 {
             log.append_held(0, 0, &chunk).unwrap();
         }
         log.reset(0).unwrap();
-        assert_eq!(f[0].len().unwrap(), KEEP_MAX);
+        assert_eq!(f[0].len().unwrap(), KEEP_MIN, "a short round after the burst: its space goes back");
         log.append_held(0, 0, &[2; 10]).unwrap();
         drop(log);
         let (_log, rec) = RedoLog::open(f, Some(BOOT), DA, 1 << 20, 1 << 30).unwrap();
@@ -588,14 +598,13 @@ mod tests {
 
     #[test]
     fn a_death_while_a_grown_file_is_emptied_replays_nothing_it_retired() {
-        // Chunk 0 held early, then more than KEEP_MAX of other entries, then chunk 0 released:
-        // the release lies beyond what a reset keeps.
+        // Chunk 0 held early, then more than KEEP_MIN of other entries, then chunk 0 released.
         let dying = Arc::new(DiesAtHeaderWrite::default());
         let f: [Arc<dyn Storage>; 2] = [dying.clone(), Arc::new(MemStorage::default())];
         let log = RedoLog::create(f.clone(), BOOT, DA).unwrap();
         log.append_held(0, 0, &[1; 100]).unwrap();
         let filler = vec![2u8; 1 << 20];
-        while log.len(0) <= KEEP_MAX + (1 << 20) {
+        while log.len(0) <= KEEP_MIN + (1 << 20) {
             log.append_held(0, 1 << 20, &filler).unwrap();
         }
         log.append_released(0, &[0, 1]).unwrap();
